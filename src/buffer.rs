@@ -1,0 +1,275 @@
+//! The write buffer: pickled values and tombstones waiting for a commit.
+//!
+//! It has two parts. `active` takes new writes. `inflight` is the batch a
+//! commit is writing right now: it stays readable until the commit succeeds,
+//! so a reader in another thread never misses an acknowledged write, and it is
+//! merged back under `active` if the commit fails, so nothing is lost.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+/// A buffered value: the pickle bytes, or a tombstone.
+pub type Value = Option<Arc<[u8]>>;
+
+/// FxHash-style hasher: keys are short byte strings chosen by the program
+/// (not by an attacker trying to collide them), so a fast multiplicative
+/// hash beats SipHash here.
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl Hasher for FastHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            h = (h.rotate_left(5) ^ w).wrapping_mul(SEED);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut tail = [0u8; 8];
+            tail[..rest.len()].copy_from_slice(rest);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(SEED);
+        }
+        self.0 = h;
+    }
+
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0.rotate_left(5) ^ n as u64).wrapping_mul(SEED);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// One batch of writes, one entry per key (the last write wins).
+#[derive(Default, Debug)]
+pub struct Batch {
+    map: FastMap<Box<[u8]>, Value>,
+    bytes: usize,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Key plus value bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Value> {
+        self.map.get(key)
+    }
+
+    pub fn insert(&mut self, key: &[u8], value: Value) {
+        let add = value.as_ref().map_or(0, |v| v.len());
+        match self.map.get_mut(key) {
+            Some(slot) => {
+                let old = slot.as_ref().map_or(0, |v| v.len());
+                *slot = value;
+                self.bytes = self.bytes - old + add;
+            }
+            None => {
+                self.bytes += key.len() + add;
+                self.map.insert(key.into(), value);
+            }
+        }
+    }
+
+    /// Entries in ascending key order: the order LMDB writes fastest.
+    pub fn sorted(&self) -> Vec<(&[u8], Option<&[u8]>)> {
+        let mut v: Vec<(&[u8], Option<&[u8]>)> = self
+            .map
+            .iter()
+            .map(|(k, v)| (&k[..], v.as_deref()))
+            .collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Value)> {
+        self.map.iter().map(|(k, v)| (&k[..], v))
+    }
+}
+
+/// What the buffer knows of one key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// Buffered value (pickle bytes).
+    Value(Arc<[u8]>),
+    /// Buffered tombstone: the key is deleted.
+    Deleted,
+    /// The buffer does not know this key: ask the database.
+    Unknown,
+}
+
+#[derive(Default, Debug)]
+pub struct WriteBuffer {
+    active: Batch,
+    inflight: Option<Arc<Batch>>,
+}
+
+impl WriteBuffer {
+    pub fn lookup(&self, key: &[u8]) -> Lookup {
+        let found = self
+            .active
+            .get(key)
+            .or_else(|| self.inflight.as_ref().and_then(|b| b.get(key)));
+        match found {
+            None => Lookup::Unknown,
+            Some(None) => Lookup::Deleted,
+            Some(Some(v)) => Lookup::Value(v.clone()),
+        }
+    }
+
+    pub fn insert(&mut self, key: &[u8], value: Value) {
+        self.active.insert(key, value);
+    }
+
+    /// Entries waiting in `active` (what the next commit will write).
+    pub fn active_len(&self) -> usize {
+        self.active.len()
+    }
+
+    pub fn active_bytes(&self) -> usize {
+        self.active.bytes()
+    }
+
+    /// Entries not yet committed: waiting plus being committed.
+    pub fn pending(&self) -> usize {
+        self.active.len() + self.inflight.as_ref().map_or(0, |b| b.len())
+    }
+
+    pub fn has_inflight(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    pub fn active(&self) -> &Batch {
+        &self.active
+    }
+
+    pub fn inflight(&self) -> Option<&Arc<Batch>> {
+        self.inflight.as_ref()
+    }
+
+    /// Move `active` into the in-flight slot for a commit. The caller holds
+    /// the store's commit lock, so no other batch is in flight.
+    pub fn begin_commit(&mut self) -> Option<Arc<Batch>> {
+        debug_assert!(self.inflight.is_none(), "one batch in flight at a time");
+        if self.active.is_empty() {
+            return None;
+        }
+        let batch = Arc::new(std::mem::take(&mut self.active));
+        self.inflight = Some(batch.clone());
+        Some(batch)
+    }
+
+    /// The in-flight batch is in the database: forget it.
+    pub fn commit_succeeded(&mut self) {
+        self.inflight = None;
+    }
+
+    /// The in-flight batch was not written: put it back under the writes that
+    /// came after it, which are newer and win.
+    pub fn commit_failed(&mut self) {
+        let Some(batch) = self.inflight.take() else {
+            return;
+        };
+        let newer = std::mem::replace(
+            &mut self.active,
+            Arc::try_unwrap(batch).unwrap_or_else(|shared| {
+                let mut copy = Batch::default();
+                for (k, v) in shared.iter() {
+                    copy.insert(k, v.clone());
+                }
+                copy
+            }),
+        );
+        for (k, v) in newer.iter() {
+            self.active.insert(k, v.clone());
+        }
+    }
+
+    /// Drop every buffered write (used by `clear`, which deletes everything).
+    pub fn discard_active(&mut self) {
+        self.active = Batch::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn val(s: &str) -> Value {
+        Some(Arc::from(s.as_bytes()))
+    }
+
+    #[test]
+    fn last_write_wins_and_bytes_track() {
+        let mut b = WriteBuffer::default();
+        b.insert(b"k", val("one"));
+        b.insert(b"k", val("three"));
+        assert_eq!(b.active_len(), 1);
+        assert_eq!(b.active_bytes(), 1 + 5);
+        b.insert(b"k", None);
+        assert_eq!(b.lookup(b"k"), Lookup::Deleted);
+        assert_eq!(b.active_bytes(), 1);
+        assert_eq!(b.lookup(b"other"), Lookup::Unknown);
+    }
+
+    #[test]
+    fn inflight_stays_readable_and_newer_wins() {
+        let mut b = WriteBuffer::default();
+        b.insert(b"a", val("1"));
+        b.insert(b"b", val("2"));
+        let batch = b.begin_commit().expect("a batch");
+        assert_eq!(batch.len(), 2);
+        assert_eq!(b.active_len(), 0);
+        assert_eq!(b.pending(), 2);
+        assert_eq!(b.lookup(b"a"), Lookup::Value(Arc::from(&b"1"[..])));
+        b.insert(b"a", val("newer"));
+        assert_eq!(b.lookup(b"a"), Lookup::Value(Arc::from(&b"newer"[..])));
+        drop(batch);
+        b.commit_failed();
+        assert!(!b.has_inflight());
+        assert_eq!(b.active_len(), 2);
+        assert_eq!(b.lookup(b"a"), Lookup::Value(Arc::from(&b"newer"[..])));
+        assert_eq!(b.lookup(b"b"), Lookup::Value(Arc::from(&b"2"[..])));
+    }
+
+    #[test]
+    fn commit_success_forgets_batch() {
+        let mut b = WriteBuffer::default();
+        assert!(b.begin_commit().is_none());
+        b.insert(b"a", None);
+        let _batch = b.begin_commit().expect("a batch");
+        b.commit_succeeded();
+        assert_eq!(b.pending(), 0);
+        assert_eq!(b.lookup(b"a"), Lookup::Unknown);
+    }
+
+    #[test]
+    fn sorted_is_ascending_bytes() {
+        let mut b = Batch::default();
+        for k in [&b"b"[..], b"a", b"\xff", b"ab", b"\x00"] {
+            b.insert(k, None);
+        }
+        let keys: Vec<&[u8]> = b.sorted().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec![&b"\x00"[..], b"a", b"ab", b"b", b"\xff"]);
+    }
+}

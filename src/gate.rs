@@ -1,0 +1,214 @@
+//! The map gate: reads share it; map growth and close take it alone.
+//!
+//! `mdb_env_set_mapsize` unmaps the memory that every live read transaction
+//! (and every memoryview handed to `pickle.loads`) points into, so it may run
+//! only when no read is in flight in this process. Reads hold the gate shared
+//! for exactly as long as they touch LMDB memory; growth and close wait for
+//! them and block new ones meanwhile (a waiting exclusive holder goes first,
+//! so a stream of reads cannot starve growth).
+//!
+//! A thread that already holds the gate shared (code run by `pickle.loads`
+//! calling the store again) is always let in again, and is refused, with
+//! `WouldDeadlock`, the exclusive gate it could never get.
+//!
+//! None of this touches Python: callers that hold the GIL try `try_shared`
+//! first and do any blocking wait with the GIL released.
+
+use std::cell::RefCell;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::errors::{Result, StoreError};
+
+#[derive(Default)]
+struct State {
+    shared: usize,
+    exclusive: bool,
+    exclusive_waiting: usize,
+}
+
+#[derive(Default)]
+pub struct Gate {
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+thread_local! {
+    /// (gate address, depth) for each gate this thread holds shared.
+    static HELD: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn held_depth(gate: &Gate) -> usize {
+    let id = gate as *const Gate as usize;
+    HELD.with(|h| {
+        h.borrow()
+            .iter()
+            .find(|(g, _)| *g == id)
+            .map_or(0, |(_, d)| *d)
+    })
+}
+
+fn note_held(gate: &Gate, delta: isize) {
+    let id = gate as *const Gate as usize;
+    HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        match h.iter().position(|(g, _)| *g == id) {
+            Some(i) => {
+                let d = h[i].1 as isize + delta;
+                if d == 0 {
+                    h.swap_remove(i);
+                } else {
+                    h[i].1 = d as usize;
+                }
+            }
+            None => {
+                debug_assert!(delta > 0);
+                h.push((id, delta as usize));
+            }
+        }
+    });
+}
+
+/// Proof of a shared hold; releases it when dropped. It must be dropped on
+/// the thread that took it (the re-entrancy check counts per thread); it is
+/// `Send` only so that a wait can run with the GIL released, which happens on
+/// the same thread.
+pub struct SharedGuard<'a> {
+    gate: &'a Gate,
+}
+
+/// Proof of the exclusive hold.
+pub struct ExclusiveGuard<'a> {
+    gate: &'a Gate,
+}
+
+impl Gate {
+    /// True when this thread holds the gate shared (is inside a read).
+    pub fn held_by_current_thread(&self) -> bool {
+        held_depth(self) > 0
+    }
+
+    /// True when an exclusive holder is waiting or in.
+    pub fn exclusive_pending(&self) -> bool {
+        let s = self.state.lock();
+        s.exclusive || s.exclusive_waiting > 0
+    }
+
+    fn grant_shared(&self, s: &mut State) -> SharedGuard<'_> {
+        s.shared += 1;
+        note_held(self, 1);
+        SharedGuard { gate: self }
+    }
+
+    /// Take the gate shared without blocking, if no growth is under way or
+    /// waiting (or this thread already holds it).
+    pub fn try_shared(&self) -> Option<SharedGuard<'_>> {
+        let mut s = self.state.lock();
+        if (!s.exclusive && s.exclusive_waiting == 0) || held_depth(self) > 0 {
+            Some(self.grant_shared(&mut s))
+        } else {
+            None
+        }
+    }
+
+    /// Wait for the gate shared. Call without the GIL.
+    pub fn wait_shared(&self) -> SharedGuard<'_> {
+        let mut s = self.state.lock();
+        if held_depth(self) == 0 {
+            while s.exclusive || s.exclusive_waiting > 0 {
+                self.cond.wait(&mut s);
+            }
+        }
+        self.grant_shared(&mut s)
+    }
+
+    /// Wait until no read is in flight, then hold the gate alone. Call
+    /// without the GIL. `what` names the caller for the error.
+    pub fn exclusive(&self, what: &'static str) -> Result<ExclusiveGuard<'_>> {
+        if held_depth(self) > 0 {
+            return Err(StoreError::WouldDeadlock(what));
+        }
+        let mut s = self.state.lock();
+        s.exclusive_waiting += 1;
+        while s.exclusive || s.shared > 0 {
+            self.cond.wait(&mut s);
+        }
+        s.exclusive_waiting -= 1;
+        s.exclusive = true;
+        Ok(ExclusiveGuard { gate: self })
+    }
+}
+
+impl Drop for SharedGuard<'_> {
+    fn drop(&mut self) {
+        note_held(self.gate, -1);
+        let mut s = self.gate.state.lock();
+        s.shared -= 1;
+        if s.shared == 0 && s.exclusive_waiting > 0 {
+            self.gate.cond.notify_all();
+        }
+    }
+}
+
+impl Drop for ExclusiveGuard<'_> {
+    fn drop(&mut self) {
+        let mut s = self.gate.state.lock();
+        s.exclusive = false;
+        self.gate.cond.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn shared_is_reentrant_and_exclusive_refused_to_holder() {
+        let g = Gate::default();
+        let a = g.try_shared().expect("free gate");
+        assert!(g.held_by_current_thread());
+        let b = g.wait_shared();
+        assert!(matches!(
+            g.exclusive("grow"),
+            Err(StoreError::WouldDeadlock("grow"))
+        ));
+        drop(a);
+        drop(b);
+        assert!(!g.held_by_current_thread());
+        let x = g.exclusive("grow").expect("no readers");
+        drop(x);
+    }
+
+    #[test]
+    fn exclusive_waits_for_readers_and_blocks_new_ones() {
+        let g = Arc::new(Gate::default());
+        let r = g.try_shared().unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let t = {
+            let (g, done) = (g.clone(), done.clone());
+            std::thread::spawn(move || {
+                let _x = g.exclusive("grow").unwrap();
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        while !g.exclusive_pending() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A waiting grower keeps new readers out (other threads) ...
+        let g2 = g.clone();
+        let blocked = std::thread::spawn(move || g2.try_shared().is_none())
+            .join()
+            .unwrap();
+        assert!(blocked);
+        // ... but lets this thread, which holds a read, in again.
+        assert!(g.try_shared().is_some());
+        assert!(!done.load(Ordering::SeqCst));
+        drop(r);
+        t.join().unwrap();
+        assert!(done.load(Ordering::SeqCst));
+        assert!(g.try_shared().is_some());
+    }
+}

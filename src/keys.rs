@@ -1,0 +1,280 @@
+//! Key normalisation and validation.
+//!
+//! A key reaches LMDB as bytes. `bytes` are borrowed as they are; `bytearray`
+//! and C-contiguous `memoryview`s are copied (they are mutable); `str` is
+//! accepted only when the store has a `key_encoding`, normalised first when
+//! `str_normalize` is set, and encoded (UTF-8 in Rust, other codecs through
+//! Python's `str.encode`).
+
+use std::borrow::Cow;
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
+use unicode_normalization::UnicodeNormalization;
+
+use crate::errors::type_error;
+
+/// LMDB's compile-time key limit (`mdb_env_get_maxkeysize` with the default
+/// `MDB_MAXKEYSIZE`); checked against the library at module load.
+pub const MAX_KEY_SIZE: usize = 511;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormalForm {
+    Nfc,
+    Nfd,
+    Nfkc,
+    Nfkd,
+}
+
+impl NormalForm {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "NFC" => Some(Self::Nfc),
+            "NFD" => Some(Self::Nfd),
+            "NFKC" => Some(Self::Nfkc),
+            "NFKD" => Some(Self::Nfkd),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nfc => "NFC",
+            Self::Nfd => "NFD",
+            Self::Nfkc => "NFKC",
+            Self::Nfkd => "NFKD",
+        }
+    }
+
+    /// The normalised text, borrowed when it is already in this form.
+    pub fn apply(self, s: &str) -> Cow<'_, str> {
+        use unicode_normalization::IsNormalized::Yes;
+        use unicode_normalization::{is_nfc_quick, is_nfd_quick, is_nfkc_quick, is_nfkd_quick};
+        let quick = match self {
+            Self::Nfc => is_nfc_quick(s.chars()),
+            Self::Nfd => is_nfd_quick(s.chars()),
+            Self::Nfkc => is_nfkc_quick(s.chars()),
+            Self::Nfkd => is_nfkd_quick(s.chars()),
+        };
+        if quick == Yes {
+            return Cow::Borrowed(s);
+        }
+        Cow::Owned(match self {
+            Self::Nfc => s.nfc().collect(),
+            Self::Nfd => s.nfd().collect(),
+            Self::Nfkc => s.nfkc().collect(),
+            Self::Nfkd => s.nfkd().collect(),
+        })
+    }
+}
+
+/// Whether a key of this many bytes can be stored.
+pub fn key_len_ok(len: usize) -> bool {
+    (1..=MAX_KEY_SIZE).contains(&len)
+}
+
+/// How a store turns Python keys into bytes and back.
+#[derive(Clone, Debug)]
+pub struct KeyPolicy {
+    pub encoding: Option<String>,
+    pub errors: String,
+    pub normalize: Option<NormalForm>,
+    /// `encoding` is UTF-8 with strict errors: encode and decode in Rust.
+    utf8_strict: bool,
+}
+
+fn is_utf8_name(enc: &str) -> bool {
+    let e = enc.to_ascii_lowercase().replace(['-', '_'], "");
+    e == "utf8" || e == "u8" || e == "utf" || e == "cp65001"
+}
+
+impl KeyPolicy {
+    pub fn new(
+        py: Python<'_>,
+        encoding: Option<String>,
+        errors: String,
+        normalize: Option<String>,
+    ) -> PyResult<Self> {
+        if let Some(enc) = &encoding {
+            // Fail at open, not at the first key, on a codec Python lacks.
+            py.import("codecs")?
+                .call_method1("lookup", (enc.as_str(),))?;
+        }
+        let normalize = match normalize {
+            None => None,
+            Some(name) => Some(NormalForm::parse(&name).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "str_normalize={name:?}: must be one of 'NFC', 'NFD', 'NFKC', 'NFKD' or None"
+                ))
+            })?),
+        };
+        let utf8_strict = encoding.as_deref().is_some_and(is_utf8_name) && errors == "strict";
+        Ok(Self {
+            encoding,
+            errors,
+            normalize,
+            utf8_strict,
+        })
+    }
+
+    /// The key's bytes (borrowed where possible), without the size check.
+    pub fn to_bytes<'a>(&self, key: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
+        if let Ok(b) = key.cast::<PyBytes>() {
+            return Ok(Cow::Borrowed(b.as_bytes()));
+        }
+        if let Ok(s) = key.cast::<PyString>() {
+            return self.encode_str(s);
+        }
+        if key.is_none() {
+            return Err(type_error("Key cannot be None."));
+        }
+        if let Ok(ba) = key.cast::<PyByteArray>() {
+            return Ok(Cow::Owned(ba.to_vec()));
+        }
+        if key.cast::<PyMemoryView>().is_ok() {
+            let buf = PyBuffer::<u8>::get(key).map_err(|_| {
+                type_error("Key must be bytes-like: memoryview of items other than bytes")
+            })?;
+            if !buf.is_c_contiguous() {
+                return Err(type_error(
+                    "Key must be bytes-like: memoryview is not C-contiguous",
+                ));
+            }
+            return Ok(Cow::Owned(buf.to_vec(key.py())?));
+        }
+        let tyname = key
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        let or_str = if self.encoding.is_some() {
+            " or str"
+        } else {
+            ""
+        };
+        Err(type_error(format!(
+            "Key must be bytes-like{or_str}; got {tyname}"
+        )))
+    }
+
+    /// The key's bytes, checked against LMDB's size limit (for writes).
+    pub fn to_write_bytes<'a>(&self, key: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
+        let bytes = self.to_bytes(key)?;
+        if !key_len_ok(bytes.len()) {
+            return Err(PyValueError::new_err(format!(
+                "key {} is {} bytes: LMDB keys must be 1 to {MAX_KEY_SIZE} bytes",
+                crate::codec::display_key(key),
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    fn encode_str<'a>(&self, s: &'a Bound<'_, PyString>) -> PyResult<Cow<'a, [u8]>> {
+        let Some(encoding) = &self.encoding else {
+            return Err(type_error(
+                "str keys are not allowed (set key_encoding='utf-8' etc. to enable).",
+            ));
+        };
+        if self.utf8_strict {
+            // `to_str` fails on lone surrogates, exactly as strict UTF-8 does.
+            let text: &'a str = match s.to_str() {
+                Ok(t) => t,
+                Err(_) => return self.encode_with_python(s, encoding),
+            };
+            return Ok(match self.normalize {
+                None => Cow::Borrowed(text.as_bytes()),
+                Some(form) => match form.apply(text) {
+                    Cow::Borrowed(t) => Cow::Borrowed(t.as_bytes()),
+                    Cow::Owned(t) => Cow::Owned(t.into_bytes()),
+                },
+            });
+        }
+        self.encode_with_python(s, encoding)
+    }
+
+    fn encode_with_python<'a>(
+        &self,
+        s: &Bound<'_, PyString>,
+        encoding: &str,
+    ) -> PyResult<Cow<'a, [u8]>> {
+        let py = s.py();
+        let text = match (self.normalize, s.to_str()) {
+            (Some(form), Ok(t)) => PyString::new(py, &form.apply(t)),
+            (Some(form), Err(_)) => {
+                // Lone surrogates: let Python's unicodedata normalise.
+                let ud = py.import("unicodedata")?;
+                ud.call_method1("normalize", (form.name(), s))?
+                    .cast_into::<PyString>()?
+            }
+            (None, _) => s.clone(),
+        };
+        let encoded = text.call_method1("encode", (encoding, self.errors.as_str()))?;
+        let bytes = encoded.cast::<PyBytes>().map_err(|_| {
+            type_error(format!(
+                "key_encoding={encoding:?} did not produce bytes from str.encode"
+            ))
+        })?;
+        Ok(Cow::Owned(bytes.as_bytes().to_vec()))
+    }
+
+    /// Stored key bytes as the caller sees them: `str` with an encoding.
+    pub fn decode<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        match &self.encoding {
+            None => Ok(PyBytes::new(py, key).into_any()),
+            Some(enc) => {
+                if self.utf8_strict {
+                    if let Ok(t) = std::str::from_utf8(key) {
+                        return Ok(PyString::new(py, t).into_any());
+                    }
+                }
+                PyBytes::new(py, key).call_method1("decode", (enc.as_str(), self.errors.as_str()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_length_bounds() {
+        assert!(!key_len_ok(0));
+        assert!(key_len_ok(1));
+        assert!(key_len_ok(MAX_KEY_SIZE));
+        assert!(!key_len_ok(MAX_KEY_SIZE + 1));
+    }
+
+    #[test]
+    fn normal_forms() {
+        let composed = "\u{e9}";
+        let decomposed = "e\u{301}";
+        assert_eq!(NormalForm::Nfc.apply(decomposed), composed);
+        assert_eq!(NormalForm::Nfd.apply(composed), decomposed);
+        assert!(matches!(NormalForm::Nfc.apply(composed), Cow::Borrowed(_)));
+        assert_eq!(NormalForm::Nfkc.apply("\u{fb01}"), "fi");
+        assert_eq!(NormalForm::Nfkd.apply("\u{2460}"), "1");
+        assert_eq!(NormalForm::parse("NFX"), None);
+        for f in [
+            NormalForm::Nfc,
+            NormalForm::Nfd,
+            NormalForm::Nfkc,
+            NormalForm::Nfkd,
+        ] {
+            assert_eq!(NormalForm::parse(f.name()), Some(f));
+        }
+    }
+
+    #[test]
+    fn utf8_names() {
+        for n in ["utf-8", "UTF8", "utf_8", "U8"] {
+            assert!(is_utf8_name(n), "{n}");
+        }
+        for n in ["latin-1", "utf-16", "ascii"] {
+            assert!(!is_utf8_name(n), "{n}");
+        }
+    }
+}

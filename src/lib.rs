@@ -1,0 +1,37 @@
+//! `lmdb_object_store._native`: the module registers the class, the
+//! exceptions and the version; the rooms of the crate are below.
+
+pub mod buffer;
+pub mod codec;
+pub mod engine;
+pub mod errors;
+pub mod gate;
+pub mod keys;
+pub mod store;
+
+use pyo3::prelude::*;
+
+/// The bundled LMDB's version as `(major, minor, patch)`.
+#[pyfunction]
+fn lmdb_version() -> (i32, i32, i32) {
+    engine::lmdb_version()
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    assert_eq!(
+        engine::max_key_size(),
+        keys::MAX_KEY_SIZE,
+        "the bundled LMDB must have 511-byte keys"
+    );
+    m.add_class::<store::LmdbObjectStore>()?;
+    m.add("Error", py.get_type::<errors::Error>())?;
+    m.add("MapFullError", py.get_type::<errors::MapFullError>())?;
+    m.add("ReadonlyError", py.get_type::<errors::ReadonlyError>())?;
+    m.add("ClosedError", py.get_type::<errors::ClosedError>())?;
+    m.add("UnpickleError", errors::unpickle_error_type(py)?)?;
+    m.add_function(wrap_pyfunction!(lmdb_version, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

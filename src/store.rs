@@ -1,0 +1,1004 @@
+//! The Python surface: `LmdbObjectStore`, argument conversion and the order
+//! of operations. LMDB itself is reached only through `engine`.
+//!
+//! Locks and the GIL: the buffer mutex is held only for plain Rust work and
+//! may be taken with the GIL held. The commit lock is held across a commit
+//! that runs with the GIL released, so it is waited for only with the GIL
+//! released too. No Python code (pickling, logging) runs under either.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lmdb::WriteFlags;
+use parking_lot::{Mutex, MutexGuard};
+use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use crate::buffer::{Batch, Lookup, WriteBuffer};
+use crate::codec;
+use crate::engine::{Env, EnvInfo, EnvOptions, Growth};
+use crate::errors::{os_error, ClosedError, Error, StoreError};
+use crate::keys::KeyPolicy;
+
+const DEFAULT_MAX_BUFFER_BYTES: usize = 64 * 1024 * 1024;
+/// Values at least this big are copied with the GIL released.
+const BIG_COPY: usize = 1 << 20;
+
+/// The buffer and the closing flag, under one mutex: a write checks the flag
+/// and lands in the buffer atomically, so close's final flush sees every
+/// write that was let in.
+#[derive(Default)]
+struct Buffered {
+    buf: WriteBuffer,
+    closing: bool,
+}
+
+pub struct Core {
+    env: Arc<Env>,
+    buffered: Mutex<Buffered>,
+    /// One commit of this store's buffer at a time, in order.
+    commit_lock: Mutex<()>,
+    /// Mirror of `closing` for lock-free checks on the read path.
+    closing: AtomicBool,
+    closed: AtomicBool,
+    close_lock: Mutex<()>,
+    keys: KeyPolicy,
+    batch_size: usize,
+    max_buffer_bytes: usize,
+    autoflush_on_read: bool,
+    max_map_size: Option<usize>,
+    protocol: i32,
+    readonly: bool,
+    path: String,
+}
+
+type R<T> = PyResult<T>;
+
+fn se(py: Python<'_>) -> impl Fn(StoreError) -> PyErr + '_ {
+    move |e| e.into_pyerr(py)
+}
+
+impl Core {
+    fn check_open(&self) -> R<()> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(ClosedError::new_err(format!(
+                "the store at {} is closed",
+                self.path
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self, op: &'static str) -> R<()> {
+        self.check_open()?;
+        if self.readonly {
+            return Err(StoreError::Readonly(op).into_pyerr_noarg());
+        }
+        Ok(())
+    }
+
+    /// Wait for `m` with the GIL released. A thread inside a read (nested
+    /// call from unpickling) gives up if growth is waiting for that read.
+    fn lock_detached<'a>(&self, py: Python<'_>, m: &'a Mutex<()>) -> R<MutexGuard<'a, ()>> {
+        if let Some(g) = m.try_lock() {
+            return Ok(g);
+        }
+        let gate = &self.env.gate;
+        let nested = gate.held_by_current_thread();
+        py.detach(|| {
+            if !nested {
+                return Ok(m.lock());
+            }
+            loop {
+                if let Some(g) = m.try_lock_for(Duration::from_millis(2)) {
+                    return Ok(g);
+                }
+                if gate.exclusive_pending() {
+                    return Err(StoreError::WouldDeadlock("a flush"));
+                }
+            }
+        })
+        .map_err(se(py))
+    }
+
+    fn log_growth(&self, py: Python<'_>, grown: &[Growth]) {
+        if grown.is_empty() {
+            return;
+        }
+        let Ok(logger) = py
+            .import("logging")
+            .and_then(|m| m.call_method1("getLogger", ("lmdb_object_store",)))
+        else {
+            return;
+        };
+        for g in grown {
+            let _ = logger.call_method1(
+                "warning",
+                (
+                    "map full: growing the map of %s from %d to %d bytes",
+                    self.path.as_str(),
+                    g.from,
+                    g.to,
+                ),
+            );
+        }
+    }
+
+    /// Commit the buffer in one write transaction. On failure the batch goes
+    /// back into the buffer (under any newer writes) and the error is raised.
+    fn flush(&self, py: Python<'_>) -> R<()> {
+        let grown = {
+            let _commit = self.lock_detached(py, &self.commit_lock)?;
+            let Some(batch) = self.buffered.lock().buf.begin_commit() else {
+                return Ok(());
+            };
+            let env = &self.env;
+            let cap = self.max_map_size;
+            let result = py.detach(|| write_batch(env, &batch, cap));
+            let mut b = self.buffered.lock();
+            match result {
+                Ok(grown) => {
+                    b.buf.commit_succeeded();
+                    grown
+                }
+                Err(e) => {
+                    b.buf.commit_failed();
+                    drop(b);
+                    return Err(e.into_pyerr(py));
+                }
+            }
+        };
+        self.log_growth(py, &grown);
+        Ok(())
+    }
+
+    fn buffered_lookup(&self, key: &[u8]) -> (Lookup, bool) {
+        let b = self.buffered.lock();
+        (b.buf.lookup(key), b.buf.active_len() > 0)
+    }
+
+    /// Run `f` inside a read transaction with the gate held shared.
+    fn with_read<T>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&crate::engine::ReadTxn<'_>) -> R<T>,
+    ) -> R<T> {
+        let env = &*self.env;
+        loop {
+            let guard = match env.gate.try_shared() {
+                Some(g) => g,
+                None => py.detach(|| env.gate.wait_shared()),
+            };
+            match env.begin_read(guard) {
+                Ok(Some(txn)) => return f(&txn),
+                Ok(None) => py.detach(|| env.adopt_resize()).map_err(se(py))?,
+                Err(StoreError::Closed) => return Err(self.closed_error()),
+                Err(e) => return Err(e.into_pyerr(py)),
+            }
+        }
+    }
+
+    fn closed_error(&self) -> PyErr {
+        ClosedError::new_err(format!("the store at {} is closed", self.path))
+    }
+
+    fn unpickle_buffered<'py>(
+        &self,
+        py: Python<'py>,
+        key: &[u8],
+        v: &[u8],
+    ) -> R<Bound<'py, PyAny>> {
+        codec::loads_borrowed(py, v).map_err(|e| codec::unpickle_error(py, key, "buffered", e))
+    }
+
+    /// The value of `key` or `None`; buffer first, then (after the autoflush)
+    /// the database.
+    fn get_value<'py>(&self, py: Python<'py>, key: &[u8]) -> R<Option<Bound<'py, PyAny>>> {
+        let (found, dirty) = self.buffered_lookup(key);
+        match found {
+            Lookup::Value(v) => return self.unpickle_buffered(py, key, &v).map(Some),
+            Lookup::Deleted => return Ok(None),
+            Lookup::Unknown => {}
+        }
+        if dirty && self.autoflush_on_read {
+            self.flush(py)?;
+        }
+        self.with_read(py, |txn| match txn.get(key).map_err(se(py))? {
+            None => Ok(None),
+            Some(data) => codec::loads_borrowed(py, data)
+                .map(Some)
+                .map_err(|e| codec::unpickle_error(py, key, "DB", e)),
+        })
+    }
+
+    fn contains(&self, py: Python<'_>, key: &[u8], flush: bool) -> R<bool> {
+        let (found, dirty) = self.buffered_lookup(key);
+        match found {
+            Lookup::Value(_) => return Ok(true),
+            Lookup::Deleted => return Ok(false),
+            Lookup::Unknown => {}
+        }
+        if flush && dirty {
+            self.flush(py)?;
+        }
+        self.with_read(py, |txn| Ok(txn.get(key).map_err(se(py))?.is_some()))
+    }
+
+    /// Buffer one write (value pickled already, or a tombstone) and flush if
+    /// the buffer reached its bounds.
+    fn buffer_write(&self, py: Python<'_>, key: &[u8], value: Option<Arc<[u8]>>) -> R<()> {
+        let full = {
+            let mut b = self.buffered.lock();
+            if b.closing {
+                return Err(self.closed_error());
+            }
+            b.buf.insert(key, value);
+            b.buf.active_len() >= self.batch_size || b.buf.active_bytes() > self.max_buffer_bytes
+        };
+        if full {
+            self.flush(py)?;
+        }
+        Ok(())
+    }
+
+    fn info(&self, py: Python<'_>) -> R<EnvInfo> {
+        let env = &*self.env;
+        let g = match env.gate.try_shared() {
+            Some(g) => g,
+            None => py.detach(|| env.gate.wait_shared()),
+        };
+        env.info_shared(&g).map_err(|e| self.map_closed(py, e))
+    }
+
+    fn map_closed(&self, py: Python<'_>, e: StoreError) -> PyErr {
+        match e {
+            StoreError::Closed => self.closed_error(),
+            e => e.into_pyerr(py),
+        }
+    }
+
+    /// Number of live keys, the buffer included: LMDB's entry count,
+    /// corrected by the buffered writes (one lookup per buffered key).
+    fn len(&self, py: Python<'_>) -> R<usize> {
+        let b = self.buffered.lock();
+        let mut keys: Vec<(Vec<u8>, bool)> = Vec::new();
+        let mut seen = crate::buffer::FastMap::<&[u8], ()>::default();
+        let inflight = b.buf.inflight().cloned();
+        for batch in [Some(b.buf.active()), inflight.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            for (k, v) in batch.iter() {
+                if seen.insert(k, ()).is_none() {
+                    keys.push((k.to_vec(), v.is_some()));
+                }
+            }
+        }
+        drop(seen);
+        drop(b);
+        self.with_read(py, |txn| {
+            let mut n = txn.entries().map_err(se(py))? as isize;
+            for (k, live) in &keys {
+                let stored = txn.get(k).map_err(se(py))?.is_some();
+                n += (*live as isize) - (stored as isize);
+            }
+            Ok(n.max(0) as usize)
+        })
+    }
+}
+
+impl StoreError {
+    fn into_pyerr_noarg(self) -> PyErr {
+        Python::attach(|py| self.into_pyerr(py))
+    }
+}
+
+/// Write one batch, sorted, in one transaction. No Python here.
+fn write_batch(env: &Env, batch: &Batch, cap: Option<usize>) -> Result<Vec<Growth>, StoreError> {
+    let ops = batch.sorted();
+    let _writer = env.lock_writer()?;
+    let mut grown = env.reserve_locked(batch.bytes(), cap)?;
+    let (_, more) = env.write_locked(cap, &mut |txn, db| {
+        for (k, v) in &ops {
+            match v {
+                Some(v) => txn.put(db, k, v, WriteFlags::empty())?,
+                None => match txn.del(db, k, None) {
+                    Ok(()) | Err(lmdb::Error::NotFound) => {}
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Ok(())
+    })?;
+    grown.extend(more);
+    Ok(grown)
+}
+
+/// A persistent, thread-safe, dict-like store of Python objects on LMDB.
+///
+/// >>> with LmdbObjectStore("/tmp/db") as store:
+/// ...     store[b"k"] = {"v": 1}
+#[pyclass(
+    module = "lmdb_object_store",
+    name = "LmdbObjectStore",
+    subclass,
+    frozen,
+    weakref
+)]
+pub struct LmdbObjectStore {
+    core: AtomicPtr<Core>,
+}
+
+impl Drop for LmdbObjectStore {
+    fn drop(&mut self) {
+        let p = *self.core.get_mut();
+        if !p.is_null() {
+            // SAFETY: `p` came from Arc::into_raw in __init__ and this object
+            // owns that strong count.
+            drop(unsafe { Arc::from_raw(p) });
+        }
+    }
+}
+
+fn bool_opt(v: &Bound<'_, PyAny>) -> R<bool> {
+    v.is_truthy()
+}
+
+fn usize_opt(name: &str, v: &Bound<'_, PyAny>) -> R<usize> {
+    let n: i128 = v.extract().map_err(|_| {
+        PyTypeError::new_err(format!("{name} must be an int, got {}", type_name(v)))
+    })?;
+    if n < 0 {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be >= 0, got {n}"
+        )));
+    }
+    usize::try_from(n).map_err(|_| PyValueError::new_err(format!("{name} is too large: {n}")))
+}
+
+fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn parse_lmdb_options(kwargs: Option<&Bound<'_, PyDict>>) -> R<EnvOptions> {
+    let mut o = EnvOptions::default();
+    let Some(kwargs) = kwargs else {
+        return Ok(o);
+    };
+    for (k, v) in kwargs.iter() {
+        let name: String = k.extract()?;
+        match name.as_str() {
+            "map_size" => {
+                o.map_size = usize_opt("map_size", &v)?;
+                if o.map_size == 0 {
+                    return Err(PyValueError::new_err("map_size must be > 0"));
+                }
+            }
+            "subdir" => o.subdir = bool_opt(&v)?,
+            "readonly" => o.readonly = bool_opt(&v)?,
+            "metasync" => o.metasync = bool_opt(&v)?,
+            "sync" => o.sync = bool_opt(&v)?,
+            "map_async" => o.map_async = bool_opt(&v)?,
+            "mode" => {
+                o.mode = u32::try_from(usize_opt("mode", &v)?)
+                    .map_err(|_| PyValueError::new_err("mode is too large"))?
+            }
+            "create" => o.create = bool_opt(&v)?,
+            "readahead" => o.readahead = bool_opt(&v)?,
+            "writemap" => o.writemap = bool_opt(&v)?,
+            "meminit" => o.meminit = bool_opt(&v)?,
+            "max_readers" => {
+                let n = usize_opt("max_readers", &v)?;
+                if n == 0 || n > u32::MAX as usize {
+                    return Err(PyValueError::new_err(format!(
+                        "max_readers must be between 1 and {}, got {n}",
+                        u32::MAX
+                    )));
+                }
+                o.max_readers = n as u32;
+            }
+            "lock" => o.lock = bool_opt(&v)?,
+            other => {
+                return Err(PyTypeError::new_err(format!(
+                    "LmdbObjectStore() got an unexpected keyword argument '{other}'"
+                )))
+            }
+        }
+    }
+    Ok(o)
+}
+
+impl LmdbObjectStore {
+    fn core(&self) -> R<&Core> {
+        let p = self.core.load(Ordering::Acquire);
+        if p.is_null() {
+            return Err(Error::new_err(
+                "LmdbObjectStore.__init__ was not called (a subclass must call super().__init__)",
+            ));
+        }
+        // SAFETY: a non-null pointer is a live Arc<Core> owned by `self`,
+        // freed only in Drop, so it outlives the borrow of `self`.
+        Ok(unsafe { &*p })
+    }
+
+    fn open_core(&self) -> R<&Core> {
+        let c = self.core()?;
+        c.check_open()?;
+        Ok(c)
+    }
+}
+
+#[pymethods]
+impl LmdbObjectStore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        LmdbObjectStore {
+            core: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    #[pyo3(signature = (
+        db_path, batch_size=1000, *, autoflush_on_read=true, key_encoding=None,
+        key_errors="strict".to_string(), str_normalize=None, max_map_size=None,
+        max_buffer_bytes=DEFAULT_MAX_BUFFER_BYTES as i64, pickle_protocol=None, **lmdb_options
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn __init__(
+        &self,
+        py: Python<'_>,
+        db_path: &Bound<'_, PyAny>,
+        batch_size: i64,
+        autoflush_on_read: bool,
+        key_encoding: Option<String>,
+        key_errors: String,
+        str_normalize: Option<String>,
+        max_map_size: Option<&Bound<'_, PyAny>>,
+        max_buffer_bytes: i64,
+        pickle_protocol: Option<i32>,
+        lmdb_options: Option<&Bound<'_, PyDict>>,
+    ) -> R<()> {
+        if !self.core.load(Ordering::Acquire).is_null() {
+            return Err(Error::new_err("this LmdbObjectStore is already open"));
+        }
+        let fspath = py
+            .import("os")?
+            .call_method1("fspath", (db_path,))
+            .map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "db_path must be str or os.PathLike, got {}",
+                    type_name(db_path)
+                ))
+            })?;
+        let path: PathBuf = match fspath.cast::<PyString>() {
+            Ok(s) => PathBuf::from(s.to_str()?),
+            Err(_) => {
+                let b: Vec<u8> = fspath.extract()?;
+                use std::os::unix::ffi::OsStringExt;
+                PathBuf::from(std::ffi::OsString::from_vec(b))
+            }
+        };
+        if batch_size < 1 {
+            return Err(PyValueError::new_err(format!(
+                "batch_size must be >= 1, got {batch_size}"
+            )));
+        }
+        let batch_size = batch_size as usize;
+        if max_buffer_bytes < 0 {
+            return Err(PyValueError::new_err(format!(
+                "max_buffer_bytes must be >= 0, got {max_buffer_bytes}"
+            )));
+        }
+        let max_buffer_bytes = max_buffer_bytes as usize;
+        let max_map_size = match max_map_size {
+            None => None,
+            Some(v) if v.is_none() => None,
+            Some(v) => {
+                let n = usize_opt("max_map_size", v)?;
+                if n == 0 {
+                    return Err(PyValueError::new_err("max_map_size must be > 0 or None"));
+                }
+                Some(n)
+            }
+        };
+        let protocol = match pickle_protocol {
+            Some(p) => p,
+            None => py
+                .import("pickle")?
+                .getattr("HIGHEST_PROTOCOL")?
+                .extract()?,
+        };
+        // An unknown protocol fails here, not at the first put.
+        codec::dumps(py, &py.None().into_bound(py), protocol).map_err(|e| {
+            PyValueError::new_err(format!("pickle_protocol={protocol}: {}", e.value(py)))
+        })?;
+        let keys = KeyPolicy::new(py, key_encoding, key_errors, str_normalize)?;
+        let options = parse_lmdb_options(lmdb_options)?;
+        let shown = path.display().to_string();
+        let env = py.detach(|| Env::open(&path, &options)).map_err(|e| {
+            if e.code > 0 {
+                os_error(e.code, &shown, &e.what)
+            } else {
+                Error::new_err(format!("{}: {}", e.what, crate::errors::strerror(e.code)))
+            }
+        })?;
+        let core = Arc::new(Core {
+            env: Arc::new(env),
+            buffered: Mutex::new(Buffered::default()),
+            commit_lock: Mutex::new(()),
+            closing: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            close_lock: Mutex::new(()),
+            keys,
+            batch_size,
+            max_buffer_bytes,
+            autoflush_on_read,
+            max_map_size,
+            protocol,
+            readonly: options.readonly,
+            path: shown,
+        });
+        let raw = Arc::into_raw(core) as *mut Core;
+        if self
+            .core
+            .compare_exchange(
+                std::ptr::null_mut(),
+                raw,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            // SAFETY: `raw` was never published; reclaim it.
+            let core = unsafe { Arc::from_raw(raw) };
+            let _ = py.detach(|| core.env.close());
+            return Err(Error::new_err("this LmdbObjectStore is already open"));
+        }
+        Ok(())
+    }
+
+    /// Store `obj` (pickled now) under `key`; buffered until the next flush.
+    fn put(&self, py: Python<'_>, key: &Bound<'_, PyAny>, obj: &Bound<'_, PyAny>) -> R<()> {
+        let c = self.core()?;
+        c.check_writable("put")?;
+        let k = c.keys.to_write_bytes(key)?;
+        let pickled = codec::dumps(py, obj, c.protocol)?;
+        let bytes = pickled.as_bytes();
+        let value: Arc<[u8]> = if bytes.len() >= BIG_COPY {
+            py.detach(|| Arc::from(bytes))
+        } else {
+            Arc::from(bytes)
+        };
+        c.buffer_write(py, &k, Some(value))
+    }
+
+    fn __setitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>, obj: &Bound<'_, PyAny>) -> R<()> {
+        self.put(py, key, obj)
+    }
+
+    /// Buffer a deletion of `key` (no check that it exists).
+    fn delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> R<()> {
+        let c = self.core()?;
+        c.check_writable("delete")?;
+        let k = c.keys.to_write_bytes(key)?;
+        c.buffer_write(py, &k, None)
+    }
+
+    fn __delitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> R<()> {
+        let c = self.core()?;
+        c.check_writable("delete")?;
+        let k = c.keys.to_bytes(key)?;
+        if !crate::keys::key_len_ok(k.len()) || !c.contains(py, &k, false)? {
+            return Err(key_error(key));
+        }
+        c.buffer_write(py, &k, None)
+    }
+
+    /// The value stored under `key`, or `default`.
+    #[pyo3(signature = (key, default=None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> R<Bound<'py, PyAny>> {
+        let c = self.open_core()?;
+        let k = c.keys.to_bytes(key)?;
+        Ok(match c.get_value(py, &k)? {
+            Some(v) => v,
+            None => default.unwrap_or_else(|| py.None().into_bound(py)),
+        })
+    }
+
+    fn __getitem__<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>) -> R<Bound<'py, PyAny>> {
+        let c = self.open_core()?;
+        let k = c.keys.to_bytes(key)?;
+        c.get_value(py, &k)?.ok_or_else(|| key_error(key))
+    }
+
+    /// Whether `key` has a value; `flush=None` follows `autoflush_on_read`.
+    #[pyo3(signature = (key, *, flush=None))]
+    fn exists(&self, py: Python<'_>, key: &Bound<'_, PyAny>, flush: Option<bool>) -> R<bool> {
+        let c = self.open_core()?;
+        let k = c.keys.to_bytes(key)?;
+        c.contains(py, &k, flush.unwrap_or(c.autoflush_on_read))
+    }
+
+    fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> R<bool> {
+        let c = self.open_core()?;
+        let k = c.keys.to_bytes(key)?;
+        c.contains(py, &k, false)
+    }
+
+    /// `(found, not_found)` for many keys, read in one transaction.
+    #[pyo3(signature = (keys, *, decode_keys=false, decode_not_found=None))]
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+        decode_keys: bool,
+        decode_not_found: Option<bool>,
+    ) -> R<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
+        let c = self.open_core()?;
+        if (decode_keys || decode_not_found == Some(true)) && c.keys.encoding.is_none() {
+            return Err(PyValueError::new_err(
+                "Decoding requested but key_encoding is not set.",
+            ));
+        }
+        let decode_not_found = decode_not_found.unwrap_or(decode_keys);
+        let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<R<_>>()?;
+        let normalised: Vec<Cow<'_, [u8]>> =
+            given.iter().map(|k| c.keys.to_bytes(k)).collect::<R<_>>()?;
+
+        // Buffer first, in one lock.
+        let mut from_buffer: Vec<Option<Lookup>> = Vec::with_capacity(normalised.len());
+        let mut dirty = false;
+        {
+            let b = c.buffered.lock();
+            for k in &normalised {
+                from_buffer.push(Some(b.buf.lookup(k)));
+            }
+            dirty |= b.buf.active_len() > 0;
+        }
+        let need_db = from_buffer
+            .iter()
+            .any(|l| matches!(l, Some(Lookup::Unknown)));
+        if need_db && dirty && c.autoflush_on_read {
+            c.flush(py)?;
+        }
+
+        let found = PyDict::new(py);
+        let mut hit = vec![false; normalised.len()];
+        let key_obj = |k: &[u8]| -> R<Bound<'py, PyAny>> {
+            if decode_keys {
+                c.keys.decode(py, k)
+            } else {
+                Ok(PyBytes::new(py, k).into_any())
+            }
+        };
+        for (i, (k, l)) in normalised.iter().zip(&from_buffer).enumerate() {
+            if let Some(Lookup::Value(v)) = l {
+                let obj = c.unpickle_buffered(py, k, v)?;
+                found.set_item(key_obj(k)?, obj)?;
+                hit[i] = true;
+            }
+        }
+        if need_db {
+            c.with_read(py, |txn| {
+                let mut done = crate::buffer::FastMap::<&[u8], bool>::default();
+                for (i, (k, l)) in normalised.iter().zip(&from_buffer).enumerate() {
+                    if !matches!(l, Some(Lookup::Unknown)) {
+                        continue;
+                    }
+                    if let Some(&was) = done.get(&k[..]) {
+                        hit[i] = was;
+                        continue;
+                    }
+                    let was = match txn.get(k).map_err(se(py))? {
+                        None => false,
+                        Some(data) => {
+                            let obj = codec::loads_borrowed(py, data)
+                                .map_err(|e| codec::unpickle_error(py, k, "DB", e))?;
+                            found.set_item(key_obj(k)?, obj)?;
+                            true
+                        }
+                    };
+                    done.insert(k, was);
+                    hit[i] = was;
+                }
+                Ok(())
+            })?;
+        }
+        let not_found = PyList::empty(py);
+        for (i, k) in given.iter().enumerate() {
+            if hit[i] {
+                continue;
+            }
+            if decode_not_found && k.cast::<PyString>().is_err() {
+                not_found.append(c.keys.decode(py, &normalised[i])?)?;
+            } else {
+                not_found.append(k)?;
+            }
+        }
+        Ok((found, not_found))
+    }
+
+    /// Write every `(key, value)` of `items` in one transaction, after
+    /// flushing the buffer: all or nothing.
+    fn put_many(&self, py: Python<'_>, items: &Bound<'_, PyAny>) -> R<()> {
+        let c = self.core()?;
+        c.check_writable("put_many")?;
+        let pairs = if items.hasattr("items")? && items.hasattr("keys")? {
+            items.call_method0("items")?
+        } else {
+            items.clone()
+        };
+        // Normalise and pickle everything before touching the buffer.
+        let mut batch = Batch::default();
+        for pair in pairs.try_iter()? {
+            let pair = pair?;
+            let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "put_many() wants a mapping or an iterable of (key, value) pairs; got an item of type {}",
+                    type_name(&pair)
+                ))
+            })?;
+            let kb = c.keys.to_write_bytes(&k)?;
+            let pickled = codec::dumps(py, &v, c.protocol)?;
+            batch.insert(&kb, Some(Arc::from(pickled.as_bytes())));
+        }
+        let grown = {
+            let _commit = c.lock_detached(py, &c.commit_lock)?;
+            if c.buffered.lock().closing {
+                return Err(c.closed_error());
+            }
+            // The buffer goes first, so older buffered writes cannot land
+            // after these.
+            let pending = c.buffered.lock().buf.begin_commit();
+            let env = &*c.env;
+            let cap = c.max_map_size;
+            let mut grown = Vec::new();
+            if let Some(pending) = pending {
+                let r = py.detach(|| write_batch(env, &pending, cap));
+                let mut b = c.buffered.lock();
+                match r {
+                    Ok(g) => {
+                        b.buf.commit_succeeded();
+                        grown.extend(g);
+                    }
+                    Err(e) => {
+                        b.buf.commit_failed();
+                        return Err(e.into_pyerr(py));
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                grown.extend(
+                    py.detach(|| write_batch(env, &batch, cap))
+                        .map_err(se(py))?,
+                );
+            }
+            grown
+        };
+        c.log_growth(py, &grown);
+        Ok(())
+    }
+
+    /// Write the buffer to LMDB in one transaction.
+    fn flush(&self, py: Python<'_>) -> R<()> {
+        let c = self.core()?;
+        c.check_writable("flush")?;
+        c.flush(py)
+    }
+
+    /// Flush, wait for reads in flight, sync and close. Idempotent.
+    #[pyo3(signature = (*, strict=false))]
+    fn close(&self, py: Python<'_>, strict: bool) -> R<()> {
+        let p = self.core.load(Ordering::Acquire);
+        if p.is_null() {
+            return Ok(());
+        }
+        // SAFETY: see `core()`.
+        let c = unsafe { &*p };
+        if c.env.gate.held_by_current_thread() {
+            return Err(StoreError::WouldDeadlock("close()").into_pyerr(py));
+        }
+        {
+            let mut b = c.buffered.lock();
+            b.closing = true;
+            c.closing.store(true, Ordering::Release);
+        }
+        let _one_closer = c.lock_detached(py, &c.close_lock)?;
+        if c.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut flush_error = None;
+        if !c.readonly {
+            if let Err(e) = c.flush(py) {
+                let logger = py
+                    .import("logging")?
+                    .call_method1("getLogger", ("lmdb_object_store",))?;
+                let _ = logger.call_method1(
+                    "error",
+                    (
+                        "final flush failed while closing %s: %s",
+                        c.path.as_str(),
+                        e.value(py).clone(),
+                    ),
+                );
+                flush_error = Some(e);
+            }
+        }
+        let env = &*c.env;
+        let sync_result = py.detach(|| {
+            let s = if env.options.readonly {
+                Ok(())
+            } else {
+                env.sync(true)
+            };
+            let closed = env.close();
+            (s, closed)
+        });
+        c.closed.store(true, Ordering::Release);
+        if let Err(e) = sync_result.1 {
+            return Err(e.into_pyerr(py));
+        }
+        if let (Err(e), None) = (sync_result.0, &flush_error) {
+            let logger = py
+                .import("logging")?
+                .call_method1("getLogger", ("lmdb_object_store",))?;
+            let _ = logger.call_method1(
+                "warning",
+                (
+                    "sync failed while closing %s: %s",
+                    c.path.as_str(),
+                    e.into_pyerr(py).value(py).clone(),
+                ),
+            );
+        }
+        if let (Some(e), true) = (flush_error, strict) {
+            let err =
+                PyRuntimeError::new_err(format!("Final flush failed during close() of {}", c.path));
+            err.set_cause(py, Some(e));
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Flush the OS buffers of the data file to disk.
+    #[pyo3(signature = (force=true))]
+    fn sync(&self, py: Python<'_>, force: bool) -> R<()> {
+        let c = self.open_core()?;
+        let env = &*c.env;
+        py.detach(|| env.sync(force))
+            .map_err(|e| c.map_closed(py, e))
+    }
+
+    /// `map_addr`, `map_size`, `last_pgno`, `last_txnid`, `max_readers`,
+    /// `num_readers`, as py-lmdb's `Environment.info()`.
+    fn info<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyDict>> {
+        let c = self.open_core()?;
+        let i = c.info(py)?;
+        let d = PyDict::new(py);
+        d.set_item("map_addr", i.map_addr)?;
+        d.set_item("map_size", i.map_size)?;
+        d.set_item("last_pgno", i.last_pgno)?;
+        d.set_item("last_txnid", i.last_txnid)?;
+        d.set_item("max_readers", i.max_readers)?;
+        d.set_item("num_readers", i.num_readers)?;
+        Ok(d)
+    }
+
+    /// `psize`, `depth`, `branch_pages`, `leaf_pages`, `overflow_pages`,
+    /// `entries`, as py-lmdb's `Environment.stat()` (committed data only).
+    fn stat<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyDict>> {
+        let c = self.open_core()?;
+        let env = &*c.env;
+        let g = match env.gate.try_shared() {
+            Some(g) => g,
+            None => py.detach(|| env.gate.wait_shared()),
+        };
+        let s = env.stat_shared(&g).map_err(|e| c.map_closed(py, e))?;
+        drop(g);
+        let d = PyDict::new(py);
+        d.set_item("psize", s.psize)?;
+        d.set_item("depth", s.depth)?;
+        d.set_item("branch_pages", s.branch_pages)?;
+        d.set_item("leaf_pages", s.leaf_pages)?;
+        d.set_item("overflow_pages", s.overflow_pages)?;
+        d.set_item("entries", s.entries)?;
+        Ok(d)
+    }
+
+    fn __len__(&self, py: Python<'_>) -> R<usize> {
+        self.open_core()?.len(py)
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> R<Bound<'_, Self>> {
+        slf.get().open_core()?;
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> R<bool> {
+        self.close(py, false)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let name = "LmdbObjectStore";
+        let Ok(c) = self.core() else {
+            return format!("<{name} (not initialised)>");
+        };
+        if c.closing.load(Ordering::Acquire) {
+            return format!("<{name} path={:?} closed>", c.path);
+        }
+        let state = if c.readonly { "open, readonly" } else { "open" };
+        match c.len(py) {
+            Ok(n) => format!("<{name} path={:?} entries={n} {state}>", c.path),
+            Err(_) => format!("<{name} path={:?} {state}>", c.path),
+        }
+    }
+
+    /// Buffered entries not yet committed.
+    #[getter]
+    fn pending(&self) -> R<usize> {
+        Ok(self.core()?.buffered.lock().buf.pending())
+    }
+
+    #[getter]
+    fn path(&self) -> R<String> {
+        Ok(self.core()?.path.clone())
+    }
+
+    #[getter]
+    fn readonly(&self) -> R<bool> {
+        Ok(self.core()?.readonly)
+    }
+
+    #[getter]
+    fn closed(&self) -> R<bool> {
+        Ok(self.core()?.closing.load(Ordering::Acquire))
+    }
+
+    #[getter]
+    fn batch_size(&self) -> R<usize> {
+        Ok(self.core()?.batch_size)
+    }
+
+    #[getter]
+    fn autoflush_on_read(&self) -> R<bool> {
+        Ok(self.core()?.autoflush_on_read)
+    }
+
+    #[getter]
+    fn max_map_size(&self) -> R<Option<usize>> {
+        Ok(self.core()?.max_map_size)
+    }
+
+    #[getter]
+    fn max_buffer_bytes(&self) -> R<usize> {
+        Ok(self.core()?.max_buffer_bytes)
+    }
+
+    #[getter]
+    fn pickle_protocol(&self) -> R<i32> {
+        Ok(self.core()?.protocol)
+    }
+
+    #[getter]
+    fn key_encoding(&self) -> R<Option<String>> {
+        Ok(self.core()?.keys.encoding.clone())
+    }
+}
+
+fn key_error(key: &Bound<'_, PyAny>) -> PyErr {
+    PyKeyError::new_err(format!("Key not found: {}", codec::display_key(key)))
+}
