@@ -7,6 +7,8 @@
 {'value': 42}
 """
 
+from collections.abc import MutableMapping as _MutableMapping
+
 from ._native import (
     ClosedError,
     Error,
@@ -17,6 +19,8 @@ from ._native import (
     __version__,
     lmdb_version,
 )
+
+_MutableMapping.register(LmdbObjectStore)
 
 __all__ = [
     "ClosedError",

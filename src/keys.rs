@@ -8,7 +8,6 @@
 
 use std::borrow::Cow;
 
-use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
@@ -134,15 +133,18 @@ impl KeyPolicy {
             return Ok(Cow::Owned(ba.to_vec()));
         }
         if key.cast::<PyMemoryView>().is_ok() {
-            let buf = PyBuffer::<u8>::get(key).map_err(|_| {
-                type_error("Key must be bytes-like: memoryview of items other than bytes")
-            })?;
-            if !buf.is_c_contiguous() {
+            // Any C-contiguous view, whatever its item format: its raw bytes,
+            // as bytes(view) gives them.
+            if !key
+                .getattr(pyo3::intern!(key.py(), "c_contiguous"))?
+                .is_truthy()?
+            {
                 return Err(type_error(
                     "Key must be bytes-like: memoryview is not C-contiguous",
                 ));
             }
-            return Ok(Cow::Owned(buf.to_vec(key.py())?));
+            let raw = key.call_method0(pyo3::intern!(key.py(), "tobytes"))?;
+            return Ok(Cow::Owned(raw.cast::<PyBytes>()?.as_bytes().to_vec()));
         }
         let tyname = key
             .get_type()

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod engine;
 pub mod errors;
 pub mod gate;
+pub mod iter;
 pub mod keys;
 pub mod store;
 
@@ -26,6 +27,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "the bundled LMDB must have 511-byte keys"
     );
     m.add_class::<store::LmdbObjectStore>()?;
+    m.add_class::<iter::StoreIterator>()?;
     m.add("Error", py.get_type::<errors::Error>())?;
     m.add("MapFullError", py.get_type::<errors::MapFullError>())?;
     m.add("ReadonlyError", py.get_type::<errors::ReadonlyError>())?;

@@ -22,6 +22,7 @@ use crate::buffer::{Batch, Lookup, WriteBuffer};
 use crate::codec;
 use crate::engine::{Env, EnvInfo, EnvOptions, Growth};
 use crate::errors::{os_error, ClosedError, Error, StoreError};
+use crate::iter::{Bounds, Kind, StoreIterator};
 use crate::keys::KeyPolicy;
 
 const DEFAULT_MAX_BUFFER_BYTES: usize = 64 * 1024 * 1024;
@@ -46,7 +47,7 @@ pub struct Core {
     closing: AtomicBool,
     closed: AtomicBool,
     close_lock: Mutex<()>,
-    keys: KeyPolicy,
+    pub(crate) keys: KeyPolicy,
     batch_size: usize,
     max_buffer_bytes: usize,
     autoflush_on_read: bool,
@@ -133,27 +134,67 @@ impl Core {
     fn flush(&self, py: Python<'_>) -> R<()> {
         let grown = {
             let _commit = self.lock_detached(py, &self.commit_lock)?;
-            let Some(batch) = self.buffered.lock().buf.begin_commit() else {
-                return Ok(());
-            };
-            let env = &self.env;
-            let cap = self.max_map_size;
-            let result = py.detach(|| write_batch(env, &batch, cap));
-            let mut b = self.buffered.lock();
-            match result {
-                Ok(grown) => {
-                    b.buf.commit_succeeded();
-                    grown
-                }
-                Err(e) => {
-                    b.buf.commit_failed();
-                    drop(b);
-                    return Err(e.into_pyerr(py));
-                }
-            }
+            self.commit_buffer_locked(py)?
         };
         self.log_growth(py, &grown);
         Ok(())
+    }
+
+    /// The body of `flush`, for callers that hold the commit lock.
+    fn commit_buffer_locked(&self, py: Python<'_>) -> R<Vec<Growth>> {
+        let Some(batch) = self.buffered.lock().buf.begin_commit() else {
+            return Ok(Vec::new());
+        };
+        let env = &*self.env;
+        let cap = self.max_map_size;
+        let result = py.detach(|| write_batch(env, &batch, cap));
+        let mut b = self.buffered.lock();
+        match result {
+            Ok(grown) => {
+                b.buf.commit_succeeded();
+                Ok(grown)
+            }
+            Err(e) => {
+                b.buf.commit_failed();
+                drop(b);
+                Err(e.into_pyerr(py))
+            }
+        }
+    }
+
+    /// Scans read the database alone: commit what is buffered first.
+    pub(crate) fn flush_for_read(&self, py: Python<'_>) -> R<()> {
+        if self.readonly || self.buffered.lock().buf.active_len() == 0 {
+            return Ok(());
+        }
+        self.flush(py)
+    }
+
+    fn bound(&self, name: &str, v: Option<&Bound<'_, PyAny>>) -> R<Option<Vec<u8>>> {
+        match v {
+            None => Ok(None),
+            Some(v) if v.is_none() => Ok(None),
+            Some(v) => match self.keys.to_bytes(v) {
+                Ok(b) => Ok(Some(b.into_owned())),
+                Err(e) if e.is_instance_of::<PyTypeError>(v.py()) => {
+                    Err(PyTypeError::new_err(format!("{name}: {}", e.value(v.py()))))
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    fn bounds(
+        &self,
+        prefix: Option<&Bound<'_, PyAny>>,
+        start: Option<&Bound<'_, PyAny>>,
+        stop: Option<&Bound<'_, PyAny>>,
+    ) -> R<Bounds> {
+        Ok(Bounds::new(
+            self.bound("prefix", prefix)?,
+            self.bound("start", start)?,
+            self.bound("stop", stop)?,
+        ))
     }
 
     fn buffered_lookup(&self, key: &[u8]) -> (Lookup, bool) {
@@ -162,7 +203,7 @@ impl Core {
     }
 
     /// Run `f` inside a read transaction with the gate held shared.
-    fn with_read<T>(
+    pub(crate) fn with_read<T>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&crate::engine::ReadTxn<'_>) -> R<T>,
@@ -428,7 +469,7 @@ impl LmdbObjectStore {
         Ok(unsafe { &*p })
     }
 
-    fn open_core(&self) -> R<&Core> {
+    pub(crate) fn open_core(&self) -> R<&Core> {
         let c = self.core()?;
         c.check_open()?;
         Ok(c)
@@ -761,24 +802,9 @@ impl LmdbObjectStore {
             }
             // The buffer goes first, so older buffered writes cannot land
             // after these.
-            let pending = c.buffered.lock().buf.begin_commit();
+            let mut grown = c.commit_buffer_locked(py)?;
             let env = &*c.env;
             let cap = c.max_map_size;
-            let mut grown = Vec::new();
-            if let Some(pending) = pending {
-                let r = py.detach(|| write_batch(env, &pending, cap));
-                let mut b = c.buffered.lock();
-                match r {
-                    Ok(g) => {
-                        b.buf.commit_succeeded();
-                        grown.extend(g);
-                    }
-                    Err(e) => {
-                        b.buf.commit_failed();
-                        return Err(e.into_pyerr(py));
-                    }
-                }
-            }
             if !batch.is_empty() {
                 grown.extend(
                     py.detach(|| write_batch(env, &batch, cap))
@@ -917,6 +943,319 @@ impl LmdbObjectStore {
         Ok(d)
     }
 
+    fn __iter__(slf: &Bound<'_, Self>) -> R<StoreIterator> {
+        slf.get().open_core()?;
+        Ok(StoreIterator::new(
+            slf.clone().unbind(),
+            Kind::Keys,
+            Bounds::default(),
+            false,
+        ))
+    }
+
+    /// Iterator for the views: `kind` is "keys", "values" or "items".
+    #[pyo3(signature = (kind, prefix=None, start=None, stop=None, reverse=false))]
+    fn _iter(
+        slf: &Bound<'_, Self>,
+        kind: &str,
+        prefix: Option<&Bound<'_, PyAny>>,
+        start: Option<&Bound<'_, PyAny>>,
+        stop: Option<&Bound<'_, PyAny>>,
+        reverse: bool,
+    ) -> R<StoreIterator> {
+        let c = slf.get().open_core()?;
+        let bounds = c.bounds(prefix, start, stop)?;
+        Ok(StoreIterator::new(
+            slf.clone().unbind(),
+            Kind::parse(kind)?,
+            bounds,
+            reverse,
+        ))
+    }
+
+    /// `(key, value)` pairs in key order, within the bounds.
+    ///
+    /// >>> for key, value in store.scan(prefix=b"user:"): ...
+    #[pyo3(signature = (*, prefix=None, start=None, stop=None, reverse=false))]
+    fn scan(
+        slf: &Bound<'_, Self>,
+        prefix: Option<&Bound<'_, PyAny>>,
+        start: Option<&Bound<'_, PyAny>>,
+        stop: Option<&Bound<'_, PyAny>>,
+        reverse: bool,
+    ) -> R<StoreIterator> {
+        Self::_iter(slf, "items", prefix, start, stop, reverse)
+    }
+
+    /// Number of keys within the bounds.
+    #[pyo3(signature = (prefix=None, start=None, stop=None))]
+    fn _count(
+        &self,
+        py: Python<'_>,
+        prefix: Option<&Bound<'_, PyAny>>,
+        start: Option<&Bound<'_, PyAny>>,
+        stop: Option<&Bound<'_, PyAny>>,
+    ) -> R<usize> {
+        let c = self.open_core()?;
+        let bounds = c.bounds(prefix, start, stop)?;
+        if bounds.is_unbounded() {
+            return c.len(py);
+        }
+        c.flush_for_read(py)?;
+        crate::iter::count(py, c, &bounds)
+    }
+
+    /// Whether `key` is within the bounds and in the store.
+    #[pyo3(signature = (key, prefix=None, start=None, stop=None))]
+    fn _contains_in(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        prefix: Option<&Bound<'_, PyAny>>,
+        start: Option<&Bound<'_, PyAny>>,
+        stop: Option<&Bound<'_, PyAny>>,
+    ) -> R<bool> {
+        let c = self.open_core()?;
+        let bounds = c.bounds(prefix, start, stop)?;
+        let Ok(k) = c.keys.to_bytes(key) else {
+            return Ok(false);
+        };
+        Ok(bounds.contains(&k) && c.contains(py, &k, false)?)
+    }
+
+    /// A live view of the keys, in key order, within optional bounds.
+    #[pyo3(signature = (*, prefix=None, start=None, stop=None, reverse=false))]
+    fn keys<'py>(
+        slf: &Bound<'py, Self>,
+        prefix: Option<&Bound<'py, PyAny>>,
+        start: Option<&Bound<'py, PyAny>>,
+        stop: Option<&Bound<'py, PyAny>>,
+        reverse: bool,
+    ) -> R<Bound<'py, PyAny>> {
+        make_view(slf, "KeysView", prefix, start, stop, reverse)
+    }
+
+    /// A live view of the values, in key order, within optional bounds.
+    #[pyo3(signature = (*, prefix=None, start=None, stop=None, reverse=false))]
+    fn values<'py>(
+        slf: &Bound<'py, Self>,
+        prefix: Option<&Bound<'py, PyAny>>,
+        start: Option<&Bound<'py, PyAny>>,
+        stop: Option<&Bound<'py, PyAny>>,
+        reverse: bool,
+    ) -> R<Bound<'py, PyAny>> {
+        make_view(slf, "ValuesView", prefix, start, stop, reverse)
+    }
+
+    /// A live view of the `(key, value)` pairs, in key order.
+    #[pyo3(signature = (*, prefix=None, start=None, stop=None, reverse=false))]
+    fn items<'py>(
+        slf: &Bound<'py, Self>,
+        prefix: Option<&Bound<'py, PyAny>>,
+        start: Option<&Bound<'py, PyAny>>,
+        stop: Option<&Bound<'py, PyAny>>,
+        reverse: bool,
+    ) -> R<Bound<'py, PyAny>> {
+        make_view(slf, "ItemsView", prefix, start, stop, reverse)
+    }
+
+    /// Remove `key` and return its value (or `default`, else KeyError).
+    #[pyo3(signature = (key, *default))]
+    fn pop<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: &Bound<'py, PyTuple>,
+    ) -> R<Bound<'py, PyAny>> {
+        if default.len() > 1 {
+            return Err(PyTypeError::new_err(format!(
+                "pop expected at most 2 arguments, got {}",
+                default.len() + 1
+            )));
+        }
+        let c = self.core()?;
+        c.check_writable("pop")?;
+        let k = c.keys.to_bytes(key)?;
+        let found = if crate::keys::key_len_ok(k.len()) {
+            c.get_value(py, &k)?
+        } else {
+            None
+        };
+        match found {
+            Some(v) => {
+                c.buffer_write(py, &k, None)?;
+                Ok(v)
+            }
+            None => match default.get_item(0) {
+                Ok(d) => Ok(d),
+                Err(_) => Err(key_error(key)),
+            },
+        }
+    }
+
+    /// Remove and return the `(key, value)` pair with the smallest key, in
+    /// one write transaction.
+    fn popitem<'py>(&self, py: Python<'py>) -> R<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let c = self.core()?;
+        c.check_writable("popitem")?;
+        loop {
+            c.flush(py)?;
+            let first = c.with_read(py, |txn| {
+                let mut out = None;
+                Bounds::default()
+                    .walk(txn, false, None, |k, v| {
+                        out = Some((k.to_vec(), v.to_vec()));
+                        false
+                    })
+                    .map_err(se(py))?;
+                Ok(out)
+            })?;
+            let Some((k, raw)) = first else {
+                return Err(PyKeyError::new_err("popitem(): the store is empty"));
+            };
+            let value = codec::loads_borrowed(py, &raw)
+                .map_err(|e| codec::unpickle_error(py, &k, "DB", e))?;
+            let env = &*c.env;
+            let cap = c.max_map_size;
+            // Delete only if nobody changed the entry since we read it.
+            let (deleted, grown) = py
+                .detach(|| {
+                    env.write(cap, |txn, db| {
+                        use lmdb::Transaction;
+                        match txn.get(db, &k) {
+                            Ok(cur) if cur == &raw[..] => {
+                                txn.del(db, &k, None)?;
+                                Ok(true)
+                            }
+                            Ok(_) | Err(lmdb::Error::NotFound) => Ok(false),
+                            Err(e) => Err(e),
+                        }
+                    })
+                })
+                .map_err(se(py))?;
+            c.log_growth(py, &grown);
+            if deleted {
+                return Ok((c.keys.decode(py, &k)?, value));
+            }
+        }
+    }
+
+    /// The value of `key`; if missing, store `default` and return it.
+    #[pyo3(signature = (key, default=None))]
+    fn setdefault<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> R<Bound<'py, PyAny>> {
+        let c = self.core()?;
+        c.check_writable("setdefault")?;
+        let k = c.keys.to_write_bytes(key)?;
+        if let Some(v) = c.get_value(py, &k)? {
+            return Ok(v);
+        }
+        let d = default.unwrap_or_else(|| py.None().into_bound(py));
+        let pickled = codec::dumps(py, &d, c.protocol)?;
+        c.buffer_write(py, &k, Some(Arc::from(pickled.as_bytes())))?;
+        Ok(d)
+    }
+
+    /// Like `dict.update`: a mapping, pairs, and (with `key_encoding`)
+    /// keywords. Everything is checked and pickled before anything is
+    /// buffered.
+    #[pyo3(signature = (other=None, /, **kwargs))]
+    fn update(
+        &self,
+        py: Python<'_>,
+        other: Option<&Bound<'_, PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> R<()> {
+        let c = self.core()?;
+        c.check_writable("update")?;
+        let mut staged: Vec<(Vec<u8>, Arc<[u8]>)> = Vec::new();
+        let mut stage = |k: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> R<()> {
+            let kb = c.keys.to_write_bytes(k)?.into_owned();
+            let pickled = codec::dumps(py, v, c.protocol)?;
+            staged.push((kb, Arc::from(pickled.as_bytes())));
+            Ok(())
+        };
+        if let Some(o) = other {
+            if o.hasattr(pyo3::intern!(py, "keys"))? {
+                for k in o.call_method0("keys")?.try_iter()? {
+                    let k = k?;
+                    let v = o.get_item(&k)?;
+                    stage(&k, &v)?;
+                }
+            } else {
+                for (i, pair) in o.try_iter()?.enumerate() {
+                    let pair = pair?;
+                    let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
+                        pair.extract().map_err(|_| {
+                            PyTypeError::new_err(format!(
+                                "update() sequence element #{i} is not a (key, value) pair"
+                            ))
+                        })?;
+                    stage(&k, &v)?;
+                }
+            }
+        }
+        if let Some(kw) = kwargs {
+            if !kw.is_empty() && c.keys.encoding.is_none() {
+                return Err(PyTypeError::new_err(
+                    "update() keyword arguments are str keys: open the store with \
+                     key_encoding='utf-8' to use them",
+                ));
+            }
+            for (k, v) in kw.iter() {
+                stage(&k, &v)?;
+            }
+        }
+        let full = {
+            let mut b = c.buffered.lock();
+            if b.closing {
+                return Err(c.closed_error());
+            }
+            for (k, v) in staged {
+                b.buf.insert(&k, Some(v));
+            }
+            b.buf.active_len() >= c.batch_size || b.buf.active_bytes() > c.max_buffer_bytes
+        };
+        if full {
+            c.flush(py)?;
+        }
+        Ok(())
+    }
+
+    /// Delete everything, buffer included, in one write transaction (LMDB
+    /// empties the database in place).
+    fn clear(&self, py: Python<'_>) -> R<()> {
+        let c = self.core()?;
+        c.check_writable("clear")?;
+        let grown = {
+            let _commit = c.lock_detached(py, &c.commit_lock)?;
+            // The buffered writes stay readable until the clear commits.
+            let batch = c.buffered.lock().buf.begin_commit();
+            let env = &*c.env;
+            let cap = c.max_map_size;
+            let r = py.detach(|| env.write(cap, |txn, db| txn.clear_db(db)));
+            if batch.is_some() {
+                let mut b = c.buffered.lock();
+                if r.is_ok() {
+                    b.buf.commit_succeeded();
+                } else {
+                    b.buf.commit_failed();
+                }
+            }
+            r.map_err(se(py))?.1
+        };
+        c.log_growth(py, &grown);
+        Ok(())
+    }
+
+    fn __eq__<'py>(slf: &Bound<'py, Self>, other: &Bound<'py, PyAny>) -> R<Bound<'py, PyAny>> {
+        views(slf.py())?.getattr("mapping_eq")?.call1((slf, other))
+    }
+
     fn __len__(&self, py: Python<'_>) -> R<usize> {
         self.open_core()?.len(py)
     }
@@ -997,6 +1336,36 @@ impl LmdbObjectStore {
     fn key_encoding(&self) -> R<Option<String>> {
         Ok(self.core()?.keys.encoding.clone())
     }
+}
+
+static VIEWS: pyo3::sync::PyOnceLock<Py<PyModule>> = pyo3::sync::PyOnceLock::new();
+
+fn views(py: Python<'_>) -> R<&Bound<'_, PyModule>> {
+    Ok(VIEWS
+        .get_or_try_init(py, || -> R<_> {
+            Ok(py.import("lmdb_object_store._views")?.unbind())
+        })?
+        .bind(py))
+}
+
+fn make_view<'py>(
+    store: &Bound<'py, LmdbObjectStore>,
+    class: &str,
+    prefix: Option<&Bound<'py, PyAny>>,
+    start: Option<&Bound<'py, PyAny>>,
+    stop: Option<&Bound<'py, PyAny>>,
+    reverse: bool,
+) -> R<Bound<'py, PyAny>> {
+    let c = store.get().open_core()?;
+    // Check the bounds now, so a bad one fails at the call.
+    c.bounds(prefix, start, stop)?;
+    let py = store.py();
+    let kw = PyDict::new(py);
+    kw.set_item("prefix", prefix)?;
+    kw.set_item("start", start)?;
+    kw.set_item("stop", stop)?;
+    kw.set_item("reverse", reverse)?;
+    views(py)?.getattr(class)?.call((store,), Some(&kw))
 }
 
 fn key_error(key: &Bound<'_, PyAny>) -> PyErr {

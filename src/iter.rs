@@ -1,0 +1,327 @@
+//! Chunked iterators over key ranges.
+//!
+//! Each chunk is read in its own short read transaction (values unpickled
+//! inside it, zero copy), then the transaction ends before the first item
+//! reaches Python. The next chunk resumes after the last key seen, so no
+//! transaction stays open between items: iteration never blocks growth or
+//! close, never pins old pages, and never yields a key twice.
+
+use std::collections::VecDeque;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+use crate::codec;
+use crate::engine::{ReadTxn, Seek};
+use crate::keys::MAX_KEY_SIZE;
+use crate::store::{Core, LmdbObjectStore};
+
+const FIRST_CHUNK: usize = 64;
+const MAX_CHUNK: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Keys,
+    Values,
+    Items,
+}
+
+impl Kind {
+    pub fn parse(name: &str) -> PyResult<Self> {
+        match name {
+            "keys" => Ok(Kind::Keys),
+            "values" => Ok(Kind::Values),
+            "items" => Ok(Kind::Items),
+            _ => Err(PyTypeError::new_err(format!("unknown view kind {name:?}"))),
+        }
+    }
+}
+
+/// A half-open key range `[lower, upper)`; `None` is unbounded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bounds {
+    pub lower: Option<Vec<u8>>,
+    pub upper: Option<Vec<u8>>,
+}
+
+/// The smallest key greater than every key with this prefix, if any.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Stored keys are at most 511 bytes, and LMDB cannot seek with a longer
+/// one. For a longer bound `b` with `t = b[..511]`, a stored key `k` is
+/// `< b` exactly when `k <= t`, that is when `k < prefix_end(t)`.
+fn clamp_upper(b: Vec<u8>) -> Option<Vec<u8>> {
+    if b.len() <= MAX_KEY_SIZE {
+        return Some(b);
+    }
+    prefix_end(&b[..MAX_KEY_SIZE])
+}
+
+/// `k >= b` exactly when `k > t`, that is when `k >= prefix_end(t)`; with
+/// no such key the range is empty (an empty upper bound says so).
+fn clamp_lower(b: Vec<u8>) -> Vec<u8> {
+    if b.len() <= MAX_KEY_SIZE {
+        return b;
+    }
+    prefix_end(&b[..MAX_KEY_SIZE]).unwrap_or_else(|| vec![0xff; MAX_KEY_SIZE + 1])
+}
+
+impl Bounds {
+    pub fn new(prefix: Option<Vec<u8>>, start: Option<Vec<u8>>, stop: Option<Vec<u8>>) -> Self {
+        let mut lower = start.filter(|s| !s.is_empty()).map(clamp_lower);
+        // `Some(None)` from clamp_upper: no stored key reaches the bound.
+        let mut upper = stop.and_then(clamp_upper);
+        if let Some(p) = prefix.filter(|p| !p.is_empty()) {
+            if lower.as_ref().is_none_or(|l| *l < p) {
+                lower = Some(p.clone());
+            }
+            if let Some(end) = prefix_end(&p) {
+                if upper.as_ref().is_none_or(|u| *u > end) {
+                    upper = Some(end);
+                }
+            }
+        }
+        Bounds { lower, upper }
+    }
+
+    pub fn is_unbounded(&self) -> bool {
+        self.lower.is_none() && self.upper.is_none()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match (&self.lower, &self.upper) {
+            (_, Some(u)) if u.is_empty() => true,
+            (Some(l), _) if l.len() > MAX_KEY_SIZE => true,
+            (Some(l), Some(u)) => l >= u,
+            _ => false,
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.lower.as_deref().is_none_or(|l| key >= l)
+            && self.upper.as_deref().is_none_or(|u| key < u)
+    }
+
+    /// Walk the range in `txn` from after `last` (or from the start),
+    /// calling `f` on each entry until it returns false.
+    pub fn walk<'t>(
+        &self,
+        txn: &'t ReadTxn<'_>,
+        reverse: bool,
+        last: Option<&[u8]>,
+        mut f: impl FnMut(&'t [u8], &'t [u8]) -> bool,
+    ) -> crate::errors::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        if !reverse {
+            let (seek, from): (Seek, &[u8]) = match (last, &self.lower) {
+                (Some(l), _) => (Seek::AtOrAfter, l),
+                (None, Some(lo)) => (Seek::AtOrAfter, lo),
+                (None, None) => (Seek::First, b""),
+            };
+            txn.scan(seek, from, false, |k, v| {
+                if last == Some(k) {
+                    return true;
+                }
+                if self.lower.as_deref().is_some_and(|lo| k < lo) {
+                    return true;
+                }
+                if self.upper.as_deref().is_some_and(|u| k >= u) {
+                    return false;
+                }
+                f(k, v)
+            })
+        } else {
+            let (seek, from): (Seek, &[u8]) = match (last, &self.upper) {
+                (Some(l), _) => (Seek::AtOrAfter, l),
+                (None, Some(up)) => (Seek::AtOrAfter, up),
+                (None, None) => (Seek::Last, b""),
+            };
+            txn.scan(seek, from, true, |k, v| {
+                if self.lower.as_deref().is_some_and(|lo| k < lo) {
+                    return false;
+                }
+                f(k, v)
+            })
+        }
+    }
+}
+
+/// Iterator over a store's keys, values or items, in key order.
+#[pyclass(module = "lmdb_object_store")]
+pub struct StoreIterator {
+    store: Py<LmdbObjectStore>,
+    kind: Kind,
+    bounds: Bounds,
+    reverse: bool,
+    last: Option<Vec<u8>>,
+    ready: VecDeque<Py<PyAny>>,
+    chunk: usize,
+    exhausted: bool,
+    started: bool,
+}
+
+impl StoreIterator {
+    pub fn new(store: Py<LmdbObjectStore>, kind: Kind, bounds: Bounds, reverse: bool) -> Self {
+        StoreIterator {
+            store,
+            kind,
+            bounds,
+            reverse,
+            last: None,
+            ready: VecDeque::new(),
+            chunk: FIRST_CHUNK,
+            exhausted: false,
+            started: false,
+        }
+    }
+
+    fn fill(&mut self, py: Python<'_>, core: &Core) -> PyResult<()> {
+        if !self.started {
+            self.started = true;
+            core.flush_for_read(py)?;
+        }
+        let want = self.chunk;
+        self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+        let kind = self.kind;
+        let bounds = &self.bounds;
+        let reverse = self.reverse;
+        let last = self.last.take();
+        let ready = &mut self.ready;
+        let mut new_last: Option<Vec<u8>> = None;
+        let mut count = 0usize;
+        let mut failure: Option<PyErr> = None;
+        core.with_read(py, |txn| {
+            bounds
+                .walk(txn, reverse, last.as_deref(), |k, v| {
+                    let item = (|| -> PyResult<Py<PyAny>> {
+                        let key = || core.keys.decode(py, k);
+                        let value = || {
+                            codec::loads_borrowed(py, v)
+                                .map_err(|e| codec::unpickle_error(py, k, "DB", e))
+                        };
+                        Ok(match kind {
+                            Kind::Keys => key()?.unbind(),
+                            Kind::Values => value()?.unbind(),
+                            Kind::Items => {
+                                PyTuple::new(py, [key()?, value()?])?.into_any().unbind()
+                            }
+                        })
+                    })();
+                    match item {
+                        Ok(obj) => {
+                            ready.push_back(obj);
+                            count += 1;
+                            if count >= want {
+                                new_last = Some(k.to_vec());
+                                return false;
+                            }
+                            true
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            false
+                        }
+                    }
+                })
+                .map_err(|e| e.into_pyerr(py))
+        })?;
+        if let Some(e) = failure {
+            self.exhausted = true;
+            return Err(e);
+        }
+        match new_last {
+            Some(l) => self.last = Some(l),
+            None => self.exhausted = true,
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl StoreIterator {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let store = self.store.clone_ref(py);
+        let core = store.get().open_core()?;
+        if self.ready.is_empty() && !self.exhausted {
+            self.fill(py, core)?;
+        }
+        Ok(self.ready.pop_front())
+    }
+}
+
+/// Count the keys in `bounds` (committed data; the caller flushed first).
+pub fn count(py: Python<'_>, core: &Core, bounds: &Bounds) -> PyResult<usize> {
+    core.with_read(py, |txn| {
+        let mut n = 0usize;
+        bounds
+            .walk(txn, false, None, |_, _| {
+                n += 1;
+                true
+            })
+            .map_err(|e| e.into_pyerr(py))?;
+        Ok(n)
+    })
+}
+
+pub fn key_bytes<'py>(py: Python<'py>, k: &[u8]) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    #[test]
+    fn long_bounds_clamp_to_stored_key_space() {
+        let long = vec![b'a'; 600];
+        let b = Bounds::new(None, None, Some(long.clone()));
+        assert!(b.contains(&long[..511]));
+        assert!(!b.contains(&[b'b']));
+        let b = Bounds::new(None, Some(long.clone()), None);
+        assert!(!b.contains(&long[..511]));
+        assert!(b.contains(&[b'b']));
+        let ff = vec![0xffu8; 600];
+        assert!(Bounds::new(None, Some(ff.clone()), None).is_empty());
+        assert!(Bounds::new(None, None, Some(ff)).is_unbounded());
+    }
+
+    #[test]
+    fn bounds_intersect_prefix() {
+        let b = Bounds::new(
+            Some(b"k".to_vec()),
+            Some(b"a".to_vec()),
+            Some(b"z".to_vec()),
+        );
+        assert_eq!(b.lower.as_deref(), Some(&b"k"[..]));
+        assert_eq!(b.upper.as_deref(), Some(&b"l"[..]));
+        assert!(b.contains(b"k1"));
+        assert!(!b.contains(b"l"));
+        let e = Bounds::new(None, Some(b"b".to_vec()), Some(b"a".to_vec()));
+        assert!(e.is_empty());
+        assert!(Bounds::new(Some(Vec::new()), None, None).is_unbounded());
+    }
+}
