@@ -300,10 +300,10 @@ mod tests {
         let long = vec![b'a'; 600];
         let b = Bounds::new(None, None, Some(long.clone()));
         assert!(b.contains(&long[..511]));
-        assert!(!b.contains(&[b'b']));
+        assert!(!b.contains(b"b"));
         let b = Bounds::new(None, Some(long.clone()), None);
         assert!(!b.contains(&long[..511]));
-        assert!(b.contains(&[b'b']));
+        assert!(b.contains(b"b"));
         let ff = vec![0xffu8; 600];
         assert!(Bounds::new(None, Some(ff.clone()), None).is_empty());
         assert!(Bounds::new(None, None, Some(ff)).is_unbounded());
