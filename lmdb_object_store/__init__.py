@@ -7,6 +7,7 @@
 {'value': 42}
 """
 
+import os as _os
 from collections.abc import MutableMapping as _MutableMapping
 
 from ._native import (
@@ -17,10 +18,21 @@ from ._native import (
     ReadonlyError,
     UnpickleError,
     __version__,
+    _after_fork_child,
+    _before_fork,
     lmdb_version,
 )
 
 _MutableMapping.register(LmdbObjectStore)
+
+# Before a fork every open store commits its buffer; in the child, each store
+# opens a fresh environment on first use and leaves the parent's alone.
+_os.register_at_fork(before=_before_fork, after_in_child=_after_fork_child)
+
+
+def _reopen(cls, path, kwargs):
+    """Unpickle a store: open the same path with the same options."""
+    return cls(path, **kwargs)
 
 __all__ = [
     "ClosedError",

@@ -14,6 +14,8 @@ use std::cell::UnsafeCell;
 use std::os::raw::{c_int, c_uint};
 use std::path::{Path, PathBuf};
 use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use lmdb::{Database, Environment, EnvironmentFlags, RwTransaction, Transaction};
@@ -133,6 +135,52 @@ pub fn next_map_size(current: usize, cap: Option<usize>) -> Option<usize> {
     }
 }
 
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Environments open in this process, to share one per data file.
+static REGISTRY: Mutex<Vec<Weak<Env>>> = Mutex::new(Vec::new());
+
+/// Bumped in the child after `fork()`: everything opened before belongs to
+/// the parent.
+pub fn fork_generation() -> u64 {
+    FORK_GENERATION.load(Ordering::Acquire)
+}
+
+/// In the child after `fork()`, with only the forking thread alive. The
+/// registry (and anything the parent's other threads held locked) is
+/// abandoned, not cleaned up: closing the parent's environments here would
+/// release the parent's reader slots and locks in the shared lock file.
+pub fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::AcqRel);
+    if REGISTRY.is_locked() {
+        // SAFETY: the thread that held it does not exist in this process;
+        // nothing else can be using the lock here.
+        unsafe { REGISTRY.force_unlock() };
+    }
+    let old = std::mem::take(&mut *REGISTRY.lock());
+    std::mem::forget(old);
+}
+
+fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
+
+/// (device, inode) of the environment's data file.
+fn data_file_id(path: &Path, subdir: bool) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let file = if subdir {
+        path.join("data.mdb")
+    } else {
+        path.to_path_buf()
+    };
+    let md = std::fs::metadata(file)?;
+    Ok((md.dev(), md.ino()))
+}
+
 struct RawTxn(*mut ffi::MDB_txn);
 // SAFETY: the environment is opened with MDB_NOTLS, so a read transaction is
 // not tied to the thread that began it; pooled ones are reset (inactive) and
@@ -151,6 +199,12 @@ pub struct Env {
     pool: Mutex<Vec<RawTxn>>,
     pub options: EnvOptions,
     pub path: PathBuf,
+    /// Stores open on this environment; the last to close closes it.
+    handles: Mutex<usize>,
+    /// The fork generation this environment was opened in.
+    pub generation: u64,
+    /// (device, inode) of the data file.
+    file_id: (u64, u64),
 }
 
 // SAFETY: every access to `lmdb` follows the gate protocol above, the raw
@@ -160,7 +214,8 @@ unsafe impl Sync for Env {}
 // SAFETY: as above; nothing in Env is tied to the creating thread.
 unsafe impl Send for Env {}
 
-/// What failed while opening, with the errno or LMDB code.
+/// What failed while opening, with the errno (> 0), LMDB code (< 0), or 0
+/// for a refusal of our own.
 #[derive(Debug)]
 pub struct OpenError {
     pub code: c_int,
@@ -239,6 +294,8 @@ impl Env {
                 format!("cannot open the main database of {shown}"),
             )
         })?;
+        let file_id = data_file_id(path, options.subdir)
+            .map_err(|e| open_err(io_code(&e), format!("cannot stat the data file of {shown}")))?;
         Ok(Env {
             dbi: db.dbi(),
             lmdb: UnsafeCell::new(Some(env)),
@@ -247,7 +304,93 @@ impl Env {
             pool: Mutex::new(Vec::new()),
             options: options.clone(),
             path: path.to_path_buf(),
+            handles: Mutex::new(0),
+            generation: fork_generation(),
+            file_id,
         })
+    }
+
+    /// Open `path`, or share the environment this process already has open
+    /// on the same data file (LMDB forbids opening one file twice in a
+    /// process). Reference-counted: pair with `release`. Call without the GIL.
+    pub fn acquire(path: &Path, options: &EnvOptions) -> std::result::Result<Arc<Env>, OpenError> {
+        let mut registry = REGISTRY.lock();
+        let generation = fork_generation();
+        registry.retain(|w| w.strong_count() > 0);
+        if let Ok(id) = data_file_id(path, options.subdir) {
+            let found = registry
+                .iter()
+                .filter_map(Weak::upgrade)
+                .find(|e| e.file_id == id && e.generation == generation);
+            if let Some(env) = found {
+                let mut handles = env.handles.lock();
+                if *handles > 0 {
+                    env.check_compatible(path, options)?;
+                    *handles += 1;
+                    drop(handles);
+                    return Ok(env);
+                }
+            }
+        }
+        let env = Arc::new(Env::open(path, options)?);
+        *env.handles.lock() = 1;
+        registry.push(Arc::downgrade(&env));
+        Ok(env)
+    }
+
+    fn check_compatible(&self, path: &Path, o: &EnvOptions) -> std::result::Result<(), OpenError> {
+        let mine = &self.options;
+        let clash = |what: String| {
+            open_err(
+                0,
+                format!(
+                    "cannot open {} with {what}: the same LMDB file is already open in this \
+                     process as {} with other settings, and one process can have it open \
+                     only once",
+                    path.display(),
+                    self.path.display()
+                ),
+            )
+        };
+        if mine.subdir != o.subdir {
+            return Err(clash(format!(
+                "subdir={} (open as {} with subdir={})",
+                py_bool(o.subdir),
+                self.path.display(),
+                py_bool(mine.subdir)
+            )));
+        }
+        if mine.readonly && !o.readonly {
+            return Err(clash(
+                "readonly=False (it is open with readonly=True)".into(),
+            ));
+        }
+        if mine.lock != o.lock {
+            return Err(clash(format!("lock={}", py_bool(o.lock))));
+        }
+        if mine.writemap != o.writemap {
+            return Err(clash(format!("writemap={}", py_bool(o.writemap))));
+        }
+        Ok(())
+    }
+
+    /// One store is done with this environment; the last one closes it
+    /// (waiting for reads in flight). Call without the GIL.
+    pub fn release(&self) -> Result<()> {
+        let mut registry = REGISTRY.lock();
+        let mut handles = self.handles.lock();
+        if *handles == 0 {
+            return Ok(());
+        }
+        if *handles > 1 {
+            *handles -= 1;
+            return Ok(());
+        }
+        // Closing may refuse (WouldDeadlock): keep the count then.
+        self.close()?;
+        *handles = 0;
+        registry.retain(|w| !std::ptr::eq(w.as_ptr(), self));
+        Ok(())
     }
 
     /// The environment, if open. The gate guard proves no close or resize

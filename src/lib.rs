@@ -18,6 +18,18 @@ fn lmdb_version() -> (i32, i32, i32) {
     engine::lmdb_version()
 }
 
+/// Called by `os.register_at_fork(before=...)`.
+#[pyfunction]
+fn _before_fork(py: Python<'_>) {
+    store::before_fork(py);
+}
+
+/// Called by `os.register_at_fork(after_in_child=...)`.
+#[pyfunction]
+fn _after_fork_child() {
+    store::after_fork_in_child();
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -34,6 +46,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ClosedError", py.get_type::<errors::ClosedError>())?;
     m.add("UnpickleError", errors::unpickle_error_type(py)?)?;
     m.add_function(wrap_pyfunction!(lmdb_version, m)?)?;
+    m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

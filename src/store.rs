@@ -55,6 +55,50 @@ pub struct Core {
     protocol: i32,
     readonly: bool,
     path: String,
+    fs_path: PathBuf,
+    options: EnvOptions,
+    /// The constructor's keyword arguments, for pickling.
+    init_kwargs: Py<PyDict>,
+    /// Fork generation this core belongs to (see `engine::fork_generation`).
+    generation: u64,
+}
+
+/// Every open store's core, so that a fork can flush them all first.
+static CORES: Mutex<Vec<std::sync::Weak<Core>>> = Mutex::new(Vec::new());
+
+fn register_core(core: &Arc<Core>) {
+    let mut cores = CORES.lock();
+    cores.retain(|w| w.strong_count() > 0);
+    cores.push(Arc::downgrade(core));
+}
+
+/// Before `fork()`: commit every store's buffer, so the child neither loses
+/// nor replays a buffered write.
+pub fn before_fork(py: Python<'_>) {
+    let cores: Vec<Arc<Core>> = CORES.lock().iter().filter_map(|w| w.upgrade()).collect();
+    for c in cores {
+        if c.generation != crate::engine::fork_generation()
+            || c.readonly
+            || c.closing.load(Ordering::Acquire)
+        {
+            continue;
+        }
+        if let Err(e) = c.flush(py) {
+            e.print(py);
+        }
+    }
+}
+
+/// In the child after `fork()`: forget the parent's list (its lock may be
+/// held by a thread that does not exist here).
+pub fn after_fork_in_child() {
+    if CORES.is_locked() {
+        // SAFETY: only the forking thread exists in the child; whoever held
+        // the lock is gone.
+        unsafe { CORES.force_unlock() };
+    }
+    std::mem::forget(std::mem::take(&mut *CORES.lock()));
+    crate::engine::after_fork_in_child();
 }
 
 type R<T> = PyResult<T>;
@@ -378,9 +422,23 @@ impl Drop for LmdbObjectStore {
     fn drop(&mut self) {
         let p = *self.core.get_mut();
         if !p.is_null() {
-            // SAFETY: `p` came from Arc::into_raw in __init__ and this object
-            // owns that strong count.
-            drop(unsafe { Arc::from_raw(p) });
+            // SAFETY: `p` came from Arc::into_raw and this object owns that
+            // strong count.
+            let core = unsafe { Arc::from_raw(p) };
+            if core.generation != crate::engine::fork_generation() {
+                // Inherited across fork(): the parent's; never clean it up.
+                std::mem::forget(core);
+                return;
+            }
+            if !core.closing.load(Ordering::Acquire) {
+                // Dropped without close(): close it, so buffered writes are
+                // committed rather than lost.
+                Python::attach(|py| {
+                    if let Err(e) = close_core(py, &core, false) {
+                        e.write_unraisable(py, None);
+                    }
+                });
+            }
         }
     }
 }
@@ -464,9 +522,63 @@ impl LmdbObjectStore {
                 "LmdbObjectStore.__init__ was not called (a subclass must call super().__init__)",
             ));
         }
-        // SAFETY: a non-null pointer is a live Arc<Core> owned by `self`,
-        // freed only in Drop, so it outlives the borrow of `self`.
-        Ok(unsafe { &*p })
+        // SAFETY: a non-null pointer is a live Arc<Core> owned by `self`;
+        // it is freed only in Drop, and a core replaced after fork is leaked,
+        // never freed, so it outlives the borrow of `self`.
+        let c = unsafe { &*p };
+        if c.generation == crate::engine::fork_generation() || c.closing.load(Ordering::Acquire) {
+            return Ok(c);
+        }
+        self.reopen_after_fork(c)
+    }
+
+    /// First use in a child after `fork()`: open a fresh environment with
+    /// the same settings and an empty buffer (the parent flushed before the
+    /// fork). The inherited core is leaked on purpose: cleaning it up would
+    /// close or abort what the parent still uses.
+    #[cold]
+    fn reopen_after_fork(&self, old: &Core) -> R<&Core> {
+        Python::attach(|py| {
+            let env = acquire_env(py, &old.fs_path, &old.options, &old.path)?;
+            let core = Arc::new(Core {
+                env,
+                buffered: Mutex::new(Buffered::default()),
+                commit_lock: Mutex::new(()),
+                closing: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                close_lock: Mutex::new(()),
+                keys: old.keys.clone(),
+                batch_size: old.batch_size,
+                max_buffer_bytes: old.max_buffer_bytes,
+                autoflush_on_read: old.autoflush_on_read,
+                max_map_size: old.max_map_size,
+                protocol: old.protocol,
+                readonly: old.readonly,
+                path: old.path.clone(),
+                fs_path: old.fs_path.clone(),
+                options: old.options.clone(),
+                init_kwargs: old.init_kwargs.clone_ref(py),
+                generation: crate::engine::fork_generation(),
+            });
+            register_core(&core);
+            let raw = Arc::into_raw(core) as *mut Core;
+            let old_ptr = old as *const Core as *mut Core;
+            match self
+                .core
+                .compare_exchange(old_ptr, raw, Ordering::AcqRel, Ordering::Acquire)
+            {
+                // The old core stays allocated forever (leaked).
+                Ok(_) => {}
+                Err(_) => {
+                    // Another thread of the child reopened first: use its.
+                    // SAFETY: `raw` was never published.
+                    let mine = unsafe { Arc::from_raw(raw) };
+                    let _ = py.detach(|| mine.env.release());
+                }
+            }
+            // SAFETY: as in `core()`: the published pointer is a live core.
+            Ok(unsafe { &*self.core.load(Ordering::Acquire) })
+        })
     }
 
     pub(crate) fn open_core(&self) -> R<&Core> {
@@ -563,15 +675,21 @@ impl LmdbObjectStore {
         let keys = KeyPolicy::new(py, key_encoding, key_errors, str_normalize)?;
         let options = parse_lmdb_options(lmdb_options)?;
         let shown = path.display().to_string();
-        let env = py.detach(|| Env::open(&path, &options)).map_err(|e| {
-            if e.code > 0 {
-                os_error(e.code, &shown, &e.what)
-            } else {
-                Error::new_err(format!("{}: {}", e.what, crate::errors::strerror(e.code)))
-            }
-        })?;
+        let env = acquire_env(py, &path, &options, &shown)?;
+        let init_kwargs = PyDict::new(py);
+        init_kwargs.set_item("batch_size", batch_size)?;
+        init_kwargs.set_item("autoflush_on_read", autoflush_on_read)?;
+        init_kwargs.set_item("key_encoding", keys.encoding.as_deref())?;
+        init_kwargs.set_item("key_errors", keys.errors.as_str())?;
+        init_kwargs.set_item("str_normalize", keys.normalize.map(|n| n.name()))?;
+        init_kwargs.set_item("max_map_size", max_map_size)?;
+        init_kwargs.set_item("max_buffer_bytes", max_buffer_bytes)?;
+        init_kwargs.set_item("pickle_protocol", protocol)?;
+        if let Some(extra) = lmdb_options {
+            init_kwargs.update(extra.as_mapping())?;
+        }
         let core = Arc::new(Core {
-            env: Arc::new(env),
+            env,
             buffered: Mutex::new(Buffered::default()),
             commit_lock: Mutex::new(()),
             closing: AtomicBool::new(false),
@@ -585,7 +703,12 @@ impl LmdbObjectStore {
             protocol,
             readonly: options.readonly,
             path: shown,
+            fs_path: path,
+            options,
+            init_kwargs: init_kwargs.unbind(),
+            generation: crate::engine::fork_generation(),
         });
+        register_core(&core);
         let raw = Arc::into_raw(core) as *mut Core;
         if self
             .core
@@ -599,7 +722,7 @@ impl LmdbObjectStore {
         {
             // SAFETY: `raw` was never published; reclaim it.
             let core = unsafe { Arc::from_raw(raw) };
-            let _ = py.detach(|| core.env.close());
+            let _ = py.detach(|| core.env.release());
             return Err(Error::new_err("this LmdbObjectStore is already open"));
         }
         Ok(())
@@ -827,75 +950,10 @@ impl LmdbObjectStore {
     /// Flush, wait for reads in flight, sync and close. Idempotent.
     #[pyo3(signature = (*, strict=false))]
     fn close(&self, py: Python<'_>, strict: bool) -> R<()> {
-        let p = self.core.load(Ordering::Acquire);
-        if p.is_null() {
+        if self.core.load(Ordering::Acquire).is_null() {
             return Ok(());
         }
-        // SAFETY: see `core()`.
-        let c = unsafe { &*p };
-        if c.env.gate.held_by_current_thread() {
-            return Err(StoreError::WouldDeadlock("close()").into_pyerr(py));
-        }
-        {
-            let mut b = c.buffered.lock();
-            b.closing = true;
-            c.closing.store(true, Ordering::Release);
-        }
-        let _one_closer = c.lock_detached(py, &c.close_lock)?;
-        if c.closed.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let mut flush_error = None;
-        if !c.readonly {
-            if let Err(e) = c.flush(py) {
-                let logger = py
-                    .import("logging")?
-                    .call_method1("getLogger", ("lmdb_object_store",))?;
-                let _ = logger.call_method1(
-                    "error",
-                    (
-                        "final flush failed while closing %s: %s",
-                        c.path.as_str(),
-                        e.value(py).clone(),
-                    ),
-                );
-                flush_error = Some(e);
-            }
-        }
-        let env = &*c.env;
-        let sync_result = py.detach(|| {
-            let s = if env.options.readonly {
-                Ok(())
-            } else {
-                env.sync(true)
-            };
-            let closed = env.close();
-            (s, closed)
-        });
-        c.closed.store(true, Ordering::Release);
-        if let Err(e) = sync_result.1 {
-            return Err(e.into_pyerr(py));
-        }
-        if let (Err(e), None) = (sync_result.0, &flush_error) {
-            let logger = py
-                .import("logging")?
-                .call_method1("getLogger", ("lmdb_object_store",))?;
-            let _ = logger.call_method1(
-                "warning",
-                (
-                    "sync failed while closing %s: %s",
-                    c.path.as_str(),
-                    e.into_pyerr(py).value(py).clone(),
-                ),
-            );
-        }
-        if let (Some(e), true) = (flush_error, strict) {
-            let err =
-                PyRuntimeError::new_err(format!("Final flush failed during close() of {}", c.path));
-            err.set_cause(py, Some(e));
-            return Err(err);
-        }
-        Ok(())
+        close_core(py, self.core()?, strict)
     }
 
     /// Flush the OS buffers of the data file to disk.
@@ -1252,6 +1310,23 @@ impl LmdbObjectStore {
         Ok(())
     }
 
+    /// A store pickles as its path and options, never its contents, and
+    /// reopens when unpickled (for spawn and forkserver workers).
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> R<Bound<'py, PyTuple>> {
+        let py = slf.py();
+        let c = slf.get().core()?;
+        let reopen = py.import("lmdb_object_store")?.getattr("_reopen")?;
+        let args = PyTuple::new(
+            py,
+            [
+                slf.get_type().into_any(),
+                PyString::new(py, &c.path).into_any(),
+                c.init_kwargs.bind(py).copy()?.into_any(),
+            ],
+        )?;
+        PyTuple::new(py, [reopen, args.into_any()])
+    }
+
     fn __eq__<'py>(slf: &Bound<'py, Self>, other: &Bound<'py, PyAny>) -> R<Bound<'py, PyAny>> {
         views(slf.py())?.getattr("mapping_eq")?.call1((slf, other))
     }
@@ -1336,6 +1411,91 @@ impl LmdbObjectStore {
     fn key_encoding(&self) -> R<Option<String>> {
         Ok(self.core()?.keys.encoding.clone())
     }
+}
+
+fn acquire_env(
+    py: Python<'_>,
+    path: &std::path::Path,
+    options: &EnvOptions,
+    shown: &str,
+) -> R<Arc<Env>> {
+    py.detach(|| Env::acquire(path, options)).map_err(|e| {
+        if e.code > 0 {
+            os_error(e.code, shown, &e.what)
+        } else if e.code == 0 {
+            Error::new_err(e.what)
+        } else {
+            Error::new_err(format!("{}: {}", e.what, crate::errors::strerror(e.code)))
+        }
+    })
+}
+
+/// `close()`: mark closing (new calls fail), flush, wait for reads in
+/// flight, sync, release the environment.
+fn close_core(py: Python<'_>, c: &Core, strict: bool) -> R<()> {
+    if c.env.gate.held_by_current_thread() {
+        return Err(StoreError::WouldDeadlock("close()").into_pyerr(py));
+    }
+    {
+        let mut b = c.buffered.lock();
+        b.closing = true;
+        c.closing.store(true, Ordering::Release);
+    }
+    let _one_closer = c.lock_detached(py, &c.close_lock)?;
+    if c.closed.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let mut flush_error = None;
+    if !c.readonly {
+        if let Err(e) = c.flush(py) {
+            let logger = py
+                .import("logging")?
+                .call_method1("getLogger", ("lmdb_object_store",))?;
+            let _ = logger.call_method1(
+                "error",
+                (
+                    "final flush failed while closing %s: %s",
+                    c.path.as_str(),
+                    e.value(py).clone(),
+                ),
+            );
+            flush_error = Some(e);
+        }
+    }
+    let env = &*c.env;
+    let sync_result = py.detach(|| {
+        let s = if env.options.readonly {
+            Ok(())
+        } else {
+            env.sync(true)
+        };
+        let closed = env.release();
+        (s, closed)
+    });
+    c.closed.store(true, Ordering::Release);
+    if let Err(e) = sync_result.1 {
+        return Err(e.into_pyerr(py));
+    }
+    if let (Err(e), None) = (sync_result.0, &flush_error) {
+        let logger = py
+            .import("logging")?
+            .call_method1("getLogger", ("lmdb_object_store",))?;
+        let _ = logger.call_method1(
+            "warning",
+            (
+                "sync failed while closing %s: %s",
+                c.path.as_str(),
+                e.into_pyerr(py).value(py).clone(),
+            ),
+        );
+    }
+    if let (Some(e), true) = (flush_error, strict) {
+        let err =
+            PyRuntimeError::new_err(format!("Final flush failed during close() of {}", c.path));
+        err.set_cause(py, Some(e));
+        return Err(err);
+    }
+    Ok(())
 }
 
 static VIEWS: pyo3::sync::PyOnceLock<Py<PyModule>> = pyo3::sync::PyOnceLock::new();
