@@ -34,6 +34,7 @@ def _reopen(cls, path, kwargs):
     """Unpickle a store: open the same path with the same options."""
     return cls(path, **kwargs)
 
+
 __all__ = [
     "ClosedError",
     "Error",

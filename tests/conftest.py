@@ -1,0 +1,122 @@
+"""Shared fixtures for the lmdb_object_store test suite.
+
+Every test runs under a watchdog: if a test deadlocks, faulthandler dumps the
+stacks of all threads and kills the process instead of letting the run hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import logging
+import os
+import sys
+
+import pytest
+
+# Make ``import helpers`` work whatever pytest's import mode is.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from helpers import Hooked, raw_items  # noqa: E402
+from lmdb_object_store import LmdbObjectStore  # noqa: E402
+
+# Seconds a single test may run before the whole process is killed. The suite
+# as a whole runs in seconds; this only turns a deadlock into a failure.
+WATCHDOG_SECONDS = 60
+
+
+@pytest.fixture(autouse=True)
+def _watchdog():
+    """Kill the run (with a traceback of every thread) if a test deadlocks."""
+    faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    """A path (str) where no store exists yet."""
+    return str(tmp_path / "db")
+
+
+@pytest.fixture
+def make_store(db_path):
+    """Factory: ``make_store(path=None, *args, **kwargs)`` opens a store.
+
+    Every store opened through the factory is closed at teardown (errors at that
+    point are ignored: some tests leave a buffer that cannot be flushed).
+    """
+    opened: list[LmdbObjectStore] = []
+
+    def factory(path=None, *args, **kwargs):
+        store = LmdbObjectStore(db_path if path is None else path, *args, **kwargs)
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in reversed(opened):
+        with contextlib.suppress(Exception):
+            store.close()
+
+
+@pytest.fixture
+def store(make_store):
+    """A fresh writable store with default options."""
+    return make_store()
+
+
+@pytest.fixture
+def raw_env():
+    """Factory for py-lmdb environments, closed at teardown.
+
+    py-lmdb may only open a path after every LmdbObjectStore on that path in this
+    process has been closed (LMDB forbids two opens of one file per process).
+    """
+    import lmdb
+
+    envs = []
+
+    def factory(path, **kwargs):
+        env = lmdb.open(str(path), **kwargs)
+        envs.append(env)
+        return env
+
+    yield factory
+    for env in envs:
+        with contextlib.suppress(Exception):
+            env.close()
+
+
+@pytest.fixture
+def read_raw(raw_env):
+    """``read_raw(path, **kwargs)`` -> {key: raw value bytes} read with py-lmdb."""
+
+    def reader(path, **kwargs):
+        kwargs.setdefault("readonly", True)
+        env = raw_env(path, **kwargs)
+        try:
+            return raw_items(env)
+        finally:
+            env.close()
+
+    return reader
+
+
+@pytest.fixture
+def package_logs(caplog):
+    """caplog capturing everything logged on the ``lmdb_object_store`` logger."""
+    caplog.set_level(logging.DEBUG, logger="lmdb_object_store")
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
+
+@pytest.fixture
+def hooked():
+    """The ``Hooked`` class, with its unpickling hook reset after the test."""
+    Hooked.hook = None
+    try:
+        yield Hooked
+    finally:
+        Hooked.hook = None
