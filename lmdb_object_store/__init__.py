@@ -7,6 +7,7 @@
 {'value': 42}
 """
 
+import atexit as _atexit
 import os as _os
 from collections.abc import MutableMapping as _MutableMapping
 
@@ -19,15 +20,17 @@ from ._native import (
     UnpickleError,
     __version__,
     _after_fork_child,
-    _before_fork,
+    _flush_all,
     lmdb_version,
 )
 
 _MutableMapping.register(LmdbObjectStore)
 
 # Before a fork every open store commits its buffer; in the child, each store
-# opens a fresh environment on first use and leaves the parent's alone.
-_os.register_at_fork(before=_before_fork, after_in_child=_after_fork_child)
+# opens a fresh environment on first use and leaves the parent's alone. At
+# exit, stores that were never closed commit their buffers too.
+_os.register_at_fork(before=_flush_all, after_in_child=_after_fork_child)
+_atexit.register(_flush_all)
 
 
 def _reopen(cls, path, kwargs):

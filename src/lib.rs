@@ -18,10 +18,11 @@ fn lmdb_version() -> (i32, i32, i32) {
     engine::lmdb_version()
 }
 
-/// Called by `os.register_at_fork(before=...)`.
+/// Commit every open store's buffer. Registered with
+/// `os.register_at_fork(before=...)` and `atexit`.
 #[pyfunction]
-fn _before_fork(py: Python<'_>) {
-    store::before_fork(py);
+fn _flush_all(py: Python<'_>) {
+    store::flush_all(py);
 }
 
 /// Called by `os.register_at_fork(after_in_child=...)`.
@@ -46,7 +47,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ClosedError", py.get_type::<errors::ClosedError>())?;
     m.add("UnpickleError", errors::unpickle_error_type(py)?)?;
     m.add_function(wrap_pyfunction!(lmdb_version, m)?)?;
-    m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(_flush_all, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

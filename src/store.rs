@@ -72,9 +72,10 @@ fn register_core(core: &Arc<Core>) {
     cores.push(Arc::downgrade(core));
 }
 
-/// Before `fork()`: commit every store's buffer, so the child neither loses
-/// nor replays a buffered write.
-pub fn before_fork(py: Python<'_>) {
+/// Commit every open store's buffer: before `fork()`, so the child neither
+/// loses nor replays a buffered write, and at interpreter exit, so a store
+/// that was never closed loses nothing.
+pub fn flush_all(py: Python<'_>) {
     let cores: Vec<Arc<Core>> = CORES.lock().iter().filter_map(|w| w.upgrade()).collect();
     for c in cores {
         if c.generation != crate::engine::fork_generation()
