@@ -54,7 +54,13 @@ pub fn loads_borrowed<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, 
         Bound::from_owned_ptr_or_err(py, p)?
     };
     let result = loads.call1((&view,));
-    release_view(py, &view)?;
+    // Nobody else holds the view (no reference, so no buffer export either):
+    // dropping our reference frees it, and nothing can reach `data`. Else
+    // release it explicitly, which makes every other reference unusable.
+    // SAFETY: reading the reference count of a live object we hold.
+    if unsafe { ffi::Py_REFCNT(view.as_ptr()) } > 1 {
+        release_view(py, &view)?;
+    }
     result
 }
 
