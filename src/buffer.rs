@@ -204,11 +204,6 @@ impl WriteBuffer {
             self.active.insert(k, v.clone());
         }
     }
-
-    /// Drop every buffered write (used by `clear`, which deletes everything).
-    pub fn discard_active(&mut self) {
-        self.active = Batch::default();
-    }
 }
 
 #[cfg(test)]

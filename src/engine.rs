@@ -201,6 +201,8 @@ pub struct Env {
     pub path: PathBuf,
     /// Stores open on this environment; the last to close closes it.
     handles: Mutex<usize>,
+    /// Growths not yet logged (the logging happens in Python, later).
+    growths: Mutex<Vec<Growth>>,
     /// The fork generation this environment was opened in.
     pub generation: u64,
     /// (device, inode) of the data file.
@@ -261,7 +263,10 @@ impl Env {
                     ));
                 }
                 if options.subdir {
-                    if let Err(e) = std::fs::create_dir(path) {
+                    use std::os::unix::fs::DirBuilderExt;
+                    let mut dir = std::fs::DirBuilder::new();
+                    dir.mode(options.mode | 0o700);
+                    if let Err(e) = dir.create(path) {
                         return Err(open_err(
                             io_code(&e),
                             format!("cannot create directory {shown}"),
@@ -305,6 +310,7 @@ impl Env {
             options: options.clone(),
             path: path.to_path_buf(),
             handles: Mutex::new(0),
+            growths: Mutex::new(Vec::new()),
             generation: fork_generation(),
             file_id,
         })
@@ -511,7 +517,9 @@ impl Env {
         })?;
         env.set_map_size(to)
             .map_err(|e| StoreError::from_lmdb(e, self.what("grow the map")))?;
-        Ok(Growth { from, to })
+        let g = Growth { from, to };
+        self.growths.lock().push(g);
+        Ok(g)
     }
 
     /// Grow the map so that `extra` more bytes fit, before a big write whose
@@ -550,6 +558,11 @@ impl Env {
             return Err(StoreError::lmdb(rc, self.what("adopt the map size")));
         }
         Ok(())
+    }
+
+    /// Growths since the last call, for the caller to log.
+    pub fn take_growths(&self) -> Vec<Growth> {
+        std::mem::take(&mut *self.growths.lock())
     }
 
     /// For readers that met MDB_MAP_RESIZED. Call without the GIL.
@@ -683,22 +696,6 @@ impl Env {
         drop(x);
         drop(env);
         Ok(())
-    }
-
-    /// After `fork()`: this copy of the environment belongs to the parent.
-    /// Forget it without closing anything (closing would release the
-    /// parent's reader slots and locks in the shared lock file).
-    pub fn abandon_after_fork(&self) {
-        // SAFETY: called in the child before any other use of this Env; the
-        // parent's threads do not exist here.
-        let slot = unsafe { &mut *self.lmdb.get() };
-        if let Some(env) = slot.take() {
-            std::mem::forget(env);
-        }
-        let mut pool = self.pool.try_lock();
-        if let Some(pool) = pool.as_mut() {
-            std::mem::forget(std::mem::take(&mut **pool));
-        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::PyTuple;
 
 use crate::codec;
 use crate::engine::{ReadTxn, Seek};
@@ -159,7 +159,7 @@ impl Bounds {
 }
 
 /// Iterator over a store's keys, values or items, in key order.
-#[pyclass(module = "lmdb_object_store")]
+#[pyclass(module = "lmdb_object_store._native")]
 pub struct StoreIterator {
     store: Py<LmdbObjectStore>,
     kind: Kind,
@@ -170,6 +170,8 @@ pub struct StoreIterator {
     chunk: usize,
     exhausted: bool,
     started: bool,
+    /// An error met while reading a chunk, raised after the items before it.
+    failed: Option<PyErr>,
 }
 
 impl StoreIterator {
@@ -184,6 +186,7 @@ impl StoreIterator {
             chunk: FIRST_CHUNK,
             exhausted: false,
             started: false,
+            failed: None,
         }
     }
 
@@ -239,7 +242,8 @@ impl StoreIterator {
         })?;
         if let Some(e) = failure {
             self.exhausted = true;
-            return Err(e);
+            self.failed = Some(e);
+            return Ok(());
         }
         match new_last {
             Some(l) => self.last = Some(l),
@@ -261,7 +265,13 @@ impl StoreIterator {
         if self.ready.is_empty() && !self.exhausted {
             self.fill(py, core)?;
         }
-        Ok(self.ready.pop_front())
+        match self.ready.pop_front() {
+            Some(item) => Ok(Some(item)),
+            None => match self.failed.take() {
+                Some(e) => Err(e),
+                None => Ok(None),
+            },
+        }
     }
 }
 
@@ -277,10 +287,6 @@ pub fn count(py: Python<'_>, core: &Core, bounds: &Bounds) -> PyResult<usize> {
             .map_err(|e| e.into_pyerr(py))?;
         Ok(n)
     })
-}
-
-pub fn key_bytes<'py>(py: Python<'py>, k: &[u8]) -> Bound<'py, PyBytes> {
-    PyBytes::new(py, k)
 }
 
 #[cfg(test)]

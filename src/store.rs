@@ -151,7 +151,10 @@ impl Core {
         .map_err(se(py))
     }
 
-    fn log_growth(&self, py: Python<'_>, grown: &[Growth]) {
+    /// Log every growth of the map since the last call, whether or not the
+    /// write that needed it went on to commit.
+    fn log_growth(&self, py: Python<'_>) {
+        let grown = self.env.take_growths();
         if grown.is_empty() {
             return;
         }
@@ -165,7 +168,7 @@ impl Core {
             let _ = logger.call_method1(
                 "warning",
                 (
-                    "map full: growing the map of %s from %d to %d bytes",
+                    "growing the LMDB map of %s from %d to %d bytes",
                     self.path.as_str(),
                     g.from,
                     g.to,
@@ -177,12 +180,11 @@ impl Core {
     /// Commit the buffer in one write transaction. On failure the batch goes
     /// back into the buffer (under any newer writes) and the error is raised.
     fn flush(&self, py: Python<'_>) -> R<()> {
-        let grown = {
-            let _commit = self.lock_detached(py, &self.commit_lock)?;
-            self.commit_buffer_locked(py)?
-        };
-        self.log_growth(py, &grown);
-        Ok(())
+        let result = self
+            .lock_detached(py, &self.commit_lock)
+            .and_then(|_commit| self.commit_buffer_locked(py));
+        self.log_growth(py);
+        result.map(drop)
     }
 
     /// The body of `flush`, for callers that hold the commit lock.
@@ -209,9 +211,15 @@ impl Core {
 
     /// Scans read the database alone: commit what is buffered first.
     pub(crate) fn flush_for_read(&self, py: Python<'_>) -> R<()> {
-        if self.readonly || self.buffered.lock().buf.active_len() == 0 {
+        if self.readonly {
             return Ok(());
         }
+        let b = self.buffered.lock();
+        // A batch in flight is not in the database yet: wait for it too.
+        if b.buf.active_len() == 0 && !b.buf.has_inflight() {
+            return Ok(());
+        }
+        drop(b);
         self.flush(py)
     }
 
@@ -434,10 +442,9 @@ impl Drop for LmdbObjectStore {
             if !core.closing.load(Ordering::Acquire) {
                 // Dropped without close(): close it, so buffered writes are
                 // committed rather than lost.
+                // A failed final flush was logged by close_core.
                 Python::attach(|py| {
-                    if let Err(e) = close_core(py, &core, false) {
-                        e.write_unraisable(py, None);
-                    }
+                    let _ = close_core(py, &core, false);
                 });
             }
         }
@@ -600,7 +607,7 @@ impl LmdbObjectStore {
     }
 
     #[pyo3(signature = (
-        db_path, batch_size=1000, *, autoflush_on_read=true, key_encoding=None,
+        db_path, batch_size=1000, *, autoflush_on_read=None, key_encoding=None,
         key_errors="strict".to_string(), str_normalize=None, max_map_size=None,
         max_buffer_bytes=DEFAULT_MAX_BUFFER_BYTES as i64, pickle_protocol=None, **lmdb_options
     ))]
@@ -610,7 +617,7 @@ impl LmdbObjectStore {
         py: Python<'_>,
         db_path: &Bound<'_, PyAny>,
         batch_size: i64,
-        autoflush_on_read: bool,
+        autoflush_on_read: Option<&Bound<'_, PyAny>>,
         key_encoding: Option<String>,
         key_errors: String,
         str_normalize: Option<String>,
@@ -622,6 +629,11 @@ impl LmdbObjectStore {
         if !self.core.load(Ordering::Acquire).is_null() {
             return Err(Error::new_err("this LmdbObjectStore is already open"));
         }
+        // Any truthy value, as 0.1.0 took it; None (not given) means True.
+        let autoflush_on_read = match autoflush_on_read {
+            None => true,
+            Some(v) => v.is_truthy()?,
+        };
         let fspath = py
             .import("os")?
             .call_method1("fspath", (db_path,))
@@ -631,13 +643,13 @@ impl LmdbObjectStore {
                     type_name(db_path)
                 ))
             })?;
-        let path: PathBuf = match fspath.cast::<PyString>() {
-            Ok(s) => PathBuf::from(s.to_str()?),
-            Err(_) => {
-                let b: Vec<u8> = fspath.extract()?;
-                use std::os::unix::ffi::OsStringExt;
-                PathBuf::from(std::ffi::OsString::from_vec(b))
-            }
+        // Through os.fsencode, so a str path with surrogate escapes (a
+        // non-UTF-8 name) opens the same file as its bytes spelling.
+        let raw = py.import("os")?.call_method1("fsencode", (&fspath,))?;
+        let path: PathBuf = {
+            use std::os::unix::ffi::OsStringExt;
+            let b: Vec<u8> = raw.extract()?;
+            PathBuf::from(std::ffi::OsString::from_vec(b))
         };
         if batch_size < 1 {
             return Err(PyValueError::new_err(format!(
@@ -663,8 +675,9 @@ impl LmdbObjectStore {
             }
         };
         let protocol = match pickle_protocol {
-            Some(p) => p,
-            None => py
+            Some(p) if p >= 0 => p,
+            // Negative means the highest, as pickle reads it.
+            _ => py
                 .import("pickle")?
                 .getattr("HIGHEST_PROTOCOL")?
                 .extract()?,
@@ -919,26 +932,24 @@ impl LmdbObjectStore {
             let pickled = codec::dumps(py, &v, c.protocol)?;
             batch.insert(&kb, Some(Arc::from(pickled.as_bytes())));
         }
-        let grown = {
+        let result = (|| -> R<()> {
             let _commit = c.lock_detached(py, &c.commit_lock)?;
             if c.buffered.lock().closing {
                 return Err(c.closed_error());
             }
             // The buffer goes first, so older buffered writes cannot land
             // after these.
-            let mut grown = c.commit_buffer_locked(py)?;
+            c.commit_buffer_locked(py)?;
             let env = &*c.env;
             let cap = c.max_map_size;
             if !batch.is_empty() {
-                grown.extend(
-                    py.detach(|| write_batch(env, &batch, cap))
-                        .map_err(se(py))?,
-                );
+                py.detach(|| write_batch(env, &batch, cap))
+                    .map_err(se(py))?;
             }
-            grown
-        };
-        c.log_growth(py, &grown);
-        Ok(())
+            Ok(())
+        })();
+        c.log_growth(py);
+        result
     }
 
     /// Write the buffer to LMDB in one transaction.
@@ -1177,7 +1188,7 @@ impl LmdbObjectStore {
             let env = &*c.env;
             let cap = c.max_map_size;
             // Delete only if nobody changed the entry since we read it.
-            let (deleted, grown) = py
+            let result = py
                 .detach(|| {
                     env.write(cap, |txn, db| {
                         use lmdb::Transaction;
@@ -1191,8 +1202,9 @@ impl LmdbObjectStore {
                         }
                     })
                 })
-                .map_err(se(py))?;
-            c.log_growth(py, &grown);
+                .map_err(se(py));
+            c.log_growth(py);
+            let (deleted, _) = result?;
             if deleted {
                 return Ok((c.keys.decode(py, &k)?, value));
             }
@@ -1290,7 +1302,7 @@ impl LmdbObjectStore {
     fn clear(&self, py: Python<'_>) -> R<()> {
         let c = self.core()?;
         c.check_writable("clear")?;
-        let grown = {
+        let result = (|| -> R<()> {
             let _commit = c.lock_detached(py, &c.commit_lock)?;
             // The buffered writes stay readable until the clear commits.
             let batch = c.buffered.lock().buf.begin_commit();
@@ -1305,10 +1317,10 @@ impl LmdbObjectStore {
                     b.buf.commit_failed();
                 }
             }
-            r.map_err(se(py))?.1
-        };
-        c.log_growth(py, &grown);
-        Ok(())
+            r.map(drop).map_err(se(py))
+        })();
+        c.log_growth(py);
+        result
     }
 
     /// A store pickles as its path and options, never its contents, and
@@ -1317,11 +1329,15 @@ impl LmdbObjectStore {
         let py = slf.py();
         let c = slf.get().core()?;
         let reopen = py.import("lmdb_object_store")?.getattr("_reopen")?;
+        // The path exactly as opened, even if it is not valid UTF-8.
+        use std::os::unix::ffi::OsStrExt;
+        let raw = PyBytes::new(py, c.fs_path.as_os_str().as_bytes());
+        let path = py.import("os")?.call_method1("fsdecode", (raw,))?;
         let args = PyTuple::new(
             py,
             [
                 slf.get_type().into_any(),
-                PyString::new(py, &c.path).into_any(),
+                path,
                 c.init_kwargs.bind(py).copy()?.into_any(),
             ],
         )?;
@@ -1449,15 +1465,13 @@ fn close_core(py: Python<'_>, c: &Core, strict: bool) -> R<()> {
     let mut flush_error = None;
     if !c.readonly {
         if let Err(e) = c.flush(py) {
-            let logger = py
-                .import("logging")?
-                .call_method1("getLogger", ("lmdb_object_store",))?;
-            let _ = logger.call_method1(
+            log(
+                py,
                 "error",
-                (
-                    "final flush failed while closing %s: %s",
-                    c.path.as_str(),
-                    e.value(py).clone(),
+                format!(
+                    "final flush failed while closing {}: {}",
+                    c.path,
+                    e.value(py)
                 ),
             );
             flush_error = Some(e);
@@ -1478,16 +1492,11 @@ fn close_core(py: Python<'_>, c: &Core, strict: bool) -> R<()> {
         return Err(e.into_pyerr(py));
     }
     if let (Err(e), None) = (sync_result.0, &flush_error) {
-        let logger = py
-            .import("logging")?
-            .call_method1("getLogger", ("lmdb_object_store",))?;
-        let _ = logger.call_method1(
+        let e = e.into_pyerr(py);
+        log(
+            py,
             "warning",
-            (
-                "sync failed while closing %s: %s",
-                c.path.as_str(),
-                e.into_pyerr(py).value(py).clone(),
-            ),
+            format!("sync failed while closing {}: {}", c.path, e.value(py)),
         );
     }
     if let (Some(e), true) = (flush_error, strict) {
@@ -1497,6 +1506,17 @@ fn close_core(py: Python<'_>, c: &Core, strict: bool) -> R<()> {
         return Err(err);
     }
     Ok(())
+}
+
+/// Best effort: a message on the `lmdb_object_store` logger (at interpreter
+/// shutdown logging may be gone; the message is dropped then).
+fn log(py: Python<'_>, level: &str, message: String) {
+    let logger = py
+        .import("logging")
+        .and_then(|m| m.call_method1("getLogger", ("lmdb_object_store",)));
+    if let Ok(logger) = logger {
+        let _ = logger.call_method1(level, ("%s", message));
+    }
 }
 
 static VIEWS: pyo3::sync::PyOnceLock<Py<PyModule>> = pyo3::sync::PyOnceLock::new();

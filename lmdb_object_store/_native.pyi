@@ -1,0 +1,320 @@
+"""Type stubs for ``lmdb_object_store._native``, the Rust extension module.
+
+``lmdb_object_store`` re-exports the store, the exceptions, ``lmdb_version`` and
+``__version__``; import them from there.
+"""
+
+import os
+from collections.abc import (
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    MutableMapping,
+    ValuesView,
+)
+from typing import Any, ClassVar, Literal, TypeAlias, final
+
+from typing_extensions import Self, disjoint_base
+
+__version__: str
+__all__ = [
+    "LmdbObjectStore",
+    "StoreIterator",
+    "Error",
+    "MapFullError",
+    "ReadonlyError",
+    "ClosedError",
+    "UnpickleError",
+    "lmdb_version",
+    "_flush_all",
+    "_after_fork_child",
+    "__version__",
+]
+
+#: What a key may be: bytes-like, or ``str`` when the store has a ``key_encoding``.
+_Key: TypeAlias = bytes | bytearray | memoryview | str
+#: A range bound of ``keys()``, ``values()``, ``items()`` and ``scan()``.
+_Bound: TypeAlias = bytes | bytearray | memoryview | str | None
+_Path: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
+class Error(Exception):
+    """Base class of every error raised by lmdb_object_store itself."""
+
+class MapFullError(Error):
+    """The map is full and may not grow: it is at ``max_map_size``. Nothing was written."""
+
+class ReadonlyError(Error):
+    """A write, flush or delete on a store opened with ``readonly=True``."""
+
+class ClosedError(Error):
+    """The store is closed (or closing): open a new one to go on."""
+
+class UnpickleError(Error, RuntimeError):
+    """A stored or buffered value does not unpickle; the original error is ``__cause__``."""
+
+@disjoint_base
+class LmdbObjectStore(MutableMapping[Any, Any]):
+    """A persistent, thread-safe, dict-like store of Python objects on LMDB.
+
+    Values are pickled; keys are bytes (or ``str`` with ``key_encoding``), kept in
+    ascending byte order. Writes are buffered and committed in single transactions.
+
+    >>> with LmdbObjectStore("/tmp/db", key_encoding="utf-8") as store:
+    ...     store["k"] = {"v": 1}
+    ...     store["k"]
+    {'v': 1}
+    """
+
+    __hash__: ClassVar[None]  # type: ignore[assignment]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self: ...
+    def __init__(
+        self,
+        db_path: _Path,
+        batch_size: int = 1000,
+        *,
+        autoflush_on_read: bool = True,
+        key_encoding: str | None = None,
+        key_errors: str = "strict",
+        str_normalize: Literal["NFC", "NFD", "NFKC", "NFKD"] | None = None,
+        max_map_size: int | None = None,
+        max_buffer_bytes: int = 67108864,
+        pickle_protocol: int | None = None,
+        map_size: int = 10485760,
+        subdir: bool = True,
+        readonly: bool = False,
+        metasync: bool = True,
+        sync: bool = True,
+        map_async: bool = False,
+        mode: int = 0o755,
+        create: bool = True,
+        readahead: bool = True,
+        writemap: bool = False,
+        meminit: bool = True,
+        max_readers: int = 1024,
+        lock: bool = True,
+    ) -> None:
+        """Open (or create) the store at ``db_path``.
+
+        The keywords after ``pickle_protocol`` are those of py-lmdb's ``lmdb.open()``.
+        ``pickle_protocol=None`` means ``pickle.HIGHEST_PROTOCOL``.
+        """
+
+    # Writes
+
+    def put(self, key: _Key, obj: object) -> None:
+        """Store ``obj`` (pickled now) under ``key``; buffered until the next commit."""
+
+    def __setitem__(self, key: _Key, value: Any, /) -> None: ...
+    def delete(self, key: _Key) -> None:
+        """Buffer a deletion of ``key``, with no check that it exists."""
+
+    def __delitem__(self, key: _Key, /) -> None:
+        """Buffer a deletion of ``key``; ``KeyError`` if it is neither buffered nor stored."""
+
+    def put_many(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]]) -> None:
+        """Commit the buffer, then write every pair in one transaction: all or nothing."""
+
+    def flush(self) -> None:
+        """Commit the buffer in one write transaction."""
+
+    # Reads
+
+    def get(self, key: _Key, default: Any = None) -> Any:
+        """The value stored under ``key``, or ``default``."""
+
+    def __getitem__(self, key: _Key, /) -> Any:
+        """The value stored under ``key``; ``KeyError`` if there is none."""
+
+    def exists(self, key: _Key, *, flush: bool | None = None) -> bool:
+        """Whether ``key`` has a value; ``flush=None`` follows ``autoflush_on_read``."""
+
+    def __contains__(self, key: object, /) -> bool:
+        """Whether ``key`` has a value; never commits the buffer."""
+
+    def get_many(
+        self,
+        keys: Iterable[_Key],
+        *,
+        decode_keys: bool = False,
+        decode_not_found: bool | None = None,
+    ) -> tuple[dict[Any, Any], list[Any]]:
+        """``(found, not_found)`` for many keys, read in one transaction.
+
+        >>> found, not_found = store.get_many([b"a", b"missing"])
+        """
+
+    # Mapping and scans
+
+    def __len__(self) -> int:
+        """Number of keys, buffer included (no scan)."""
+
+    def __iter__(self) -> StoreIterator:
+        """The keys in ascending order (commits the buffer first)."""
+
+    def keys(
+        self,
+        *,
+        prefix: _Bound = None,
+        start: _Bound = None,
+        stop: _Bound = None,
+        reverse: bool = False,
+    ) -> KeysView[Any]:
+        """A live view of the keys in key order, within optional bounds."""
+
+    def values(
+        self,
+        *,
+        prefix: _Bound = None,
+        start: _Bound = None,
+        stop: _Bound = None,
+        reverse: bool = False,
+    ) -> ValuesView[Any]:
+        """A live view of the values in key order, within optional bounds."""
+
+    def items(
+        self,
+        *,
+        prefix: _Bound = None,
+        start: _Bound = None,
+        stop: _Bound = None,
+        reverse: bool = False,
+    ) -> ItemsView[Any, Any]:
+        """A live view of the ``(key, value)`` pairs in key order, within optional bounds."""
+
+    def scan(
+        self,
+        *,
+        prefix: _Bound = None,
+        start: _Bound = None,
+        stop: _Bound = None,
+        reverse: bool = False,
+    ) -> StoreIterator:
+        """An iterator of ``(key, value)`` pairs in key order, within the bounds.
+
+        >>> for key, value in store.scan(prefix=b"user:"): ...
+        """
+
+    def pop(self, key: _Key, *default: Any) -> Any:
+        """Remove ``key`` and return its value (or ``default``, else ``KeyError``)."""
+
+    def popitem(self) -> tuple[Any, Any]:
+        """Remove and return the pair with the smallest key; ``KeyError`` if empty."""
+
+    def setdefault(self, key: _Key, default: Any = None) -> Any:
+        """The value of ``key``; if it is missing, store ``default`` and return it."""
+
+    def update(self, other: Any = None, /, **kwargs: Any) -> None:
+        """As ``dict.update``; everything is pickled before anything is buffered."""
+
+    def clear(self) -> None:
+        """Delete every entry, buffer included, in one write transaction."""
+
+    def __eq__(self, value: object, /) -> bool: ...
+
+    # Lifecycle and maintenance
+
+    def close(self, *, strict: bool = False) -> None:
+        """Commit the buffer, wait for reads in flight, sync and close. Idempotent."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *_exc: object) -> bool:
+        """Close the store (not strict); never suppresses the exception."""
+
+    def sync(self, force: bool = True) -> None:
+        """fsync the data file."""
+
+    def info(self) -> dict[str, int]:
+        """``map_addr``, ``map_size``, ``last_pgno``, ``last_txnid``, ``max_readers``,
+        ``num_readers``, as py-lmdb's ``Environment.info()``."""
+
+    def stat(self) -> dict[str, int]:
+        """``psize``, ``depth``, ``branch_pages``, ``leaf_pages``, ``overflow_pages``,
+        ``entries``, as py-lmdb's ``Environment.stat()`` (committed data only)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as path and options, never contents; unpickling reopens the store."""
+
+    # Properties
+
+    @property
+    def path(self) -> str:
+        """The path the store was opened with."""
+
+    @property
+    def readonly(self) -> bool:
+        """Whether the store was opened with ``readonly=True``."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` has begun."""
+
+    @property
+    def pending(self) -> int:
+        """Buffered entries not yet committed."""
+
+    @property
+    def batch_size(self) -> int:
+        """Entries at which the buffer commits by itself."""
+
+    @property
+    def autoflush_on_read(self) -> bool:
+        """Whether reads that reach the database commit the buffer first."""
+
+    @property
+    def max_map_size(self) -> int | None:
+        """Cap for automatic map growth, or ``None``."""
+
+    @property
+    def max_buffer_bytes(self) -> int:
+        """Bytes beyond which the buffer commits by itself."""
+
+    @property
+    def pickle_protocol(self) -> int:
+        """The pickle protocol values are stored with."""
+
+    @property
+    def key_encoding(self) -> str | None:
+        """The codec of ``str`` keys, or ``None`` when only bytes-like keys are allowed."""
+
+    # Used by the views in lmdb_object_store._views
+
+    def _iter(
+        self,
+        kind: Literal["keys", "values", "items"],
+        prefix: _Bound = None,
+        start: _Bound = None,
+        stop: _Bound = None,
+        reverse: bool = False,
+    ) -> StoreIterator:
+        """An iterator of keys, values or items within the bounds."""
+
+    def _count(self, prefix: _Bound = None, start: _Bound = None, stop: _Bound = None) -> int:
+        """Number of keys within the bounds."""
+
+    def _contains_in(
+        self,
+        key: object,
+        prefix: _Bound = None,
+        start: _Bound = None,
+        stop: _Bound = None,
+    ) -> bool:
+        """Whether ``key`` is within the bounds and in the store."""
+
+@final
+class StoreIterator(Iterator[Any]):
+    """Iterator over a store's keys, values or items, in key order, read in chunks."""
+
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> Any: ...
+
+def lmdb_version() -> tuple[int, int, int]:
+    """The bundled LMDB's version as ``(major, minor, patch)``."""
+
+def _flush_all() -> None:
+    """Commit the buffer of every open store (before ``fork()`` and at exit)."""
+
+def _after_fork_child() -> None:
+    """In the child after ``fork()``: hand every inherited store a fresh environment."""
