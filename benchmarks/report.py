@@ -1,0 +1,364 @@
+"""Turn the JSON written by ``run.py`` into Markdown tables and a bar chart.
+
+    python benchmarks/report.py page RESULTS.json OUT.md     (docs/performance.md)
+    python benchmarks/report.py chart RESULTS.json OUT.png   (needs matplotlib)
+
+``run.py`` renders the page itself and runs the chart command in the benchmark
+environment, where matplotlib is; the Markdown side needs only the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+# operation -> (column heading, unit); in the order the tables show them.
+OPERATIONS: dict[str, tuple[str, str]] = {
+    "put": ("put", "ops/s"),
+    "put_nosync": ("put, sync=False", "ops/s"),
+    "get": ("get", "ops/s"),
+    "put_many": ("put_many", "ops/s"),
+    "get_many": ("get_many", "ops/s"),
+    "iterate": ("iterate", "ops/s"),
+    "large_put": ("large put", "MB/s"),
+    "large_get": ("large get", "MB/s"),
+    "large_peak_rss": ("peak RSS", "MiB"),
+    "large_get_rss_rise": ("RSS rise per 4 MiB get", "MiB"),
+    "threads_reads_alone": ("reads/s, no writer", "reads/s"),
+    "threads_reads": ("reads/s, with writer", "reads/s"),
+    "threads_read_ratio": ("with / without writer", "ratio"),
+    "threads_writes": ("writes/s", "writes/s"),
+}
+
+REF = "ref"  # the system every ratio in brackets is taken against
+THROUGHPUT = ["put", "put_nosync", "get", "put_many", "get_many", "iterate"]
+
+# Bars of the chart, with their labels: rates (higher is better) that 0.1.0 has too.
+CHART = {
+    "put": "put",
+    "put_nosync": "put\nsync=False",
+    "get": "get",
+    "put_many": "put_many",
+    "get_many": "get_many",
+    "large_put": "large put",
+    "large_get": "large get",
+    "threads_reads": "threads:\nreads beside writer",
+    "threads_writes": "threads:\nwrites",
+}
+
+
+def index(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["system"], r["operation"]): r for r in data["results"]}
+
+
+def human(value: float) -> str:
+    """A figure with three significant digits and a k/M suffix."""
+    for limit, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= limit:
+            return f"{value / limit:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def times(ratio: float) -> str:
+    """A ratio with two significant digits at most: 43×, 1.3×, 0.56×, 0.0069×."""
+    if ratio >= 9.95:
+        return f"{ratio:.0f}×"
+    return f"{ratio:.1f}×" if ratio >= 0.995 else f"{ratio:.2g}×"
+
+
+def why_not(row: dict[str, Any] | None) -> str | None:
+    """The cell of a figure that does not exist: blank, n/a or failed."""
+    if row is None:
+        return ""
+    if row["status"] == "unsupported":
+        return "n/a"
+    if row["status"] != "ok":
+        return "failed"
+    return None
+
+
+def rate(row: dict[str, Any] | None) -> str:
+    """A figure and, in brackets, its ratio to 0.1.0 (but not on 0.1.0's own row)."""
+    missing = why_not(row)
+    if missing is not None:
+        return missing
+    assert row is not None
+    ratio = row.get("ratio_to_ref")
+    if ratio is None or row["system"] == REF:
+        return human(row["value"])
+    return f"{human(row['value'])} ({times(ratio)})"
+
+
+def plain(row: dict[str, Any] | None) -> str:
+    missing = why_not(row)
+    if missing is not None:
+        return missing
+    assert row is not None
+    return f"{row['value']:.3g}"
+
+
+def against_floor(row: dict[str, Any] | None) -> str:
+    missing = why_not(row)
+    if missing is not None:
+        return missing
+    assert row is not None
+    return f"{row['ratio_to_floor']:.2f}" if row.get("ratio_to_floor") is not None else ""
+
+
+def table(headings: list[str], rows: list[list[str]], numeric_from: int = 1) -> list[str]:
+    """A Markdown table; columns from ``numeric_from`` on are right-aligned."""
+    align = ["---" if i < numeric_from else "---:" for i in range(len(headings))]
+    lines = ["| " + " | ".join(headings) + " |", "| " + " | ".join(align) + " |"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown_tables(data: dict[str, Any]) -> str:
+    """The figures of one run as Markdown: tables, then what failed and why."""
+    idx = index(data)
+    systems = data["systems"]
+    stores = [s for s in systems if s["name"] != data["floor_system"]]
+    ref_label = next((s["label"] for s in systems if s["name"] == data["ref_system"]), None)
+    against = f"; in brackets, the ratio to {ref_label}" if ref_label else ""
+    large, threads = data["parameters"]["large"], data["parameters"]["threads"]
+    out: list[str] = []
+
+    def block(
+        title: str,
+        note: str,
+        columns: list[tuple[str, Callable[[dict[str, Any] | None], str]]],
+        rows: list[dict[str, Any]],
+        units: bool = True,
+    ) -> None:
+        headings = ["system"]
+        for op, _ in columns:
+            name, unit = OPERATIONS[op]
+            headings.append(f"{name} ({unit})" if units and unit not in (name, "ratio") else name)
+        cells = [
+            [s["label"]] + [render(idx.get((s["name"], op))) for op, render in columns]
+            for s in rows
+        ]
+        out.extend(["", f"### {title}", "", note, ""] + table(headings, cells))
+
+    block(
+        "Throughput",
+        f"Median operations per second{against}.",
+        [(op, rate) for op in THROUGHPUT],
+        systems,
+    )
+    block(
+        "Against the floor",
+        "Each rate over pickle's alone (`pickle.dumps` for writes, `pickle.loads` for "
+        "reads): 1.00 would mean the store costs nothing beyond serialisation.",
+        [(op, against_floor) for op in THROUGHPUT],
+        stores,
+        units=False,
+    )
+    block(
+        "Large values",
+        f"{large['count']} values of {large['size'] >> 20} MiB `bytes`: put + commit, then "
+        f"get{against}. Peak RSS is the worker process's "
+        "(which also holds the input values); the RSS rise is what one get of one value "
+        "allocates at its peak: one value's size when the read path copies nothing.",
+        [("large_put", rate), ("large_get", rate)]
+        + [("large_peak_rss", plain), ("large_get_rss_rise", plain)],
+        systems,
+    )
+    block(
+        "Threads",
+        f"{threads['readers']} reader threads doing `get` for {threads['duration_s']:g} s, "
+        f"first alone, then beside 1 writer thread doing puts in batches of "
+        f'{threads["write_batch"]} with a commit after each{against}. "With / without '
+        'writer" is the share of the read rate that readers keep while a writer works.',
+        [("threads_reads_alone", rate), ("threads_reads", rate)]
+        + [("threads_read_ratio", plain), ("threads_writes", rate)],
+        stores,
+    )
+
+    rows = []
+    for s in systems:
+        encoding = "pickled by the benchmark" if s.get("pickled_by_hand") else "by the store"
+        if s["name"] == data["floor_system"]:
+            encoding = "pickle"
+        notes = "; ".join(x for x in (s.get("note", ""), s.get("detail", "")) if x)
+        rows.append([s["label"], s.get("version") or "", encoding, notes, s["status"]])
+    out.extend(["", "### Systems", ""])
+    out.extend(table(["system", "version", "values encoded", "notes", "status"], rows, 5))
+
+    failures = [
+        f"- {s['label']}: {s['status']}: {s.get('reason', '')}"
+        for s in systems
+        if s["status"] != "ok"
+    ]
+    failures += [
+        f"- {r['label']}, {OPERATIONS[r['operation']][0]}: {r.get('reason', '')}"
+        for r in data["results"]
+        if (r["status"] == "error" or r.get("errors"))
+        and next(s for s in systems if s["name"] == r["system"])["status"] == "ok"
+    ]
+    if failures:
+        out.extend(["", "### Failures", ""] + failures)
+
+    # n/a cells, grouped by reason: "no batch read: sqlitedict, shelve".
+    unsupported: dict[str, list[str]] = {}
+    for r in data["results"]:
+        if r["status"] == "unsupported":
+            what = f"{r['label']} ({OPERATIONS[r['operation']][0]})"
+            unsupported.setdefault(r.get("reason", ""), []).append(what)
+    if unsupported:
+        out.extend(["", "n/a, by reason:", ""])
+        out.extend(f"- {reason}: {', '.join(what)}" for reason, what in unsupported.items())
+    return "\n".join(out).lstrip("\n") + "\n"
+
+
+def page(data: dict[str, Any]) -> str:
+    """docs/performance.md: figures, method, machine, versions, the command."""
+    tables = markdown_tables(data)
+    p, m = data["parameters"], data["machine"]
+    versions = "\n".join(
+        f"- {s['label']}: {s.get('version') or s['status']}"
+        + (f" ({s['requirement']})" if s.get("requirement") else "")
+        for s in data["systems"]
+    )
+    rounds = f"{p['rounds']} round" + ("s" if p["rounds"] != 1 else "")
+    rev = data["revision"]
+    revision = (rev["commit"][:12] or "unknown") + (" with local changes" if rev["dirty"] else "")
+    return f"""# Performance
+
+How `lmdb_object_store` compares with `pickle` alone (the floor), with
+`lmdb-object-store` 0.1.0 (the pure-Python package it replaces) and with the
+stores Python users reach for. Absolute figures depend on the machine; the
+ratios, measured in one run with interleaved rounds, are what carries over.
+
+Regenerate this page, its chart and `docs/benchmark-results.json` with one command
+from the repository root:
+
+```
+{data["command"]}
+```
+
+(`python benchmarks/run.py` for the full run, `--quick` for a smaller one; see
+`benchmarks/README.md`.) These figures: N = {p["n"]:,}, {rounds},
+{data["created"]}, revision {revision}, {data["elapsed_s"]:.0f} s in all.
+
+![throughput relative to lmdb-object-store 0.1.0](img/benchmark.png)
+
+## Results
+
+{tables}
+## Method
+
+- Workload: N entries, keys `f"key:{{i:08d}}".encode()`, values
+  `{{"id": i, "name": f"user{{i}}", "tags": ["a", "b"], "score": i * 0.5}}`.
+- `put`: `store[k] = v` for every entry, then the store's commit (`flush()` here);
+  `put, sync=False`: the same on a store opened with `sync=False` (LMDB-based
+  stores only: no fsync at commit). `get`: `store[k]` for every key in one fixed
+  shuffled order (seed {p["seed"]}); 200 values are compared with the originals
+  afterwards. `put_many` / `get_many`: one batch call with all entries / all keys,
+  where the store has one. `iterate`: `for k, v in store.items()` over everything.
+- `large`: {p["large"]["count"]} values of {p["large"]["size"] >> 20} MiB `bytes` (incompressible):
+  put + commit, then get, in MB/s (10^6 bytes). Peak RSS is `ru_maxrss` of the
+  worker process, which also holds the input values and, for stores that map
+  their file (LMDB), the pages read. The RSS rise per get is measured apart: the
+  peak resident set while one value already read once is read again, with malloc
+  set to return big blocks at once, so it shows what the read allocates.
+- `threads`: N entries; {p["threads"]["readers"]} threads call `get` in a loop for
+  {p["threads"]["duration_s"]:g} s, first alone, then beside 1 thread writing puts in
+  batches of {p["threads"]["write_batch"]} with a commit after each (overwriting
+  existing keys). Stores that are not thread-safe are skipped.
+- The floor: `pickle.dumps(v, HIGHEST_PROTOCOL)` over the values (for writes) and
+  `pickle.loads` over their pickles (for reads), in the same kind of loop.
+  "Against the floor" divides a store's rate by the floor's.
+- Each store runs with its defaults except: a 2 GiB LMDB map for every
+  LMDB-based store (so that no timed section includes map growth), sqlitedict
+  with `autocommit=False`, diskcache puts inside `transact()`, kohakuvault with
+  its write-back cache on. Values are pickled by the benchmark for stores that
+  take only bytes (see "Systems"); the others encode values themselves.
+- Every round runs every system, in an order shuffled per round; every
+  (round, system, group) is a new process with a new temporary directory. Each
+  figure is the median over the rounds; the garbage collector is paused inside
+  timed sections, as `timeit` does.
+- A system that failed to install or run, or an operation that failed, shows as
+  "failed" with the reason under "Failures"; "n/a" marks an operation the store
+  does not offer.
+
+## Machine
+
+- {m["cpu_count"]} CPUs ({m["cpu_model"] or "model unknown"}), {m["memory_gib"]} GiB memory
+- {m["platform"]}
+- Python {m["python"]}
+
+## Versions
+
+{versions}
+"""
+
+
+def chart(data: dict[str, Any], path: str) -> None:
+    """Grouped bars: every system's figure over 0.1.0's, per operation, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = index(data)
+    systems = [s for s in data["systems"] if s["name"] != data["ref_system"]]
+
+    def ratio(system: str, op: str) -> float | None:
+        return idx.get((system, op), {}).get("ratio_to_ref")
+
+    ops = [op for op in CHART if any(ratio(s["name"], op) for s in systems)]
+    width = 0.8 / max(len(systems), 1)
+    fig, ax = plt.subplots(figsize=(14, 6.5))
+    # Red is kept for this package.
+    palette = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (6, 7)]
+    for i, s in enumerate(systems):
+        xs, ys = [], []
+        for j, op in enumerate(ops):
+            r = ratio(s["name"], op)
+            if r:
+                xs.append(j + (i - (len(systems) - 1) / 2) * width)
+                ys.append(r)
+        style: dict[str, Any] = {"color": palette[i % len(palette)]}
+        if s["name"] == "this":
+            style = {"color": "#d62728", "edgecolor": "black", "linewidth": 0.8, "zorder": 3}
+        elif s["name"] == data["floor_system"]:
+            style = {"color": "#bbbbbb", "hatch": "//", "edgecolor": "#777777"}
+        bars = ax.bar(xs, ys, width, label=s["label"], **style)
+        if s["name"] == "this":
+            texts = ax.bar_label(bars, [times(y) for y in ys], fontsize=7, fontweight="bold")
+            for text in texts:
+                text.set_bbox({"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(ops)), [CHART[op] for op in ops])
+    ax.set_ylabel("throughput / lmdb-object-store 0.1.0 (log scale)")
+    params = data["parameters"]
+    ax.set_title(
+        f"N = {params['n']:,}, median of {params['rounds']} interleaved rounds, "
+        f"{data['machine']['cpu_count']} CPUs, Python {data['machine']['python']}"
+    )
+    ax.grid(axis="y", which="both", alpha=0.3)
+    ax.legend(ncol=2, fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] not in ("chart", "page"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    with open(argv[1]) as f:
+        data = json.load(f)
+    if argv[0] == "chart":
+        chart(data, argv[2])
+    else:
+        with open(argv[2], "w") as f:
+            f.write(page(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
