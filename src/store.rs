@@ -20,7 +20,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::buffer::{Batch, Lookup, WriteBuffer};
 use crate::codec;
-use crate::engine::{Env, EnvInfo, EnvOptions, Growth};
+use crate::engine::{Env, EnvInfo, EnvOptions};
 use crate::errors::{os_error, ClosedError, Error, StoreError};
 use crate::iter::{Bounds, Kind, StoreIterator};
 use crate::keys::KeyPolicy;
@@ -184,22 +184,22 @@ impl Core {
             .lock_detached(py, &self.commit_lock)
             .and_then(|_commit| self.commit_buffer_locked(py));
         self.log_growth(py);
-        result.map(drop)
+        result
     }
 
     /// The body of `flush`, for callers that hold the commit lock.
-    fn commit_buffer_locked(&self, py: Python<'_>) -> R<Vec<Growth>> {
+    fn commit_buffer_locked(&self, py: Python<'_>) -> R<()> {
         let Some(batch) = self.buffered.lock().buf.begin_commit() else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let env = &*self.env;
         let cap = self.max_map_size;
         let result = py.detach(|| write_batch(env, &batch, cap));
         let mut b = self.buffered.lock();
         match result {
-            Ok(grown) => {
+            Ok(()) => {
                 b.buf.commit_succeeded();
-                Ok(grown)
+                Ok(())
             }
             Err(e) => {
                 b.buf.commit_failed();
@@ -392,11 +392,11 @@ impl StoreError {
 }
 
 /// Write one batch, sorted, in one transaction. No Python here.
-fn write_batch(env: &Env, batch: &Batch, cap: Option<usize>) -> Result<Vec<Growth>, StoreError> {
+fn write_batch(env: &Env, batch: &Batch, cap: Option<usize>) -> Result<(), StoreError> {
     let ops = batch.sorted();
     let _writer = env.lock_writer()?;
-    let mut grown = env.reserve_locked(batch.bytes(), cap)?;
-    let (_, more) = env.write_locked(cap, &mut |txn, db| {
+    env.reserve_locked(batch.bytes(), cap)?;
+    env.write_locked(cap, &mut |txn, db| {
         for (k, v) in &ops {
             match v {
                 Some(v) => txn.put(db, k, v, WriteFlags::empty())?,
@@ -408,8 +408,26 @@ fn write_batch(env: &Env, batch: &Batch, cap: Option<usize>) -> Result<Vec<Growt
         }
         Ok(())
     })?;
-    grown.extend(more);
-    Ok(grown)
+    Ok(())
+}
+
+/// Write sorted, unique `(key, pickle)` pairs in one transaction. No Python
+/// here.
+fn write_sorted(
+    env: &Env,
+    ops: &[(&[u8], &[u8])],
+    bytes: usize,
+    cap: Option<usize>,
+) -> Result<(), StoreError> {
+    let _writer = env.lock_writer()?;
+    env.reserve_locked(bytes, cap)?;
+    env.write_locked(cap, &mut |txn, db| {
+        for (k, v) in ops {
+            txn.put(db, k, v, WriteFlags::empty())?;
+        }
+        Ok(())
+    })?;
+    Ok(())
 }
 
 /// A persistent, thread-safe, dict-like store of Python objects on LMDB.
@@ -854,9 +872,13 @@ impl LmdbObjectStore {
 
         let found = PyDict::new(py);
         let mut hit = vec![false; normalised.len()];
-        let key_obj = |k: &[u8]| -> R<Bound<'py, PyAny>> {
+        // The dict key: the caller's own object when it already is the
+        // normalised bytes (its hash is cached), else a new one.
+        let key_obj = |i: usize, k: &[u8]| -> R<Bound<'py, PyAny>> {
             if decode_keys {
                 c.keys.decode(py, k)
+            } else if given[i].is_exact_instance_of::<PyBytes>() {
+                Ok(given[i].clone())
             } else {
                 Ok(PyBytes::new(py, k).into_any())
             }
@@ -864,32 +886,24 @@ impl LmdbObjectStore {
         for (i, (k, l)) in normalised.iter().zip(&from_buffer).enumerate() {
             if let Some(Lookup::Value(v)) = l {
                 let obj = c.unpickle_buffered(py, k, v)?;
-                found.set_item(key_obj(k)?, obj)?;
+                found.set_item(key_obj(i, k)?, obj)?;
                 hit[i] = true;
             }
         }
         if need_db {
             c.with_read(py, |txn| {
-                let mut done = crate::buffer::FastMap::<&[u8], bool>::default();
+                // A repeated key is simply read again: rarer than the cost
+                // of remembering every key.
                 for (i, (k, l)) in normalised.iter().zip(&from_buffer).enumerate() {
                     if !matches!(l, Some(Lookup::Unknown)) {
                         continue;
                     }
-                    if let Some(&was) = done.get(&k[..]) {
-                        hit[i] = was;
-                        continue;
+                    if let Some(data) = txn.get(k).map_err(se(py))? {
+                        let obj = codec::loads_borrowed(py, data)
+                            .map_err(|e| codec::unpickle_error(py, k, "DB", e))?;
+                        found.set_item(key_obj(i, k)?, obj)?;
+                        hit[i] = true;
                     }
-                    let was = match txn.get(k).map_err(se(py))? {
-                        None => false,
-                        Some(data) => {
-                            let obj = codec::loads_borrowed(py, data)
-                                .map_err(|e| codec::unpickle_error(py, k, "DB", e))?;
-                            found.set_item(key_obj(k)?, obj)?;
-                            true
-                        }
-                    };
-                    done.insert(k, was);
-                    hit[i] = was;
                 }
                 Ok(())
             })?;
@@ -918,8 +932,12 @@ impl LmdbObjectStore {
         } else {
             items.clone()
         };
-        // Normalise and pickle everything before touching the buffer.
-        let mut batch = Batch::default();
+        // Normalise and pickle everything before touching the buffer. The
+        // pickles are not copied: the commit reads them in place (bytes
+        // objects are immutable and `pickles` keeps them alive).
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut pickles: Vec<Bound<'_, PyBytes>> = Vec::new();
+        let mut bytes = 0usize;
         for pair in pairs.try_iter()? {
             let pair = pair?;
             let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair.extract().map_err(|_| {
@@ -928,9 +946,26 @@ impl LmdbObjectStore {
                     type_name(&pair)
                 ))
             })?;
-            let kb = c.keys.to_write_bytes(&k)?;
+            let kb = c.keys.to_write_bytes(&k)?.into_owned();
             let pickled = codec::dumps(py, &v, c.protocol)?;
-            batch.insert(&kb, Some(Arc::from(pickled.as_bytes())));
+            bytes += kb.len() + pickled.as_bytes().len();
+            keys.push(kb);
+            pickles.push(pickled);
+        }
+        let mut ops: Vec<(&[u8], &[u8])> = keys
+            .iter()
+            .zip(&pickles)
+            .map(|(k, v)| (&k[..], v.as_bytes()))
+            .collect();
+        // Ascending keys, the last write of a key winning: a stable sort keeps
+        // equal keys in input order, then all but the last of each run go.
+        ops.sort_by(|a, b| a.0.cmp(b.0));
+        let mut unique: Vec<(&[u8], &[u8])> = Vec::with_capacity(ops.len());
+        for op in ops {
+            match unique.last_mut() {
+                Some(last) if last.0 == op.0 => *last = op,
+                _ => unique.push(op),
+            }
         }
         let result = (|| -> R<()> {
             let _commit = c.lock_detached(py, &c.commit_lock)?;
@@ -942,8 +977,8 @@ impl LmdbObjectStore {
             c.commit_buffer_locked(py)?;
             let env = &*c.env;
             let cap = c.max_map_size;
-            if !batch.is_empty() {
-                py.detach(|| write_batch(env, &batch, cap))
+            if !unique.is_empty() {
+                py.detach(|| write_sorted(env, &unique, bytes, cap))
                     .map_err(se(py))?;
             }
             Ok(())
