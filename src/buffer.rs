@@ -12,6 +12,9 @@ use std::sync::Arc;
 /// A buffered value: the pickle bytes, or a tombstone.
 pub type Value = Option<Arc<[u8]>>;
 
+/// One operation of a sorted batch: a key and its pickle, or `None` to delete.
+pub type Op<'a> = (&'a [u8], Option<&'a [u8]>);
+
 /// FxHash-style hasher: keys are short byte strings chosen by the program
 /// (not by an attacker trying to collide them), so a fast multiplicative
 /// hash beats SipHash here.
@@ -51,14 +54,25 @@ impl Hasher for FastHasher {
 
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
-/// One batch of writes, one entry per key (the last write wins).
+/// One batch of writes, one entry per key (the last write wins). Each key
+/// remembers when it first arrived, so a batch written in key order (the
+/// common case) comes out sorted without a sort.
 #[derive(Default, Debug)]
 pub struct Batch {
-    map: FastMap<Box<[u8]>, Value>,
+    map: FastMap<Box<[u8]>, (u32, Value)>,
+    next_seq: u32,
     bytes: usize,
 }
 
 impl Batch {
+    pub fn with_capacity(n: usize) -> Self {
+        Batch {
+            map: FastMap::with_capacity_and_hasher(n, Default::default()),
+            next_seq: 0,
+            bytes: 0,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -73,37 +87,42 @@ impl Batch {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&Value> {
-        self.map.get(key)
+        self.map.get(key).map(|(_, v)| v)
     }
 
     pub fn insert(&mut self, key: &[u8], value: Value) {
         let add = value.as_ref().map_or(0, |v| v.len());
         match self.map.get_mut(key) {
-            Some(slot) => {
+            Some((_, slot)) => {
                 let old = slot.as_ref().map_or(0, |v| v.len());
                 *slot = value;
                 self.bytes = self.bytes - old + add;
             }
             None => {
                 self.bytes += key.len() + add;
-                self.map.insert(key.into(), value);
+                self.map.insert(key.into(), (self.next_seq, value));
+                self.next_seq += 1;
             }
         }
     }
 
     /// Entries in ascending key order: the order LMDB writes fastest.
-    pub fn sorted(&self) -> Vec<(&[u8], Option<&[u8]>)> {
-        let mut v: Vec<(&[u8], Option<&[u8]>)> = self
-            .map
-            .iter()
-            .map(|(k, v)| (&k[..], v.as_deref()))
-            .collect();
-        v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    pub fn sorted(&self) -> Vec<Op<'_>> {
+        // Arrival order first (sequence numbers are dense: no sort needed),
+        // then a sort only if that is not already key order.
+        let mut slots: Vec<Option<Op<'_>>> = vec![None; self.next_seq as usize];
+        for (k, (seq, v)) in &self.map {
+            slots[*seq as usize] = Some((&k[..], v.as_deref()));
+        }
+        let mut v: Vec<Op<'_>> = slots.into_iter().flatten().collect();
+        if !v.windows(2).all(|w| w[0].0 < w[1].0) {
+            v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        }
         v
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Value)> {
-        self.map.iter().map(|(k, v)| (&k[..], v))
+        self.map.iter().map(|(k, (_, v))| (&k[..], v))
     }
 }
 
@@ -122,9 +141,20 @@ pub enum Lookup {
 pub struct WriteBuffer {
     active: Batch,
     inflight: Option<Arc<Batch>>,
+    /// Entries a batch is expected to reach (the store's batch_size, capped).
+    capacity: usize,
 }
 
 impl WriteBuffer {
+    /// A buffer whose batches start with room for `capacity` entries.
+    pub fn with_capacity(capacity: usize) -> Self {
+        WriteBuffer {
+            active: Batch::with_capacity(capacity),
+            inflight: None,
+            capacity,
+        }
+    }
+
     pub fn lookup(&self, key: &[u8]) -> Lookup {
         let found = self
             .active
@@ -174,7 +204,8 @@ impl WriteBuffer {
         if self.active.is_empty() {
             return None;
         }
-        let batch = Arc::new(std::mem::take(&mut self.active));
+        let fresh = Batch::with_capacity(self.capacity);
+        let batch = Arc::new(std::mem::replace(&mut self.active, fresh));
         self.inflight = Some(batch.clone());
         Some(batch)
     }
@@ -256,6 +287,22 @@ mod tests {
         b.commit_succeeded();
         assert_eq!(b.pending(), 0);
         assert_eq!(b.lookup(b"a"), Lookup::Unknown);
+    }
+
+    #[test]
+    fn sorted_keeps_last_write_in_any_arrival_order() {
+        let mut b = Batch::with_capacity(4);
+        b.insert(b"a", val("1"));
+        b.insert(b"b", val("2"));
+        b.insert(b"a", val("3"));
+        let s = b.sorted();
+        assert_eq!(
+            s,
+            vec![(&b"a"[..], Some(&b"3"[..])), (&b"b"[..], Some(&b"2"[..]))]
+        );
+        b.insert(b"0", None);
+        let keys: Vec<&[u8]> = b.sorted().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec![&b"0"[..], b"a", b"b"]);
     }
 
     #[test]

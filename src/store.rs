@@ -32,10 +32,18 @@ const BIG_COPY: usize = 1 << 20;
 /// The buffer and the closing flag, under one mutex: a write checks the flag
 /// and lands in the buffer atomically, so close's final flush sees every
 /// write that was let in.
-#[derive(Default)]
 struct Buffered {
     buf: WriteBuffer,
     closing: bool,
+}
+
+impl Buffered {
+    fn new(batch_size: usize) -> Self {
+        Buffered {
+            buf: WriteBuffer::with_capacity(batch_size.min(1 << 16)),
+            closing: false,
+        }
+    }
 }
 
 pub struct Core {
@@ -396,18 +404,46 @@ fn write_batch(env: &Env, batch: &Batch, cap: Option<usize>) -> Result<(), Store
     let ops = batch.sorted();
     let _writer = env.lock_writer()?;
     env.reserve_locked(batch.bytes(), cap)?;
-    env.write_locked(cap, &mut |txn, db| {
-        for (k, v) in &ops {
-            match v {
-                Some(v) => txn.put(db, k, v, WriteFlags::empty())?,
-                None => match txn.del(db, k, None) {
-                    Ok(()) | Err(lmdb::Error::NotFound) => {}
-                    Err(e) => return Err(e),
-                },
-            }
+    env.write_locked(cap, &mut |txn, db| apply_sorted(txn, db, &ops))?;
+    Ok(())
+}
+
+/// Apply sorted, unique operations (a value, or `None` to delete). Keys past
+/// the database's last key are appended (MDB_APPEND: no tree search, full
+/// pages), which is what sequential keys make common.
+fn apply_sorted(
+    txn: &mut lmdb::RwTransaction<'_>,
+    db: lmdb::Database,
+    ops: &[(&[u8], Option<&[u8]>)],
+) -> lmdb::Result<()> {
+    use lmdb::{Cursor, Transaction};
+    let last: Option<Vec<u8>> = {
+        let cursor = txn.open_ro_cursor(db)?;
+        match cursor.get(None, None, lmdb_sys::MDB_LAST) {
+            Ok((k, _)) => k.map(|k| k.to_vec()),
+            Err(lmdb::Error::NotFound) => None,
+            Err(e) => return Err(e),
         }
-        Ok(())
-    })?;
+    };
+    let split = match &last {
+        Some(last) => ops.partition_point(|(k, _)| *k <= &last[..]),
+        None => 0,
+    };
+    for (k, v) in &ops[..split] {
+        match v {
+            Some(v) => txn.put(db, k, v, WriteFlags::empty())?,
+            None => match txn.del(db, k, None) {
+                Ok(()) | Err(lmdb::Error::NotFound) => {}
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    for (k, v) in &ops[split..] {
+        // A deletion past the last key has nothing to delete.
+        if let Some(v) = v {
+            txn.put(db, k, v, WriteFlags::APPEND)?;
+        }
+    }
     Ok(())
 }
 
@@ -419,14 +455,10 @@ fn write_sorted(
     bytes: usize,
     cap: Option<usize>,
 ) -> Result<(), StoreError> {
+    let ops: Vec<(&[u8], Option<&[u8]>)> = ops.iter().map(|(k, v)| (*k, Some(*v))).collect();
     let _writer = env.lock_writer()?;
     env.reserve_locked(bytes, cap)?;
-    env.write_locked(cap, &mut |txn, db| {
-        for (k, v) in ops {
-            txn.put(db, k, v, WriteFlags::empty())?;
-        }
-        Ok(())
-    })?;
+    env.write_locked(cap, &mut |txn, db| apply_sorted(txn, db, &ops))?;
     Ok(())
 }
 
@@ -568,7 +600,7 @@ impl LmdbObjectStore {
             let env = acquire_env(py, &old.fs_path, &old.options, &old.path)?;
             let core = Arc::new(Core {
                 env,
-                buffered: Mutex::new(Buffered::default()),
+                buffered: Mutex::new(Buffered::new(old.batch_size)),
                 commit_lock: Mutex::new(()),
                 closing: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
@@ -722,7 +754,7 @@ impl LmdbObjectStore {
         }
         let core = Arc::new(Core {
             env,
-            buffered: Mutex::new(Buffered::default()),
+            buffered: Mutex::new(Buffered::new(batch_size)),
             commit_lock: Mutex::new(()),
             closing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
