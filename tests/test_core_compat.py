@@ -70,3 +70,21 @@ def test_deletions_reach_the_file(tmp_path):
         assert txn.get(b"a") is None
         assert pickle.loads(txn.get(b"b")) == 2
     env.close()
+
+
+def test_the_bundled_lmdb_is_used():
+    # lmdb-rkv-sys bundles LMDB 0.9.24; the build never links a system
+    # liblmdb (LIBLMDB_NO_PKG_CONFIG in .cargo/config.toml).
+    from lmdb_object_store import lmdb_version
+
+    assert lmdb_version() == (0, 9, 24)
+
+
+def test_sdist_carries_the_build_setting():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    cargo_config = (root / ".cargo" / "config.toml").read_text()
+    assert 'LIBLMDB_NO_PKG_CONFIG = "1"' in cargo_config
+    pyproject = (root / "pyproject.toml").read_text()
+    assert '{ path = ".cargo/config.toml", format = "sdist" }' in pyproject
