@@ -9,8 +9,16 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+/// Pickle bytes held by the buffer. The store keeps the `bytes` object that
+/// `pickle.dumps` returned (no copy); tests use plain vectors.
+pub trait Pickle: AsRef<[u8]> + Send + Sync + std::fmt::Debug {}
+impl<T: AsRef<[u8]> + Send + Sync + std::fmt::Debug> Pickle for T {}
+
+/// Shared pickle bytes.
+pub type Bytes = Arc<dyn Pickle>;
+
 /// A buffered value: the pickle bytes, or a tombstone.
-pub type Value = Option<Arc<[u8]>>;
+pub type Value = Option<Bytes>;
 
 /// One operation of a sorted batch: a key and its pickle, or `None` to delete.
 pub type Op<'a> = (&'a [u8], Option<&'a [u8]>);
@@ -91,10 +99,10 @@ impl Batch {
     }
 
     pub fn insert(&mut self, key: &[u8], value: Value) {
-        let add = value.as_ref().map_or(0, |v| v.len());
+        let add = value.as_ref().map_or(0, |v| (**v).as_ref().len());
         match self.map.get_mut(key) {
             Some((_, slot)) => {
-                let old = slot.as_ref().map_or(0, |v| v.len());
+                let old = slot.as_ref().map_or(0, |v| (**v).as_ref().len());
                 *slot = value;
                 self.bytes = self.bytes - old + add;
             }
@@ -112,7 +120,7 @@ impl Batch {
         // then a sort only if that is not already key order.
         let mut slots: Vec<Option<Op<'_>>> = vec![None; self.next_seq as usize];
         for (k, (seq, v)) in &self.map {
-            slots[*seq as usize] = Some((&k[..], v.as_deref()));
+            slots[*seq as usize] = Some((&k[..], v.as_ref().map(|v| (**v).as_ref())));
         }
         let mut v: Vec<Op<'_>> = slots.into_iter().flatten().collect();
         if !v.windows(2).all(|w| w[0].0 < w[1].0) {
@@ -127,10 +135,10 @@ impl Batch {
 }
 
 /// What the buffer knows of one key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Lookup {
     /// Buffered value (pickle bytes).
-    Value(Arc<[u8]>),
+    Value(Bytes),
     /// Buffered tombstone: the key is deleted.
     Deleted,
     /// The buffer does not know this key: ask the database.
@@ -242,7 +250,14 @@ mod tests {
     use super::*;
 
     fn val(s: &str) -> Value {
-        Some(Arc::from(s.as_bytes()))
+        Some(Arc::new(s.as_bytes().to_vec()))
+    }
+
+    fn found(b: &WriteBuffer, key: &[u8]) -> Option<Vec<u8>> {
+        match b.lookup(key) {
+            Lookup::Value(v) => Some((*v).as_ref().to_vec()),
+            _ => None,
+        }
     }
 
     #[test]
@@ -253,9 +268,9 @@ mod tests {
         assert_eq!(b.active_len(), 1);
         assert_eq!(b.active_bytes(), 1 + 5);
         b.insert(b"k", None);
-        assert_eq!(b.lookup(b"k"), Lookup::Deleted);
+        assert!(matches!(b.lookup(b"k"), Lookup::Deleted));
         assert_eq!(b.active_bytes(), 1);
-        assert_eq!(b.lookup(b"other"), Lookup::Unknown);
+        assert!(matches!(b.lookup(b"other"), Lookup::Unknown));
     }
 
     #[test]
@@ -267,15 +282,15 @@ mod tests {
         assert_eq!(batch.len(), 2);
         assert_eq!(b.active_len(), 0);
         assert_eq!(b.pending(), 2);
-        assert_eq!(b.lookup(b"a"), Lookup::Value(Arc::from(&b"1"[..])));
+        assert_eq!(found(&b, b"a").as_deref(), Some(&b"1"[..]));
         b.insert(b"a", val("newer"));
-        assert_eq!(b.lookup(b"a"), Lookup::Value(Arc::from(&b"newer"[..])));
+        assert_eq!(found(&b, b"a").as_deref(), Some(&b"newer"[..]));
         drop(batch);
         b.commit_failed();
         assert!(!b.has_inflight());
         assert_eq!(b.active_len(), 2);
-        assert_eq!(b.lookup(b"a"), Lookup::Value(Arc::from(&b"newer"[..])));
-        assert_eq!(b.lookup(b"b"), Lookup::Value(Arc::from(&b"2"[..])));
+        assert_eq!(found(&b, b"a").as_deref(), Some(&b"newer"[..]));
+        assert_eq!(found(&b, b"b").as_deref(), Some(&b"2"[..]));
     }
 
     #[test]
@@ -286,7 +301,7 @@ mod tests {
         let _batch = b.begin_commit().expect("a batch");
         b.commit_succeeded();
         assert_eq!(b.pending(), 0);
-        assert_eq!(b.lookup(b"a"), Lookup::Unknown);
+        assert!(matches!(b.lookup(b"a"), Lookup::Unknown));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::buffer::{Batch, Lookup, WriteBuffer};
+use crate::buffer::{Batch, Bytes, Lookup, Value, WriteBuffer};
 use crate::codec;
 use crate::engine::{Env, EnvInfo, EnvOptions};
 use crate::errors::{os_error, ClosedError, Error, StoreError};
@@ -26,8 +26,41 @@ use crate::iter::{Bounds, Kind, StoreIterator};
 use crate::keys::KeyPolicy;
 
 const DEFAULT_MAX_BUFFER_BYTES: usize = 64 * 1024 * 1024;
-/// Values at least this big are copied with the GIL released.
-const BIG_COPY: usize = 1 << 20;
+/// The `bytes` object `pickle.dumps` returned, held by the buffer as it is:
+/// no copy, whatever the size. Commits read it with the GIL released, which
+/// is sound because a `bytes` object never changes and this reference keeps
+/// it alive.
+#[derive(Debug)]
+struct HeldPickle {
+    /// Owns the memory `ptr` points into; never read, only kept.
+    _obj: Py<PyBytes>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: `ptr`/`len` point into an immutable bytes object kept alive by
+// `obj`; reading them needs no lock, and `Py` itself is Send + Sync (its drop
+// without the GIL is deferred by PyO3).
+unsafe impl Send for HeldPickle {}
+// SAFETY: as above: shared reads of immutable memory.
+unsafe impl Sync for HeldPickle {}
+
+impl AsRef<[u8]> for HeldPickle {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: see the Send/Sync impls: valid for as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+fn held(pickled: Bound<'_, PyBytes>) -> Bytes {
+    let data = pickled.as_bytes();
+    let (ptr, len) = (data.as_ptr(), data.len());
+    Arc::new(HeldPickle {
+        _obj: pickled.unbind(),
+        ptr,
+        len,
+    })
+}
 
 /// The buffer and the closing flag, under one mutex: a write checks the flag
 /// and lands in the buffer atomically, so close's final flush sees every
@@ -302,7 +335,7 @@ impl Core {
     fn get_value<'py>(&self, py: Python<'py>, key: &[u8]) -> R<Option<Bound<'py, PyAny>>> {
         let (found, dirty) = self.buffered_lookup(key);
         match found {
-            Lookup::Value(v) => return self.unpickle_buffered(py, key, &v).map(Some),
+            Lookup::Value(v) => return self.unpickle_buffered(py, key, (*v).as_ref()).map(Some),
             Lookup::Deleted => return Ok(None),
             Lookup::Unknown => {}
         }
@@ -332,7 +365,7 @@ impl Core {
 
     /// Buffer one write (value pickled already, or a tombstone) and flush if
     /// the buffer reached its bounds.
-    fn buffer_write(&self, py: Python<'_>, key: &[u8], value: Option<Arc<[u8]>>) -> R<()> {
+    fn buffer_write(&self, py: Python<'_>, key: &[u8], value: Value) -> R<()> {
         let full = {
             let mut b = self.buffered.lock();
             if b.closing {
@@ -798,13 +831,7 @@ impl LmdbObjectStore {
         c.check_writable("put")?;
         let k = c.keys.to_write_bytes(key)?;
         let pickled = codec::dumps(py, obj, c.protocol)?;
-        let bytes = pickled.as_bytes();
-        let value: Arc<[u8]> = if bytes.len() >= BIG_COPY {
-            py.detach(|| Arc::from(bytes))
-        } else {
-            Arc::from(bytes)
-        };
-        c.buffer_write(py, &k, Some(value))
+        c.buffer_write(py, &k, Some(held(pickled)))
     }
 
     fn __setitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>, obj: &Bound<'_, PyAny>) -> R<()> {
@@ -917,7 +944,7 @@ impl LmdbObjectStore {
         };
         for (i, (k, l)) in normalised.iter().zip(&from_buffer).enumerate() {
             if let Some(Lookup::Value(v)) = l {
-                let obj = c.unpickle_buffered(py, k, v)?;
+                let obj = c.unpickle_buffered(py, k, (**v).as_ref())?;
                 found.set_item(key_obj(i, k)?, obj)?;
                 hit[i] = true;
             }
@@ -1294,7 +1321,7 @@ impl LmdbObjectStore {
         }
         let d = default.unwrap_or_else(|| py.None().into_bound(py));
         let pickled = codec::dumps(py, &d, c.protocol)?;
-        c.buffer_write(py, &k, Some(Arc::from(pickled.as_bytes())))?;
+        c.buffer_write(py, &k, Some(held(pickled)))?;
         Ok(d)
     }
 
@@ -1310,11 +1337,11 @@ impl LmdbObjectStore {
     ) -> R<()> {
         let c = self.core()?;
         c.check_writable("update")?;
-        let mut staged: Vec<(Vec<u8>, Arc<[u8]>)> = Vec::new();
+        let mut staged: Vec<(Vec<u8>, Bytes)> = Vec::new();
         let mut stage = |k: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> R<()> {
             let kb = c.keys.to_write_bytes(k)?.into_owned();
             let pickled = codec::dumps(py, v, c.protocol)?;
-            staged.push((kb, Arc::from(pickled.as_bytes())));
+            staged.push((kb, held(pickled)));
             Ok(())
         };
         if let Some(o) = other {
