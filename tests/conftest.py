@@ -24,15 +24,59 @@ from lmdb_object_store import LmdbObjectStore  # noqa: E402
 # as a whole runs in seconds; this only turns a deadlock into a failure.
 WATCHDOG_SECONDS = 60
 
+# File descriptor the watchdog writes tracebacks to: the terminal's stderr, not
+# pytest's capture file (which is lost when the watchdog kills the process).
+_watchdog_fd: int | None = None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    global _watchdog_fd
+    try:
+        # pytest keeps the real stderr in the fd-capture object (private API,
+        # hence the fallback).
+        capman = config.pluginmanager.getplugin("capturemanager")
+        real_fd = capman._global_capturing.err.targetfd_save
+    except Exception:
+        real_fd = sys.__stderr__.fileno()
+    try:
+        _watchdog_fd = os.dup(real_fd)
+    except OSError:
+        _watchdog_fd = None
+
+
+def pytest_unconfigure(config):
+    global _watchdog_fd
+    if _watchdog_fd is not None:
+        faulthandler.cancel_dump_traceback_later()
+        os.close(_watchdog_fd)
+        _watchdog_fd = None
+
+
+def _arm_watchdog():
+    if _watchdog_fd is not None:
+        faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True, file=_watchdog_fd)
+    else:
+        faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True)
+
 
 @pytest.fixture(autouse=True)
 def _watchdog():
     """Kill the run (with a traceback of every thread) if a test deadlocks."""
-    faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True)
+    _arm_watchdog()
     try:
         yield
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_exception_interact(node, call, report):
+    """pytest's faulthandler plugin cancels pending timers when a test fails;
+    re-arm the watchdog so a deadlock in the teardown that follows (closing a
+    store a stuck thread still holds) still ends the run."""
+    if isinstance(node, pytest.Item):
+        _arm_watchdog()
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ def package_records(caplog, min_level=logging.NOTSET):
     ]
 
 
-def run_threads(targets, timeout=30.0):
+def run_threads(targets, timeout=20.0):
     """Run callables in daemon threads; return (results, errors), one per thread.
 
     Fails the test if any thread does not finish within ``timeout`` seconds (a
@@ -90,7 +90,7 @@ def start_thread(fn):
     return t, outcome
 
 
-def join_or_fail(thread, timeout=30.0):
+def join_or_fail(thread, timeout=20.0):
     thread.join(timeout)
     assert not thread.is_alive(), f"thread did not finish within {timeout}s (deadlock?)"
 
