@@ -108,8 +108,7 @@ impl StoreError {
         StoreError::lmdb(err.to_err_code(), what)
     }
 
-    pub fn into_pyerr(self, py: Python<'_>) -> PyErr {
-        let _ = py;
+    pub fn into_pyerr(self) -> PyErr {
         match self {
             StoreError::Closed => ClosedError::new_err("the store is closed"),
             StoreError::Readonly(op) => ReadonlyError::new_err(format!(

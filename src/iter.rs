@@ -14,6 +14,7 @@ use pyo3::types::PyTuple;
 
 use crate::codec;
 use crate::engine::{ReadTxn, Seek};
+use crate::errors::StoreError;
 use crate::keys::MAX_KEY_SIZE;
 use crate::store::{Core, LmdbObjectStore};
 
@@ -238,7 +239,7 @@ impl StoreIterator {
                         }
                     }
                 })
-                .map_err(|e| e.into_pyerr(py))
+                .map_err(StoreError::into_pyerr)
         })?;
         if let Some(e) = failure {
             self.exhausted = true;
@@ -284,7 +285,7 @@ pub fn count(py: Python<'_>, core: &Core, bounds: &Bounds) -> PyResult<usize> {
                 n += 1;
                 true
             })
-            .map_err(|e| e.into_pyerr(py))?;
+            .map_err(StoreError::into_pyerr)?;
         Ok(n)
     })
 }

@@ -145,10 +145,6 @@ pub fn after_fork_in_child() {
 
 type R<T> = PyResult<T>;
 
-fn se(py: Python<'_>) -> impl Fn(StoreError) -> PyErr + '_ {
-    move |e| e.into_pyerr(py)
-}
-
 impl Core {
     fn check_open(&self) -> R<()> {
         if self.closing.load(Ordering::Acquire) {
@@ -163,7 +159,7 @@ impl Core {
     fn check_writable(&self, op: &'static str) -> R<()> {
         self.check_open()?;
         if self.readonly {
-            return Err(StoreError::Readonly(op).into_pyerr_noarg());
+            return Err(StoreError::Readonly(op).into_pyerr());
         }
         Ok(())
     }
@@ -189,7 +185,7 @@ impl Core {
                 }
             }
         })
-        .map_err(se(py))
+        .map_err(StoreError::into_pyerr)
     }
 
     /// Log every growth of the map since the last call, whether or not the
@@ -245,7 +241,7 @@ impl Core {
             Err(e) => {
                 b.buf.commit_failed();
                 drop(b);
-                Err(e.into_pyerr(py))
+                Err(e.into_pyerr())
             }
         }
     }
@@ -310,9 +306,11 @@ impl Core {
             };
             match env.begin_read(guard) {
                 Ok(Some(txn)) => return f(&txn),
-                Ok(None) => py.detach(|| env.adopt_resize()).map_err(se(py))?,
+                Ok(None) => py
+                    .detach(|| env.adopt_resize())
+                    .map_err(StoreError::into_pyerr)?,
                 Err(StoreError::Closed) => return Err(self.closed_error()),
-                Err(e) => return Err(e.into_pyerr(py)),
+                Err(e) => return Err(e.into_pyerr()),
             }
         }
     }
@@ -342,11 +340,13 @@ impl Core {
         if dirty && self.autoflush_on_read {
             self.flush(py)?;
         }
-        self.with_read(py, |txn| match txn.get(key).map_err(se(py))? {
-            None => Ok(None),
-            Some(data) => codec::loads_borrowed(py, data)
-                .map(Some)
-                .map_err(|e| codec::unpickle_error(py, key, "DB", e)),
+        self.with_read(py, |txn| {
+            match txn.get(key).map_err(StoreError::into_pyerr)? {
+                None => Ok(None),
+                Some(data) => codec::loads_borrowed(py, data)
+                    .map(Some)
+                    .map_err(|e| codec::unpickle_error(py, key, "DB", e)),
+            }
         })
     }
 
@@ -360,7 +360,9 @@ impl Core {
         if flush && dirty {
             self.flush(py)?;
         }
-        self.with_read(py, |txn| Ok(txn.get(key).map_err(se(py))?.is_some()))
+        self.with_read(py, |txn| {
+            Ok(txn.get(key).map_err(StoreError::into_pyerr)?.is_some())
+        })
     }
 
     /// Buffer one write (value pickled already, or a tombstone) and flush if
@@ -386,13 +388,13 @@ impl Core {
             Some(g) => g,
             None => py.detach(|| env.gate.wait_shared()),
         };
-        env.info_shared(&g).map_err(|e| self.map_closed(py, e))
+        env.info_shared(&g).map_err(|e| self.map_closed(e))
     }
 
-    fn map_closed(&self, py: Python<'_>, e: StoreError) -> PyErr {
+    fn map_closed(&self, e: StoreError) -> PyErr {
         match e {
             StoreError::Closed => self.closed_error(),
-            e => e.into_pyerr(py),
+            e => e.into_pyerr(),
         }
     }
 
@@ -416,19 +418,13 @@ impl Core {
         drop(seen);
         drop(b);
         self.with_read(py, |txn| {
-            let mut n = txn.entries().map_err(se(py))? as isize;
+            let mut n = txn.entries().map_err(StoreError::into_pyerr)? as isize;
             for (k, live) in &keys {
-                let stored = txn.get(k).map_err(se(py))?.is_some();
+                let stored = txn.get(k).map_err(StoreError::into_pyerr)?.is_some();
                 n += (*live as isize) - (stored as isize);
             }
             Ok(n.max(0) as usize)
         })
-    }
-}
-
-impl StoreError {
-    fn into_pyerr_noarg(self) -> PyErr {
-        Python::attach(|py| self.into_pyerr(py))
     }
 }
 
@@ -957,7 +953,7 @@ impl LmdbObjectStore {
                     if !matches!(l, Some(Lookup::Unknown)) {
                         continue;
                     }
-                    if let Some(data) = txn.get(k).map_err(se(py))? {
+                    if let Some(data) = txn.get(k).map_err(StoreError::into_pyerr)? {
                         let obj = codec::loads_borrowed(py, data)
                             .map_err(|e| codec::unpickle_error(py, k, "DB", e))?;
                         found.set_item(key_obj(i, k)?, obj)?;
@@ -1038,7 +1034,7 @@ impl LmdbObjectStore {
             let cap = c.max_map_size;
             if !unique.is_empty() {
                 py.detach(|| write_sorted(env, &unique, bytes, cap))
-                    .map_err(se(py))?;
+                    .map_err(StoreError::into_pyerr)?;
             }
             Ok(())
         })();
@@ -1067,8 +1063,7 @@ impl LmdbObjectStore {
     fn sync(&self, py: Python<'_>, force: bool) -> R<()> {
         let c = self.open_core()?;
         let env = &*c.env;
-        py.detach(|| env.sync(force))
-            .map_err(|e| c.map_closed(py, e))
+        py.detach(|| env.sync(force)).map_err(|e| c.map_closed(e))
     }
 
     /// `map_addr`, `map_size`, `last_pgno`, `last_txnid`, `max_readers`,
@@ -1095,7 +1090,7 @@ impl LmdbObjectStore {
             Some(g) => g,
             None => py.detach(|| env.gate.wait_shared()),
         };
-        let s = env.stat_shared(&g).map_err(|e| c.map_closed(py, e))?;
+        let s = env.stat_shared(&g).map_err(|e| c.map_closed(e))?;
         drop(g);
         let d = PyDict::new(py);
         d.set_item("psize", s.psize)?;
@@ -1271,7 +1266,7 @@ impl LmdbObjectStore {
                         out = Some((k.to_vec(), v.to_vec()));
                         false
                     })
-                    .map_err(se(py))?;
+                    .map_err(StoreError::into_pyerr)?;
                 Ok(out)
             })?;
             let Some((k, raw)) = first else {
@@ -1296,7 +1291,7 @@ impl LmdbObjectStore {
                         }
                     })
                 })
-                .map_err(se(py));
+                .map_err(StoreError::into_pyerr);
             c.log_growth(py);
             let (deleted, _) = result?;
             if deleted {
@@ -1411,7 +1406,7 @@ impl LmdbObjectStore {
                     b.buf.commit_failed();
                 }
             }
-            r.map(drop).map_err(se(py))
+            r.map(drop).map_err(StoreError::into_pyerr)
         })();
         c.log_growth(py);
         result
@@ -1545,7 +1540,7 @@ fn acquire_env(
 /// flight, sync, release the environment.
 fn close_core(py: Python<'_>, c: &Core, strict: bool) -> R<()> {
     if c.env.gate.held_by_current_thread() {
-        return Err(StoreError::WouldDeadlock("close()").into_pyerr(py));
+        return Err(StoreError::WouldDeadlock("close()").into_pyerr());
     }
     {
         let mut b = c.buffered.lock();
@@ -1583,10 +1578,10 @@ fn close_core(py: Python<'_>, c: &Core, strict: bool) -> R<()> {
     });
     c.closed.store(true, Ordering::Release);
     if let Err(e) = sync_result.1 {
-        return Err(e.into_pyerr(py));
+        return Err(e.into_pyerr());
     }
     if let (Err(e), None) = (sync_result.0, &flush_error) {
-        let e = e.into_pyerr(py);
+        let e = e.into_pyerr();
         log(
             py,
             "warning",
