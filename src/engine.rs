@@ -444,13 +444,14 @@ impl Env {
 
     /// Run `body` in one write transaction and commit it, growing the map on
     /// MDB_MAP_FULL (up to `cap`) and adopting another process's growth on
-    /// MDB_MAP_RESIZED, replaying `body` from the start each time. Call
-    /// without the GIL: `body` must not touch Python.
+    /// MDB_MAP_RESIZED, replaying `body` from the start each time. Growths
+    /// are recorded for `take_growths`. Call without the GIL: `body` must not
+    /// touch Python.
     pub fn write<T>(
         &self,
         cap: Option<usize>,
         mut body: impl FnMut(&mut RwTransaction<'_>, Database) -> lmdb::Result<T>,
-    ) -> Result<(T, Vec<Growth>)> {
+    ) -> Result<T> {
         let _writer = self.lock_writer()?;
         self.write_locked(cap, &mut body)
     }
@@ -460,8 +461,7 @@ impl Env {
         &self,
         cap: Option<usize>,
         body: &mut dyn FnMut(&mut RwTransaction<'_>, Database) -> lmdb::Result<T>,
-    ) -> Result<(T, Vec<Growth>)> {
-        let mut grown = Vec::new();
+    ) -> Result<T> {
         loop {
             enum Next {
                 Grow,
@@ -481,7 +481,7 @@ impl Env {
                 };
                 match body(&mut txn, self.database()) {
                     Ok(value) => match txn.commit() {
-                        Ok(()) => return Ok((value, grown)),
+                        Ok(()) => return Ok(value),
                         Err(lmdb::Error::MapFull) => Next::Grow,
                         Err(lmdb::Error::MapResized) => Next::Adopt,
                         Err(e) => return Err(StoreError::from_lmdb(e, self.what("commit"))),
@@ -493,7 +493,7 @@ impl Env {
                 // `txn` is dropped (aborted) here, before the gate guard.
             };
             match next {
-                Next::Grow => grown.push(self.grow_locked(cap)?),
+                Next::Grow => self.grow_locked(cap)?,
                 Next::Adopt => self.adopt_locked()?,
             }
         }
@@ -503,8 +503,8 @@ impl Env {
         format!("{op} in {}", self.path.display())
     }
 
-    /// Grow the map one step. Caller holds the write lock.
-    fn grow_locked(&self, cap: Option<usize>) -> Result<Growth> {
+    /// Grow the map one step and record it. Caller holds the write lock.
+    fn grow_locked(&self, cap: Option<usize>) -> Result<()> {
         let x = self.gate.exclusive("growing the map")?;
         let env = self.lmdb_exclusive(&x)?;
         let from = env
@@ -517,16 +517,14 @@ impl Env {
         })?;
         env.set_map_size(to)
             .map_err(|e| StoreError::from_lmdb(e, self.what("grow the map")))?;
-        let g = Growth { from, to };
-        self.growths.lock().push(g);
-        Ok(g)
+        self.growths.lock().push(Growth { from, to });
+        Ok(())
     }
 
     /// Grow the map so that `extra` more bytes fit, before a big write whose
     /// size is known up front (saves failed attempts). Caller holds the
     /// write lock.
-    pub fn reserve_locked(&self, extra: usize, cap: Option<usize>) -> Result<Vec<Growth>> {
-        let mut grown = Vec::new();
+    pub fn reserve_locked(&self, extra: usize, cap: Option<usize>) -> Result<()> {
         loop {
             let (map_size, used) = {
                 let g = self.gate.wait_shared();
@@ -536,13 +534,10 @@ impl Env {
             };
             // Room for copy-on-write of the branch pages plus the data.
             let needed = used + extra + extra / 2 + 64 * 4096;
-            if needed <= map_size {
-                return Ok(grown);
+            if needed <= map_size || next_map_size(map_size, cap).is_none() {
+                return Ok(());
             }
-            match next_map_size(map_size, cap) {
-                Some(_) => grown.push(self.grow_locked(cap)?),
-                None => return Ok(grown),
-            }
+            self.grow_locked(cap)?;
         }
     }
 
@@ -893,14 +888,13 @@ mod tests {
         p
     }
 
-    fn put_all(env: &Env, items: &[(Vec<u8>, Vec<u8>)], cap: Option<usize>) -> Result<Vec<Growth>> {
+    fn put_all(env: &Env, items: &[(Vec<u8>, Vec<u8>)], cap: Option<usize>) -> Result<()> {
         env.write(cap, |txn, db| {
             for (k, v) in items {
                 txn.put(db, k, v, lmdb::WriteFlags::empty())?;
             }
             Ok(())
         })
-        .map(|(_, g)| g)
     }
 
     fn read(env: &Env, key: &[u8]) -> Option<Vec<u8>> {
@@ -934,8 +928,11 @@ mod tests {
         let items: Vec<_> = (0..2000u32)
             .map(|i| (format!("k{i:06}").into_bytes(), vec![7u8; 1000]))
             .collect();
-        let grown = put_all(&env, &items, None).unwrap();
+        put_all(&env, &items, None).unwrap();
+        let grown = env.take_growths();
         assert!(!grown.is_empty());
+        assert_eq!(grown[0].from, 1 << 20);
+        assert!(env.take_growths().is_empty(), "taken once");
         assert_eq!(read(&env, b"k001999").unwrap(), vec![7u8; 1000]);
 
         let big: Vec<_> = (0..100u32)

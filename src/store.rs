@@ -1293,7 +1293,7 @@ impl LmdbObjectStore {
                 })
                 .map_err(StoreError::into_pyerr);
             c.log_growth(py);
-            let (deleted, _) = result?;
+            let deleted = result?;
             if deleted {
                 return Ok((c.keys.decode(py, &k)?, value));
             }
@@ -1406,7 +1406,7 @@ impl LmdbObjectStore {
                     b.buf.commit_failed();
                 }
             }
-            r.map(drop).map_err(StoreError::into_pyerr)
+            r.map_err(StoreError::into_pyerr)
         })();
         c.log_growth(py);
         result
