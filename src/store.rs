@@ -18,7 +18,7 @@ use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::buffer::{Batch, Bytes, Lookup, Value, WriteBuffer};
+use crate::buffer::{Bytes, Lookup, Op, Value, WriteBuffer};
 use crate::codec;
 use crate::engine::{Env, EnvInfo, EnvOptions};
 use crate::errors::{os_error, ClosedError, Error, StoreError};
@@ -231,7 +231,7 @@ impl Core {
         };
         let env = &*self.env;
         let cap = self.max_map_size;
-        let result = py.detach(|| write_batch(env, &batch, cap));
+        let result = py.detach(|| write_ops(env, &batch.sorted(), batch.bytes(), cap));
         let mut b = self.buffered.lock();
         match result {
             Ok(()) => {
@@ -300,10 +300,7 @@ impl Core {
     ) -> R<T> {
         let env = &*self.env;
         loop {
-            let guard = match env.gate.try_shared() {
-                Some(g) => g,
-                None => py.detach(|| env.gate.wait_shared()),
-            };
+            let guard = shared_guard(py, env);
             match env.begin_read(guard) {
                 Ok(Some(txn)) => return f(&txn),
                 Ok(None) => py
@@ -368,12 +365,24 @@ impl Core {
     /// Buffer one write (value pickled already, or a tombstone) and flush if
     /// the buffer reached its bounds.
     fn buffer_write(&self, py: Python<'_>, key: &[u8], value: Value) -> R<()> {
+        self.buffer_writes(py, [(key, value)])
+    }
+
+    /// Buffer writes together (nobody sees half of them), then flush if the
+    /// buffer reached `batch_size` entries or `max_buffer_bytes`.
+    fn buffer_writes<K: AsRef<[u8]>>(
+        &self,
+        py: Python<'_>,
+        writes: impl IntoIterator<Item = (K, Value)>,
+    ) -> R<()> {
         let full = {
             let mut b = self.buffered.lock();
             if b.closing {
                 return Err(self.closed_error());
             }
-            b.buf.insert(key, value);
+            for (k, v) in writes {
+                b.buf.insert(k.as_ref(), v);
+            }
             b.buf.active_len() >= self.batch_size || b.buf.active_bytes() > self.max_buffer_bytes
         };
         if full {
@@ -384,10 +393,7 @@ impl Core {
 
     fn info(&self, py: Python<'_>) -> R<EnvInfo> {
         let env = &*self.env;
-        let g = match env.gate.try_shared() {
-            Some(g) => g,
-            None => py.detach(|| env.gate.wait_shared()),
-        };
+        let g = shared_guard(py, env);
         env.info_shared(&g).map_err(|e| self.map_closed(e))
     }
 
@@ -428,13 +434,26 @@ impl Core {
     }
 }
 
-/// Write one batch, sorted, in one transaction. No Python here.
-fn write_batch(env: &Env, batch: &Batch, cap: Option<usize>) -> Result<(), StoreError> {
-    let ops = batch.sorted();
+/// Hold the map gate shared; a wait (growth or close under way) happens with
+/// the GIL released.
+fn shared_guard<'a>(py: Python<'_>, env: &'a Env) -> crate::gate::SharedGuard<'a> {
+    match env.gate.try_shared() {
+        Some(g) => g,
+        None => py.detach(|| env.gate.wait_shared()),
+    }
+}
+
+/// Write sorted, unique operations in one transaction, growing the map
+/// first for `bytes` more. No Python here.
+fn write_ops(
+    env: &Env,
+    ops: &[Op<'_>],
+    bytes: usize,
+    cap: Option<usize>,
+) -> Result<(), StoreError> {
     let _writer = env.lock_writer()?;
-    env.reserve_locked(batch.bytes(), cap)?;
-    env.write_locked(cap, &mut |txn, db| apply_sorted(txn, db, &ops))?;
-    Ok(())
+    env.reserve_locked(bytes, cap)?;
+    env.write_locked(cap, &mut |txn, db| apply_sorted(txn, db, ops))
 }
 
 /// Apply sorted, unique operations (a value, or `None` to delete). Keys past
@@ -443,7 +462,7 @@ fn write_batch(env: &Env, batch: &Batch, cap: Option<usize>) -> Result<(), Store
 fn apply_sorted(
     txn: &mut lmdb::RwTransaction<'_>,
     db: lmdb::Database,
-    ops: &[(&[u8], Option<&[u8]>)],
+    ops: &[Op<'_>],
 ) -> lmdb::Result<()> {
     use lmdb::{Cursor, Transaction};
     let last: Option<Vec<u8>> = {
@@ -473,21 +492,6 @@ fn apply_sorted(
             txn.put(db, k, v, WriteFlags::APPEND)?;
         }
     }
-    Ok(())
-}
-
-/// Write sorted, unique `(key, pickle)` pairs in one transaction. No Python
-/// here.
-fn write_sorted(
-    env: &Env,
-    ops: &[(&[u8], &[u8])],
-    bytes: usize,
-    cap: Option<usize>,
-) -> Result<(), StoreError> {
-    let ops: Vec<(&[u8], Option<&[u8]>)> = ops.iter().map(|(k, v)| (*k, Some(*v))).collect();
-    let _writer = env.lock_writer()?;
-    env.reserve_locked(bytes, cap)?;
-    env.write_locked(cap, &mut |txn, db| apply_sorted(txn, db, &ops))?;
     Ok(())
 }
 
@@ -1007,15 +1011,15 @@ impl LmdbObjectStore {
             keys.push(kb);
             pickles.push(pickled);
         }
-        let mut ops: Vec<(&[u8], &[u8])> = keys
+        let mut ops: Vec<Op<'_>> = keys
             .iter()
             .zip(&pickles)
-            .map(|(k, v)| (&k[..], v.as_bytes()))
+            .map(|(k, v)| (&k[..], Some(v.as_bytes())))
             .collect();
         // Ascending keys, the last write of a key winning: a stable sort keeps
         // equal keys in input order, then all but the last of each run go.
         ops.sort_by(|a, b| a.0.cmp(b.0));
-        let mut unique: Vec<(&[u8], &[u8])> = Vec::with_capacity(ops.len());
+        let mut unique: Vec<Op<'_>> = Vec::with_capacity(ops.len());
         for op in ops {
             match unique.last_mut() {
                 Some(last) if last.0 == op.0 => *last = op,
@@ -1033,7 +1037,7 @@ impl LmdbObjectStore {
             let env = &*c.env;
             let cap = c.max_map_size;
             if !unique.is_empty() {
-                py.detach(|| write_sorted(env, &unique, bytes, cap))
+                py.detach(|| write_ops(env, &unique, bytes, cap))
                     .map_err(StoreError::into_pyerr)?;
             }
             Ok(())
@@ -1086,10 +1090,7 @@ impl LmdbObjectStore {
     fn stat<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyDict>> {
         let c = self.open_core()?;
         let env = &*c.env;
-        let g = match env.gate.try_shared() {
-            Some(g) => g,
-            None => py.detach(|| env.gate.wait_shared()),
-        };
+        let g = shared_guard(py, env);
         let s = env.stat_shared(&g).map_err(|e| c.map_closed(e))?;
         drop(g);
         let d = PyDict::new(py);
@@ -1370,20 +1371,7 @@ impl LmdbObjectStore {
                 stage(&k, &v)?;
             }
         }
-        let full = {
-            let mut b = c.buffered.lock();
-            if b.closing {
-                return Err(c.closed_error());
-            }
-            for (k, v) in staged {
-                b.buf.insert(&k, Some(v));
-            }
-            b.buf.active_len() >= c.batch_size || b.buf.active_bytes() > c.max_buffer_bytes
-        };
-        if full {
-            c.flush(py)?;
-        }
-        Ok(())
+        c.buffer_writes(py, staged.into_iter().map(|(k, v)| (k, Some(v))))
     }
 
     /// Delete everything, buffer included, in one write transaction (LMDB
