@@ -418,6 +418,7 @@ impl Env {
         unsafe { std::mem::transmute::<ffi::MDB_dbi, Database>(self.dbi) }
     }
 
+    #[cfg(test)]
     pub fn is_closed(&self) -> bool {
         match self.gate.try_shared() {
             Some(g) => self.lmdb_shared(&g).is_err(),
