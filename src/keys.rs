@@ -213,7 +213,11 @@ impl KeyPolicy {
             }
             (None, _) => s.clone(),
         };
-        let encoded = text.call_method1("encode", (encoding, self.errors.as_str()))?;
+        // `str.encode`, not `text.encode`: a str subclass's own `encode` must
+        // not decide the key (the UTF-8 path above never calls it either).
+        let encoded = py
+            .get_type::<PyString>()
+            .call_method1("encode", (text, encoding, self.errors.as_str()))?;
         let bytes = encoded.cast::<PyBytes>().map_err(|_| {
             type_error(format!(
                 "key_encoding={encoding:?} did not produce bytes from str.encode"
