@@ -131,9 +131,34 @@ impl StoreError {
             )),
             StoreError::Lmdb { code, what } => {
                 let text = strerror(code);
-                Error::new_err(format!("{what}: {text} (code {code})"))
+                match write_failure_hint(code) {
+                    Some(hint) => Error::new_err(format!("{what}: {text} (code {code}); {hint}")),
+                    None => Error::new_err(format!("{what}: {text} (code {code})")),
+                }
             }
         }
+    }
+}
+
+/// What to do about an OS error that stopped LMDB writing its data file.
+/// LMDB reports a short write as EIO, and a short write is what a file size
+/// limit or a disk that fills up part-way produces, so EIO names those causes
+/// too: the bare strerror text ("Input/output error") suggests a failing disk.
+fn write_failure_hint(code: c_int) -> Option<&'static str> {
+    match code {
+        libc::ENOSPC | libc::EDQUOT => {
+            Some("the disk or the quota is full: free space, then retry")
+        }
+        libc::EFBIG => Some(
+            "the data file may not grow past the process's file size limit \
+             (RLIMIT_FSIZE, `ulimit -f`): raise the limit, then retry",
+        ),
+        libc::EIO => Some(
+            "the data file could not be written in full: the disk may be full, the \
+             process's file size limit (RLIMIT_FSIZE, `ulimit -f`) reached, or the device \
+             failing; fix that, then retry",
+        ),
+        _ => None,
     }
 }
 
