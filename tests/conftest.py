@@ -70,6 +70,14 @@ def _watchdog():
         faulthandler.cancel_dump_traceback_later()
 
 
+@pytest.fixture
+def rearm_watchdog():
+    """``rearm_watchdog()`` restarts the countdown: for soak runs longer than
+    the watchdog allows a whole test, called between steps that each finish
+    well within it."""
+    return _arm_watchdog
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_exception_interact(node, call, report):
     """pytest's faulthandler plugin cancels pending timers when a test fails;

@@ -150,6 +150,170 @@ def write_with_store(args):
 
 
 # --------------------------------------------------------------------------
+# Crash safety: a writer that is killed at a random moment (test_crash.py)
+# --------------------------------------------------------------------------
+
+CRASH_KEYS_PER_BATCH = 50
+
+
+def crash_key(batch: int, i: int) -> bytes:
+    return b"b%07d:%02d" % (batch, i)
+
+
+def crash_count_key(batch: int) -> bytes:
+    return b"b%07d:count" % batch
+
+
+def crash_value_size(batch: int) -> int:
+    # Every 16th batch is large, so that its flush takes a while and a kill
+    # can land inside the write of the data pages or the fsync.
+    return 4000 if batch % 16 == 15 else 120
+
+
+def crash_batch(batch: int) -> dict:
+    """The keys and values of one batch: ``count`` says how many data keys it has."""
+    size = crash_value_size(batch)
+    items: dict = {}
+    for i in range(CRASH_KEYS_PER_BATCH):
+        blob = ((b"%d/%d;" % (batch, i)) * (size // 4 + 1))[:size]
+        items[crash_key(batch, i)] = {"batch": batch, "i": i, "blob": blob}
+    items[crash_count_key(batch)] = CRASH_KEYS_PER_BATCH
+    return items
+
+
+def crash_writer(path: str, sync: str, start: str, record: str, announce: str) -> None:
+    """Write batches ``start``, ``start + 1``, ... until killed.
+
+    Each batch is buffered with ``put`` and committed by one ``flush()``. The
+    record file gets ``flushing <b>`` before the flush and ``done <b>`` after
+    it returns, the latter made durable with ``fsync``. Stdout gets ``ready``
+    once the store is open and ``flush`` right before the flush of batch
+    ``announce``, so the parent can aim its kill at that flush.
+    """
+    store = LmdbObjectStore(path, batch_size=1_000_000, sync=sync == "1")
+    fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    out = sys.stdout.buffer
+    out.write(b"ready\n")
+    out.flush()
+    batch, announce_at = int(start), int(announce)
+    while True:
+        for key, value in crash_batch(batch).items():
+            store.put(key, value)
+        os.write(fd, b"flushing %d\n" % batch)
+        if batch == announce_at:
+            out.write(b"flush\n")
+            out.flush()
+        store.flush()
+        os.write(fd, b"done %d\n" % batch)
+        os.fsync(fd)
+        batch += 1
+
+
+# --------------------------------------------------------------------------
+# Fault injection: a data file that may not grow (test_faults.py)
+# --------------------------------------------------------------------------
+
+FSIZE_BASE = 20
+FSIZE_COUNT = 200
+FSIZE_VALUE_SIZE = 10_000
+
+
+def fsize_base_key(i: int) -> bytes:
+    return b"base%03d" % i
+
+
+def fsize_key(prefix: bytes, i: int) -> bytes:
+    return prefix + b"%04d" % i
+
+
+def fsize_value(prefix: bytes, i: int) -> bytes:
+    return ((b"%s:%d|" % (prefix, i)) * (FSIZE_VALUE_SIZE // 6 + 1))[:FSIZE_VALUE_SIZE]
+
+
+def fsize_items(prefix: bytes) -> dict:
+    """~2 MB of values: far more than the data file's headroom."""
+    return {fsize_key(prefix, i): fsize_value(prefix, i) for i in range(FSIZE_COUNT)}
+
+
+def _outcome(fn) -> dict:
+    """Run ``fn``; describe how it ended, for the JSON report."""
+    from lmdb_object_store import Error, MapFullError
+
+    try:
+        fn()
+    except BaseException as exc:  # reported to the parent
+        return {
+            "raised": type(exc).__name__,
+            "is_error": isinstance(exc, Error),
+            "is_map_full": isinstance(exc, MapFullError),
+            "message": str(exc),
+        }
+    return {"raised": None}
+
+
+def fsize_limited_writer(path: str, headroom: str) -> None:
+    """Write to the store at ``path`` while its data file may not grow.
+
+    Sets RLIMIT_FSIZE to the data file's size + ``headroom`` bytes (SIGXFSZ
+    ignored, so a write past it fails with EFBIG or comes back short), then
+    tries a put_many and a flush that need the file to grow, lifts the limit
+    and retries both. Prints one JSON report on stdout; the parent judges it.
+    """
+    import json
+    import resource
+
+    data_file = os.path.join(path, "data.mdb")
+    size = os.path.getsize(data_file)
+    limit = size + int(headroom)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    report: dict = {"data_file_size": size, "limit": limit}
+
+    # The store must still open under the limit: opening writes nothing.
+    store = LmdbObjectStore(path, batch_size=1_000_000)
+    base = {fsize_base_key(i): i for i in range(FSIZE_BASE)}
+    report["entries_before"] = store.stat()["entries"]
+
+    many = fsize_items(b"many")
+    report["put_many"] = _outcome(lambda: store.put_many(many))
+    report["entries_after_put_many"] = store.stat()["entries"]
+    report["put_many_keys_visible"] = sum(store.get(k) is not None for k in many)
+    report["pending_after_put_many"] = store.pending
+
+    buffered = fsize_items(b"buf")
+    for key, value in buffered.items():
+        store.put(key, value)
+    report["pending_before_flush"] = store.pending
+    report["flush"] = _outcome(store.flush)
+    report["pending_after_flush"] = store.pending
+    report["buffered_readable"] = sum(store.get(k) == v for k, v in buffered.items())
+    report["flush_again"] = _outcome(store.flush)
+    report["pending_after_flush_again"] = store.pending
+    # A read that misses the buffer flushes first (autoflush_on_read), so it
+    # meets the same failure, and the buffer survives that too.
+    report["autoflush_get"] = _outcome(lambda: store.get(fsize_base_key(0)))
+    report["pending_after_autoflush_get"] = store.pending
+    # Still usable: committed data is there, for reads that need no flush.
+    report["base_present"] = sum(store.exists(k, flush=False) for k in base)
+    reader = LmdbObjectStore(path, autoflush_on_read=False)
+    report["base_readable"] = sum(reader.get(k) == v for k, v in base.items())
+    reader.close()
+    report["entries_after_flush"] = store.stat()["entries"]
+    report["last_pgno_after_failures"] = store.info()["last_pgno"]
+    report["file_size_after_failures"] = os.path.getsize(data_file)
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    report["flush_lifted"] = _outcome(store.flush)
+    report["pending_after_lift"] = store.pending
+    report["put_many_lifted"] = _outcome(lambda: store.put_many(many))
+    report["entries_after_lift"] = store.stat()["entries"]
+    report["close"] = _outcome(store.close)
+    sys.stdout.write(json.dumps(report))
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------
 # os.fork helpers
 # --------------------------------------------------------------------------
 
