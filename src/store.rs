@@ -1048,6 +1048,37 @@ impl LmdbObjectStore {
             c.flush(py)?;
         }
 
+        // Database reads in key order: neighbouring keys share pages, so a
+        // sorted pass touches each page once instead of jumping around the
+        // tree. The values go into the dict in the caller's order after.
+        let mut from_db: Vec<Option<Bound<'py, PyAny>>> = Vec::new();
+        let _gc = (given.len() > 1).then(|| codec::GcPause::new(py));
+        if need_db {
+            let mut order: Vec<usize> = (0..normalised.len())
+                .filter(|&i| matches!(from_buffer[i], Some(Lookup::Unknown)))
+                .collect();
+            order.sort_unstable_by(|&a, &b| normalised[a].cmp(&normalised[b]));
+            from_db.resize_with(normalised.len(), || None);
+            c.with_read(py, |txn| {
+                let mut prev: Option<usize> = None;
+                for &i in &order {
+                    let k = &normalised[i];
+                    // A repeated key sits next to its twin: reuse its value.
+                    if let Some(p) = prev.filter(|&p| normalised[p] == *k) {
+                        from_db[i] = from_db[p].clone();
+                        continue;
+                    }
+                    prev = Some(i);
+                    if let Some(data) = txn.get(k).map_err(StoreError::into_pyerr)? {
+                        let obj = codec::loads_borrowed(py, data)
+                            .map_err(|e| codec::unpickle_error(py, k, "DB", e))?;
+                        from_db[i] = Some(obj);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+
         let found = PyDict::new(py);
         let mut hit = vec![false; normalised.len()];
         // The dict key: the caller's own object when it already is the
@@ -1062,29 +1093,16 @@ impl LmdbObjectStore {
             }
         };
         for (i, (k, l)) in normalised.iter().zip(&from_buffer).enumerate() {
-            if let Some(Lookup::Value(v)) = l {
-                let obj = c.unpickle_buffered(py, k, (**v).as_ref())?;
-                found.set_item(key_obj(i, k)?, obj)?;
-                hit[i] = true;
-            }
-        }
-        if need_db {
-            c.with_read(py, |txn| {
-                // A repeated key is simply read again: rarer than the cost
-                // of remembering every key.
-                for (i, (k, l)) in normalised.iter().zip(&from_buffer).enumerate() {
-                    if !matches!(l, Some(Lookup::Unknown)) {
-                        continue;
-                    }
-                    if let Some(data) = txn.get(k).map_err(StoreError::into_pyerr)? {
-                        let obj = codec::loads_borrowed(py, data)
-                            .map_err(|e| codec::unpickle_error(py, k, "DB", e))?;
-                        found.set_item(key_obj(i, k)?, obj)?;
-                        hit[i] = true;
-                    }
-                }
-                Ok(())
-            })?;
+            let obj = match l {
+                Some(Lookup::Value(v)) => c.unpickle_buffered(py, k, (**v).as_ref())?,
+                Some(Lookup::Unknown) => match from_db.get_mut(i).and_then(Option::take) {
+                    Some(obj) => obj,
+                    None => continue,
+                },
+                _ => continue,
+            };
+            found.set_item(key_obj(i, k)?, obj)?;
+            hit[i] = true;
         }
         let not_found = PyList::empty(py);
         for (i, k) in given.iter().enumerate() {
