@@ -1329,7 +1329,14 @@ impl LmdbObjectStore {
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
     ) -> R<Bound<'py, PyAny>> {
-        make_view(slf, "KeysView", prefix, start, stop, reverse)
+        make_view(
+            slf,
+            pyo3::intern!(slf.py(), "KeysView"),
+            prefix,
+            start,
+            stop,
+            reverse,
+        )
     }
 
     /// A live view of the values, in key order, within optional bounds.
@@ -1341,7 +1348,14 @@ impl LmdbObjectStore {
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
     ) -> R<Bound<'py, PyAny>> {
-        make_view(slf, "ValuesView", prefix, start, stop, reverse)
+        make_view(
+            slf,
+            pyo3::intern!(slf.py(), "ValuesView"),
+            prefix,
+            start,
+            stop,
+            reverse,
+        )
     }
 
     /// A live view of the `(key, value)` pairs, in key order.
@@ -1353,7 +1367,14 @@ impl LmdbObjectStore {
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
     ) -> R<Bound<'py, PyAny>> {
-        make_view(slf, "ItemsView", prefix, start, stop, reverse)
+        make_view(
+            slf,
+            pyo3::intern!(slf.py(), "ItemsView"),
+            prefix,
+            start,
+            stop,
+            reverse,
+        )
     }
 
     /// Remove `key` and return its value (or `default`, else KeyError).
@@ -1564,7 +1585,9 @@ impl LmdbObjectStore {
     }
 
     fn __eq__<'py>(slf: &Bound<'py, Self>, other: &Bound<'py, PyAny>) -> R<Bound<'py, PyAny>> {
-        views(slf.py())?.getattr("mapping_eq")?.call1((slf, other))
+        views(slf.py())?
+            .getattr(pyo3::intern!(slf.py(), "mapping_eq"))?
+            .call1((slf, other))
     }
 
     fn __len__(&self, py: Python<'_>) -> R<usize> {
@@ -1755,7 +1778,9 @@ fn views(py: Python<'_>) -> R<&Bound<'_, PyModule>> {
 
 fn make_view<'py>(
     store: &Bound<'py, LmdbObjectStore>,
-    class: &str,
+    // Interned: a fresh name string per call would be kept alive by the
+    // interpreter's attribute cache.
+    class: &Bound<'py, PyString>,
     prefix: Option<&Bound<'py, PyAny>>,
     start: Option<&Bound<'py, PyAny>>,
     stop: Option<&Bound<'py, PyAny>>,
