@@ -157,6 +157,41 @@ pub fn display_key(key: &Bound<'_, PyAny>) -> String {
     }
 }
 
+/// The cyclic garbage collector, paused while many values are unpickled at
+/// once: everything they allocate stays reachable (it is returned), so the
+/// collections that the allocations would trigger find nothing to free, yet
+/// each one walks every young object, and the older generations' walk the
+/// whole heap. Resumed on drop, only if it was running before (a nested pause,
+/// or a program that turned the collector off, is left as it was).
+pub struct GcPause {
+    was_enabled: bool,
+    /// Not Send: it must be dropped on the thread (holding the GIL) that
+    /// made it.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl GcPause {
+    pub fn new(_py: Python<'_>) -> Self {
+        // SAFETY: the GIL is held (the token proves it); PyGC_Disable only
+        // flips the interpreter's flag and returns its previous value.
+        let was_enabled = unsafe { ffi::PyGC_Disable() } != 0;
+        GcPause {
+            was_enabled,
+            _not_send: std::marker::PhantomData,
+        }
+    }
+}
+
+impl Drop for GcPause {
+    fn drop(&mut self) {
+        if self.was_enabled {
+            // SAFETY: a GcPause is made from a `Python` token inside a call
+            // that holds the GIL, and cannot leave that thread (not Send).
+            unsafe { ffi::PyGC_Enable() };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::hex;

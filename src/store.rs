@@ -68,6 +68,9 @@ fn held(pickled: Bound<'_, PyBytes>) -> Bytes {
 struct Buffered {
     buf: WriteBuffer,
     closing: bool,
+    /// Why the last background commit failed; its batch is back in `buf`.
+    /// The next write or flush reports it.
+    failed: Option<StoreError>,
 }
 
 impl Buffered {
@@ -75,14 +78,18 @@ impl Buffered {
         Buffered {
             buf: WriteBuffer::with_capacity(batch_size.min(1 << 16)),
             closing: false,
+            failed: None,
         }
     }
 }
 
 pub struct Core {
+    /// This core's own `Arc`, handed to background commits.
+    me: std::sync::Weak<Core>,
     env: Arc<Env>,
     buffered: Mutex<Buffered>,
-    /// One commit of this store's buffer at a time, in order.
+    /// One commit of this store's buffer at a time, in order. A background
+    /// commit holds it from the write that starts it until it ends.
     commit_lock: Mutex<()>,
     /// Mirror of `closing` for lock-free checks on the read path.
     closing: AtomicBool,
@@ -119,10 +126,15 @@ fn register_core(core: &Arc<Core>) {
 pub fn flush_all(py: Python<'_>) {
     let cores: Vec<Arc<Core>> = CORES.lock().iter().filter_map(|w| w.upgrade()).collect();
     for c in cores {
-        if c.generation != crate::engine::fork_generation()
-            || c.readonly
-            || c.closing.load(Ordering::Acquire)
-        {
+        if c.generation != crate::engine::fork_generation() || c.readonly {
+            continue;
+        }
+        if c.closing.load(Ordering::Acquire) {
+            // Its close flushes; only wait for a commit under way, so that
+            // no commit thread is mid-way through anything at a fork.
+            if let Ok(g) = c.lock_detached(py, &c.commit_lock) {
+                drop(g);
+            }
             continue;
         }
         if let Err(e) = c.flush(py) {
@@ -214,8 +226,9 @@ impl Core {
         }
     }
 
-    /// Commit the buffer in one write transaction. On failure the batch goes
-    /// back into the buffer (under any newer writes) and the error is raised.
+    /// Commit the buffer in one write transaction, after any background
+    /// commit under way. On failure the batch goes back into the buffer
+    /// (under any newer writes) and the error is raised.
     fn flush(&self, py: Python<'_>) -> R<()> {
         let result = self
             .lock_detached(py, &self.commit_lock)
@@ -224,14 +237,22 @@ impl Core {
         result
     }
 
-    /// The body of `flush`, for callers that hold the commit lock.
+    /// The body of `flush`, for callers that hold the commit lock. A failed
+    /// background commit is not reported here: its batch is back in the
+    /// buffer, and this commit writes it again.
     fn commit_buffer_locked(&self, py: Python<'_>) -> R<()> {
-        let Some(batch) = self.buffered.lock().buf.begin_commit() else {
-            return Ok(());
+        let batch = {
+            let mut b = self.buffered.lock();
+            b.failed = None;
+            match b.buf.begin_commit() {
+                Some(batch) => batch,
+                None => return Ok(()),
+            }
         };
         let env = &*self.env;
         let cap = self.max_map_size;
         let result = py.detach(|| write_ops(env, &batch.sorted(), batch.bytes(), cap));
+        drop(batch);
         let mut b = self.buffered.lock();
         match result {
             Ok(()) => {
@@ -242,6 +263,82 @@ impl Core {
                 b.buf.commit_failed();
                 drop(b);
                 Err(e.into_pyerr())
+            }
+        }
+    }
+
+    /// The buffer is full: commit it on a background thread, so the
+    /// commit's fsync overlaps the caller's next writes. Waits first for the
+    /// commit before (one batch in flight at a time, in order). Reads see the
+    /// batch in flight until it is in the database.
+    fn start_commit(&self, py: Python<'_>) -> R<()> {
+        let commit = self.lock_detached(py, &self.commit_lock)?;
+        self.log_growth(py);
+        let batch = {
+            let mut b = self.buffered.lock();
+            if b.failed.is_some() {
+                // The commit before failed and its batch is back in the
+                // buffer: the next write reports it; no retry in a loop.
+                return Ok(());
+            }
+            match b.buf.begin_commit() {
+                Some(batch) => batch,
+                None => return Ok(()),
+            }
+        };
+        let core = self.me.upgrade().expect("a live core has a live Arc");
+        let job = {
+            let batch = batch.clone();
+            move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    write_ops(&core.env, &batch.sorted(), batch.bytes(), core.max_map_size)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Lmdb {
+                        code: 0,
+                        what: "background commit panicked".into(),
+                    })
+                });
+                drop(batch);
+                core.end_background_commit(result);
+                // SAFETY: `start_commit` locked `commit_lock` and forgot the
+                // guard, handing the lock to this thread; nothing else
+                // unlocks it (parking_lot allows unlocking from another
+                // thread: the `send_guard` feature).
+                unsafe { core.commit_lock.force_unlock() };
+            }
+        };
+        match std::thread::Builder::new()
+            .name("lmdb_object_store commit".into())
+            .spawn(job)
+        {
+            Ok(_) => {
+                // The thread owns the lock now.
+                std::mem::forget(commit);
+                Ok(())
+            }
+            Err(_) => {
+                // No thread to be had: commit here instead. The closure and
+                // its copy of the batch are gone; the buffer still has it.
+                drop(batch);
+                self.buffered.lock().buf.commit_failed();
+                let result = self.commit_buffer_locked(py);
+                drop(commit);
+                self.log_growth(py);
+                result
+            }
+        }
+    }
+
+    /// A background commit ended: forget its batch, or put it back and keep
+    /// the error for the next write. No Python here.
+    fn end_background_commit(&self, result: Result<(), StoreError>) {
+        let mut b = self.buffered.lock();
+        match result {
+            Ok(()) => b.buf.commit_succeeded(),
+            Err(e) => {
+                b.buf.commit_failed();
+                b.failed = Some(e);
             }
         }
     }
@@ -368,8 +465,10 @@ impl Core {
         self.buffer_writes(py, [(key, value)])
     }
 
-    /// Buffer writes together (nobody sees half of them), then flush if the
-    /// buffer reached `batch_size` entries or `max_buffer_bytes`.
+    /// Buffer writes together (nobody sees half of them), then start a
+    /// commit if the buffer reached `batch_size` entries or
+    /// `max_buffer_bytes`. A background commit that failed since the last
+    /// write is raised here, before anything is buffered.
     fn buffer_writes<K: AsRef<[u8]>>(
         &self,
         py: Python<'_>,
@@ -380,15 +479,33 @@ impl Core {
             if b.closing {
                 return Err(self.closed_error());
             }
+            if let Some(e) = b.failed.take() {
+                drop(b);
+                return Err(self.background_error(py, e));
+            }
             for (k, v) in writes {
                 b.buf.insert(k.as_ref(), v);
             }
             b.buf.active_len() >= self.batch_size || b.buf.active_bytes() > self.max_buffer_bytes
         };
         if full {
-            self.flush(py)?;
+            self.start_commit(py)?;
         }
         Ok(())
+    }
+
+    /// The error of a failed background commit, saying so; its own type
+    /// (MapFullError, ...) is kept.
+    fn background_error(&self, py: Python<'_>, e: StoreError) -> PyErr {
+        self.log_growth(py);
+        let err = e.into_pyerr();
+        let note = format!(
+            "an earlier automatic commit of {} failed; its writes are still buffered \
+             and the next flush() retries them",
+            self.path
+        );
+        let _ = err.value(py).call_method1("add_note", (note,));
+        err
     }
 
     fn info(&self, py: Python<'_>) -> R<EnvInfo> {
@@ -631,7 +748,8 @@ impl LmdbObjectStore {
     fn reopen_after_fork(&self, old: &Core) -> R<&Core> {
         Python::attach(|py| {
             let env = acquire_env(py, &old.fs_path, &old.options, &old.path)?;
-            let core = Arc::new(Core {
+            let core = Arc::new_cyclic(|me| Core {
+                me: me.clone(),
                 env,
                 buffered: Mutex::new(Buffered::new(old.batch_size)),
                 commit_lock: Mutex::new(()),
@@ -785,7 +903,8 @@ impl LmdbObjectStore {
         if let Some(extra) = lmdb_options {
             init_kwargs.update(extra.as_mapping())?;
         }
-        let core = Arc::new(Core {
+        let core = Arc::new_cyclic(|me| Core {
+            me: me.clone(),
             env,
             buffered: Mutex::new(Buffered::new(batch_size)),
             commit_lock: Mutex::new(()),
@@ -929,6 +1048,37 @@ impl LmdbObjectStore {
             c.flush(py)?;
         }
 
+        // Database reads in key order: neighbouring keys share pages, so a
+        // sorted pass touches each page once instead of jumping around the
+        // tree. The values go into the dict in the caller's order after.
+        let mut from_db: Vec<Option<Bound<'py, PyAny>>> = Vec::new();
+        let _gc = (given.len() > 1).then(|| codec::GcPause::new(py));
+        if need_db {
+            let mut order: Vec<usize> = (0..normalised.len())
+                .filter(|&i| matches!(from_buffer[i], Some(Lookup::Unknown)))
+                .collect();
+            order.sort_unstable_by(|&a, &b| normalised[a].cmp(&normalised[b]));
+            from_db.resize_with(normalised.len(), || None);
+            c.with_read(py, |txn| {
+                let mut prev: Option<usize> = None;
+                for &i in &order {
+                    let k = &normalised[i];
+                    // A repeated key sits next to its twin: reuse its value.
+                    if let Some(p) = prev.filter(|&p| normalised[p] == *k) {
+                        from_db[i] = from_db[p].clone();
+                        continue;
+                    }
+                    prev = Some(i);
+                    if let Some(data) = txn.get(k).map_err(StoreError::into_pyerr)? {
+                        let obj = codec::loads_borrowed(py, data)
+                            .map_err(|e| codec::unpickle_error(py, k, "DB", e))?;
+                        from_db[i] = Some(obj);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+
         let found = PyDict::new(py);
         let mut hit = vec![false; normalised.len()];
         // The dict key: the caller's own object when it already is the
@@ -943,29 +1093,16 @@ impl LmdbObjectStore {
             }
         };
         for (i, (k, l)) in normalised.iter().zip(&from_buffer).enumerate() {
-            if let Some(Lookup::Value(v)) = l {
-                let obj = c.unpickle_buffered(py, k, (**v).as_ref())?;
-                found.set_item(key_obj(i, k)?, obj)?;
-                hit[i] = true;
-            }
-        }
-        if need_db {
-            c.with_read(py, |txn| {
-                // A repeated key is simply read again: rarer than the cost
-                // of remembering every key.
-                for (i, (k, l)) in normalised.iter().zip(&from_buffer).enumerate() {
-                    if !matches!(l, Some(Lookup::Unknown)) {
-                        continue;
-                    }
-                    if let Some(data) = txn.get(k).map_err(StoreError::into_pyerr)? {
-                        let obj = codec::loads_borrowed(py, data)
-                            .map_err(|e| codec::unpickle_error(py, k, "DB", e))?;
-                        found.set_item(key_obj(i, k)?, obj)?;
-                        hit[i] = true;
-                    }
-                }
-                Ok(())
-            })?;
+            let obj = match l {
+                Some(Lookup::Value(v)) => c.unpickle_buffered(py, k, (**v).as_ref())?,
+                Some(Lookup::Unknown) => match from_db.get_mut(i).and_then(Option::take) {
+                    Some(obj) => obj,
+                    None => continue,
+                },
+                _ => continue,
+            };
+            found.set_item(key_obj(i, k)?, obj)?;
+            hit[i] = true;
         }
         let not_found = PyList::empty(py);
         for (i, k) in given.iter().enumerate() {
@@ -1192,7 +1329,14 @@ impl LmdbObjectStore {
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
     ) -> R<Bound<'py, PyAny>> {
-        make_view(slf, "KeysView", prefix, start, stop, reverse)
+        make_view(
+            slf,
+            pyo3::intern!(slf.py(), "KeysView"),
+            prefix,
+            start,
+            stop,
+            reverse,
+        )
     }
 
     /// A live view of the values, in key order, within optional bounds.
@@ -1204,7 +1348,14 @@ impl LmdbObjectStore {
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
     ) -> R<Bound<'py, PyAny>> {
-        make_view(slf, "ValuesView", prefix, start, stop, reverse)
+        make_view(
+            slf,
+            pyo3::intern!(slf.py(), "ValuesView"),
+            prefix,
+            start,
+            stop,
+            reverse,
+        )
     }
 
     /// A live view of the `(key, value)` pairs, in key order.
@@ -1216,7 +1367,14 @@ impl LmdbObjectStore {
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
     ) -> R<Bound<'py, PyAny>> {
-        make_view(slf, "ItemsView", prefix, start, stop, reverse)
+        make_view(
+            slf,
+            pyo3::intern!(slf.py(), "ItemsView"),
+            prefix,
+            start,
+            stop,
+            reverse,
+        )
     }
 
     /// Remove `key` and return its value (or `default`, else KeyError).
@@ -1381,8 +1539,13 @@ impl LmdbObjectStore {
         c.check_writable("clear")?;
         let result = (|| -> R<()> {
             let _commit = c.lock_detached(py, &c.commit_lock)?;
-            // The buffered writes stay readable until the clear commits.
-            let batch = c.buffered.lock().buf.begin_commit();
+            // The buffered writes stay readable until the clear commits. A
+            // failed background commit is moot: its writes are cleared too.
+            let batch = {
+                let mut b = c.buffered.lock();
+                b.failed = None;
+                b.buf.begin_commit()
+            };
             let env = &*c.env;
             let cap = c.max_map_size;
             let r = py.detach(|| env.write(cap, |txn, db| txn.clear_db(db)));
@@ -1422,7 +1585,9 @@ impl LmdbObjectStore {
     }
 
     fn __eq__<'py>(slf: &Bound<'py, Self>, other: &Bound<'py, PyAny>) -> R<Bound<'py, PyAny>> {
-        views(slf.py())?.getattr("mapping_eq")?.call1((slf, other))
+        views(slf.py())?
+            .getattr(pyo3::intern!(slf.py(), "mapping_eq"))?
+            .call1((slf, other))
     }
 
     fn __len__(&self, py: Python<'_>) -> R<usize> {
@@ -1457,8 +1622,13 @@ impl LmdbObjectStore {
 
     /// Buffered entries not yet committed.
     #[getter]
-    fn pending(&self) -> R<usize> {
-        Ok(self.core()?.buffered.lock().buf.pending())
+    fn pending(&self, py: Python<'_>) -> R<usize> {
+        let c = self.core()?;
+        // A background commit under way ends first, so the count is settled.
+        if c.buffered.lock().buf.has_inflight() {
+            drop(c.lock_detached(py, &c.commit_lock)?);
+        }
+        Ok(c.buffered.lock().buf.pending())
     }
 
     #[getter]
@@ -1608,7 +1778,9 @@ fn views(py: Python<'_>) -> R<&Bound<'_, PyModule>> {
 
 fn make_view<'py>(
     store: &Bound<'py, LmdbObjectStore>,
-    class: &str,
+    // Interned: a fresh name string per call would be kept alive by the
+    // interpreter's attribute cache.
+    class: &Bound<'py, PyString>,
     prefix: Option<&Bound<'py, PyAny>>,
     start: Option<&Bound<'py, PyAny>>,
     stop: Option<&Bound<'py, PyAny>>,

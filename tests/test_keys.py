@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import array
+import gc
+import random
 
 import pytest
 
@@ -383,6 +385,59 @@ def test_get_many_found_and_not_found_in_caller_order(store):
     found, not_found = store.get_many([b"z", b"a", b"y", b"c", b"x"])
     assert found == {b"a": 1, b"c": 3}
     assert not_found == [b"z", b"y", b"x"]
+
+
+def test_get_many_found_keeps_the_callers_order(make_store):
+    # The database is read in key order; the dict is still in the caller's.
+    store = make_store(autoflush_on_read=False)
+    store.put_many({b"%03d" % i: i for i in range(200)})
+    store.put(b"150", "buffered")
+    wanted = [b"%03d" % i for i in random.Random(5).sample(range(200), 200)]
+    found, not_found = store.get_many(wanted + wanted[:20])
+    assert list(found) == wanted
+    assert found[b"150"] == "buffered"
+    assert all(found[k] == int(k) for k in wanted if k != b"150")
+    assert not_found == []
+
+
+def test_get_many_repeated_db_keys_each_get_the_value(store):
+    store.put_many({b"a": [1], b"b": [2]})
+    found, not_found = store.get_many([b"b", b"a", b"b", b"zz", b"b", b"zz"])
+    assert found == {b"b": [2], b"a": [1]}
+    assert list(found) == [b"b", b"a"]
+    assert not_found == [b"zz", b"zz"]
+
+
+def test_get_many_pauses_the_garbage_collector_while_it_loads(store, hooked):
+    seen = []
+    hooked.hook = lambda obj: seen.append(gc.isenabled())
+    store.put_many({b"a": hooked("a"), b"b": hooked("b")})
+    store.put(b"c", hooked("c"))  # buffered: unpickled under the pause too
+    assert gc.isenabled()
+    found, _ = store.get_many([b"a", b"b", b"c"])
+    assert seen == [False, False, False]
+    assert gc.isenabled()  # resumed
+
+
+def test_get_many_leaves_a_disabled_collector_disabled(store, hooked):
+    store.put_many({b"a": hooked("a"), b"b": hooked("b")})
+    gc.disable()
+    try:
+        store.get_many([b"a", b"b"])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_get_many_resumes_the_collector_after_an_error(store, hooked):
+    def boom(obj):
+        raise RuntimeError("no")
+
+    hooked.hook = boom
+    store.put_many({b"a": hooked("a"), b"b": hooked("b")})
+    with pytest.raises(RuntimeError):
+        store.get_many([b"a", b"b"])
+    assert gc.isenabled()
 
 
 def test_get_many_keeps_duplicates_in_not_found(store):

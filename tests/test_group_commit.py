@@ -1,0 +1,230 @@
+"""Automatic commits run in the background.
+
+When a write fills the buffer, its batch is committed on a thread of its own
+(the fsync overlaps the caller's next writes). These tests hold LMDB's writer
+lock from another process, so that such a commit cannot finish until the test
+lets it, and check what the spec promises meanwhile: the write that filled
+the buffer returns, every thread still reads the batch in flight, one batch
+at a time is in flight, and flush(), pending, fork and close wait for it. A
+commit that fails keeps its batch and is reported by the next write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from helpers import MiB, join_or_fail, start_thread
+from lmdb_object_store import Error, LmdbObjectStore, MapFullError
+from proc_workers import fork_child, wait_child
+
+# A process that opens the environment with py-lmdb, begins a write
+# transaction (taking LMDB's writer lock), says so, and aborts it when told.
+_HOLDER = """
+import sys, lmdb
+env = lmdb.open(sys.argv[1], max_readers=1024)
+txn = env.begin(write=True)
+print("locked", flush=True)
+sys.stdin.readline()
+txn.abort()
+env.close()
+"""
+
+
+class WriterLock:
+    """LMDB's writer lock of ``path``, held by another process until released."""
+
+    def __init__(self, path: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        ready = threading.Event()
+        line: list[str] = []
+
+        def read():
+            line.append(self.proc.stdout.readline())
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(20) or line[0].strip() != "locked":
+            self.proc.kill()
+            raise AssertionError(f"the lock holder did not start: {line!r}")
+
+    def release(self):
+        if self.proc.poll() is None:
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.write("go\n")
+                self.proc.stdin.flush()
+        try:
+            assert self.proc.wait(timeout=20) == 0
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+@contextlib.contextmanager
+def writer_lock(path: str):
+    holder = WriterLock(path)
+    try:
+        yield holder
+    finally:
+        holder.release()
+
+
+def _put_range(store, prefix: bytes, n: int):
+    for i in range(n):
+        store.put(prefix + b"%02d" % i, i)
+
+
+def test_the_write_that_fills_the_buffer_does_not_wait_for_the_commit(make_store, db_path):
+    store = make_store(batch_size=10, autoflush_on_read=False)
+    store.put(b"seed", "committed")
+    store.flush()
+    with writer_lock(db_path):
+        # The tenth put starts a commit that cannot finish while the lock is
+        # held elsewhere; the puts return all the same.
+        t, out = start_thread(lambda: _put_range(store, b"k", 10))
+        join_or_fail(t, 15)
+        assert "error" not in out, out
+        # The batch in flight is readable, from this thread and another.
+        assert store.get(b"k03") == 3
+        assert b"k09" in store
+        t, out = start_thread(lambda: store.get_many([b"k00", b"k05", b"nope"]))
+        join_or_fail(t, 15)
+        assert out["result"] == ({b"k00": 0, b"k05": 5}, [b"nope"])
+        # Reading the database does not wait for the commit either.
+        assert store.get(b"seed") == "committed"
+        # The next full batch waits for the one in flight (one at a time,
+        # in order), but its writes are readable while it waits.
+        t2, out2 = start_thread(lambda: _put_range(store, b"m", 10))
+        t2.join(0.5)
+        assert t2.is_alive(), "a second batch went in flight before the first committed"
+        assert store.get(b"m00") == 0
+    join_or_fail(t2, 15)
+    assert "error" not in out2, out2
+    store.flush()
+    assert store.pending == 0
+    store.close()
+    again = make_store()
+    assert {k: again[k] for k in again} == {
+        b"seed": "committed",
+        **{b"k%02d" % i: i for i in range(10)},
+        **{b"m%02d" % i: i for i in range(10)},
+    }
+
+
+@pytest.mark.parametrize("waiter", ["flush", "pending", "close", "iterate"])
+def test_calls_that_need_the_commit_wait_for_it(make_store, db_path, waiter):
+    store = make_store(batch_size=5, autoflush_on_read=False)
+    with writer_lock(db_path) as lock:
+        _put_range(store, b"k", 5)  # in flight, blocked
+        calls = {
+            "flush": store.flush,
+            "pending": lambda: store.pending,
+            "close": store.close,
+            "iterate": lambda: list(store.keys()),
+        }
+        t, out = start_thread(calls[waiter])
+        t.join(0.5)
+        assert t.is_alive(), f"{waiter} returned before the commit in flight ended"
+        lock.release()
+        join_or_fail(t, 15)
+    assert "error" not in out, out
+    if waiter == "pending":
+        assert out["result"] == 0
+    if waiter == "iterate":
+        assert out["result"] == [b"k%02d" % i for i in range(5)]
+    store.close()
+    assert dict(make_store().items()) == {b"k%02d" % i: i for i in range(5)}
+
+
+def test_fork_waits_for_the_commit_in_flight(make_store, db_path):
+    store = make_store(batch_size=10, autoflush_on_read=False)
+    with writer_lock(db_path) as lock:
+        _put_range(store, b"k", 10)
+        threading.Timer(0.3, lock.release).start()
+
+        def child():
+            # Nothing buffered came along, and everything is on disk.
+            assert store.pending == 0
+            assert {k: store[k] for k in store} == {b"k%02d" % i: i for i in range(10)}
+
+        pid = fork_child(child)
+        assert store.pending == 0
+        assert wait_child(pid) == 0
+
+
+def test_a_failed_background_commit_is_reported_by_the_next_write(make_store):
+    store = make_store(
+        batch_size=2, map_size=1 * MiB, max_map_size=1 * MiB, autoflush_on_read=False
+    )
+    big = b"\x07" * (3 * MiB)
+    store.put(b"small", 1)
+    store.put(b"big", big)  # fills the buffer: a background commit that cannot fit
+    # `pending` waits for that commit: it failed and its batch is back.
+    assert store.pending == 2
+    assert store.get(b"big") == big
+    assert store.get(b"small") == 1
+    assert len(store) == 2
+    # The next write raises the commit's error, before buffering anything.
+    with pytest.raises(MapFullError) as exc_info:
+        store.put(b"late", 3)
+    assert isinstance(exc_info.value, Error)
+    assert any("automatic commit" in n for n in getattr(exc_info.value, "__notes__", []))
+    assert store.pending == 2
+    assert store.get(b"late") is None
+    # Reported once: the write after it is taken.
+    store.put(b"late", 3)
+    assert store.get(b"late") == 3
+    # flush() retries the whole buffer and raises its own failure.
+    with pytest.raises(MapFullError):
+        store.flush()
+    assert store.pending == 3
+    store.delete(b"big")
+    store.flush()
+    assert store.pending == 0
+    store.close()
+    assert dict(make_store().items()) == {b"small": 1, b"late": 3}
+
+
+def test_a_failed_background_commit_is_retried_by_close(make_store, db_path):
+    store = make_store(batch_size=2, map_size=1 * MiB, max_map_size=1 * MiB)
+    store.put(b"big", b"x" * (3 * MiB))
+    store.put(b"small", 1)
+    assert store.pending == 2  # the background commit failed
+    with pytest.raises(MapFullError):
+        store.delete(b"big")  # reports the failure...
+    store.delete(b"big")  # ...and is taken the second time
+    store.close()
+    assert dict(LmdbObjectStore(db_path).items()) == {b"small": 1}
+
+
+def test_many_threads_read_their_writes_across_background_commits(make_store):
+    store = make_store(batch_size=7, autoflush_on_read=False)
+
+    def writer(tid):
+        def run():
+            for i in range(300):
+                key = b"t%d:%03d" % (tid, i)
+                store.put(key, (tid, i))
+                got = store.get(key)
+                assert got == (tid, i), (key, got)
+                if i % 50 == 49:
+                    earlier = b"t%d:%03d" % (tid, i - 40)
+                    assert store[earlier] == (tid, i - 40)
+
+        return run
+
+    threads = [start_thread(writer(tid)) for tid in range(4)]
+    for t, out in threads:
+        join_or_fail(t, 30)
+        assert "error" not in out, out["error"]
+    store.flush()
+    assert len(store) == 4 * 300
