@@ -1136,9 +1136,10 @@ impl LmdbObjectStore {
         let mut bytes = 0usize;
         for pair in pairs.try_iter()? {
             let pair = pair?;
-            let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair.extract().map_err(|_| {
+            let (k, v) = key_value_pair(&pair)?.map_err(|why| {
                 PyTypeError::new_err(format!(
-                    "put_many() wants a mapping or an iterable of (key, value) pairs; got an item of type {}",
+                    "put_many() wants a mapping or an iterable of (key, value) pairs; \
+                     an item of type {} {why}",
                     type_name(&pair)
                 ))
             })?;
@@ -1508,12 +1509,9 @@ impl LmdbObjectStore {
             } else {
                 for (i, pair) in o.try_iter()?.enumerate() {
                     let pair = pair?;
-                    let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
-                        pair.extract().map_err(|_| {
-                            PyTypeError::new_err(format!(
-                                "update() sequence element #{i} is not a (key, value) pair"
-                            ))
-                        })?;
+                    let (k, v) = key_value_pair(&pair)?.map_err(|why| {
+                        PyTypeError::new_err(format!("update() sequence element #{i} {why}"))
+                    })?;
                     stage(&k, &v)?;
                 }
             }
@@ -1796,6 +1794,37 @@ fn make_view<'py>(
     kw.set_item("stop", stop)?;
     kw.set_item("reverse", reverse)?;
     views(py)?.getattr(class)?.call((store,), Some(&kw))
+}
+
+/// A `(key, value)` item as `dict.update` takes it: any iterable of exactly
+/// two items (a tuple, a list, ...). `Ok(Err(why))` says what is wrong with
+/// its shape; an exception raised while iterating it is passed on as it is.
+type Pair<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
+
+fn key_value_pair<'py>(item: &Bound<'py, PyAny>) -> R<Result<Pair<'py>, String>> {
+    if let Ok(t) = item.cast::<PyTuple>() {
+        if t.len() == 2 {
+            return Ok(Ok((t.get_item(0)?, t.get_item(1)?)));
+        }
+        return Ok(Err(format!("has length {}; 2 is required", t.len())));
+    }
+    let Ok(it) = item.try_iter() else {
+        return Ok(Err("is not a (key, value) pair".into()));
+    };
+    let mut two = Vec::with_capacity(2);
+    for x in it {
+        let x = x?;
+        if two.len() == 2 {
+            return Ok(Err("has more than 2 items; 2 are required".into()));
+        }
+        two.push(x);
+    }
+    let n = two.len();
+    let mut two = two.into_iter();
+    Ok(match (two.next(), two.next()) {
+        (Some(k), Some(v)) => Ok((k, v)),
+        _ => Err(format!("has length {n}; 2 is required")),
+    })
 }
 
 fn key_error(key: &Bound<'_, PyAny>) -> PyErr {

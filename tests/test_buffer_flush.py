@@ -468,6 +468,42 @@ def test_put_many_all_or_nothing_on_bad_item(store, items):
     assert store.get(b"buffered") == 1
 
 
+def test_put_many_and_update_take_any_two_item_iterable_as_a_pair(store):
+    # As dict.update does: a list, or any iterable of two items, is a pair.
+    store.put_many([[b"a", 1], (b"b", 2), iter([b"c", 3])])
+    store.update([[b"d", 4]])
+    assert dict(store.items()) == {b"a": 1, b"b": 2, b"c": 3, b"d": 4}
+
+
+@pytest.mark.parametrize(
+    ("item", "why"),
+    [
+        ([b"a"], "has length 1; 2 is required"),
+        ((b"a", 1, 2), "has length 3; 2 is required"),
+        ([b"a", 1, 2], "has more than 2 items"),
+        (5, "is not a (key, value) pair"),
+    ],
+)
+@pytest.mark.parametrize("call", ["put_many", "update"])
+def test_a_pair_of_the_wrong_shape_is_a_type_error(store, item, why, call):
+    store.put(b"buffered", 1)
+    with pytest.raises(TypeError) as exc_info:
+        getattr(store, call)([(b"ok", 0), item])
+    assert why in str(exc_info.value)
+    assert store.pending == 1
+    assert store.get(b"ok") is None
+
+
+def test_an_error_raised_by_a_pair_passes_through(store):
+    def pair():
+        yield b"k"
+        raise Boom("pair failed")
+
+    with pytest.raises(Boom):
+        store.put_many([pair()])
+    assert store.get(b"k") is None
+
+
 def test_put_many_bad_items_after_generator_partly_consumed(store):
     def gen():
         yield b"a", 1
