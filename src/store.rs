@@ -465,16 +465,17 @@ impl Core {
         self.buffer_writes(py, [(key, value)])
     }
 
-    /// Buffer writes together (nobody sees half of them), then start a
-    /// commit if the buffer reached `batch_size` entries or
-    /// `max_buffer_bytes`. A background commit that failed since the last
-    /// write is raised here, before anything is buffered.
+    /// Buffer writes together (nobody sees half of them), then commit if the
+    /// buffer is full: in the background when it reached `batch_size`
+    /// entries, here when it went past `max_buffer_bytes` (see below). A
+    /// background commit that failed since the last write is raised here,
+    /// before anything is buffered.
     fn buffer_writes<K: AsRef<[u8]>>(
         &self,
         py: Python<'_>,
         writes: impl IntoIterator<Item = (K, Value)>,
     ) -> R<()> {
-        let full = {
+        let (by_count, by_bytes) = {
             let mut b = self.buffered.lock();
             if b.closing {
                 return Err(self.closed_error());
@@ -486,9 +487,18 @@ impl Core {
             for (k, v) in writes {
                 b.buf.insert(k.as_ref(), v);
             }
-            b.buf.active_len() >= self.batch_size || b.buf.active_bytes() > self.max_buffer_bytes
+            (
+                b.buf.active_len() >= self.batch_size,
+                b.buf.active_bytes() > self.max_buffer_bytes,
+            )
         };
-        if full {
+        if by_bytes {
+            // Big values: the commit is mostly copying them, with little to
+            // overlap, and a background commit would let a second buffer's
+            // worth of values pile up meanwhile. So this one commits here,
+            // and memory stays within max_buffer_bytes (plus one batch).
+            self.flush(py)?;
+        } else if by_count {
             self.start_commit(py)?;
         }
         Ok(())

@@ -145,6 +145,35 @@ def test_calls_that_need_the_commit_wait_for_it(make_store, db_path, waiter):
     assert dict(make_store().items()) == {b"k%02d" % i: i for i in range(5)}
 
 
+def test_a_buffer_full_by_bytes_commits_inside_the_write(make_store, db_path):
+    # Past max_buffer_bytes the write that overflows commits before it
+    # returns, so no second buffer's worth of big values piles up.
+    store = make_store(batch_size=1000, max_buffer_bytes=64 * 1024)
+    with writer_lock(db_path) as lock:
+        store.put(b"a", b"x" * 40_000)
+        t, out = start_thread(lambda: store.put(b"b", b"y" * 40_000))
+        t.join(0.5)
+        assert t.is_alive(), "the write past max_buffer_bytes returned before its commit"
+        lock.release()
+        join_or_fail(t, 15)
+    assert "error" not in out, out
+    assert store.pending == 0
+
+
+def test_a_failed_commit_by_bytes_is_raised_by_the_write(make_store):
+    store = make_store(
+        batch_size=1000, max_buffer_bytes=1 * MiB, map_size=1 * MiB, max_map_size=1 * MiB
+    )
+    with pytest.raises(MapFullError):
+        store.put(b"big", b"z" * (3 * MiB))
+    # As a failed flush: the write is in the buffer, and the next flush retries.
+    assert store.pending == 1
+    assert store.get(b"big") == b"z" * (3 * MiB)
+    store.delete(b"big")
+    store.flush()
+    assert store.pending == 0
+
+
 def test_fork_waits_for_the_commit_in_flight(make_store, db_path):
     store = make_store(batch_size=10, autoflush_on_read=False)
     with writer_lock(db_path) as lock:
