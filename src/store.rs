@@ -97,6 +97,9 @@ pub struct Core {
     close_lock: Mutex<()>,
     pub(crate) keys: KeyPolicy,
     batch_size: usize,
+    /// Whether a batch that reaches `batch_size` commits in the background
+    /// (see `BACKGROUND_MIN_BATCH`).
+    background_commits: bool,
     max_buffer_bytes: usize,
     autoflush_on_read: bool,
     max_map_size: Option<usize>,
@@ -110,6 +113,14 @@ pub struct Core {
     /// Fork generation this core belongs to (see `engine::fork_generation`).
     generation: u64,
 }
+
+/// Automatic commits run in the background only for batches of at least
+/// this many entries, on a store that syncs at commit. Below it, or without
+/// the fsync, the commit is shorter than handing it to another thread and
+/// waking that thread (measured on 2 cores: batch_size 100 was 15% slower in
+/// the background, with sync or without; 300 without sync, 25% slower; 1000
+/// with sync, 40% faster).
+const BACKGROUND_MIN_BATCH: usize = 256;
 
 /// Every open store's core, so that a fork can flush them all first.
 static CORES: Mutex<Vec<std::sync::Weak<Core>>> = Mutex::new(Vec::new());
@@ -492,14 +503,14 @@ impl Core {
                 b.buf.active_bytes() > self.max_buffer_bytes,
             )
         };
-        if by_bytes {
+        if by_count && !by_bytes && self.background_commits {
+            self.start_commit(py)?;
+        } else if by_count || by_bytes {
             // Big values: the commit is mostly copying them, with little to
             // overlap, and a background commit would let a second buffer's
-            // worth of values pile up meanwhile. So this one commits here,
-            // and memory stays within max_buffer_bytes (plus one batch).
+            // worth of values pile up meanwhile. Small batches: handing one
+            // to another thread costs more than its commit. Both commit here.
             self.flush(py)?;
-        } else if by_count {
-            self.start_commit(py)?;
         }
         Ok(())
     }
@@ -768,6 +779,7 @@ impl LmdbObjectStore {
                 close_lock: Mutex::new(()),
                 keys: old.keys.clone(),
                 batch_size: old.batch_size,
+                background_commits: old.background_commits,
                 max_buffer_bytes: old.max_buffer_bytes,
                 autoflush_on_read: old.autoflush_on_read,
                 max_map_size: old.max_map_size,
@@ -923,6 +935,7 @@ impl LmdbObjectStore {
             close_lock: Mutex::new(()),
             keys,
             batch_size,
+            background_commits: batch_size >= BACKGROUND_MIN_BATCH && options.sync,
             max_buffer_bytes,
             autoflush_on_read,
             max_map_size,

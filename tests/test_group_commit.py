@@ -78,35 +78,40 @@ def writer_lock(path: str):
         holder.release()
 
 
+# Automatic commits go to the background for batches of at least this many
+# entries on a store that syncs (smaller ones commit inside the write).
+BATCH = 256
+
+
 def _put_range(store, prefix: bytes, n: int):
     for i in range(n):
-        store.put(prefix + b"%02d" % i, i)
+        store.put(prefix + b"%03d" % i, i)
 
 
 def test_the_write_that_fills_the_buffer_does_not_wait_for_the_commit(make_store, db_path):
-    store = make_store(batch_size=10, autoflush_on_read=False)
+    store = make_store(batch_size=BATCH, autoflush_on_read=False)
     store.put(b"seed", "committed")
     store.flush()
     with writer_lock(db_path):
         # The tenth put starts a commit that cannot finish while the lock is
         # held elsewhere; the puts return all the same.
-        t, out = start_thread(lambda: _put_range(store, b"k", 10))
+        t, out = start_thread(lambda: _put_range(store, b"k", BATCH))
         join_or_fail(t, 15)
         assert "error" not in out, out
         # The batch in flight is readable, from this thread and another.
-        assert store.get(b"k03") == 3
-        assert b"k09" in store
-        t, out = start_thread(lambda: store.get_many([b"k00", b"k05", b"nope"]))
+        assert store.get(b"k003") == 3
+        assert b"k255" in store
+        t, out = start_thread(lambda: store.get_many([b"k000", b"k005", b"nope"]))
         join_or_fail(t, 15)
-        assert out["result"] == ({b"k00": 0, b"k05": 5}, [b"nope"])
+        assert out["result"] == ({b"k000": 0, b"k005": 5}, [b"nope"])
         # Reading the database does not wait for the commit either.
         assert store.get(b"seed") == "committed"
         # The next full batch waits for the one in flight (one at a time,
         # in order), but its writes are readable while it waits.
-        t2, out2 = start_thread(lambda: _put_range(store, b"m", 10))
+        t2, out2 = start_thread(lambda: _put_range(store, b"m", BATCH))
         t2.join(0.5)
         assert t2.is_alive(), "a second batch went in flight before the first committed"
-        assert store.get(b"m00") == 0
+        assert store.get(b"m000") == 0
     join_or_fail(t2, 15)
     assert "error" not in out2, out2
     store.flush()
@@ -115,16 +120,16 @@ def test_the_write_that_fills_the_buffer_does_not_wait_for_the_commit(make_store
     again = make_store()
     assert {k: again[k] for k in again} == {
         b"seed": "committed",
-        **{b"k%02d" % i: i for i in range(10)},
-        **{b"m%02d" % i: i for i in range(10)},
+        **{b"k%03d" % i: i for i in range(BATCH)},
+        **{b"m%03d" % i: i for i in range(BATCH)},
     }
 
 
 @pytest.mark.parametrize("waiter", ["flush", "pending", "close", "iterate"])
 def test_calls_that_need_the_commit_wait_for_it(make_store, db_path, waiter):
-    store = make_store(batch_size=5, autoflush_on_read=False)
+    store = make_store(batch_size=BATCH, autoflush_on_read=False)
     with writer_lock(db_path) as lock:
-        _put_range(store, b"k", 5)  # in flight, blocked
+        _put_range(store, b"k", BATCH)  # in flight, blocked
         calls = {
             "flush": store.flush,
             "pending": lambda: store.pending,
@@ -140,9 +145,9 @@ def test_calls_that_need_the_commit_wait_for_it(make_store, db_path, waiter):
     if waiter == "pending":
         assert out["result"] == 0
     if waiter == "iterate":
-        assert out["result"] == [b"k%02d" % i for i in range(5)]
+        assert out["result"] == [b"k%03d" % i for i in range(BATCH)]
     store.close()
-    assert dict(make_store().items()) == {b"k%02d" % i: i for i in range(5)}
+    assert dict(make_store().items()) == {b"k%03d" % i: i for i in range(BATCH)}
 
 
 def test_a_buffer_full_by_bytes_commits_inside_the_write(make_store, db_path):
@@ -175,68 +180,94 @@ def test_a_failed_commit_by_bytes_is_raised_by_the_write(make_store):
 
 
 def test_fork_waits_for_the_commit_in_flight(make_store, db_path):
-    store = make_store(batch_size=10, autoflush_on_read=False)
+    store = make_store(batch_size=BATCH, autoflush_on_read=False)
     with writer_lock(db_path) as lock:
-        _put_range(store, b"k", 10)
+        _put_range(store, b"k", BATCH)
         threading.Timer(0.3, lock.release).start()
 
         def child():
             # Nothing buffered came along, and everything is on disk.
             assert store.pending == 0
-            assert {k: store[k] for k in store} == {b"k%02d" % i: i for i in range(10)}
+            assert {k: store[k] for k in store} == {b"k%03d" % i: i for i in range(BATCH)}
 
         pid = fork_child(child)
         assert store.pending == 0
         assert wait_child(pid) == 0
 
 
+def _fill_with_a_big_last_value(store) -> dict:
+    """Bring the buffer to BATCH entries, the last one too big for the map."""
+    small = {b"s%03d" % i: i for i in range(BATCH - 1)}
+    for k, v in small.items():
+        store.put(k, v)
+    store.put(b"big", b"\x07" * (3 * MiB))  # starts a commit that cannot fit
+    return small
+
+
 def test_a_failed_background_commit_is_reported_by_the_next_write(make_store):
     store = make_store(
-        batch_size=2, map_size=1 * MiB, max_map_size=1 * MiB, autoflush_on_read=False
+        batch_size=BATCH, map_size=1 * MiB, max_map_size=1 * MiB, autoflush_on_read=False
     )
-    big = b"\x07" * (3 * MiB)
-    store.put(b"small", 1)
-    store.put(b"big", big)  # fills the buffer: a background commit that cannot fit
+    small = _fill_with_a_big_last_value(store)
     # `pending` waits for that commit: it failed and its batch is back.
-    assert store.pending == 2
-    assert store.get(b"big") == big
-    assert store.get(b"small") == 1
-    assert len(store) == 2
+    assert store.pending == BATCH
+    assert store.get(b"big") == b"\x07" * (3 * MiB)
+    assert store.get(b"s007") == 7
+    assert len(store) == BATCH
     # The next write raises the commit's error, before buffering anything.
     with pytest.raises(MapFullError) as exc_info:
         store.put(b"late", 3)
     assert isinstance(exc_info.value, Error)
     assert any("automatic commit" in n for n in getattr(exc_info.value, "__notes__", []))
-    assert store.pending == 2
+    assert store.pending == BATCH
     assert store.get(b"late") is None
-    # Reported once: the write after it is taken.
+    # Reported once: the write after it is taken (and, the buffer being
+    # full, starts another background commit, which fails the same way).
     store.put(b"late", 3)
     assert store.get(b"late") == 3
     # flush() retries the whole buffer and raises its own failure.
     with pytest.raises(MapFullError):
         store.flush()
-    assert store.pending == 3
+    assert store.pending == BATCH + 1
     store.delete(b"big")
     store.flush()
     assert store.pending == 0
     store.close()
-    assert dict(make_store().items()) == {b"small": 1, b"late": 3}
+    assert dict(make_store().items()) == {**small, b"late": 3}
 
 
 def test_a_failed_background_commit_is_retried_by_close(make_store, db_path):
-    store = make_store(batch_size=2, map_size=1 * MiB, max_map_size=1 * MiB)
-    store.put(b"big", b"x" * (3 * MiB))
-    store.put(b"small", 1)
-    assert store.pending == 2  # the background commit failed
+    store = make_store(batch_size=BATCH, map_size=1 * MiB, max_map_size=1 * MiB)
+    small = _fill_with_a_big_last_value(store)
+    assert store.pending == BATCH  # the background commit failed
     with pytest.raises(MapFullError):
         store.delete(b"big")  # reports the failure...
     store.delete(b"big")  # ...and is taken the second time
     store.close()
-    assert dict(LmdbObjectStore(db_path).items()) == {b"small": 1}
+    assert dict(LmdbObjectStore(db_path).items()) == small
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"batch_size": 10}, {"batch_size": BATCH - 1}, {"batch_size": BATCH, "sync": False}],
+    ids=["small-batch", "just-below", "no-sync"],
+)
+def test_small_batches_and_unsynced_stores_commit_inside_the_write(make_store, db_path, options):
+    # There the commit is shorter than a hand-over to another thread.
+    store = make_store(autoflush_on_read=False, **options)
+    n = options["batch_size"]
+    with writer_lock(db_path) as lock:
+        t, out = start_thread(lambda: _put_range(store, b"k", n))
+        t.join(0.5)
+        assert t.is_alive(), "the write that filled the buffer returned before its commit"
+        lock.release()
+        join_or_fail(t, 15)
+    assert "error" not in out, out
+    assert store.pending == 0
 
 
 def test_many_threads_read_their_writes_across_background_commits(make_store):
-    store = make_store(batch_size=7, autoflush_on_read=False)
+    store = make_store(batch_size=BATCH + 7, autoflush_on_read=False)
 
     def writer(tid):
         def run():

@@ -329,8 +329,16 @@ def join_all(threads, deadline: float, seed: int) -> None:
     assert not stuck, f"threads {stuck} still running (deadlock?), seed {seed}"
 
 
-def open_stress_store(make_store, **kwargs):
-    store = make_store(batch_size=64, map_size=1 * MiB, sync=False, **kwargs)
+# How a full buffer commits: inside the write (a small batch, no fsync), or on
+# the store's background thread (batches of 256 or more on a store that syncs).
+COMMITS = {
+    "inline": {"batch_size": 64, "sync": False},
+    "background": {"batch_size": 256, "sync": True},
+}
+
+
+def open_stress_store(make_store, commits="inline", **kwargs):
+    store = make_store(map_size=1 * MiB, **COMMITS[commits], **kwargs)
     assert store.info()["map_size"] == 1 * MiB
     return store
 
@@ -341,10 +349,11 @@ def open_stress_store(make_store, **kwargs):
 
 
 @pytest.mark.parametrize("round_", range(ROUNDS))
+@pytest.mark.parametrize("commits", list(COMMITS))
 @pytest.mark.parametrize("autoflush", [True, False])
-def test_stress_with_close_at_a_random_moment(make_store, db_path, autoflush, round_):
+def test_stress_with_close_at_a_random_moment(make_store, db_path, autoflush, commits, round_):
     seed = _seed()
-    store = open_stress_store(make_store, autoflush_on_read=autoflush)
+    store = open_stress_store(make_store, commits, autoflush_on_read=autoflush)
     close_started = threading.Event()
     workers = [Worker(store, tid, seed, close_started) for tid in range(N_THREADS - 1)]
     rng = random.Random(f"{seed}-closer")
@@ -403,9 +412,10 @@ def test_stress_with_close_at_a_random_moment(make_store, db_path, autoflush, ro
 
 
 @pytest.mark.parametrize("round_", range(ROUNDS))
-def test_stress_then_verify_open_and_reopened(make_store, db_path, round_):
+@pytest.mark.parametrize("commits", list(COMMITS))
+def test_stress_then_verify_open_and_reopened(make_store, db_path, commits, round_):
     seed = _seed()
-    store = open_stress_store(make_store, autoflush_on_read=False)
+    store = open_stress_store(make_store, commits, autoflush_on_read=False)
     never = threading.Event()  # no close in this run: a ClosedError is a failure
     workers = [Worker(store, tid, seed, never) for tid in range(N_THREADS)]
     deadline = time.monotonic() + DURATION
