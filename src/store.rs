@@ -97,9 +97,6 @@ pub struct Core {
     close_lock: Mutex<()>,
     pub(crate) keys: KeyPolicy,
     batch_size: usize,
-    /// Whether a batch that reaches `batch_size` commits in the background
-    /// (see `BACKGROUND_MIN_BATCH`).
-    background_commits: bool,
     max_buffer_bytes: usize,
     autoflush_on_read: bool,
     max_map_size: Option<usize>,
@@ -503,7 +500,7 @@ impl Core {
                 b.buf.active_bytes() > self.max_buffer_bytes,
             )
         };
-        if by_count && !by_bytes && self.background_commits {
+        if by_count && !by_bytes && self.commits_in_background() {
             self.start_commit(py)?;
         } else if by_count || by_bytes {
             // Big values: the commit is mostly copying them, with little to
@@ -513,6 +510,12 @@ impl Core {
             self.flush(py)?;
         }
         Ok(())
+    }
+
+    /// Whether a batch that reaches `batch_size` commits in the background
+    /// (see `BACKGROUND_MIN_BATCH`).
+    fn commits_in_background(&self) -> bool {
+        self.batch_size >= BACKGROUND_MIN_BATCH && self.options.sync
     }
 
     /// The error of a failed background commit, saying so; its own type
@@ -779,7 +782,6 @@ impl LmdbObjectStore {
                 close_lock: Mutex::new(()),
                 keys: old.keys.clone(),
                 batch_size: old.batch_size,
-                background_commits: old.background_commits,
                 max_buffer_bytes: old.max_buffer_bytes,
                 autoflush_on_read: old.autoflush_on_read,
                 max_map_size: old.max_map_size,
@@ -935,7 +937,6 @@ impl LmdbObjectStore {
             close_lock: Mutex::new(()),
             keys,
             batch_size,
-            background_commits: batch_size >= BACKGROUND_MIN_BATCH && options.sync,
             max_buffer_bytes,
             autoflush_on_read,
             max_map_size,
