@@ -218,6 +218,16 @@ impl WriteBuffer {
         Some(batch)
     }
 
+    /// The commit of the in-flight batch ended: forget the batch if it is in
+    /// the database, else put it back (see `commit_failed`).
+    pub fn end_commit(&mut self, succeeded: bool) {
+        if succeeded {
+            self.commit_succeeded();
+        } else {
+            self.commit_failed();
+        }
+    }
+
     /// The in-flight batch is in the database: forget it.
     pub fn commit_succeeded(&mut self) {
         self.inflight = None;

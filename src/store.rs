@@ -261,18 +261,8 @@ impl Core {
         let cap = self.max_map_size;
         let result = py.detach(|| write_ops(env, &batch.sorted(), batch.bytes(), cap));
         drop(batch);
-        let mut b = self.buffered.lock();
-        match result {
-            Ok(()) => {
-                b.buf.commit_succeeded();
-                Ok(())
-            }
-            Err(e) => {
-                b.buf.commit_failed();
-                drop(b);
-                Err(e.into_pyerr())
-            }
-        }
+        self.buffered.lock().buf.end_commit(result.is_ok());
+        result.map_err(StoreError::into_pyerr)
     }
 
     /// The buffer is full: commit it on a background thread, so the
@@ -342,12 +332,9 @@ impl Core {
     /// the error for the next write. No Python here.
     fn end_background_commit(&self, result: Result<(), StoreError>) {
         let mut b = self.buffered.lock();
-        match result {
-            Ok(()) => b.buf.commit_succeeded(),
-            Err(e) => {
-                b.buf.commit_failed();
-                b.failed = Some(e);
-            }
+        b.buf.end_commit(result.is_ok());
+        if let Err(e) = result {
+            b.failed = Some(e);
         }
     }
 
@@ -1572,12 +1559,7 @@ impl LmdbObjectStore {
             let cap = c.max_map_size;
             let r = py.detach(|| env.write(cap, |txn, db| txn.clear_db(db)));
             if batch.is_some() {
-                let mut b = c.buffered.lock();
-                if r.is_ok() {
-                    b.buf.commit_succeeded();
-                } else {
-                    b.buf.commit_failed();
-                }
+                c.buffered.lock().buf.end_commit(r.is_ok());
             }
             r.map_err(StoreError::into_pyerr)
         })();
