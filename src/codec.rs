@@ -1,9 +1,10 @@
 //! The pickle bridge: `pickle.dumps` on the way in, and on the way out a
 //! zero-copy hand-off of LMDB's own memory to `pickle.loads`.
 
-use std::os::raw::c_char;
+use std::os::raw::c_int;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-use pyo3::exceptions::PyBufferError;
+use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -36,43 +37,123 @@ pub fn dumps<'py>(
     Ok(out.cast_into::<PyBytes>()?)
 }
 
+/// A read-only buffer over memory that the store lends to one
+/// `pickle.loads` call. Outside that call it lends nothing (a null pointer),
+/// and asking it for a buffer then raises `ValueError`.
+///
+/// One spare is kept and reused, so a read allocates no wrapper object: a
+/// `memoryview` would cost two garbage-collected objects per read.
+#[pyclass(frozen, module = "lmdb_object_store._native", name = "_LentBuffer")]
+pub struct LentBuffer {
+    ptr: AtomicPtr<u8>,
+    len: AtomicUsize,
+    /// Buffers handed out and not yet released.
+    exports: AtomicUsize,
+}
+
+#[pymethods]
+impl LentBuffer {
+    /// # Safety
+    /// Called by Python with a `view` to fill, as the buffer protocol says.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let me = slf.get();
+        let ptr = me.ptr.load(Ordering::Relaxed);
+        if ptr.is_null() {
+            return Err(PyValueError::new_err(
+                "the store's memory is no longer lent: it was valid only inside pickle.loads",
+            ));
+        }
+        let len = me.len.load(Ordering::Relaxed) as ffi::Py_ssize_t;
+        // SAFETY: `view` is the caller's Py_buffer to fill; `ptr`/`len` are
+        // the lent bytes, valid until `loads_borrowed` returns, which checks
+        // `exports` before it lets them go. FillInfo takes a new reference to
+        // `slf` in `view.obj`, released by PyBuffer_Release.
+        let filled =
+            unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr.cast(), len, 1, flags) };
+        if filled != 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        me.exports.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// # Safety
+    /// Called by Python once for each view that `__getbuffer__` filled.
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
+        self.exports.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The spare `LentBuffer` (an owned reference), or null while one is in use.
+static SPARE: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+
+fn take_lent(py: Python<'_>) -> PyResult<Bound<'_, LentBuffer>> {
+    let spare = SPARE.swap(std::ptr::null_mut(), Ordering::Acquire);
+    if spare.is_null() {
+        return Bound::new(
+            py,
+            LentBuffer {
+                ptr: AtomicPtr::new(std::ptr::null_mut()),
+                len: AtomicUsize::new(0),
+                exports: AtomicUsize::new(0),
+            },
+        );
+    }
+    // SAFETY: SPARE only ever holds an owned reference to a LentBuffer (see
+    // `keep_lent`), which the swap above handed over to us.
+    Ok(unsafe { Bound::from_owned_ptr(py, spare).cast_into_unchecked() })
+}
+
+/// Keep `lent` as the spare if there is none yet (a nested read may have
+/// put one back first); else drop it.
+fn keep_lent(lent: Bound<'_, LentBuffer>) {
+    let p = lent.into_ptr();
+    if SPARE
+        .compare_exchange(
+            std::ptr::null_mut(),
+            p,
+            Ordering::Release,
+            Ordering::Relaxed,
+        )
+        .is_err()
+    {
+        // SAFETY: `p` is the owned reference `into_ptr` gave us and nobody
+        // else took it; the GIL is held (we were handed a Bound).
+        unsafe { ffi::Py_DECREF(p) };
+    }
+}
+
 /// `pickle.loads` over `data` without copying it: the bytes are lent as a
-/// read-only memoryview, released before this returns, so no Python object
+/// read-only buffer that lends nothing once this returns, so no Python object
 /// can reach `data` afterwards (callers pass LMDB memory that is valid only
 /// until their read transaction ends).
 pub fn loads_borrowed<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     let loads = pickle_fn(py, &LOADS, "loads")?;
-    // SAFETY: PyMemoryView_FromMemory makes a read-only view (PyBUF_READ) of
-    // `data`, which outlives this function; the view is released below before
-    // we return, so it never outlives `data`.
-    let view = unsafe {
-        let p = ffi::PyMemoryView_FromMemory(
-            data.as_ptr() as *mut c_char,
-            data.len() as ffi::Py_ssize_t,
-            ffi::PyBUF_READ,
-        );
-        Bound::from_owned_ptr_or_err(py, p)?
-    };
-    let result = loads.call1((&view,));
-    // Nobody else holds the view (no reference, so no buffer export either):
-    // dropping our reference frees it, and nothing can reach `data`. Else
-    // release it explicitly, which makes every other reference unusable.
-    // SAFETY: reading the reference count of a live object we hold.
-    if unsafe { ffi::Py_REFCNT(view.as_ptr()) } > 1 {
-        release_view(py, &view)?;
-    }
-    result
-}
-
-fn release_view(py: Python<'_>, view: &Bound<'_, PyAny>) -> PyResult<()> {
-    match view.call_method0(pyo3::intern!(py, "release")) {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_instance_of::<PyBufferError>(py) => Err(Error::new_err(
+    let lent = take_lent(py)?;
+    let me = lent.get();
+    me.ptr.store(data.as_ptr().cast_mut(), Ordering::Relaxed);
+    me.len.store(data.len(), Ordering::Relaxed);
+    let result = loads.call1((&lent,));
+    me.ptr.store(std::ptr::null_mut(), Ordering::Relaxed);
+    me.len.store(0, Ordering::Relaxed);
+    if me.exports.load(Ordering::Relaxed) != 0 {
+        // A buffer over `data` is still out there and cannot be revoked.
+        return Err(Error::new_err(
             "a value's unpickling code kept a buffer over the store's memory; \
              refusing to go on (never open a store you do not trust: pickle runs code)",
-        )),
-        Err(e) => Err(e),
+        ));
     }
+    // Reuse it only when nobody else holds it; another holder keeps an
+    // object that now lends nothing.
+    // SAFETY: reading the reference count of a live object we hold.
+    if unsafe { ffi::Py_REFCNT(lent.as_ptr()) } == 1 {
+        keep_lent(lent);
+    }
+    result
 }
 
 /// Wrap an unpickling failure: `UnpickleError` (an `Error` and a

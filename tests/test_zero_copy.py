@@ -11,13 +11,17 @@ import decimal
 import fractions
 import os
 import pickle
+import subprocess
+import sys
 import tempfile
+import textwrap
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import MiB, join_or_fail, start_thread
+from helpers import MiB, join_or_fail, run_threads, start_thread
 from lmdb_object_store import LmdbObjectStore, UnpickleError
 
 SAMPLES = [
@@ -177,6 +181,143 @@ def test_setstate_keeping_its_state_does_not_hold_lmdb_memory(db_path, hooked):
     assert kept and kept[0] is obj
     assert obj.tag == payload
     assert type(obj.tag) is bytes
+
+
+def test_reads_nested_inside_unpickling(store, hooked):
+    """A value whose unpickling reads the store: every level gets its own bytes."""
+    store.put_many({b"outer": hooked("outer"), b"inner": {"deep": [1, 2]}, b"x": "x" * 500})
+    seen = []
+
+    def read_more(obj):
+        hooked.hook = None  # one level of nesting is enough
+        seen.append(store.get(b"inner"))
+        seen.append(store.get_many([b"x", b"inner"])[0])
+        seen.append(dict(store.items()))
+        hooked.hook = read_more
+
+    hooked.hook = read_more
+    assert store.get(b"outer") == hooked("outer")
+    assert seen[0] == {"deep": [1, 2]}
+    assert seen[1] == {b"x": "x" * 500, b"inner": {"deep": [1, 2]}}
+    assert seen[2][b"x"] == "x" * 500
+    found, _ = store.get_many([b"outer", b"x"])
+    assert found == {b"outer": hooked("outer"), b"x": "x" * 500}
+
+
+def test_threads_switching_inside_unpickling_read_their_own_values(store, hooked):
+    """Reads whose unpickling sleeps (so other threads read meanwhile) each get
+    their own value."""
+    values = {b"k%d" % i: hooked(bytes([i]) * (1000 + i)) for i in range(8)}
+    store.put_many(values)
+    hooked.hook = lambda obj: time.sleep(0.001)
+    errors = []
+
+    def reader(offset):
+        try:
+            for n in range(40):
+                key = b"k%d" % ((n + offset) % 8)
+                assert store[key] == values[key]
+                assert store.get_many([key])[0] == {key: values[key]}
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    run_threads([lambda i=i: reader(i) for i in range(4)], timeout=60)
+    assert errors == []
+
+
+# pickle.loads is looked up once per process, at the first read, so these
+# run in a child that replaces it before reading anything.
+_CHILD = """
+import pickle, sys
+from lmdb_object_store import Error, LmdbObjectStore
+real_loads = pickle.loads
+store = LmdbObjectStore(sys.argv[1])
+value = {"v": list(range(50))}
+store.put_many({b"a": value, b"b": "bee"})
+"""
+
+
+def _run_child(db_path, body):
+    code = _CHILD + textwrap.dedent(body) + "\nprint('ok')\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, db_path], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stdout.endswith("ok\n"), proc.stderr
+
+
+def test_loads_is_lent_the_stored_pickle_read_only(db_path):
+    _run_child(
+        db_path,
+        """
+        def check(data):
+            view = memoryview(data)
+            assert view.readonly and view.format == "B" and view.ndim == 1
+            stored = (pickle.dumps(v, pickle.HIGHEST_PROTOCOL) for v in (value, "bee"))
+            assert view.tobytes() in stored
+            try:
+                view[0] = 0
+            except TypeError:
+                pass
+            else:
+                raise AssertionError("the lent memory is writable")
+            view.release()
+            return real_loads(data)
+        pickle.loads = check
+        for _ in range(3):
+            assert store.get(b"a") == value
+            assert store.get_many([b"a"])[0] == {b"a": value}
+            assert dict(store.items())[b"a"] == value
+        """,
+    )
+
+
+def test_a_kept_reference_lends_nothing_after_the_read(db_path):
+    _run_child(
+        db_path,
+        """
+        kept = []
+        def keep(data):
+            kept.append(data)
+            return real_loads(data)
+        pickle.loads = keep
+        assert store.get(b"a") == value
+        assert store.get(b"b") == "bee"
+        # The object loads kept is never lent again: the second read had another.
+        assert kept[1] is not kept[0]
+        for obj in kept:
+            try:
+                memoryview(obj)
+            except ValueError as exc:
+                assert "no longer lent" in str(exc)
+            else:
+                raise AssertionError("a kept object still lends the store's memory")
+        """,
+    )
+
+
+def test_a_kept_buffer_export_makes_the_read_fail(db_path):
+    _run_child(
+        db_path,
+        """
+        views = []
+        def keep_view(data):
+            if keep:
+                views.append(memoryview(data))
+            return real_loads(data)
+        keep = True
+        pickle.loads = keep_view
+        for read in (lambda: store.get(b"a"), lambda: store.get_many([b"a"])):
+            try:
+                read()
+            except Error as exc:
+                assert "kept a buffer over the store's memory" in str(exc)
+            else:
+                raise AssertionError("the read returned while a buffer was kept")
+        keep = False
+        views.clear()
+        assert store.get(b"b") == "bee"
+        """,
+    )
 
 
 class _FailsInSetstate:
