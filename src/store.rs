@@ -1041,6 +1041,10 @@ impl LmdbObjectStore {
         let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<R<_>>()?;
         let normalised: Vec<Cow<'_, [u8]>> =
             given.iter().map(|k| c.keys.to_bytes(k)).collect::<R<_>>()?;
+        // The first 16 bytes of each key as a number, taken while the key is
+        // in the cache: sorting compares these and reads the keys themselves
+        // only on a tie.
+        let heads: Vec<u128> = normalised.iter().map(|k| key_head(k)).collect();
 
         // Buffer first, in one lock.
         let mut from_buffer: Vec<Option<Lookup>> = Vec::with_capacity(normalised.len());
@@ -1065,21 +1069,21 @@ impl LmdbObjectStore {
         let mut from_db: Vec<Option<Bound<'py, PyAny>>> = Vec::new();
         let _gc = (given.len() > 1).then(|| codec::GcPause::new(py));
         if need_db {
-            let mut order: Vec<usize> = (0..normalised.len())
+            let mut order: Vec<(u128, &[u8], usize)> = (0..normalised.len())
                 .filter(|&i| matches!(from_buffer[i], Some(Lookup::Unknown)))
+                .map(|i| (heads[i], &*normalised[i], i))
                 .collect();
-            order.sort_unstable_by(|&a, &b| normalised[a].cmp(&normalised[b]));
+            order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
             from_db.resize_with(normalised.len(), || None);
             c.with_read(py, |txn| {
-                let mut prev: Option<usize> = None;
-                for &i in &order {
-                    let k = &normalised[i];
+                let mut prev: Option<(u128, &[u8], usize)> = None;
+                for &(head, k, i) in &order {
                     // A repeated key sits next to its twin: reuse its value.
-                    if let Some(p) = prev.filter(|&p| normalised[p] == *k) {
+                    if let Some((_, _, p)) = prev.filter(|&(h, pk, _)| h == head && pk == k) {
                         from_db[i] = from_db[p].clone();
                         continue;
                     }
-                    prev = Some(i);
+                    prev = Some((head, k, i));
                     if let Some(data) = txn.get(k).map_err(StoreError::into_pyerr)? {
                         let obj = codec::loads_borrowed(py, data)
                             .map_err(|e| codec::unpickle_error(py, k, "DB", e))?;
@@ -1831,6 +1835,16 @@ fn key_value_pair<'py>(item: &Bound<'py, PyAny>) -> R<Result<Pair<'py>, String>>
         (Some(k), Some(v)) => Ok((k, v)),
         _ => Err(format!("has length {n}; 2 is required")),
     })
+}
+
+/// A key's first 16 bytes, zero-padded, as a big-endian number: ordering
+/// these orders the keys, except that keys equal here may still differ
+/// (beyond byte 16, or by trailing zero bytes) and need a full comparison.
+fn key_head(key: &[u8]) -> u128 {
+    let mut head = [0u8; 16];
+    let n = key.len().min(16);
+    head[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(head)
 }
 
 fn key_error(key: &Bound<'_, PyAny>) -> PyErr {
