@@ -268,7 +268,10 @@ from the repository root:
   batches of {p["threads"]["write_batch"]} with a commit after each (overwriting
   existing keys). Stores that are not thread-safe are skipped.
 - The floor: `pickle.dumps(v, HIGHEST_PROTOCOL)` over the values (for writes) and
-  `pickle.loads` over their pickles (for reads), in the same kind of loop.
+  `pickle.loads` over their pickles (for reads), in the same kind of loop. For
+  `get_many` the floor keeps what it unpickles: `pickle.loads` over the pickles in
+  the shuffled read order, each result stored in one dict under its key, as a
+  batch read must.
   "Against the floor" divides a store's rate by the floor's.
 - Each store runs with its defaults except: a 2 GiB LMDB map for every
   LMDB-based store (so that no timed section includes map growth), sqlitedict

@@ -56,7 +56,7 @@ FLOOR_OF = {
     "put_nosync": "put",
     "put_many": "put",
     "get": "get",
-    "get_many": "get",
+    "get_many": "get_many",
     "iterate": "get",
     "large_put": "large_put",
     "large_get": "large_get",

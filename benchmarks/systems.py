@@ -453,7 +453,10 @@ class Floor(Adapter):
 
     name = "floor"
     label = "floor (pickle only)"
-    note = "`pickle.dumps` over the values (writes), `pickle.loads` over their pickles (reads)"
+    note = (
+        "`pickle.dumps` over the values (writes), `pickle.loads` over their pickles (reads;"
+        " for get_many, into one dict that keeps them)"
+    )
 
 
 #: Every system, in the order the report lists them.
