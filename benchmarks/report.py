@@ -33,6 +33,7 @@ OPERATIONS: dict[str, tuple[str, str]] = {
 }
 
 REF = "ref"  # the system every ratio in brackets is taken against
+THIS = "this"  # this package
 THROUGHPUT = ["put", "put_nosync", "get", "put_many", "get_many", "iterate"]
 
 # Bars of the chart, with their labels: rates (higher is better) that 0.1.0 has too.
@@ -49,6 +50,21 @@ CHART = {
 }
 
 
+# The speed this package aims at: (operation, least ratio to 0.1.0).
+TARGETS = [
+    ("put", 2.0),
+    ("get", 2.2),
+    ("put_many", 1.4),
+    ("get_many", 2.0),
+    ("large_put", 1.0),
+    ("large_get", 1.0),
+]
+# Beside a writer, readers keep at least this share of their rate.
+THREADS_TARGET = 0.7
+# The peer this package must lead on every operation both have.
+RIVAL = "rocksdict"
+
+
 def index(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(r["system"], r["operation"]): r for r in data["results"]}
 
@@ -56,7 +72,7 @@ def index(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 def human(value: float) -> str:
     """A figure with three significant digits and a k/M suffix."""
     for limit, suffix in ((1e6, "M"), (1e3, "k")):
-        if abs(value) >= limit:
+        if abs(value) >= limit * 0.9995:  # 999.6k shows as 1M, not 1e+03k
             return f"{value / limit:.3g}{suffix}"
     return f"{value:.3g}"
 
@@ -150,7 +166,8 @@ def markdown_tables(data: dict[str, Any]) -> str:
     block(
         "Against the floor",
         "Each rate over pickle's alone (`pickle.dumps` for writes, `pickle.loads` for "
-        "reads): 1.00 would mean the store costs nothing beyond serialisation.",
+        "reads, into one dict for `get_many`): 1.00 would mean the store costs nothing "
+        "beyond serialisation.",
         [(op, against_floor) for op in THROUGHPUT],
         stores,
         units=False,
@@ -175,6 +192,8 @@ def markdown_tables(data: dict[str, Any]) -> str:
         + [("threads_read_ratio", plain), ("threads_writes", rate)],
         stores,
     )
+
+    out.extend(targets(data, idx))
 
     rows = []
     for s in systems:
@@ -210,6 +229,66 @@ def markdown_tables(data: dict[str, Any]) -> str:
         out.extend(["", "n/a, by reason:", ""])
         out.extend(f"- {reason}: {', '.join(what)}" for reason, what in unsupported.items())
     return "\n".join(out).lstrip("\n") + "\n"
+
+
+def targets(data: dict[str, Any], idx: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """The targets, met or not, from this run's figures alone."""
+    this, ref, floor = THIS, data["ref_system"], data["floor_system"]
+
+    def ratio(system: str, op: str, own_op: str | None = None) -> float | None:
+        row, base = idx.get((system, own_op or op)), idx.get((ref, op))
+        if not row or not base or row["status"] != "ok" or base["status"] != "ok":
+            return None
+        return row["value"] / base["value"]
+
+    def shown(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}×"
+
+    rows = []
+    for op, least in TARGETS:
+        got = ratio(this, op)
+        met = "n/a" if got is None else ("yes" if got >= least else "no")
+        floor_op = "put" if op == "put_many" else op  # pickling is the same either way
+        best = shown(ratio(floor, op, floor_op))
+        rows.append([OPERATIONS[op][0], f"≥ {least:.1f}×", shown(got), met, best])
+    lines = [
+        "",
+        "### Targets",
+        "",
+        "This package's ratio to 0.1.0 on each row it aims at, and the floor's: pickle "
+        "alone against 0.1.0, the ratio a store would reach if finding and storing the "
+        "bytes cost nothing.",
+        "",
+    ]
+    lines += table(["operation", "target", "this package", "met", "the floor"], rows, 1)
+
+    share = idx.get((this, "threads_read_ratio"))
+    if share and share["status"] == "ok":
+        met = "met" if share["value"] >= THREADS_TARGET else "not met"
+        lines += [
+            "",
+            f"- Readers beside a writer keep {share['value']:.2f} of their rate "
+            f"(target ≥ {THREADS_TARGET:g}: {met}).",
+        ]
+    behind = []
+    for op in OPERATIONS:
+        ours, theirs = idx.get((this, op)), idx.get((RIVAL, op))
+        if not ours or not theirs or ours["status"] != "ok" or theirs["status"] != "ok":
+            continue
+        if op in ("large_peak_rss", "large_get_rss_rise", "threads_read_ratio"):
+            continue
+        if ours["value"] < theirs["value"]:
+            behind.append(
+                f"{OPERATIONS[op][0]} ({human(ours['value'])} against {human(theirs['value'])})"
+            )
+    rival = next((s["label"] for s in data["systems"] if s["name"] == RIVAL), None)
+    if rival:
+        lines.append(
+            f"- Against {rival}: ahead on every row both have."
+            if not behind
+            else f"- Against {rival}: behind on " + "; ".join(behind) + ", ahead on the rest."
+        )
+    return lines
 
 
 def page(data: dict[str, Any]) -> str:
