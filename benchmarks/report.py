@@ -323,6 +323,8 @@ from the repository root:
 
 ![throughput relative to lmdb-object-store 0.1.0](img/benchmark.png)
 
+Where the time goes in each operation, from profiles: [profiles.md](profiles.md).
+
 ## Results
 
 {tables}
