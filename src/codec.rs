@@ -45,7 +45,9 @@ pub fn dumps<'py>(
 /// `memoryview` would cost two garbage-collected objects per read.
 #[pyclass(frozen, module = "lmdb_object_store._native", name = "_LentBuffer")]
 pub struct LentBuffer {
+    /// The lent bytes; null when nothing is lent.
     ptr: AtomicPtr<u8>,
+    /// Their length, meaningful only while `ptr` is not null.
     len: AtomicUsize,
     /// Buffers handed out and not yet released.
     exports: AtomicUsize,
@@ -139,7 +141,6 @@ pub fn loads_borrowed<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, 
     me.len.store(data.len(), Ordering::Relaxed);
     let result = loads.call1((&lent,));
     me.ptr.store(std::ptr::null_mut(), Ordering::Relaxed);
-    me.len.store(0, Ordering::Relaxed);
     if me.exports.load(Ordering::Relaxed) != 0 {
         // A buffer over `data` is still out there and cannot be revoked.
         return Err(Error::new_err(

@@ -1041,10 +1041,6 @@ impl LmdbObjectStore {
         let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<R<_>>()?;
         let normalised: Vec<Cow<'_, [u8]>> =
             given.iter().map(|k| c.keys.to_bytes(k)).collect::<R<_>>()?;
-        // The first 16 bytes of each key as a number, taken while the key is
-        // in the cache: sorting compares these and reads the keys themselves
-        // only on a tie.
-        let heads: Vec<u128> = normalised.iter().map(|k| key_head(k)).collect();
 
         // Buffer first, in one lock.
         let mut from_buffer: Vec<Option<Lookup>> = Vec::with_capacity(normalised.len());
@@ -1069,9 +1065,11 @@ impl LmdbObjectStore {
         let mut from_db: Vec<Option<Bound<'py, PyAny>>> = Vec::new();
         let _gc = (given.len() > 1).then(|| codec::GcPause::new(py));
         if need_db {
+            // Each key's first 16 bytes as a number, read once: sorting
+            // compares these and reads the keys themselves only on a tie.
             let mut order: Vec<(u128, &[u8], usize)> = (0..normalised.len())
                 .filter(|&i| matches!(from_buffer[i], Some(Lookup::Unknown)))
-                .map(|i| (heads[i], &*normalised[i], i))
+                .map(|i| (key_head(&normalised[i]), &*normalised[i], i))
                 .collect();
             order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
             from_db.resize_with(normalised.len(), || None);
