@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
+import lmdb_object_store
 from lmdb_object_store import Error
 
 KiB = 1024
@@ -132,3 +137,22 @@ class Hooked:
         hook = type(self).hook
         if hook is not None:
             hook(self)
+
+
+def run_python(code: str, *args: str, timeout: float = 60.0) -> str:
+    """Run ``code`` (dedented) in a new interpreter that imports this same
+    package; fail the test with its stderr unless it exits 0. Returns stdout."""
+    pkg_parent = str(Path(lmdb_object_store.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
-import textwrap
 import threading
-from pathlib import Path
 
 import pytest
 
-import lmdb_object_store
 from helpers import (
     KiB,
     MiB,
@@ -22,6 +17,7 @@ from helpers import (
     join_or_fail,
     last_txnid,
     package_records,
+    run_python,
     start_thread,
 )
 from lmdb_object_store import Error, LmdbObjectStore, MapFullError
@@ -365,19 +361,7 @@ def test_growth_from_inside_unpickling_raises_error_or_works(make_store, hooked)
 
 
 def _run_child(code: str) -> None:
-    pkg_parent = str(Path(lmdb_object_store.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=45,
-    )
-    assert proc.returncode == 0, proc.stderr
+    run_python(code, timeout=45)
 
 
 def test_adopts_growth_by_another_process(make_store, db_path):

@@ -11,8 +11,6 @@ import decimal
 import fractions
 import os
 import pickle
-import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -21,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import MiB, join_or_fail, run_threads, start_thread
+from helpers import MiB, join_or_fail, run_python, run_threads, start_thread
 from lmdb_object_store import LmdbObjectStore, UnpickleError
 
 SAMPLES = [
@@ -238,11 +236,8 @@ store.put_many({b"a": value, b"b": "bee"})
 
 
 def _run_child(db_path, body):
-    code = _CHILD + textwrap.dedent(body) + "\nprint('ok')\n"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, db_path], capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0 and proc.stdout.endswith("ok\n"), proc.stderr
+    out = run_python(_CHILD + textwrap.dedent(body) + "\nprint('ok')\n", db_path)
+    assert out.endswith("ok\n"), out
 
 
 def test_loads_is_lent_the_stored_pickle_read_only(db_path):
