@@ -775,6 +775,31 @@ impl<'a> ReadTxn<'a> {
         Ok(unsafe { st.assume_init() }.ms_entries)
     }
 
+    /// A cursor on this transaction, closed when dropped.
+    fn cursor(&self) -> Result<Cursor<'_>> {
+        let mut raw: *mut ffi::MDB_cursor = ptr::null_mut();
+        // SAFETY: live txn and dbi; `Cursor` closes it before the txn ends
+        // (it borrows `self`).
+        let rc = unsafe { ffi::mdb_cursor_open(self.txn, self.env.dbi, &mut raw) };
+        if rc != 0 {
+            return Err(StoreError::lmdb(rc, self.env.what("open a cursor")));
+        }
+        Ok(Cursor {
+            raw,
+            env: self.env,
+            _txn: std::marker::PhantomData,
+        })
+    }
+
+    /// Lookups of keys given in ascending order, through one cursor that
+    /// moves forward: see [`Ascending`].
+    pub fn ascending(&self) -> Result<Ascending<'_>> {
+        Ok(Ascending {
+            cursor: self.cursor()?,
+            at: Position::Unset,
+        })
+    }
+
     /// Walk keys from a position, calling `f(key, value)` until it returns
     /// false or the keys run out. Slices live as long as this transaction.
     pub fn scan<'t>(
@@ -784,20 +809,8 @@ impl<'a> ReadTxn<'a> {
         reverse: bool,
         mut f: impl FnMut(&'t [u8], &'t [u8]) -> bool,
     ) -> Result<()> {
-        let mut cursor: *mut ffi::MDB_cursor = ptr::null_mut();
-        // SAFETY: live txn and dbi; the cursor is closed below.
-        let rc = unsafe { ffi::mdb_cursor_open(self.txn, self.env.dbi, &mut cursor) };
-        if rc != 0 {
-            return Err(StoreError::lmdb(rc, self.env.what("open a cursor")));
-        }
-        struct Close(*mut ffi::MDB_cursor);
-        impl Drop for Close {
-            fn drop(&mut self) {
-                // SAFETY: opened above, closed once, before the txn ends.
-                unsafe { ffi::mdb_cursor_close(self.0) }
-            }
-        }
-        let _close = Close(cursor);
+        let open = self.cursor()?;
+        let cursor = open.raw;
         let mut k = to_val(from);
         let mut v = ffi::MDB_val {
             mv_size: 0,
@@ -837,6 +850,113 @@ impl<'a> ReadTxn<'a> {
             }
             // SAFETY: as above.
             rc = unsafe { ffi::mdb_cursor_get(cursor, &mut k, &mut v, step) };
+        }
+    }
+}
+
+/// An open cursor of a read transaction; closed on drop, which the borrow
+/// of the transaction puts before the transaction ends.
+struct Cursor<'t> {
+    raw: *mut ffi::MDB_cursor,
+    env: &'t Env,
+    _txn: std::marker::PhantomData<&'t ReadTxn<'t>>,
+}
+
+/// A key and its value, both inside the map.
+type Entry<'t> = (&'t [u8], &'t [u8]);
+
+impl<'t> Cursor<'t> {
+    /// One cursor operation; `Ok(None)` when LMDB finds nothing.
+    fn op(&self, key: &[u8], op: ffi::MDB_cursor_op) -> Result<Option<Entry<'t>>> {
+        let mut k = to_val(key);
+        let mut v = ffi::MDB_val {
+            mv_size: 0,
+            mv_data: ptr::null_mut(),
+        };
+        // SAFETY: the cursor is open on a live txn; `k` points to `key`,
+        // which LMDB only reads before replacing `k` by the key it found.
+        match unsafe { ffi::mdb_cursor_get(self.raw, &mut k, &mut v, op) } {
+            // SAFETY: filled by mdb_cursor_get inside the transaction.
+            0 => Ok(Some(unsafe { (from_val(&k), from_val(&v)) })),
+            ffi::MDB_NOTFOUND => Ok(None),
+            rc => Err(StoreError::lmdb(rc, self.env.what("read"))),
+        }
+    }
+}
+
+impl Drop for Cursor<'_> {
+    fn drop(&mut self) {
+        // SAFETY: opened by `ReadTxn::cursor` and closed once; the borrow of
+        // the transaction keeps the transaction alive until now.
+        unsafe { ffi::mdb_cursor_close(self.raw) }
+    }
+}
+
+/// Where an [`Ascending`] cursor stands.
+#[derive(Clone, Copy)]
+enum Position<'t> {
+    /// Not placed yet.
+    Unset,
+    /// On this entry: the first stored key at or after the last key asked for.
+    At(Entry<'t>),
+    /// Past the end: nothing is stored at or after the last key asked for.
+    End,
+}
+
+impl<'t> From<Option<Entry<'t>>> for Position<'t> {
+    fn from(found: Option<Entry<'t>>) -> Self {
+        found.map_or(Position::End, Position::At)
+    }
+}
+
+/// Point lookups of keys in ascending order through one cursor.
+///
+/// The cursor stands on the first stored key at or after the last key asked
+/// for. The next key is then often settled without a search: it is the key
+/// the cursor stands on, or the one right after it, or, sorting between
+/// those two, it is not stored. Only a key further on costs a search, which
+/// LMDB starts from the page the cursor is on. Sorted keys that share pages
+/// read each page once.
+pub struct Ascending<'t> {
+    cursor: Cursor<'t>,
+    at: Position<'t>,
+}
+
+impl<'t> Ascending<'t> {
+    /// The stored bytes of `key`, which must not sort before the key of the
+    /// previous call. The slice lives as long as the transaction.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<&'t [u8]>> {
+        if !crate::keys::key_len_ok(key.len()) {
+            return Ok(None);
+        }
+        let mut stepped = false;
+        let mut searched = false;
+        loop {
+            match self.at {
+                Position::End => return Ok(None),
+                Position::At((k, v)) => match k.cmp(key) {
+                    std::cmp::Ordering::Equal => return Ok(Some(v)),
+                    std::cmp::Ordering::Greater => return Ok(None),
+                    std::cmp::Ordering::Less => {}
+                },
+                Position::Unset => {}
+            }
+            if searched {
+                // A search landed before `key`, which only a database that
+                // does not sort keys bytewise could do (LMDB's default order
+                // is bytewise, and the main database keeps it). Rather than
+                // loop, look the key up exactly and start over.
+                self.at = Position::Unset;
+                return Ok(self.cursor.op(key, ffi::MDB_SET_KEY)?.map(|(_, v)| v));
+            }
+            if !stepped && matches!(self.at, Position::At(_)) {
+                // Try the next key before searching.
+                stepped = true;
+                self.at = self.cursor.op(&[], ffi::MDB_NEXT)?.into();
+            } else {
+                searched = true;
+                self.at = self.cursor.op(key, ffi::MDB_SET_RANGE)?.into();
+            }
         }
     }
 }
@@ -978,6 +1098,49 @@ mod tests {
             vec![b"b".to_vec(), b"a".to_vec()]
         );
         assert_eq!(collect(Seek::Last, b"", true)[0], b"d".to_vec());
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
+    #[test]
+    fn ascending_lookups_match_exact_ones() {
+        let p = tmp("ascending");
+        let env = Env::open(&p, &EnvOptions::default()).unwrap();
+        // Every third key of 0..3000, over many pages; some values overflow.
+        let items: Vec<_> = (0..3000u32)
+            .step_by(3)
+            .map(|i| {
+                (
+                    format!("{i:05}").into_bytes(),
+                    vec![i as u8; (i as usize % 7) * 700],
+                )
+            })
+            .collect();
+        put_all(&env, &items, None).unwrap();
+        let mut wanted: Vec<Vec<u8>> = (0..3100u32)
+            .step_by(2)
+            .map(|i| format!("{i:05}").into_bytes())
+            .collect();
+        // Prefixes, extensions, repeats and keys LMDB cannot hold.
+        wanted.extend([&b""[..], b"0", b"00300", b"003000", b"00300\0", b"99999"].map(Vec::from));
+        wanted.push(vec![b'9'; 600]);
+        wanted.sort();
+        let g = env.gate.try_shared().unwrap();
+        let txn = env.begin_read(g).unwrap().unwrap();
+        let mut walk = txn.ascending().unwrap();
+        let mut hits = 0;
+        for k in &wanted {
+            let got = walk.get(k).unwrap();
+            assert_eq!(
+                got,
+                txn.get(k).unwrap(),
+                "key {:?}",
+                String::from_utf8_lossy(k)
+            );
+            hits += usize::from(got.is_some());
+        }
+        assert_eq!(hits, 500 + 1, "multiples of 6, and 00300 twice");
+        drop(walk);
+        drop(txn);
         let _ = std::fs::remove_dir_all(&p);
     }
 }

@@ -1059,9 +1059,10 @@ impl LmdbObjectStore {
             c.flush(py)?;
         }
 
-        // Database reads in key order: neighbouring keys share pages, so a
-        // sorted pass touches each page once instead of jumping around the
-        // tree. The values go into the dict in the caller's order after.
+        // Database reads in key order, through one cursor moving forward:
+        // neighbouring keys share pages, so a sorted pass reads each page
+        // once, and a key next to the last one needs no search at all. The
+        // values go into the dict in the caller's order after.
         let mut from_db: Vec<Option<Bound<'py, PyAny>>> = Vec::new();
         let _gc = (given.len() > 1).then(|| codec::GcPause::new(py));
         if need_db {
@@ -1074,6 +1075,7 @@ impl LmdbObjectStore {
             order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
             from_db.resize_with(normalised.len(), || None);
             c.with_read(py, |txn| {
+                let mut lookups = txn.ascending().map_err(StoreError::into_pyerr)?;
                 let mut prev: Option<(u128, &[u8], usize)> = None;
                 for &(head, k, i) in &order {
                     // A repeated key sits next to its twin: reuse its value.
@@ -1082,7 +1084,7 @@ impl LmdbObjectStore {
                         continue;
                     }
                     prev = Some((head, k, i));
-                    if let Some(data) = txn.get(k).map_err(StoreError::into_pyerr)? {
+                    if let Some(data) = lookups.get(k).map_err(StoreError::into_pyerr)? {
                         let obj = codec::loads_borrowed(py, data)
                             .map_err(|e| codec::unpickle_error(py, k, "DB", e))?;
                         from_db[i] = Some(obj);
