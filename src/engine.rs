@@ -809,48 +809,35 @@ impl<'a> ReadTxn<'a> {
         reverse: bool,
         mut f: impl FnMut(&'t [u8], &'t [u8]) -> bool,
     ) -> Result<()> {
-        let open = self.cursor()?;
-        let cursor = open.raw;
-        let mut k = to_val(from);
-        let mut v = ffi::MDB_val {
-            mv_size: 0,
-            mv_data: ptr::null_mut(),
+        let cursor = self.cursor()?;
+        let first_op = match seek {
+            Seek::First => ffi::MDB_FIRST,
+            Seek::Last => ffi::MDB_LAST,
+            Seek::AtOrAfter => ffi::MDB_SET_RANGE,
         };
-        let (first_op, step) = match (seek, reverse) {
-            (Seek::First, _) => (ffi::MDB_FIRST, ffi::MDB_NEXT),
-            (Seek::Last, _) => (ffi::MDB_LAST, ffi::MDB_PREV),
-            (Seek::AtOrAfter, false) => (ffi::MDB_SET_RANGE, ffi::MDB_NEXT),
-            (Seek::AtOrAfter, true) => (ffi::MDB_SET_RANGE, ffi::MDB_PREV),
+        let step = if reverse || seek == Seek::Last {
+            ffi::MDB_PREV
+        } else {
+            ffi::MDB_NEXT
         };
-        let step = if reverse { ffi::MDB_PREV } else { step };
-        // SAFETY: cursor is open; k/v are valid MDB_vals.
-        let mut rc = unsafe { ffi::mdb_cursor_get(cursor, &mut k, &mut v, first_op) };
+        let mut at = cursor.op(from, first_op, "scan")?;
         if seek == Seek::AtOrAfter && reverse {
             // Reverse from `from` (exclusive upper bound handled by caller):
             // SET_RANGE lands on the first key >= from; step back once.
-            if rc == ffi::MDB_NOTFOUND {
-                // SAFETY: as above.
-                rc = unsafe { ffi::mdb_cursor_get(cursor, &mut k, &mut v, ffi::MDB_LAST) };
-            } else if rc == 0 {
-                // SAFETY: as above.
-                rc = unsafe { ffi::mdb_cursor_get(cursor, &mut k, &mut v, ffi::MDB_PREV) };
-            }
+            let back = if at.is_some() {
+                ffi::MDB_PREV
+            } else {
+                ffi::MDB_LAST
+            };
+            at = cursor.op(&[], back, "scan")?;
         }
-        loop {
-            match rc {
-                0 => {
-                    // SAFETY: filled by mdb_cursor_get inside `self`.
-                    let (key, val) = unsafe { (from_val(&k), from_val(&v)) };
-                    if !f(key, val) {
-                        return Ok(());
-                    }
-                }
-                ffi::MDB_NOTFOUND => return Ok(()),
-                rc => return Err(StoreError::lmdb(rc, self.env.what("scan"))),
+        while let Some((key, val)) = at {
+            if !f(key, val) {
+                break;
             }
-            // SAFETY: as above.
-            rc = unsafe { ffi::mdb_cursor_get(cursor, &mut k, &mut v, step) };
+            at = cursor.op(&[], step, "scan")?;
         }
+        Ok(())
     }
 }
 
@@ -867,7 +854,7 @@ type Entry<'t> = (&'t [u8], &'t [u8]);
 
 impl<'t> Cursor<'t> {
     /// One cursor operation; `Ok(None)` when LMDB finds nothing.
-    fn op(&self, key: &[u8], op: ffi::MDB_cursor_op) -> Result<Option<Entry<'t>>> {
+    fn op(&self, key: &[u8], op: ffi::MDB_cursor_op, what: &str) -> Result<Option<Entry<'t>>> {
         let mut k = to_val(key);
         let mut v = ffi::MDB_val {
             mv_size: 0,
@@ -879,7 +866,7 @@ impl<'t> Cursor<'t> {
             // SAFETY: filled by mdb_cursor_get inside the transaction.
             0 => Ok(Some(unsafe { (from_val(&k), from_val(&v)) })),
             ffi::MDB_NOTFOUND => Ok(None),
-            rc => Err(StoreError::lmdb(rc, self.env.what("read"))),
+            rc => Err(StoreError::lmdb(rc, self.env.what(what))),
         }
     }
 }
@@ -947,15 +934,18 @@ impl<'t> Ascending<'t> {
                 // is bytewise, and the main database keeps it). Rather than
                 // loop, look the key up exactly and start over.
                 self.at = Position::Unset;
-                return Ok(self.cursor.op(key, ffi::MDB_SET_KEY)?.map(|(_, v)| v));
+                return Ok(self
+                    .cursor
+                    .op(key, ffi::MDB_SET_KEY, "read")?
+                    .map(|(_, v)| v));
             }
             if !stepped && matches!(self.at, Position::At(_)) {
                 // Try the next key before searching.
                 stepped = true;
-                self.at = self.cursor.op(&[], ffi::MDB_NEXT)?.into();
+                self.at = self.cursor.op(&[], ffi::MDB_NEXT, "read")?.into();
             } else {
                 searched = true;
-                self.at = self.cursor.op(key, ffi::MDB_SET_RANGE)?.into();
+                self.at = self.cursor.op(key, ffi::MDB_SET_RANGE, "read")?.into();
             }
         }
     }
