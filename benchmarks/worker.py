@@ -150,10 +150,7 @@ def run_basic(adapter: Adapter, args: argparse.Namespace, workdir: str) -> Resul
     sample = order[:SAMPLE]
 
     def put_all() -> None:
-        adapter.begin()
-        for k, v in zip(keys, values, strict=True):
-            adapter.put(k, v)
-        adapter.commit()
+        put_each(adapter, keys, values)
 
     def get_all() -> None:
         get = adapter.get
@@ -262,10 +259,7 @@ def run_large(adapter: Adapter, args: argparse.Namespace, workdir: str) -> Resul
     megabytes = len(values) * args.large_size / 1e6
 
     def put_all() -> None:
-        adapter.begin()
-        for k, v in zip(keys, values, strict=True):
-            adapter.put(k, v)
-        adapter.commit()
+        put_each(adapter, keys, values)
 
     def get_all() -> None:
         size = args.large_size
@@ -293,15 +287,20 @@ def run_large(adapter: Adapter, args: argparse.Namespace, workdir: str) -> Resul
     return res
 
 
+def put_each(adapter: Adapter, keys: list[bytes], values: list[Any]) -> None:
+    """One put per entry, then the store's commit."""
+    adapter.begin()
+    for k, v in zip(keys, values, strict=True):
+        adapter.put(k, v)
+    adapter.commit()
+
+
 def fill(adapter: Adapter, keys: list[bytes], values: list[Any]) -> None:
     """Load the data, untimed: in one batch where the store has one."""
     try:
         adapter.put_many(list(zip(keys, values, strict=True)))
     except Unsupported:
-        adapter.begin()
-        for k, v in zip(keys, values, strict=True):
-            adapter.put(k, v)
-        adapter.commit()
+        put_each(adapter, keys, values)
 
 
 def run_threads(adapter: Adapter, args: argparse.Namespace, workdir: str) -> Results:
