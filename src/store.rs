@@ -484,7 +484,7 @@ impl Core {
             }
             (
                 b.buf.active_len() >= self.batch_size,
-                b.buf.active_bytes() > self.max_buffer_bytes,
+                b.buf.active_memory() > self.max_buffer_bytes,
             )
         };
         if by_count && !by_bytes && self.commits_in_background() {
