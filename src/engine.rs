@@ -20,8 +20,8 @@ use std::mem::ManuallyDrop;
 use std::os::raw::{c_int, c_uint};
 use std::path::{Path, PathBuf};
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use lmdb::{Database, Environment, EnvironmentFlags, RwTransaction, Transaction};
@@ -29,6 +29,7 @@ use lmdb_sys as ffi;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::errors::{Result, StoreError};
+use crate::files::{self, EnvPaths};
 use crate::gate::{ExclusiveGuard, Gate, SharedGuard};
 
 /// Growth step floor: `max(2 × current, current + 64 MiB)`.
@@ -214,6 +215,17 @@ pub struct Env {
     pub generation: u64,
     /// (device, inode) of the data file.
     file_id: (u64, u64),
+    /// With writemap: the data file, for the growth lock and for allocating
+    /// the map's disk space.
+    data_file: Option<std::fs::File>,
+    /// The map's size, as of the last open or resize (they happen with the
+    /// write lock and the exclusive gate held).
+    map_size: AtomicUsize,
+    /// With writemap: bytes of the data file from its start known to have
+    /// disk blocks; `usize::MAX` where the file system cannot allocate ahead.
+    allocated: AtomicUsize,
+    /// Set when the map was lost for good: what to tell every caller.
+    lost: OnceLock<String>,
 }
 
 // SAFETY: every access to `lmdb` follows the gate protocol above, the raw
@@ -242,9 +254,155 @@ fn io_code(e: &std::io::Error) -> c_int {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
+/// How a failed `mdb_env_set_mapsize` left the environment. LMDB unmaps the
+/// old map before it maps the new one, and does not map the old one back
+/// when that fails.
+#[derive(Debug)]
+enum Remap {
+    /// Nothing was changed (a step of our own before LMDB's call failed).
+    Kept(c_int),
+    /// LMDB's mmap failed: its map pointer is NULL, so closing the
+    /// environment unmaps nothing and is safe.
+    Unmapped(c_int),
+    /// The failure may be LMDB's `ftruncate` (writemap), after which its map
+    /// pointer still holds the address of the unmapped region, and closing
+    /// (or resizing) the environment would unmap whatever lives there now.
+    /// Such an environment is never touched again.
+    Dangling(c_int),
+}
+
+/// Errors of `mmap` that `ftruncate` never gives: after one of these LMDB's
+/// map pointer is NULL.
+fn mmap_only_errno(rc: c_int) -> bool {
+    matches!(
+        rc,
+        libc::ENOMEM | libc::EAGAIN | libc::ENFILE | libc::ENODEV | libc::EOVERFLOW | libc::EACCES
+    )
+}
+
+/// Resize the map of `env` to `size` bytes (`None`: the size recorded in
+/// the file). With writemap (`data_file` given), the map never becomes
+/// smaller than the data file or than either meta page records, because
+/// LMDB truncates the file to the map's size and another process may have
+/// it mapped and written further; and the file is extended here first, so
+/// that LMDB's own `ftruncate` has nothing to do and cannot fail.
+///
+/// # Safety
+/// No transaction of `env` may be active in this process, and none may
+/// begin until this returns (LMDB: "the caller is responsible for making
+/// sure there are no active txns"; the map is replaced). With writemap the
+/// caller holds the data file's growth lock.
+unsafe fn remap(
+    env: *mut ffi::MDB_env,
+    size: Option<usize>,
+    data_file: Option<&std::fs::File>,
+) -> std::result::Result<(), Remap> {
+    let Some(file) = data_file else {
+        // SAFETY: per the function contract.
+        return match unsafe { ffi::mdb_env_set_mapsize(env, size.unwrap_or(0)) } {
+            0 => Ok(()),
+            rc => Err(Remap::Unmapped(rc)),
+        };
+    };
+    let kept = |e: std::io::Error| Remap::Kept(io_code(&e));
+    let len = file.metadata().map_err(kept)?.len() as usize;
+    let target = match size {
+        Some(n) => n.max(len),
+        None => files::recorded_map_size(file).map_err(kept)?.max(len),
+    };
+    let extended = len < target;
+    if extended {
+        file.set_len(target as u64).map_err(kept)?;
+    }
+    // SAFETY: per the function contract.
+    match unsafe { ffi::mdb_env_set_mapsize(env, target) } {
+        0 => Ok(()),
+        rc => {
+            if !mmap_only_errno(rc) {
+                return Err(Remap::Dangling(rc));
+            }
+            if extended {
+                // Under the growth lock nobody has mapped past `len` yet.
+                let _ = file.set_len(len as u64);
+            }
+            Err(Remap::Unmapped(rc))
+        }
+    }
+}
+
+/// The map size of an open environment (`mdb_env_info`).
+fn current_map_size(env: &Environment) -> usize {
+    env.info().map(|i| i.map_size()).unwrap_or(0)
+}
+
+/// An LMDB environment that was just opened and what belongs to it.
+struct Opened {
+    lmdb: Environment,
+    dbi: ffi::MDB_dbi,
+}
+
+/// Open LMDB's environment at `path` with a map of `map_size` bytes, and its
+/// main database. With writemap, `data_file` is the data file, whose growth
+/// lock the caller holds. A transaction that meets another process's growth
+/// (MDB_MAP_RESIZED) adopts it and retries.
+fn open_lmdb(
+    path: &Path,
+    options: &EnvOptions,
+    map_size: usize,
+    data_file: Option<&std::fs::File>,
+) -> std::result::Result<Opened, OpenError> {
+    let shown = path.display();
+    let mut builder = Environment::new();
+    builder
+        .set_flags(options.flags())
+        .set_max_readers(options.max_readers as c_uint)
+        .set_map_size(map_size);
+    let env = builder
+        .open_with_permissions(path, options.mode)
+        .map_err(|e| {
+            open_err(
+                e.to_err_code(),
+                format!("cannot open LMDB environment at {shown}"),
+            )
+        })?;
+    // Free the reader slots of processes that died holding them.
+    let mut dead: c_int = 0;
+    // SAFETY: env.env() is a live, open environment handle.
+    unsafe { ffi::mdb_reader_check(env.env(), &mut dead) };
+    let main_db = |code: c_int| open_err(code, format!("cannot open the main database of {shown}"));
+    // Each MDB_MAP_RESIZED means another process committed a larger map
+    // meanwhile; the bound only stops a loop that something else broke.
+    for _ in 0..1000 {
+        match env.open_db(None) {
+            Ok(db) => {
+                return Ok(Opened {
+                    dbi: db.dbi(),
+                    lmdb: env,
+                })
+            }
+            Err(lmdb::Error::MapResized) => {}
+            Err(e) => return Err(main_db(e.to_err_code())),
+        }
+        // SAFETY: this environment was opened by this call and is not
+        // shared yet: no transaction of it is active (open_db's ended);
+        // the caller holds the growth lock with writemap.
+        match unsafe { remap(env.env(), None, data_file) } {
+            Ok(()) => {}
+            Err(Remap::Kept(rc) | Remap::Unmapped(rc)) => return Err(main_db(rc)),
+            Err(Remap::Dangling(rc)) => {
+                // Closing it would unmap an address LMDB no longer owns.
+                std::mem::forget(env);
+                return Err(main_db(rc));
+            }
+        }
+    }
+    Err(main_db(ffi::MDB_MAP_RESIZED))
+}
+
 impl Env {
     pub fn open(path: &Path, options: &EnvOptions) -> std::result::Result<Env, OpenError> {
         let shown = path.display();
+        let mut created_dir = false;
         match std::fs::metadata(path) {
             Ok(md) => {
                 if options.subdir && !md.is_dir() {
@@ -279,38 +437,118 @@ impl Env {
                             format!("cannot create directory {shown}"),
                         ));
                     }
+                    created_dir = true;
                 }
             }
             Err(e) => return Err(open_err(io_code(&e), format!("cannot open {shown}"))),
         }
-        let mut builder = Environment::new();
-        builder
-            .set_flags(options.flags())
-            .set_max_readers(options.max_readers as c_uint)
-            .set_map_size(options.map_size);
-        let env = builder
-            .open_with_permissions(path, options.mode)
-            .map_err(|e| {
-                open_err(
-                    e.to_err_code(),
-                    format!("cannot open LMDB environment at {shown}"),
-                )
-            })?;
-        // Free the reader slots of processes that died holding them.
-        let mut dead: c_int = 0;
-        // SAFETY: env.env() is a live, open environment handle.
-        unsafe { ffi::mdb_reader_check(env.env(), &mut dead) };
-        let db = env.open_db(None).map_err(|e| {
-            open_err(
-                e.to_err_code(),
-                format!("cannot open the main database of {shown}"),
-            )
-        })?;
+        let paths = EnvPaths::new(path, options.subdir);
+        let data_existed = paths.data.symlink_metadata().is_ok();
+        let lock_existed = paths.lock.symlink_metadata().is_ok();
+        let opened = Env::open_files(path, &paths, options);
+        if opened.is_err() {
+            // Leave nothing behind that this open made: a lock file beside
+            // a file that is not LMDB's, a data file, a directory.
+            files::remove_created(&paths, data_existed, lock_existed);
+            if created_dir {
+                let _ = std::fs::remove_dir(path);
+            }
+        }
+        opened
+    }
+
+    fn open_files(
+        path: &Path,
+        paths: &EnvPaths,
+        options: &EnvOptions,
+    ) -> std::result::Result<Env, OpenError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let shown = path.display();
+        let writemap = options.writemap && !options.readonly;
+        // With writemap the data file stays open here, for the growth lock
+        // and to allocate its space; LMDB would create it with this mode.
+        let data_file = if writemap {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(options.mode)
+                .open(&paths.data)
+                .map_err(|e| {
+                    open_err(
+                        io_code(&e),
+                        format!("cannot open the data file {}", paths.data.display()),
+                    )
+                })?;
+            Some(file)
+        } else {
+            None
+        };
+        let growth = match &data_file {
+            Some(file) => Some(
+                files::RangeLock::exclusive(file, files::GROWTH_LOCK_BYTE).map_err(|e| {
+                    open_err(
+                        io_code(&e),
+                        format!("cannot lock the data file {}", paths.data.display()),
+                    )
+                })?,
+            ),
+            None => None,
+        };
+        let mut map_size = options.map_size;
+        match Env::inspect_data_file(path, paths, data_file.as_ref())? {
+            Some(files::DataFile::Damaged(problem)) => {
+                return Err(open_err(
+                    0,
+                    format!(
+                        "cannot open {shown}: the data file {} {problem}",
+                        paths.data.display()
+                    ),
+                ))
+            }
+            Some(files::DataFile::Empty) if options.readonly => {
+                return Err(open_err(
+                    0,
+                    format!(
+                        "cannot open {shown} read-only: its data file {} is empty (0 bytes), \
+                         not an LMDB environment; a writable open makes it a new, empty store",
+                        paths.data.display()
+                    ),
+                ))
+            }
+            Some(files::DataFile::Sound {
+                map_size: recorded,
+                len,
+                ..
+            }) if writemap => {
+                // LMDB truncates the data file to the map's size: never
+                // below what the file holds, which another process may have
+                // mapped and be writing.
+                map_size = map_size.max(recorded).max(len as usize);
+            }
+            _ => {}
+        }
+        if options.lock {
+            files::prepare_lock_file(&paths.lock, options.max_readers, options.mode).map_err(
+                |e| {
+                    open_err(
+                        io_code(&e),
+                        format!(
+                            "cannot open {shown}: cannot allocate its lock file {}",
+                            paths.lock.display()
+                        ),
+                    )
+                },
+            )?;
+        }
+        let opened = open_lmdb(path, options, map_size, data_file.as_ref())?;
+        drop(growth);
         let file_id = data_file_id(path, options.subdir)
             .map_err(|e| open_err(io_code(&e), format!("cannot stat the data file of {shown}")))?;
+        let map_size = current_map_size(&opened.lmdb);
         Ok(Env {
-            dbi: db.dbi(),
-            lmdb: UnsafeCell::new(Some(env)),
+            dbi: opened.dbi,
+            lmdb: UnsafeCell::new(Some(opened.lmdb)),
             gate: Gate::default(),
             write_lock: Mutex::new(()),
             pool: Mutex::new(Vec::new()),
@@ -320,7 +558,49 @@ impl Env {
             growths: Mutex::new(Vec::new()),
             generation: fork_generation(),
             file_id,
+            data_file,
+            map_size: AtomicUsize::new(map_size),
+            allocated: AtomicUsize::new(0),
+            lost: OnceLock::new(),
         })
+    }
+
+    /// Judge the data file before LMDB maps it (a map over pages the file
+    /// does not have dies with SIGBUS at the first read). `None`: there is
+    /// no regular data file yet.
+    fn inspect_data_file(
+        path: &Path,
+        paths: &EnvPaths,
+        data_file: Option<&std::fs::File>,
+    ) -> std::result::Result<Option<files::DataFile>, OpenError> {
+        let failed = |e: std::io::Error| {
+            open_err(
+                io_code(&e),
+                format!(
+                    "cannot open {}: cannot read its data file {}",
+                    path.display(),
+                    paths.data.display()
+                ),
+            )
+        };
+        let owned;
+        let file = match data_file {
+            Some(f) => f,
+            None => {
+                match std::fs::metadata(&paths.data) {
+                    Ok(md) if md.is_file() => {}
+                    // Missing, or not a file: LMDB's open says what it thinks.
+                    _ => return Ok(None),
+                }
+                owned = match std::fs::File::open(&paths.data) {
+                    Ok(f) => f,
+                    // Unreadable: LMDB's open reports it the same way.
+                    Err(_) => return Ok(None),
+                };
+                &owned
+            }
+        };
+        files::inspect(file).map(Some).map_err(failed)
     }
 
     /// Open `path`, or share the environment this process already has open
@@ -411,12 +691,20 @@ impl Env {
     fn lmdb_shared<'a>(&'a self, _g: &SharedGuard<'a>) -> Result<&'a Environment> {
         // SAFETY: `lmdb` is only replaced with the exclusive gate held, which
         // cannot be taken while this shared guard lives.
-        unsafe { (*self.lmdb.get()).as_ref() }.ok_or(StoreError::Closed)
+        unsafe { (*self.lmdb.get()).as_ref() }.ok_or_else(|| self.gone())
     }
 
     fn lmdb_exclusive<'a>(&'a self, _g: &ExclusiveGuard<'a>) -> Result<&'a Environment> {
         // SAFETY: the exclusive guard excludes every other access.
-        unsafe { (*self.lmdb.get()).as_ref() }.ok_or(StoreError::Closed)
+        unsafe { (*self.lmdb.get()).as_ref() }.ok_or_else(|| self.gone())
+    }
+
+    /// Why there is no environment: closed, or its map was lost.
+    fn gone(&self) -> StoreError {
+        match self.lost.get() {
+            Some(text) => StoreError::Unusable(text.clone()),
+            None => StoreError::Closed,
+        }
     }
 
     fn database(&self) -> Database {
@@ -474,6 +762,7 @@ impl Env {
         body: &mut dyn FnMut(&mut RwTransaction<'_>, Database) -> lmdb::Result<T>,
     ) -> Result<T> {
         loop {
+            self.allocate_map()?;
             enum Next {
                 Grow,
                 Adopt,
@@ -514,20 +803,48 @@ impl Env {
         format!("{op} in {}", self.path.display())
     }
 
+    /// With writemap, give the whole map disk blocks before a write
+    /// transaction may touch it: LMDB writes its pages through the map, and
+    /// a page of a sparse file that cannot get a block on a full disk kills
+    /// the process with SIGBUS instead of failing. One comparison, except
+    /// after the map grew. Caller holds the write lock.
+    fn allocate_map(&self) -> Result<()> {
+        let Some(file) = &self.data_file else {
+            return Ok(());
+        };
+        let want = self.map_size.load(Ordering::Relaxed);
+        let have = self.allocated.load(Ordering::Relaxed);
+        if have >= want {
+            return Ok(());
+        }
+        let done = match files::allocate(file, have as u64, (want - have) as u64, true) {
+            Ok(files::Allocation::Done) => want,
+            Ok(files::Allocation::Unsupported) => usize::MAX,
+            Err(e) => {
+                return Err(StoreError::lmdb(
+                    io_code(&e),
+                    format!(
+                        "commit in {} (writemap=True needs disk space for the whole map, \
+                         {want} bytes)",
+                        self.path.display()
+                    ),
+                ))
+            }
+        };
+        self.allocated.store(done, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Grow the map one step and record it. Caller holds the write lock.
     fn grow_locked(&self, cap: Option<usize>) -> Result<()> {
         let x = self.gate.exclusive("growing the map")?;
-        let env = self.lmdb_exclusive(&x)?;
-        let from = env
-            .info()
-            .map_err(|e| StoreError::from_lmdb(e, self.what("read the map size")))?
-            .map_size();
+        let from = current_map_size(self.lmdb_exclusive(&x)?);
         let to = next_map_size(from, cap).ok_or(StoreError::MapFull {
             map_size: from,
             max_map_size: cap.unwrap_or(from),
         })?;
-        env.set_map_size(to)
-            .map_err(|e| StoreError::from_lmdb(e, self.what("grow the map")))?;
+        self.resize_locked(&x, Some(to), "grow the map")?;
+        let to = self.map_size.load(Ordering::Relaxed);
         self.growths.lock().push(Growth { from, to });
         Ok(())
     }
@@ -556,14 +873,115 @@ impl Env {
     /// write lock.
     fn adopt_locked(&self) -> Result<()> {
         let x = self.gate.exclusive("adopting a map resize")?;
-        let env = self.lmdb_exclusive(&x)?;
-        // SAFETY: size 0 means "the size recorded in the file"; no
-        // transaction is active in this process (write lock + exclusive gate).
-        let rc = unsafe { ffi::mdb_env_set_mapsize(env.env(), 0) };
-        if rc != 0 {
-            return Err(StoreError::lmdb(rc, self.what("adopt the map size")));
+        self.resize_locked(&x, None, "adopt the map size")
+    }
+
+    /// Every resize of the map goes through here (`size` `None`: the size
+    /// recorded in the file). If LMDB fails, it has already unmapped the old
+    /// map; the environment is then closed and opened again at the old size
+    /// and the failure reported, with the store usable. If even that fails,
+    /// the environment is given up, and every later call says so.
+    fn resize_locked(&self, x: &ExclusiveGuard<'_>, size: Option<usize>, op: &str) -> Result<()> {
+        let env = self.lmdb_exclusive(x)?.env();
+        let old = self.map_size.load(Ordering::Relaxed);
+        let io_failure = |e: std::io::Error| StoreError::lmdb(io_code(&e), self.what(op));
+        // Other processes of this package take this lock before they open
+        // the file with writemap or resize such a map: nobody maps a size
+        // read before the file changes under it.
+        let _growth = match &self.data_file {
+            Some(file) => Some(
+                files::RangeLock::exclusive(file, files::GROWTH_LOCK_BYTE).map_err(io_failure)?,
+            ),
+            None => None,
+        };
+        // SAFETY: the caller holds the write lock (no write transaction) and
+        // the exclusive gate (no read transaction in flight; pooled ones are
+        // reset, which LMDB allows across a resize), so no transaction of
+        // this environment is active in this process, as LMDB requires; the
+        // growth lock is held for writemap.
+        match unsafe { remap(env, size, self.data_file.as_ref()) } {
+            Ok(()) => {
+                let now = current_map_size(self.lmdb_exclusive(x)?);
+                self.map_size.store(now, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(Remap::Kept(rc)) => Err(StoreError::lmdb(rc, self.what(op))),
+            Err(Remap::Unmapped(rc)) => self.reopen_locked(x, old, rc, op),
+            Err(Remap::Dangling(rc)) => Err(self.give_up_locked(x, rc, op, true)),
         }
-        Ok(())
+    }
+
+    /// The map is gone (LMDB's pointer to it is NULL): close the
+    /// environment and open it again with a map of `map_size` bytes. Then
+    /// report the failure `rc` of `op`, with the store usable. Caller holds
+    /// the write lock, the exclusive gate `x`, and with writemap the growth
+    /// lock.
+    fn reopen_locked(
+        &self,
+        x: &ExclusiveGuard<'_>,
+        map_size: usize,
+        rc: c_int,
+        op: &str,
+    ) -> Result<()> {
+        self.abort_pool();
+        // SAFETY: write lock + exclusive gate: nobody else touches `lmdb`.
+        let slot = unsafe { &mut *self.lmdb.get() };
+        // Closing unmaps nothing: LMDB set its map pointer to NULL when the
+        // new map failed. It releases this process's locks and reader slots.
+        drop(slot.take());
+        #[cfg(test)]
+        if tests::FAIL_REOPEN.with(|f| f.get()) {
+            return Err(self.give_up_locked(x, rc, op, false));
+        }
+        match open_lmdb(&self.path, &self.options, map_size, self.data_file.as_ref()) {
+            Ok(opened) if opened.dbi == self.dbi => {
+                self.map_size
+                    .store(current_map_size(&opened.lmdb), Ordering::Relaxed);
+                *slot = Some(opened.lmdb);
+                Err(StoreError::lmdb(rc, self.what(op)))
+            }
+            _ => Err(self.give_up_locked(x, rc, op, false)),
+        }
+    }
+
+    /// The environment cannot be used again: forget it (`leak`: without
+    /// closing it, because LMDB's map pointer may point at memory that is no
+    /// longer its own) and refuse every later call.
+    fn give_up_locked(
+        &self,
+        _x: &ExclusiveGuard<'_>,
+        rc: c_int,
+        op: &str,
+        leak: bool,
+    ) -> StoreError {
+        self.abort_pool();
+        // SAFETY: write lock + exclusive gate: nobody else touches `lmdb`.
+        let slot = unsafe { &mut *self.lmdb.get() };
+        match slot.take() {
+            Some(env) if leak => std::mem::forget(env),
+            env => drop(env),
+        }
+        let text = format!(
+            "the LMDB environment of {} is unusable: {} failed ({}, code {rc}) and its memory map \
+             could not be restored; nothing was written; close every store on this path and \
+             open it again",
+            self.path.display(),
+            op,
+            crate::errors::strerror(rc)
+        );
+        let text = self.lost.get_or_init(|| text).clone();
+        StoreError::Unusable(text)
+    }
+
+    /// Abort the pooled (reset) read transactions. With the exclusive gate
+    /// held, or when the environment is being dropped.
+    fn abort_pool(&self) {
+        for RawTxn(t) in self.pool.lock().drain(..) {
+            // SAFETY: pooled txns are reset read txns of this environment;
+            // aborting one frees it and its reader slot in the lock file and
+            // never touches the map.
+            unsafe { ffi::mdb_txn_abort(t) };
+        }
     }
 
     /// Growths since the last call, for the caller to log.
@@ -1047,6 +1465,11 @@ pub fn max_key_size() -> usize {
 mod tests {
     use super::*;
 
+    thread_local! {
+        /// Makes the reopen after a failed resize fail, on this thread.
+        pub static FAIL_REOPEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
     fn tmp(name: &str) -> PathBuf {
         let p = std::env::temp_dir().join(format!("los-engine-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
@@ -1109,6 +1532,102 @@ mod tests {
         assert_eq!(read(&env, b"big0"), None, "a failed write leaves nothing");
         env.close().unwrap();
         assert!(env.is_closed());
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
+    fn resize(env: &Env, size: usize) -> Result<()> {
+        let _writer = env.lock_writer()?;
+        let x = env.gate.exclusive("test")?;
+        env.resize_locked(&x, Some(size), "grow the map")
+    }
+
+    fn some_items(prefix: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        (0..500u32)
+            .map(|i| (format!("{prefix}{i:06}").into_bytes(), vec![3u8; 500]))
+            .collect()
+    }
+
+    #[test]
+    fn a_map_that_cannot_be_had_is_reopened_at_the_old_size() {
+        let p = tmp("resize-fails");
+        let opts = EnvOptions {
+            map_size: 1 << 20,
+            ..EnvOptions::default()
+        };
+        let env = Env::open(&p, &opts).unwrap();
+        put_all(&env, &some_items("a"), None).unwrap();
+        let before = env.map_size.load(Ordering::Relaxed);
+        // No process can map 4 EiB: LMDB unmaps the old map, then fails.
+        let err = resize(&env, 1 << 62).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Lmdb {
+                    code: libc::ENOMEM,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(env.map_size.load(Ordering::Relaxed), before);
+        assert_eq!(read(&env, b"a000499"), Some(vec![3u8; 500]));
+        put_all(&env, &some_items("b"), None).unwrap();
+        assert_eq!(read(&env, b"b000499"), Some(vec![3u8; 500]));
+        env.close().unwrap();
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
+    #[test]
+    fn a_writemap_file_that_cannot_grow_leaves_the_map_alone() {
+        let p = tmp("resize-kept");
+        let opts = EnvOptions {
+            map_size: 1 << 20,
+            writemap: true,
+            ..EnvOptions::default()
+        };
+        let env = Env::open(&p, &opts).unwrap();
+        put_all(&env, &some_items("a"), None).unwrap();
+        let len = std::fs::metadata(p.join("data.mdb")).unwrap().len();
+        // No file system holds a 4 EiB file: the extension fails before
+        // LMDB is asked for anything.
+        let err = resize(&env, 1 << 62).unwrap_err();
+        assert!(matches!(err, StoreError::Lmdb { .. }), "{err:?}");
+        assert_eq!(std::fs::metadata(p.join("data.mdb")).unwrap().len(), len);
+        assert_eq!(env.map_size.load(Ordering::Relaxed), 1 << 20);
+        assert_eq!(read(&env, b"a000499"), Some(vec![3u8; 500]));
+        put_all(&env, &some_items("b"), None).unwrap();
+        env.close().unwrap();
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
+    #[test]
+    fn a_map_that_cannot_be_restored_refuses_every_call() {
+        let p = tmp("resize-lost");
+        let env = Env::open(&p, &EnvOptions::default()).unwrap();
+        put_all(&env, &some_items("a"), None).unwrap();
+        FAIL_REOPEN.with(|f| f.set(true));
+        let err = resize(&env, 1 << 62).unwrap_err();
+        FAIL_REOPEN.with(|f| f.set(false));
+        let StoreError::Unusable(text) = err else {
+            panic!("{err:?}")
+        };
+        assert!(text.contains(&p.display().to_string()), "{text}");
+        assert!(text.contains("open it again"), "{text}");
+        let g = env.gate.try_shared().unwrap();
+        assert!(matches!(env.begin_read(g), Err(StoreError::Unusable(_))));
+        assert!(matches!(
+            put_all(&env, &some_items("b"), None),
+            Err(StoreError::Unusable(_))
+        ));
+        assert!(matches!(
+            resize(&env, 1 << 30),
+            Err(StoreError::Unusable(_))
+        ));
+        env.close().unwrap();
+        // The file is intact: a new environment reads it.
+        let again = Env::open(&p, &EnvOptions::default()).unwrap();
+        assert_eq!(read(&again, b"a000499"), Some(vec![3u8; 500]));
+        again.close().unwrap();
         let _ = std::fs::remove_dir_all(&p);
     }
 

@@ -85,6 +85,9 @@ pub enum StoreError {
     Forked,
     /// An error from LMDB (negative code) or the OS (errno) during `what`.
     Lmdb { code: c_int, what: String },
+    /// The environment lost its map and could not get it back: every call
+    /// is refused rather than touch memory that is gone. Says what happened.
+    Unusable(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -144,6 +147,7 @@ impl StoreError {
                 "this LMDB environment belongs to the process that opened it, before fork(); \
                  the store opens its own in this process on its next call",
             ),
+            StoreError::Unusable(text) => Error::new_err(text),
             StoreError::Lmdb { code, what } => {
                 let text = strerror(code);
                 match write_failure_hint(code) {
@@ -155,7 +159,8 @@ impl StoreError {
     }
 }
 
-/// What to do about an OS error that stopped LMDB writing its data file.
+/// What to do about an OS error that stopped LMDB writing its data file or
+/// mapping it.
 /// LMDB reports a short write as EIO, and a short write is what a file size
 /// limit or a disk that fills up part-way produces, so EIO names those causes
 /// too: the bare strerror text ("Input/output error") suggests a failing disk.
@@ -167,6 +172,10 @@ fn write_failure_hint(code: c_int) -> Option<&'static str> {
         libc::EFBIG => Some(
             "the data file may not grow past the process's file size limit \
              (RLIMIT_FSIZE, `ulimit -f`): raise the limit, then retry",
+        ),
+        libc::ENOMEM => Some(
+            "the process may not map or allocate more memory (RLIMIT_AS, `ulimit -v`, or the \
+             machine's address space): raise the limit or lower max_map_size, then retry",
         ),
         libc::EIO => Some(
             "the data file could not be written in full: the disk may be full, the \

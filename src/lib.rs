@@ -5,6 +5,7 @@ pub mod buffer;
 pub mod codec;
 pub mod engine;
 pub mod errors;
+pub mod files;
 pub mod gate;
 pub mod iter;
 pub mod keys;

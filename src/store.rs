@@ -658,7 +658,7 @@ impl Core {
             }
             break (
                 b.buf.active_len() >= self.batch_size,
-                b.buf.active_bytes() > self.max_buffer_bytes,
+                b.buf.active_memory() > self.max_buffer_bytes,
             );
         };
         if by_count && !by_bytes && self.commits_in_background() {
@@ -1023,8 +1023,17 @@ impl LmdbObjectStore {
 
 #[pymethods]
 impl LmdbObjectStore {
+    /// `__new__` takes everything `__init__` takes (a subclass may add its
+    /// own); the text signature is `__init__`'s, so that `help()` and
+    /// `inspect.signature()` show the real constructor.
     #[new]
-    #[pyo3(signature = (*_args, **_kwargs))]
+    #[pyo3(
+        signature = (*_args, **_kwargs),
+        text_signature = "(db_path, batch_size=1000, *, autoflush_on_read=True, \
+                          key_encoding=None, key_errors='strict', str_normalize=None, \
+                          max_map_size=None, max_buffer_bytes=67108864, \
+                          pickle_protocol=None, **lmdb_options)"
+    )]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         LmdbObjectStore {
             core: AtomicPtr::new(std::ptr::null_mut()),
@@ -1499,6 +1508,17 @@ impl LmdbObjectStore {
             Kind::Keys,
             Bounds::default(),
             false,
+        ))
+    }
+
+    /// The keys in descending order, as `reversed(dict)` gives them.
+    fn __reversed__(slf: &Bound<'_, Self>) -> R<StoreIterator> {
+        slf.get().open_core()?;
+        Ok(StoreIterator::new(
+            slf.clone().unbind(),
+            Kind::Keys,
+            Bounds::default(),
+            true,
         ))
     }
 

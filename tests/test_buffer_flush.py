@@ -17,7 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from helpers import KiB, MiB, assert_ok_or_error, last_txnid
+from helpers import KiB, MiB, assert_ok_or_error, last_txnid, run_python
 from lmdb_object_store import LmdbObjectStore, MapFullError
 
 
@@ -296,6 +296,33 @@ def test_max_buffer_bytes_bounds_the_buffer(make_store):
     store.flush()
     assert store.get(b"a") == value
     assert store.get(b"c") == value
+
+
+def test_max_buffer_bytes_counts_what_small_entries_really_hold(tmp_path):
+    # Half a million tiny entries: their keys and pickles are ~20 bytes each
+    # (10 MB), but the buffer's own cost per entry is several times that.
+    # With a 16 MiB bound the process must not grow by much more than that;
+    # counting payload alone held all of them (over 100 MiB).
+    out = run_python(
+        """
+        import resource, sys
+        from lmdb_object_store import LmdbObjectStore
+        s = LmdbObjectStore(sys.argv[1], batch_size=10**9, max_buffer_bytes=16 * 2**20,
+                            sync=False)
+        s[b"warm"] = 0
+        s.flush()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for i in range(500_000):
+            s[b"k%08d" % i] = i
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print(grown * 1024, s.pending)
+        s.close()
+        """,
+        str(tmp_path / "db"),
+    )
+    grown, pending = map(int, out.split())
+    assert pending < 500_000, "the buffer never committed by itself"
+    assert grown < 48 * MiB, f"the process grew by {grown / MiB:.0f} MiB"
 
 
 def test_single_value_larger_than_max_buffer_bytes(make_store):

@@ -273,6 +273,16 @@ def test_order_is_ascending_key_bytes(make_store):
     assert list(store) == sorted(keys)
 
 
+def test_reversed_gives_keys_in_descending_order(make_store):
+    store = make_store(batch_size=1000, key_encoding="utf-8")
+    store.put_many({"b": 1, "d": 2})  # committed
+    store["a"] = 3  # buffered
+    store["c"] = 4
+    del store["d"]
+    assert list(reversed(store)) == ["c", "b", "a"]
+    assert list(reversed(store)) == list(reversed(list(store)))
+
+
 def test_str_order_follows_utf8_bytes(make_store):
     keys = ["z", "é", "\u4e2d", "\U0001f600", "a\x00", "a", "\x7f"]
     store = make_store(key_encoding="utf-8")

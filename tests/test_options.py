@@ -41,6 +41,17 @@ def test_everything_else_is_keyword_only(db_path):
 # --------------------------------------------------------------------------
 
 
+def test_signature_shows_the_constructor():
+    import inspect
+
+    params = inspect.signature(LmdbObjectStore).parameters
+    assert list(params)[:2] == ["db_path", "batch_size"]
+    assert params["batch_size"].default == 1000
+    assert params["key_encoding"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert params["lmdb_options"].kind is inspect.Parameter.VAR_KEYWORD
+    assert "db_path" in (LmdbObjectStore.__text_signature__ or "")
+
+
 def test_default_map_size_is_10_mib(store):
     assert store.info()["map_size"] == 10 * MiB
 
