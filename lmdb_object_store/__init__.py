@@ -20,16 +20,23 @@ from ._native import (
     UnpickleError,
     __version__,
     _after_fork_child,
+    _after_fork_parent,
+    _before_fork,
     _flush_all,
     lmdb_version,
 )
 
 _MutableMapping.register(LmdbObjectStore)
 
-# Before a fork every open store commits its buffer; in the child, each store
-# opens a fresh environment on first use and leaves the parent's alone. At
-# exit, stores that were never closed commit their buffers too.
-_os.register_at_fork(before=_flush_all, after_in_child=_after_fork_child)
+# Before a fork every open store commits its buffer, and writes wait until the
+# fork is done; in the child, each store opens a fresh environment on first use
+# and leaves the parent's alone. At exit, stores that were never closed commit
+# their buffers too.
+_os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_parent,
+    after_in_child=_after_fork_child,
+)
 _atexit.register(_flush_all)
 
 

@@ -29,6 +29,8 @@ __all__ = [
     "UnpickleError",
     "lmdb_version",
     "_flush_all",
+    "_before_fork",
+    "_after_fork_parent",
     "_after_fork_child",
     "__version__",
 ]
@@ -314,7 +316,13 @@ def lmdb_version() -> tuple[int, int, int]:
     """The bundled LMDB's version as ``(major, minor, patch)``."""
 
 def _flush_all() -> None:
-    """Commit the buffer of every open store (before ``fork()`` and at exit)."""
+    """Commit the buffer of every open store (at exit)."""
+
+def _before_fork() -> None:
+    """Before ``fork()``: hold writes back and commit the buffer of every open store."""
+
+def _after_fork_parent() -> None:
+    """In the parent after ``fork()``: let writes in again."""
 
 def _after_fork_child() -> None:
     """In the child after ``fork()``: hand every inherited store a fresh environment."""

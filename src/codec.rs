@@ -1,16 +1,17 @@
 //! The pickle bridge: `pickle.dumps` on the way in, and on the way out a
-//! zero-copy hand-off of LMDB's own memory to `pickle.loads`.
+//! zero-copy hand-off of LMDB's own memory to `pickle.loads` that no Python
+//! object can outlive.
 
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 
-use crate::errors::{unpickle_error_type, Error};
+use crate::errors::unpickle_error_type;
 
 static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -41,6 +42,15 @@ pub fn dumps<'py>(
 /// `pickle.loads` call. Outside that call it lends nothing (a null pointer),
 /// and asking it for a buffer then raises `ValueError`.
 ///
+/// During the call, the first buffer asked for is pickle's own (it asks as
+/// it starts) and points at the lent memory itself. Any other buffer asked
+/// for meanwhile (code run by pickle can reach this object) gets a private
+/// copy, freed when that buffer is released, so it can never point at
+/// memory that goes away. If pickle's own buffer is still held when `loads`
+/// returns (its Unpickler was kept alive), the lent memory is pinned: kept
+/// readable, where it is, for the rest of the process (see
+/// [`loads_borrowed`]).
+///
 /// One spare is kept and reused, so a read allocates no wrapper object: a
 /// `memoryview` would cost two garbage-collected objects per read.
 #[pyclass(frozen, module = "lmdb_object_store._native", name = "_LentBuffer")]
@@ -49,8 +59,10 @@ pub struct LentBuffer {
     ptr: AtomicPtr<u8>,
     /// Their length, meaningful only while `ptr` is not null.
     len: AtomicUsize,
-    /// Buffers handed out and not yet released.
-    exports: AtomicUsize,
+    /// This lend's direct buffer was handed out (to pickle).
+    direct_taken: AtomicBool,
+    /// The direct buffer is out (not yet released).
+    direct_out: AtomicBool,
 }
 
 #[pymethods]
@@ -69,24 +81,58 @@ impl LentBuffer {
                 "the store's memory is no longer lent: it was valid only inside pickle.loads",
             ));
         }
-        let len = me.len.load(Ordering::Relaxed) as ffi::Py_ssize_t;
-        // SAFETY: `view` is the caller's Py_buffer to fill; `ptr`/`len` are
-        // the lent bytes, valid until `loads_borrowed` returns, which checks
-        // `exports` before it lets them go. FillInfo takes a new reference to
-        // `slf` in `view.obj`, released by PyBuffer_Release.
-        let filled =
-            unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr.cast(), len, 1, flags) };
+        let len = me.len.load(Ordering::Relaxed);
+        let direct = !me.direct_taken.load(Ordering::Relaxed);
+        // A copy is boxed twice so that `internal` (one pointer) can own it.
+        let copy: Option<Box<Vec<u8>>> = (!direct).then(|| {
+            // SAFETY: `ptr`/`len` are the lent bytes, valid while `ptr` is
+            // not null (the lender clears it, holding the GIL as we do,
+            // before the bytes go away).
+            Box::new(unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec())
+        });
+        let buf = copy.as_ref().map_or(ptr, |c| c.as_ptr().cast_mut());
+        // SAFETY: `view` is the caller's Py_buffer to fill; `buf` is the
+        // lent bytes (direct: kept valid, or pinned, until this view is
+        // released, see `loads_borrowed`) or our own copy, freed only in
+        // `__releasebuffer__`. FillInfo takes a new reference to `slf` in
+        // `view.obj`, released by PyBuffer_Release.
+        let filled = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                buf.cast(),
+                len as ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
         if filled != 0 {
             return Err(PyErr::fetch(slf.py()));
         }
-        me.exports.fetch_add(1, Ordering::Relaxed);
+        match copy {
+            // SAFETY: `view` was filled above; `internal` is ours to set.
+            Some(copy) => unsafe { (*view).internal = Box::into_raw(copy).cast() },
+            None => {
+                me.direct_taken.store(true, Ordering::Relaxed);
+                me.direct_out.store(true, Ordering::Relaxed);
+            }
+        }
         Ok(())
     }
 
     /// # Safety
     /// Called by Python once for each view that `__getbuffer__` filled.
-    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
-        self.exports.fetch_sub(1, Ordering::Relaxed);
+    unsafe fn __releasebuffer__(&self, view: *mut ffi::Py_buffer) {
+        // SAFETY: `view` is one that `__getbuffer__` filled.
+        let internal = unsafe { (*view).internal };
+        if !internal.is_null() {
+            // SAFETY: set from Box::into_raw in `__getbuffer__`, freed once.
+            drop(unsafe { Box::from_raw(internal.cast::<Vec<u8>>()) });
+            return;
+        }
+        // A pin (see `loads_borrowed`) stays: this release does not prove
+        // that the holder stopped reading.
+        self.direct_out.store(false, Ordering::Relaxed);
     }
 }
 
@@ -101,7 +147,8 @@ fn take_lent(py: Python<'_>) -> PyResult<Bound<'_, LentBuffer>> {
             LentBuffer {
                 ptr: AtomicPtr::new(std::ptr::null_mut()),
                 len: AtomicUsize::new(0),
-                exports: AtomicUsize::new(0),
+                direct_taken: AtomicBool::new(false),
+                direct_out: AtomicBool::new(false),
             },
         );
     }
@@ -131,22 +178,32 @@ fn keep_lent(lent: Bound<'_, LentBuffer>) {
 
 /// `pickle.loads` over `data` without copying it: the bytes are lent as a
 /// read-only buffer that lends nothing once this returns, so no Python object
-/// can reach `data` afterwards (callers pass LMDB memory that is valid only
-/// until their read transaction ends).
-pub fn loads_borrowed<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+/// can reach `data` afterwards, except pickle's own buffer if code run by
+/// pickle kept its Unpickler alive. Then `pin` is called, once, and must
+/// keep `data` readable, at its address, for the rest of the process (its
+/// read transaction open and its map mapped, or its bytes never freed):
+/// pickle's Unpickler reads on through the pointer it kept even after it
+/// releases the buffer (when it is initialised again), so no release can
+/// end a pin.
+pub fn loads_borrowed<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    pin: impl FnOnce(),
+) -> PyResult<Bound<'py, PyAny>> {
     let loads = pickle_fn(py, &LOADS, "loads")?;
     let lent = take_lent(py)?;
     let me = lent.get();
     me.ptr.store(data.as_ptr().cast_mut(), Ordering::Relaxed);
     me.len.store(data.len(), Ordering::Relaxed);
+    me.direct_taken.store(false, Ordering::Relaxed);
     let result = loads.call1((&lent,));
     me.ptr.store(std::ptr::null_mut(), Ordering::Relaxed);
-    if me.exports.load(Ordering::Relaxed) != 0 {
-        // A buffer over `data` is still out there and cannot be revoked.
-        return Err(Error::new_err(
-            "a value's unpickling code kept a buffer over the store's memory; \
-             refusing to go on (never open a store you do not trust: pickle runs code)",
-        ));
+    if me.direct_out.load(Ordering::Relaxed) {
+        // Pickle's buffer over `data` outlives the call and cannot be
+        // revoked. (This object is not reused: that buffer holds a
+        // reference to it.)
+        pin();
+        return result;
     }
     // Reuse it only when nobody else holds it; another holder keeps an
     // object that now lends nothing.
@@ -157,9 +214,21 @@ pub fn loads_borrowed<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, 
     result
 }
 
+/// Whether `err` must reach the caller as it is: a `BaseException` that is
+/// not an `Exception` (KeyboardInterrupt, SystemExit, GeneratorExit) means
+/// "stop", not "this value is bad", so the store never wraps or swallows it.
+pub fn passes_through(py: Python<'_>, err: &PyErr) -> bool {
+    !err.is_instance_of::<PyException>(py)
+}
+
 /// Wrap an unpickling failure: `UnpickleError` (an `Error` and a
 /// `RuntimeError`), with the original as `__cause__`.
+/// A `KeyboardInterrupt` or the like is returned as it is (see
+/// [`passes_through`]).
 pub fn unpickle_error(py: Python<'_>, key: &[u8], source: &str, cause: PyErr) -> PyErr {
+    if passes_through(py, &cause) {
+        return cause;
+    }
     let shown = display_bytes(py, key);
     let msg = format!(
         "Failed to unpickle {source} key {shown}: {}",

@@ -8,9 +8,15 @@
 //!   memory that a read is using.
 //! - Transactions begin and end inside one call; nothing keeps one open
 //!   across calls except reset (inactive) read transactions in a pool, which
-//!   hold a reader slot but no snapshot.
+//!   hold a reader slot but no snapshot, and pinned reads (`ReadTxn::pin`),
+//!   kept open for the rest of the process for a buffer over their pages
+//!   that unpickling code kept.
+//! - After `fork()`, the child never touches what the parent opened: no
+//!   transaction of it begins, ends or returns to a pool there (its reader
+//!   slots live in the lock file both processes share).
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
+use std::mem::ManuallyDrop;
 use std::os::raw::{c_int, c_uint};
 use std::path::{Path, PathBuf};
 use std::ptr;
@@ -160,6 +166,7 @@ pub fn after_fork_in_child() {
     }
     let old = std::mem::take(&mut *REGISTRY.lock());
     std::mem::forget(old);
+    crate::gate::forget_held_after_fork();
 }
 
 fn py_bool(b: bool) -> &'static str {
@@ -718,6 +725,9 @@ impl Env {
     /// call from unpickling), a writer that waits for the gate exclusively
     /// would wait for us forever: give up with `WouldDeadlock` then.
     pub fn lock_writer(&self) -> Result<MutexGuard<'_, ()>> {
+        if self.generation != fork_generation() {
+            return Err(StoreError::Forked);
+        }
         if !self.gate.held_by_current_thread() {
             return Ok(self.write_lock.lock());
         }
@@ -988,6 +998,11 @@ impl Env {
     /// Begin a read transaction under a shared gate hold. `Ok(None)` means
     /// another process grew the map: drop the guard, `adopt_resize`, retry.
     pub fn begin_read<'a>(&'a self, guard: SharedGuard<'a>) -> Result<Option<ReadTxn<'a>>> {
+        if self.generation != fork_generation() {
+            // Inherited across fork(): its pool and reader slots are the
+            // parent's.
+            return Err(StoreError::Forked);
+        }
         let env = self.lmdb_shared(&guard)?;
         let pooled = self.pool.lock().pop();
         let mut txn = None;
@@ -1015,7 +1030,8 @@ impl Env {
         Ok(Some(ReadTxn {
             env: self,
             txn,
-            _guard: guard,
+            guard: ManuallyDrop::new(guard),
+            pinned: Cell::new(false),
         }))
     }
 
@@ -1124,11 +1140,16 @@ impl Drop for Env {
 }
 
 /// A read transaction with the gate held shared. Returned to the pool
-/// (reset) when dropped; the gate is released after that.
+/// (reset) when dropped; the gate is released after that. A pinned one
+/// stays open instead (see [`ReadTxn::pin`]).
 pub struct ReadTxn<'a> {
     env: &'a Env,
     txn: *mut ffi::MDB_txn,
-    _guard: SharedGuard<'a>,
+    /// Released by hand in `drop`, after the transaction ends, and never in
+    /// a child after fork() (the gate's state there is a stale copy).
+    guard: ManuallyDrop<SharedGuard<'a>>,
+    /// A buffer over this transaction's pages outlives the read.
+    pinned: Cell<bool>,
 }
 
 fn to_val(bytes: &[u8]) -> ffi::MDB_val {
@@ -1158,6 +1179,21 @@ pub enum Seek {
 }
 
 impl<'a> ReadTxn<'a> {
+    /// Keep this transaction's pages readable, where they are, for the rest
+    /// of the process: a buffer over them outlives the read and cannot be
+    /// revoked. The transaction is never reset (so LMDB never reuses its
+    /// pages, in any process), the gate stays pinned (so growth and close
+    /// never unmap them), and `env`, this transaction's environment, is
+    /// never freed. Permanent because the holder's release does not prove it
+    /// is done: pickle's Unpickler releases its input buffer when
+    /// re-initialised, and reads on through the pointer it kept.
+    pub fn pin(&self, env: &Arc<Env>) {
+        debug_assert!(std::ptr::eq(Arc::as_ptr(env), self.env));
+        if !self.pinned.replace(true) {
+            std::mem::forget(env.clone());
+        }
+    }
+
     /// The stored bytes of `key`; the slice points into the map and lives as
     /// long as this transaction.
     pub fn get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
@@ -1371,6 +1407,22 @@ impl<'t> Ascending<'t> {
 
 impl Drop for ReadTxn<'_> {
     fn drop(&mut self) {
+        if self.env.generation != fork_generation() {
+            // In a child that fork() made while this read was under way:
+            // resetting or aborting the transaction would clear the parent's
+            // reader slot in the shared lock file, letting writers reuse the
+            // pages the parent is reading. Leak it, and the gate hold (the
+            // gate's state is a copy nobody here uses again).
+            return;
+        }
+        if self.pinned.get() {
+            // Leave the transaction open, and pin the gate before the shared
+            // hold goes, so an exclusive waiter that wakes sees the pin.
+            self.guard.pin();
+            // SAFETY: dropped once, here; `guard` is not used after.
+            unsafe { ManuallyDrop::drop(&mut self.guard) };
+            return;
+        }
         // SAFETY: `txn` is a live read txn we own; reset ends its snapshot
         // and keeps its reader slot for reuse; abort frees both.
         unsafe { ffi::mdb_txn_reset(self.txn) };
@@ -1382,6 +1434,8 @@ impl Drop for ReadTxn<'_> {
             // SAFETY: reset txn of an open env (the gate is still held).
             unsafe { ffi::mdb_txn_abort(self.txn) };
         }
+        // SAFETY: dropped once, here, after the transaction ended.
+        unsafe { ManuallyDrop::drop(&mut self.guard) };
     }
 }
 

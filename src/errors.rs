@@ -77,6 +77,12 @@ pub enum StoreError {
     ReadersFull { max_readers: u32 },
     /// The call would wait for a read that this same thread holds.
     WouldDeadlock(&'static str),
+    /// The call would unmap memory that a buffer lent to unpickling code
+    /// may still point into (see `engine::ReadTxn::pin`).
+    Pinned(&'static str),
+    /// The environment was opened by the parent process before `fork()`:
+    /// this process must not use it.
+    Forked,
     /// An error from LMDB (negative code) or the OS (errno) during `what`.
     Lmdb { code: c_int, what: String },
     /// The environment lost its map and could not get it back: every call
@@ -132,6 +138,15 @@ impl StoreError {
                 "{what} would wait for a read held by this same thread (called from code run \
                  while unpickling a value); do it after the read returns"
             )),
+            StoreError::Pinned(what) => Error::new_err(format!(
+                "{what} is refused: code run while unpickling a value kept pickle's view of \
+                 the store's memory (its Unpickler, or a buffer taken in its place), so that \
+                 memory stays mapped until this process exits; do that in another process"
+            )),
+            StoreError::Forked => Error::new_err(
+                "this LMDB environment belongs to the process that opened it, before fork(); \
+                 the store opens its own in this process on its next call",
+            ),
             StoreError::Unusable(text) => Error::new_err(text),
             StoreError::Lmdb { code, what } => {
                 let text = strerror(code);

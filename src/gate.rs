@@ -11,6 +11,11 @@
 //! calling the store again) is always let in again, and is refused, with
 //! `WouldDeadlock`, the exclusive gate it could never get.
 //!
+//! A read whose lent buffer outlives it (code run by `pickle.loads` kept
+//! pickle's view of the value) pins the gate for good as it leaves: the map
+//! must never be unmapped after that, so the exclusive gate is refused
+//! (`Pinned`) rather than waited for.
+//!
 //! None of this touches Python: callers that hold the GIL try `try_shared`
 //! first and do any blocking wait with the GIL released.
 
@@ -25,6 +30,8 @@ struct State {
     shared: usize,
     exclusive: bool,
     exclusive_waiting: usize,
+    /// Reads that ended while a buffer over their memory was still held.
+    pinned: usize,
 }
 
 #[derive(Default)]
@@ -67,6 +74,27 @@ fn note_held(gate: &Gate, delta: isize) {
             }
         }
     });
+}
+
+/// True when a gate this thread holds shared has an exclusive holder waiting
+/// or in: that holder waits for this thread's read, so this thread must not
+/// wait for anything that waits for that holder.
+pub fn held_gate_awaited() -> bool {
+    HELD.with(|h| {
+        h.borrow().iter().any(|&(addr, _)| {
+            // SAFETY: `addr` is a gate this thread holds shared through a
+            // live `SharedGuard`, which borrows it, so it is alive.
+            let gate = unsafe { &*(addr as *const Gate) };
+            gate.exclusive_pending()
+        })
+    })
+}
+
+/// In the child after `fork()`: the reads this thread was inside belong to
+/// the parent and are never ended here (see `ReadTxn`'s drop), so forget
+/// them rather than consult gates whose state is a stale copy.
+pub fn forget_held_after_fork() {
+    HELD.with(|h| h.borrow_mut().clear());
 }
 
 /// Proof of a shared hold; releases it when dropped. It must be dropped on
@@ -123,19 +151,38 @@ impl Gate {
     }
 
     /// Wait until no read is in flight, then hold the gate alone. Call
-    /// without the GIL. `what` names the caller for the error.
+    /// without the GIL. `what` names the caller for the error. Refused once
+    /// a read is pinned: a pin lasts for the rest of the process.
     pub fn exclusive(&self, what: &'static str) -> Result<ExclusiveGuard<'_>> {
         if held_depth(self) > 0 {
             return Err(StoreError::WouldDeadlock(what));
         }
         let mut s = self.state.lock();
+        if s.pinned > 0 {
+            return Err(StoreError::Pinned(what));
+        }
         s.exclusive_waiting += 1;
         while s.exclusive || s.shared > 0 {
             self.cond.wait(&mut s);
+            if s.pinned > 0 {
+                // A read we waited for pinned its memory on the way out.
+                s.exclusive_waiting -= 1;
+                self.cond.notify_all();
+                return Err(StoreError::Pinned(what));
+            }
         }
         s.exclusive_waiting -= 1;
         s.exclusive = true;
         Ok(ExclusiveGuard { gate: self })
+    }
+}
+
+impl SharedGuard<'_> {
+    /// Leave a pin behind this hold: the map stays mapped for the rest of
+    /// the process. Taken before the hold is released, so an exclusive
+    /// waiter that wakes when it is sees the pin.
+    pub fn pin(&self) {
+        self.gate.state.lock().pinned += 1;
     }
 }
 
@@ -180,6 +227,28 @@ mod tests {
         assert!(!g.held_by_current_thread());
         let x = g.exclusive("grow").expect("no readers");
         drop(x);
+    }
+
+    #[test]
+    fn a_pin_refuses_the_exclusive_gate() {
+        let g = Arc::new(Gate::default());
+        let r = g.try_shared().unwrap();
+        let waiter = {
+            let g = g.clone();
+            std::thread::spawn(move || g.exclusive("grow").map(drop))
+        };
+        while !g.exclusive_pending() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        r.pin();
+        drop(r);
+        assert!(matches!(
+            waiter.join().unwrap(),
+            Err(StoreError::Pinned("grow"))
+        ));
+        assert!(!g.exclusive_pending(), "the refused waiter is gone");
+        assert!(g.try_shared().is_some(), "reads go on while pinned");
+        assert!(matches!(g.exclusive("close"), Err(StoreError::Pinned(_))));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! inside it, zero copy), then the transaction ends before the first item
 //! reaches Python. The next chunk resumes after the last key seen, so no
 //! transaction stays open between items: iteration never blocks growth or
-//! close, never pins old pages, and never yields a key twice.
+//! close, never pins old pages, and never yields a key twice. When the
+//! buffer cannot be committed as iteration begins, its writes are merged
+//! into the walk, in key order.
 
 use std::collections::VecDeque;
 
@@ -12,8 +14,9 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+use crate::buffer::{Bytes, Value};
 use crate::codec;
-use crate::engine::{ReadTxn, Seek};
+use crate::engine::{fork_generation, ReadTxn, Seek};
 use crate::errors::StoreError;
 use crate::keys::MAX_KEY_SIZE;
 use crate::store::{Core, LmdbObjectStore};
@@ -173,6 +176,18 @@ pub struct StoreIterator {
     started: bool,
     /// An error met while reading a chunk, raised after the items before it.
     failed: Option<PyErr>,
+    /// The buffered writes not yet yielded, in iteration order, when the
+    /// buffer could not be committed as the iteration began: merged into the
+    /// database's keys (a value replaces or adds its key, a deletion hides
+    /// it). `None` in the usual case, where the database holds them.
+    overlay: Option<VecDeque<(Vec<u8>, Value)>>,
+}
+
+/// Where an item's value comes from.
+enum Source<'a> {
+    /// LMDB memory, inside the chunk's read transaction.
+    Db(&'a [u8], &'a ReadTxn<'a>),
+    Buffered(&'a Bytes),
 }
 
 impl StoreIterator {
@@ -188,14 +203,25 @@ impl StoreIterator {
             exhausted: false,
             started: false,
             failed: None,
+            overlay: None,
         }
     }
 
     fn fill(&mut self, py: Python<'_>, core: &Core) -> PyResult<()> {
+        let mut flush_failure = None;
         if !self.started {
             self.started = true;
-            core.flush_for_read(py)?;
+            if let Err(e) = core.flush_for_read(py) {
+                flush_failure = core.read_flush_failed(e);
+                self.overlay = Some(core.buffered_in(&self.bounds, self.reverse).into());
+            }
         }
+        let result = self.read_chunk(py, core);
+        core.log_read_flush_failure(py, flush_failure);
+        result
+    }
+
+    fn read_chunk(&mut self, py: Python<'_>, core: &Core) -> PyResult<()> {
         let want = self.chunk;
         self.chunk = (self.chunk * 2).min(MAX_CHUNK);
         let kind = self.kind;
@@ -203,46 +229,83 @@ impl StoreIterator {
         let reverse = self.reverse;
         let last = self.last.take();
         let ready = &mut self.ready;
+        let overlay = &mut self.overlay;
+        let generation = fork_generation();
+        // The key after which the next chunk starts, once this one is full
+        // (or a fork happened: the child reads on in its own environment).
         let mut new_last: Option<Vec<u8>> = None;
         let mut count = 0usize;
         let mut failure: Option<PyErr> = None;
+        // One key done: its item (if any) queued. False stops the chunk.
+        let mut take = |key: &[u8], value: Option<Source<'_>>| -> bool {
+            if let Some(value) = value {
+                match make_item(py, core, kind, key, value) {
+                    Ok(obj) => {
+                        ready.push_back(obj);
+                        count += 1;
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        return false;
+                    }
+                }
+            }
+            if count >= want || fork_generation() != generation {
+                new_last = Some(key.to_vec());
+                return false;
+            }
+            true
+        };
+        // Whether `a` comes before `b` in this iteration's order.
+        let before = |a: &[u8], b: &[u8]| if reverse { a > b } else { a < b };
+        let mut walked_to_end = false;
         core.with_read(py, |txn| {
+            let mut going = true;
             bounds
                 .walk(txn, reverse, last.as_deref(), |k, v| {
-                    let item = (|| -> PyResult<Py<PyAny>> {
-                        let key = || core.keys.decode(py, k);
-                        let value = || {
-                            codec::loads_borrowed(py, v)
-                                .map_err(|e| codec::unpickle_error(py, k, "DB", e))
-                        };
-                        Ok(match kind {
-                            Kind::Keys => key()?.unbind(),
-                            Kind::Values => value()?.unbind(),
-                            Kind::Items => {
-                                PyTuple::new(py, [key()?, value()?])?.into_any().unbind()
+                    if let Some(overlay) = overlay.as_mut() {
+                        while let Some((bk, _)) = overlay.front() {
+                            if !before(bk, k) {
+                                break;
                             }
-                        })
-                    })();
-                    match item {
-                        Ok(obj) => {
-                            ready.push_back(obj);
-                            count += 1;
-                            if count >= want {
-                                new_last = Some(k.to_vec());
+                            let (bk, bv) = overlay.pop_front().expect("a front entry");
+                            if !take(&bk, bv.as_ref().map(Source::Buffered)) {
+                                going = false;
                                 return false;
                             }
-                            true
                         }
-                        Err(e) => {
-                            failure = Some(e);
-                            false
+                        if overlay.front().is_some_and(|(bk, _)| bk[..] == *k) {
+                            // The buffered write of this key wins.
+                            let (bk, bv) = overlay.pop_front().expect("a front entry");
+                            going = take(&bk, bv.as_ref().map(Source::Buffered));
+                            return going;
                         }
                     }
+                    going = take(k, Some(Source::Db(v, txn)));
+                    going
                 })
-                .map_err(StoreError::into_pyerr)
+                .map_err(StoreError::into_pyerr)?;
+            walked_to_end = going;
+            Ok(())
         })?;
+        if walked_to_end {
+            // The database has no more keys in range: the buffered ones
+            // after the last of them come next.
+            if let Some(overlay) = overlay.as_mut() {
+                while let Some((bk, bv)) = overlay.pop_front() {
+                    if !take(&bk, bv.as_ref().map(Source::Buffered)) {
+                        break;
+                    }
+                }
+            }
+        }
         if let Some(e) = failure {
             self.exhausted = true;
+            if codec::passes_through(py, &e) {
+                // Ctrl-C is raised now, not after the items before it.
+                self.ready.clear();
+                return Err(e);
+            }
             self.failed = Some(e);
             return Ok(());
         }
@@ -252,6 +315,29 @@ impl StoreIterator {
         }
         Ok(())
     }
+}
+
+/// The item for `key`: the key, the value, or both, as `kind` says.
+fn make_item(
+    py: Python<'_>,
+    core: &Core,
+    kind: Kind,
+    key: &[u8],
+    value: Source<'_>,
+) -> PyResult<Py<PyAny>> {
+    let decoded = || core.keys.decode(py, key);
+    let loaded = || match value {
+        Source::Db(data, txn) => codec::loads_borrowed(py, data, || core.pin_txn(txn))
+            .map_err(|e| codec::unpickle_error(py, key, "DB", e)),
+        Source::Buffered(bytes) => core.unpickle_buffered(py, key, bytes),
+    };
+    Ok(match kind {
+        Kind::Keys => decoded()?.unbind(),
+        Kind::Values => loaded()?.unbind(),
+        Kind::Items => PyTuple::new(py, [decoded()?, loaded()?])?
+            .into_any()
+            .unbind(),
+    })
 }
 
 #[pymethods]
@@ -276,17 +362,28 @@ impl StoreIterator {
     }
 }
 
-/// Count the keys in `bounds` (committed data; the caller flushed first).
-pub fn count(py: Python<'_>, core: &Core, bounds: &Bounds) -> PyResult<usize> {
+/// Count the keys in `bounds`: the committed ones, corrected by `overlay`,
+/// buffered writes within `bounds` that could not be committed first (a
+/// value of a key not stored adds one, a deletion of a stored key takes one).
+pub fn count(
+    py: Python<'_>,
+    core: &Core,
+    bounds: &Bounds,
+    overlay: &[(Vec<u8>, Value)],
+) -> PyResult<usize> {
     core.with_read(py, |txn| {
-        let mut n = 0usize;
+        let mut n = 0isize;
         bounds
             .walk(txn, false, None, |_, _| {
                 n += 1;
                 true
             })
             .map_err(StoreError::into_pyerr)?;
-        Ok(n)
+        for (k, v) in overlay {
+            let stored = txn.get(k).map_err(StoreError::into_pyerr)?.is_some();
+            n += v.is_some() as isize - stored as isize;
+        }
+        Ok(n.max(0) as usize)
     })
 }
 

@@ -19,11 +19,23 @@ fn lmdb_version() -> (i32, i32, i32) {
     engine::lmdb_version()
 }
 
-/// Commit every open store's buffer. Registered with
-/// `os.register_at_fork(before=...)` and `atexit`.
+/// Commit every open store's buffer. Registered with `atexit`.
 #[pyfunction]
 fn _flush_all(py: Python<'_>) {
     store::flush_all(py);
+}
+
+/// Called by `os.register_at_fork(before=...)`: hold writes back and commit
+/// every open store's buffer, so the child gets every acknowledged write.
+#[pyfunction]
+fn _before_fork(py: Python<'_>) {
+    store::before_fork(py);
+}
+
+/// Called by `os.register_at_fork(after_in_parent=...)`: let writes in again.
+#[pyfunction]
+fn _after_fork_parent() {
+    store::after_fork_in_parent();
 }
 
 /// Called by `os.register_at_fork(after_in_child=...)`.
@@ -49,6 +61,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UnpickleError", errors::unpickle_error_type(py)?)?;
     m.add_function(wrap_pyfunction!(lmdb_version, m)?)?;
     m.add_function(wrap_pyfunction!(_flush_all, m)?)?;
+    m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

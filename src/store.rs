@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +71,9 @@ struct Buffered {
     /// Why the last background commit failed; its batch is back in `buf`.
     /// The next write or flush reports it.
     failed: Option<StoreError>,
+    /// A read already logged that it could not commit the buffer; cleared
+    /// by the next commit that succeeds, so each failure is logged once.
+    read_flush_logged: bool,
 }
 
 impl Buffered {
@@ -79,6 +82,7 @@ impl Buffered {
             buf: WriteBuffer::with_capacity(batch_size.min(1 << 16)),
             closing: false,
             failed: None,
+            read_flush_logged: false,
         }
     }
 }
@@ -128,9 +132,8 @@ fn register_core(core: &Arc<Core>) {
     cores.push(Arc::downgrade(core));
 }
 
-/// Commit every open store's buffer: before `fork()`, so the child neither
-/// loses nor replays a buffered write, and at interpreter exit, so a store
-/// that was never closed loses nothing.
+/// Commit every open store's buffer at interpreter exit, so a store that
+/// was never closed loses nothing (`before_fork` does it before a fork).
 pub fn flush_all(py: Python<'_>) {
     let cores: Vec<Arc<Core>> = CORES.lock().iter().filter_map(|w| w.upgrade()).collect();
     for c in cores {
@@ -151,9 +154,61 @@ pub fn flush_all(py: Python<'_>) {
     }
 }
 
+/// Forks under way in this process (`before_fork` ran, the matching
+/// `after_fork_in_parent` not yet). While it is not zero, writes wait before
+/// they enter a buffer: the buffers committed before the fork stay empty
+/// until `fork()` has copied the process, so a write acknowledged before the
+/// fork is in the database the child reads, and none is left in a buffer
+/// that only the parent will commit.
+static FORKS_IN_PROGRESS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread runs the before-fork commit: a write it makes (a logging
+    /// handler that writes to a store) must not wait for its own fork.
+    static IN_FORK_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Before `fork()` (`os.register_at_fork(before=...)`): hold new writes at
+/// the door, then commit every open store's buffer, after any commit
+/// running in the background. A commit that fails is printed and its writes
+/// stay buffered in the parent only (the child starts with empty buffers).
+pub fn before_fork(py: Python<'_>) {
+    // Writers check the count under their store's buffer mutex, and each
+    // commit below takes that mutex after this increment: a write either
+    // entered its buffer before the commit took the batch, or waits.
+    FORKS_IN_PROGRESS.fetch_add(1, Ordering::SeqCst);
+    IN_FORK_HOOK.with(|f| f.set(true));
+    let cores: Vec<Arc<Core>> = CORES.lock().iter().filter_map(|w| w.upgrade()).collect();
+    for c in cores {
+        if c.generation != crate::engine::fork_generation() || c.readonly {
+            continue;
+        }
+        if c.closing.load(Ordering::Acquire) {
+            // Its close commits; only wait for a commit under way, so that
+            // no commit thread is mid-way through anything at the fork.
+            if let Ok(g) = c.lock_detached(py, &c.commit_lock) {
+                drop(g);
+            }
+            continue;
+        }
+        if let Err(e) = c.flush(py) {
+            e.print(py);
+        }
+    }
+    IN_FORK_HOOK.with(|f| f.set(false));
+}
+
+/// In the parent after `fork()` (also when it failed): let writes in again.
+pub fn after_fork_in_parent() {
+    FORKS_IN_PROGRESS.fetch_sub(1, Ordering::SeqCst);
+}
+
 /// In the child after `fork()`: forget the parent's list (its lock may be
 /// held by a thread that does not exist here).
 pub fn after_fork_in_child() {
+    // Only the forking thread lives on, and it is not inside another fork.
+    FORKS_IN_PROGRESS.store(0, Ordering::SeqCst);
+    IN_FORK_HOOK.with(|f| f.set(false));
     if CORES.is_locked() {
         // SAFETY: only the forking thread exists in the child; whoever held
         // the lock is gone.
@@ -261,7 +316,10 @@ impl Core {
         let cap = self.max_map_size;
         let result = py.detach(|| write_ops(env, &batch.sorted(), batch.bytes(), cap));
         drop(batch);
-        self.buffered.lock().buf.end_commit(result.is_ok());
+        let mut b = self.buffered.lock();
+        b.buf.end_commit(result.is_ok());
+        b.read_flush_logged &= result.is_err();
+        drop(b);
         result.map_err(StoreError::into_pyerr)
     }
 
@@ -271,18 +329,19 @@ impl Core {
     /// batch in flight until it is in the database.
     fn start_commit(&self, py: Python<'_>) -> R<()> {
         let commit = self.lock_detached(py, &self.commit_lock)?;
-        self.log_growth(py);
         let batch = {
             let mut b = self.buffered.lock();
-            if b.failed.is_some() {
-                // The commit before failed and its batch is back in the
-                // buffer: the next write reports it; no retry in a loop.
-                return Ok(());
+            // After a failed commit its batch is back in the buffer: the next
+            // write reports it; no retry in a loop.
+            match b.failed {
+                Some(_) => None,
+                None => b.buf.begin_commit(),
             }
-            match b.buf.begin_commit() {
-                Some(batch) => batch,
-                None => return Ok(()),
-            }
+        };
+        let Some(batch) = batch else {
+            drop(commit);
+            self.log_growth(py);
+            return Ok(());
         };
         let core = self.me.upgrade().expect("a live core has a live Arc");
         let job = {
@@ -313,6 +372,9 @@ impl Core {
             Ok(_) => {
                 // The thread owns the lock now.
                 std::mem::forget(commit);
+                // The growths of the commit before, logged with no lock held:
+                // a logging handler may call the store, or fork.
+                self.log_growth(py);
                 Ok(())
             }
             Err(_) => {
@@ -333,12 +395,14 @@ impl Core {
     fn end_background_commit(&self, result: Result<(), StoreError>) {
         let mut b = self.buffered.lock();
         b.buf.end_commit(result.is_ok());
+        b.read_flush_logged &= result.is_err();
         if let Err(e) = result {
             b.failed = Some(e);
         }
     }
 
-    /// Scans read the database alone: commit what is buffered first.
+    /// Scans read the database alone: commit what is buffered first. On
+    /// failure the caller merges the buffer into what it reads instead.
     pub(crate) fn flush_for_read(&self, py: Python<'_>) -> R<()> {
         if self.readonly {
             return Ok(());
@@ -349,7 +413,99 @@ impl Core {
             return Ok(());
         }
         drop(b);
-        self.flush(py)
+        self.commit_for_read(py)
+    }
+
+    /// `flush` for a read, which does not raise its failure: a failed
+    /// background commit stays kept for the next write to raise, unless
+    /// this commit writes its batch.
+    fn commit_for_read(&self, py: Python<'_>) -> R<()> {
+        let result = self
+            .lock_detached(py, &self.commit_lock)
+            .and_then(|_commit| {
+                let kept = self.buffered.lock().failed.take();
+                let result = self.commit_buffer_locked(py);
+                if let (Err(_), Some(kept)) = (&result, kept) {
+                    self.buffered.lock().failed.get_or_insert(kept);
+                }
+                result
+            });
+        self.log_growth(py);
+        result
+    }
+
+    /// A read's commit of the buffer failed: the read goes on (the buffer
+    /// overlays the database), and the failure belongs to `flush()`,
+    /// `close()` and the write that caused it. Returns the error if this is
+    /// the first read to meet it since the last commit that succeeded, for
+    /// `log_read_flush_failure` once the read is done.
+    pub(crate) fn read_flush_failed(&self, err: PyErr) -> Option<PyErr> {
+        let mut b = self.buffered.lock();
+        let first = !std::mem::replace(&mut b.read_flush_logged, true);
+        first.then_some(err)
+    }
+
+    /// Log what `read_flush_failed` returned; after the read, since logging
+    /// runs Python code.
+    pub(crate) fn log_read_flush_failure(&self, py: Python<'_>, err: Option<PyErr>) {
+        if let Some(err) = err {
+            log(
+                py,
+                "warning",
+                format!(
+                    "could not commit the buffered writes of {} before a read: {}; reads \
+                     answer from the buffer over the database until a commit succeeds, and \
+                     flush() raises the error",
+                    self.path,
+                    err.value(py)
+                ),
+            );
+        }
+    }
+
+    /// Commit the buffer before a read of the database if it holds writes;
+    /// a failure is noted (see `read_flush_failed`), never raised.
+    fn autoflush_for_read(&self, py: Python<'_>, dirty: bool) -> Option<PyErr> {
+        if !dirty {
+            return None;
+        }
+        self.commit_for_read(py)
+            .err()
+            .and_then(|e| self.read_flush_failed(e))
+    }
+
+    /// The buffered writes (values and deletions) whose keys are within
+    /// `bounds`, in iteration order: what a scan merges into the database's
+    /// keys when the buffer could not be committed first.
+    pub(crate) fn buffered_in(&self, bounds: &Bounds, reverse: bool) -> Vec<(Vec<u8>, Value)> {
+        let b = self.buffered.lock();
+        let active = b.buf.active();
+        let mut out: Vec<(Vec<u8>, Value)> = active
+            .iter()
+            .filter(|(k, _)| bounds.contains(k))
+            .map(|(k, v)| (k.to_vec(), v.clone()))
+            .collect();
+        if let Some(inflight) = b.buf.inflight() {
+            // Under the newer writes, which win.
+            out.extend(
+                inflight
+                    .iter()
+                    .filter(|(k, _)| bounds.contains(k) && active.get(k).is_none())
+                    .map(|(k, v)| (k.to_vec(), v.clone())),
+            );
+        }
+        drop(b);
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if reverse {
+            out.reverse();
+        }
+        out
+    }
+
+    /// Keep a read's LMDB memory readable for good: a buffer over it
+    /// outlived the read (see `codec::loads_borrowed`).
+    pub(crate) fn pin_txn(&self, txn: &crate::engine::ReadTxn<'_>) {
+        txn.pin(&self.env);
     }
 
     fn bound(&self, name: &str, v: Option<&Bound<'_, PyAny>>) -> R<Option<Vec<u8>>> {
@@ -391,6 +547,12 @@ impl Core {
         f: impl FnOnce(&crate::engine::ReadTxn<'_>) -> R<T>,
     ) -> R<T> {
         let env = &*self.env;
+        if env.generation != crate::engine::fork_generation() {
+            // A core inherited across fork(): never touch the parent's
+            // environment, not even its gate (callers re-fetch the core
+            // after running Python code, so this is a safety net).
+            return Err(StoreError::Forked.into_pyerr());
+        }
         loop {
             let guard = shared_guard(py, env);
             match env.begin_read(guard) {
@@ -408,35 +570,39 @@ impl Core {
         ClosedError::new_err(format!("the store at {} is closed", self.path))
     }
 
-    fn unpickle_buffered<'py>(
+    /// Unpickle a buffered value; `v` is never freed if pickle's buffer over
+    /// it outlives the call.
+    pub(crate) fn unpickle_buffered<'py>(
         &self,
         py: Python<'py>,
         key: &[u8],
-        v: &[u8],
+        v: &Bytes,
     ) -> R<Bound<'py, PyAny>> {
-        codec::loads_borrowed(py, v).map_err(|e| codec::unpickle_error(py, key, "buffered", e))
+        codec::loads_borrowed(py, (**v).as_ref(), || pin_bytes(v))
+            .map_err(|e| codec::unpickle_error(py, key, "buffered", e))
     }
 
     /// The value of `key` or `None`; buffer first, then (after the autoflush)
-    /// the database.
+    /// the database. A failed autoflush does not fail the read: the buffer
+    /// did not know the key, so the database has the answer.
     fn get_value<'py>(&self, py: Python<'py>, key: &[u8]) -> R<Option<Bound<'py, PyAny>>> {
         let (found, dirty) = self.buffered_lookup(key);
         match found {
-            Lookup::Value(v) => return self.unpickle_buffered(py, key, (*v).as_ref()).map(Some),
+            Lookup::Value(v) => return self.unpickle_buffered(py, key, &v).map(Some),
             Lookup::Deleted => return Ok(None),
             Lookup::Unknown => {}
         }
-        if dirty && self.autoflush_on_read {
-            self.flush(py)?;
-        }
-        self.with_read(py, |txn| {
+        let failure = self.autoflush_for_read(py, dirty && self.autoflush_on_read);
+        let result = self.with_read(py, |txn| {
             match txn.get(key).map_err(StoreError::into_pyerr)? {
                 None => Ok(None),
-                Some(data) => codec::loads_borrowed(py, data)
+                Some(data) => codec::loads_borrowed(py, data, || self.pin_txn(txn))
                     .map(Some)
                     .map_err(|e| codec::unpickle_error(py, key, "DB", e)),
             }
-        })
+        });
+        self.log_read_flush_failure(py, failure);
+        result
     }
 
     fn contains(&self, py: Python<'_>, key: &[u8], flush: bool) -> R<bool> {
@@ -446,12 +612,12 @@ impl Core {
             Lookup::Deleted => return Ok(false),
             Lookup::Unknown => {}
         }
-        if flush && dirty {
-            self.flush(py)?;
-        }
-        self.with_read(py, |txn| {
+        let failure = self.autoflush_for_read(py, flush && dirty);
+        let result = self.with_read(py, |txn| {
             Ok(txn.get(key).map_err(StoreError::into_pyerr)?.is_some())
-        })
+        });
+        self.log_read_flush_failure(py, failure);
+        result
     }
 
     /// Buffer one write (value pickled already, or a tombstone) and flush if
@@ -470,10 +636,18 @@ impl Core {
         py: Python<'_>,
         writes: impl IntoIterator<Item = (K, Value)>,
     ) -> R<()> {
-        let (by_count, by_bytes) = {
+        let (by_count, by_bytes) = loop {
             let mut b = self.buffered.lock();
             if b.closing {
                 return Err(self.closed_error());
+            }
+            if FORKS_IN_PROGRESS.load(Ordering::Relaxed) != 0 && !IN_FORK_HOOK.with(|f| f.get()) {
+                // The buffer was committed for a fork that has not happened
+                // yet: a write taken now would be in the parent's buffer
+                // only. Wait, with the GIL released, until the fork is done.
+                drop(b);
+                self.wait_for_fork(py)?;
+                continue;
             }
             if let Some(e) = b.failed.take() {
                 drop(b);
@@ -482,10 +656,10 @@ impl Core {
             for (k, v) in writes {
                 b.buf.insert(k.as_ref(), v);
             }
-            (
+            break (
                 b.buf.active_len() >= self.batch_size,
                 b.buf.active_memory() > self.max_buffer_bytes,
-            )
+            );
         };
         if by_count && !by_bytes && self.commits_in_background() {
             self.start_commit(py)?;
@@ -497,6 +671,25 @@ impl Core {
             self.flush(py)?;
         }
         Ok(())
+    }
+
+    /// Wait until no fork is under way. A thread inside a read (code run by
+    /// unpickling) gives up if the fork's commit needs to grow a map whose
+    /// gate it holds: that growth waits for this read, which waits for it.
+    fn wait_for_fork(&self, py: Python<'_>) -> R<()> {
+        py.detach(|| {
+            while FORKS_IN_PROGRESS.load(Ordering::SeqCst) != 0 {
+                if crate::gate::held_gate_awaited() {
+                    return Err(StoreError::WouldDeadlock("a write while the process forks"));
+                }
+                // Polled rather than signalled: a fork takes milliseconds,
+                // and a sleeping thread leaves no waiter state for fork() to
+                // copy into the child half-way.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Ok(())
+        })
+        .map_err(StoreError::into_pyerr)
     }
 
     /// Whether a batch that reaches `batch_size` commits in the background
@@ -560,6 +753,12 @@ impl Core {
             Ok(n.max(0) as usize)
         })
     }
+}
+
+/// Never free `bytes`: pickle kept a buffer over them (see
+/// `codec::loads_borrowed`).
+fn pin_bytes(bytes: &Bytes) {
+    std::mem::forget(bytes.clone());
 }
 
 /// Hold the map gate shared; a wait (growth or close under way) happens with
@@ -667,7 +866,10 @@ fn bool_opt(v: &Bound<'_, PyAny>) -> R<bool> {
 }
 
 fn usize_opt(name: &str, v: &Bound<'_, PyAny>) -> R<usize> {
-    let n: i128 = v.extract().map_err(|_| {
+    let n: i128 = v.extract().map_err(|e| {
+        if codec::passes_through(v.py(), &e) {
+            return e;
+        }
         PyTypeError::new_err(format!("{name} must be an int, got {}", type_name(v)))
     })?;
     if n < 0 {
@@ -806,6 +1008,17 @@ impl LmdbObjectStore {
         c.check_open()?;
         Ok(c)
     }
+
+    /// `c`, or this process's own core if Python code that ran since `c`
+    /// was fetched (pickling, unpickling, a key codec) forked the process:
+    /// a child reads and writes its own environment and buffer, never the
+    /// parent's. One atomic load when nothing forked.
+    pub(crate) fn current<'a>(&'a self, c: &'a Core) -> R<&'a Core> {
+        if c.generation == crate::engine::fork_generation() {
+            return Ok(c);
+        }
+        self.open_core()
+    }
 }
 
 #[pymethods]
@@ -858,7 +1071,10 @@ impl LmdbObjectStore {
         let fspath = py
             .import("os")?
             .call_method1("fspath", (db_path,))
-            .map_err(|_| {
+            .map_err(|e| {
+                if codec::passes_through(py, &e) {
+                    return e;
+                }
                 PyTypeError::new_err(format!(
                     "db_path must be str or os.PathLike, got {}",
                     type_name(db_path)
@@ -905,6 +1121,9 @@ impl LmdbObjectStore {
         };
         // An unknown protocol fails here, not at the first put.
         codec::dumps(py, &py.None().into_bound(py), protocol).map_err(|e| {
+            if codec::passes_through(py, &e) {
+                return e;
+            }
             PyValueError::new_err(format!("pickle_protocol={protocol}: {}", e.value(py)))
         })?;
         let keys = KeyPolicy::new(py, key_encoding, key_errors, str_normalize)?;
@@ -970,7 +1189,7 @@ impl LmdbObjectStore {
         c.check_writable("put")?;
         let k = c.keys.to_write_bytes(key)?;
         let pickled = codec::dumps(py, obj, c.protocol)?;
-        c.buffer_write(py, &k, Some(held(pickled)))
+        self.current(c)?.buffer_write(py, &k, Some(held(pickled)))
     }
 
     fn __setitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>, obj: &Bound<'_, PyAny>) -> R<()> {
@@ -982,13 +1201,14 @@ impl LmdbObjectStore {
         let c = self.core()?;
         c.check_writable("delete")?;
         let k = c.keys.to_write_bytes(key)?;
-        c.buffer_write(py, &k, None)
+        self.current(c)?.buffer_write(py, &k, None)
     }
 
     fn __delitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> R<()> {
         let c = self.core()?;
         c.check_writable("delete")?;
         let k = c.keys.to_bytes(key)?;
+        let c = self.current(c)?;
         if !crate::keys::key_len_ok(k.len()) || !c.contains(py, &k, false)? {
             return Err(key_error(key));
         }
@@ -1005,7 +1225,7 @@ impl LmdbObjectStore {
     ) -> R<Bound<'py, PyAny>> {
         let c = self.open_core()?;
         let k = c.keys.to_bytes(key)?;
-        Ok(match c.get_value(py, &k)? {
+        Ok(match self.current(c)?.get_value(py, &k)? {
             Some(v) => v,
             None => default.unwrap_or_else(|| py.None().into_bound(py)),
         })
@@ -1014,7 +1234,9 @@ impl LmdbObjectStore {
     fn __getitem__<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>) -> R<Bound<'py, PyAny>> {
         let c = self.open_core()?;
         let k = c.keys.to_bytes(key)?;
-        c.get_value(py, &k)?.ok_or_else(|| key_error(key))
+        self.current(c)?
+            .get_value(py, &k)?
+            .ok_or_else(|| key_error(key))
     }
 
     /// Whether `key` has a value; `flush=None` follows `autoflush_on_read`.
@@ -1022,13 +1244,14 @@ impl LmdbObjectStore {
     fn exists(&self, py: Python<'_>, key: &Bound<'_, PyAny>, flush: Option<bool>) -> R<bool> {
         let c = self.open_core()?;
         let k = c.keys.to_bytes(key)?;
+        let c = self.current(c)?;
         c.contains(py, &k, flush.unwrap_or(c.autoflush_on_read))
     }
 
     fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> R<bool> {
         let c = self.open_core()?;
         let k = c.keys.to_bytes(key)?;
-        c.contains(py, &k, false)
+        self.current(c)?.contains(py, &k, false)
     }
 
     /// `(found, not_found)` for many keys, read in one transaction.
@@ -1050,6 +1273,7 @@ impl LmdbObjectStore {
         let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<R<_>>()?;
         let normalised: Vec<Cow<'_, [u8]>> =
             given.iter().map(|k| c.keys.to_bytes(k)).collect::<R<_>>()?;
+        let c = self.current(c)?;
 
         // Buffer first, in one lock.
         let mut from_buffer: Vec<Option<Lookup>> = Vec::with_capacity(normalised.len());
@@ -1064,9 +1288,7 @@ impl LmdbObjectStore {
         let need_db = from_buffer
             .iter()
             .any(|l| matches!(l, Some(Lookup::Unknown)));
-        if need_db && dirty && c.autoflush_on_read {
-            c.flush(py)?;
-        }
+        let failure = c.autoflush_for_read(py, need_db && dirty && c.autoflush_on_read);
 
         // Database reads in key order, through one cursor moving forward:
         // neighbouring keys share pages, so a sorted pass reads each page
@@ -1083,24 +1305,36 @@ impl LmdbObjectStore {
                 .collect();
             order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
             from_db.resize_with(normalised.len(), || None);
-            c.with_read(py, |txn| {
-                let mut lookups = txn.ascending().map_err(StoreError::into_pyerr)?;
-                let mut prev: Option<(u128, &[u8], usize)> = None;
-                for &(head, k, i) in &order {
-                    // A repeated key sits next to its twin: reuse its value.
-                    if let Some((_, _, p)) = prev.filter(|&(h, pk, _)| h == head && pk == k) {
-                        from_db[i] = from_db[p].clone();
-                        continue;
+            let mut next = 0;
+            let mut prev: Option<(u128, &[u8], usize)> = None;
+            let mut reader = c;
+            while next < order.len() {
+                // Unpickling runs Python code, which may fork: a child goes
+                // on in a transaction of its own environment.
+                reader = self.current(reader)?;
+                let generation = crate::engine::fork_generation();
+                reader.with_read(py, |txn| {
+                    let mut lookups = txn.ascending().map_err(StoreError::into_pyerr)?;
+                    while let Some(&(head, k, i)) = order.get(next) {
+                        next += 1;
+                        // A repeated key sits next to its twin: reuse its value.
+                        if let Some((_, _, p)) = prev.filter(|&(h, pk, _)| h == head && pk == k) {
+                            from_db[i] = from_db[p].clone();
+                            continue;
+                        }
+                        prev = Some((head, k, i));
+                        if let Some(data) = lookups.get(k).map_err(StoreError::into_pyerr)? {
+                            let obj = codec::loads_borrowed(py, data, || reader.pin_txn(txn))
+                                .map_err(|e| codec::unpickle_error(py, k, "DB", e))?;
+                            from_db[i] = Some(obj);
+                            if crate::engine::fork_generation() != generation {
+                                break;
+                            }
+                        }
                     }
-                    prev = Some((head, k, i));
-                    if let Some(data) = lookups.get(k).map_err(StoreError::into_pyerr)? {
-                        let obj = codec::loads_borrowed(py, data)
-                            .map_err(|e| codec::unpickle_error(py, k, "DB", e))?;
-                        from_db[i] = Some(obj);
-                    }
-                }
-                Ok(())
-            })?;
+                    Ok(())
+                })?;
+            }
         }
 
         let found = PyDict::new(py);
@@ -1118,7 +1352,7 @@ impl LmdbObjectStore {
         };
         for (i, (k, l)) in normalised.iter().zip(&from_buffer).enumerate() {
             let obj = match l {
-                Some(Lookup::Value(v)) => c.unpickle_buffered(py, k, (**v).as_ref())?,
+                Some(Lookup::Value(v)) => c.unpickle_buffered(py, k, v)?,
                 Some(Lookup::Unknown) => match from_db.get_mut(i).and_then(Option::take) {
                     Some(obj) => obj,
                     None => continue,
@@ -1139,6 +1373,7 @@ impl LmdbObjectStore {
                 not_found.append(k)?;
             }
         }
+        c.log_read_flush_failure(py, failure);
         Ok((found, not_found))
     }
 
@@ -1173,6 +1408,7 @@ impl LmdbObjectStore {
             keys.push(kb);
             pickles.push(pickled);
         }
+        let c = self.current(c)?;
         let mut ops: Vec<Op<'_>> = keys
             .iter()
             .zip(&pickles)
@@ -1331,11 +1567,21 @@ impl LmdbObjectStore {
     ) -> R<usize> {
         let c = self.open_core()?;
         let bounds = c.bounds(prefix, start, stop)?;
+        let c = self.current(c)?;
         if bounds.is_unbounded() {
             return c.len(py);
         }
-        c.flush_for_read(py)?;
-        crate::iter::count(py, c, &bounds)
+        match c.flush_for_read(py) {
+            Ok(()) => crate::iter::count(py, c, &bounds, &[]),
+            Err(e) => {
+                // Count the database's keys corrected by the buffered ones.
+                let failure = c.read_flush_failed(e);
+                let overlay = c.buffered_in(&bounds, false);
+                let n = crate::iter::count(py, c, &bounds, &overlay);
+                c.log_read_flush_failure(py, failure);
+                n
+            }
+        }
     }
 
     /// Whether `key` is within the bounds and in the store.
@@ -1350,10 +1596,14 @@ impl LmdbObjectStore {
     ) -> R<bool> {
         let c = self.open_core()?;
         let bounds = c.bounds(prefix, start, stop)?;
-        let Ok(k) = c.keys.to_bytes(key) else {
-            return Ok(false);
+        let k = match c.keys.to_bytes(key) {
+            Ok(k) => k,
+            // A key the store cannot hold is not in it, but Ctrl-C from a
+            // key codec is not an answer.
+            Err(e) if codec::passes_through(py, &e) => return Err(e),
+            Err(_) => return Ok(false),
         };
-        Ok(bounds.contains(&k) && c.contains(py, &k, false)?)
+        Ok(bounds.contains(&k) && self.current(c)?.contains(py, &k, false)?)
     }
 
     /// A live view of the keys, in key order, within optional bounds.
@@ -1430,6 +1680,7 @@ impl LmdbObjectStore {
         let c = self.core()?;
         c.check_writable("pop")?;
         let k = c.keys.to_bytes(key)?;
+        let c = self.current(c)?;
         let found = if crate::keys::key_len_ok(k.len()) {
             c.get_value(py, &k)?
         } else {
@@ -1437,7 +1688,7 @@ impl LmdbObjectStore {
         };
         match found {
             Some(v) => {
-                c.buffer_write(py, &k, None)?;
+                self.current(c)?.buffer_write(py, &k, None)?;
                 Ok(v)
             }
             None => match default.get_item(0) {
@@ -1450,9 +1701,10 @@ impl LmdbObjectStore {
     /// Remove and return the `(key, value)` pair with the smallest key, in
     /// one write transaction.
     fn popitem<'py>(&self, py: Python<'py>) -> R<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let c = self.core()?;
+        let mut c = self.core()?;
         c.check_writable("popitem")?;
         loop {
+            c = self.current(c)?;
             c.flush(py)?;
             let first = c.with_read(py, |txn| {
                 let mut out = None;
@@ -1467,8 +1719,15 @@ impl LmdbObjectStore {
             let Some((k, raw)) = first else {
                 return Err(PyKeyError::new_err("popitem(): the store is empty"));
             };
-            let value = codec::loads_borrowed(py, &raw)
+            // Shared, so that a buffer over it that outlives `loads` can
+            // keep it alive.
+            let raw: Bytes = Arc::new(raw);
+            let value = codec::loads_borrowed(py, (*raw).as_ref(), || pin_bytes(&raw))
                 .map_err(|e| codec::unpickle_error(py, &k, "DB", e))?;
+            let raw: &[u8] = (*raw).as_ref();
+            // Unpickling ran Python code: a forked child deletes in its own
+            // environment.
+            c = self.current(c)?;
             let env = &*c.env;
             let cap = c.max_map_size;
             // Delete only if nobody changed the entry since we read it.
@@ -1477,7 +1736,7 @@ impl LmdbObjectStore {
                     env.write(cap, |txn, db| {
                         use lmdb::Transaction;
                         match txn.get(db, &k) {
-                            Ok(cur) if cur == &raw[..] => {
+                            Ok(cur) if cur == raw => {
                                 txn.del(db, &k, None)?;
                                 Ok(true)
                             }
@@ -1506,12 +1765,13 @@ impl LmdbObjectStore {
         let c = self.core()?;
         c.check_writable("setdefault")?;
         let k = c.keys.to_write_bytes(key)?;
+        let c = self.current(c)?;
         if let Some(v) = c.get_value(py, &k)? {
             return Ok(v);
         }
         let d = default.unwrap_or_else(|| py.None().into_bound(py));
         let pickled = codec::dumps(py, &d, c.protocol)?;
-        c.buffer_write(py, &k, Some(held(pickled)))?;
+        self.current(c)?.buffer_write(py, &k, Some(held(pickled)))?;
         Ok(d)
     }
 
@@ -1562,7 +1822,8 @@ impl LmdbObjectStore {
                 stage(&k, &v)?;
             }
         }
-        c.buffer_writes(py, staged.into_iter().map(|(k, v)| (k, Some(v))))
+        self.current(c)?
+            .buffer_writes(py, staged.into_iter().map(|(k, v)| (k, Some(v))))
     }
 
     /// Delete everything, buffer included, in one write transaction (LMDB
@@ -1582,9 +1843,12 @@ impl LmdbObjectStore {
             let env = &*c.env;
             let cap = c.max_map_size;
             let r = py.detach(|| env.write(cap, |txn, db| txn.clear_db(db)));
+            let mut b = c.buffered.lock();
             if batch.is_some() {
-                c.buffered.lock().buf.end_commit(r.is_ok());
+                b.buf.end_commit(r.is_ok());
             }
+            b.read_flush_logged &= r.is_err();
+            drop(b);
             r.map_err(StoreError::into_pyerr)
         })();
         c.log_growth(py);
@@ -1838,8 +2102,11 @@ fn key_value_pair<'py>(item: &Bound<'py, PyAny>) -> R<Result<Pair<'py>, String>>
         }
         return Ok(Err(format!("has length {}; 2 is required", t.len())));
     }
-    let Ok(it) = item.try_iter() else {
-        return Ok(Err("is not a (key, value) pair".into()));
+    let it = match item.try_iter() {
+        Ok(it) => it,
+        // `__iter__` is user code: Ctrl-C in it is not a bad item.
+        Err(e) if codec::passes_through(item.py(), &e) => return Err(e),
+        Err(_) => return Ok(Err("is not a (key, value) pair".into())),
     };
     let mut two = Vec::with_capacity(2);
     for x in it {

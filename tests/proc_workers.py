@@ -291,8 +291,9 @@ def fsize_limited_writer(path: str, headroom: str) -> None:
     report["flush_again"] = _outcome(store.flush)
     report["pending_after_flush_again"] = store.pending
     # A read that misses the buffer flushes first (autoflush_on_read), so it
-    # meets the same failure, and the buffer survives that too.
+    # meets the same failure; it answers anyway, and the buffer survives.
     report["autoflush_get"] = _outcome(lambda: store.get(fsize_base_key(0)))
+    report["autoflush_get_value"] = store.get(fsize_base_key(0))
     report["pending_after_autoflush_get"] = store.pending
     # Still usable: committed data is there, for reads that need no flush.
     report["base_present"] = sum(store.exists(k, flush=False) for k in base)
