@@ -8,6 +8,7 @@
 """
 
 import atexit as _atexit
+import logging as _logging
 import os as _os
 from collections.abc import MutableMapping as _MutableMapping
 
@@ -25,6 +26,11 @@ from ._native import (
 )
 
 _MutableMapping.register(LmdbObjectStore)
+
+# A library's logger stays quiet unless the application configures logging.
+# Imported here, not on first use: importing logging inside the before-fork
+# hook would register logging's own fork hooks while the interpreter runs them.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 # Before a fork every open store commits its buffer; in the child, each store
 # opens a fresh environment on first use and leaves the parent's alone. At

@@ -223,7 +223,7 @@ impl Core {
         };
         for g in grown {
             let _ = logger.call_method1(
-                "warning",
+                "info",
                 (
                     "growing the LMDB map of %s from %d to %d bytes",
                     self.path.as_str(),
