@@ -1732,7 +1732,7 @@ fn close_core(py: Python<'_>, c: &Core, strict: bool) -> R<()> {
             flush_error = Some(e);
         }
     }
-    let env = &*c.env;
+    let env = &c.env;
     let sync_result = py.detach(|| {
         let s = if env.options.readonly {
             Ok(())

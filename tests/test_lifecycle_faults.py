@@ -1,5 +1,6 @@
-"""Lifecycle under faults: logging from the fork hook. The risky parts run
-in child interpreters with timeouts."""
+"""Lifecycle under faults: closes that race with opens from unpickling code,
+and logging from the fork hook. The risky parts run in child interpreters
+with timeouts."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import lmdb_object_store
-from helpers import MiB, package_records, run_python
+from helpers import MiB, package_records, run_python, run_threads
 from lmdb_object_store import LmdbObjectStore
 
 PKG_PARENT = str(Path(lmdb_object_store.__file__).resolve().parent.parent)
@@ -35,6 +38,112 @@ def run_child(code: str, *args: str, timeout: float = 60.0) -> subprocess.Comple
 
 def describe(proc: subprocess.CompletedProcess) -> str:
     return f"exit status {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+
+
+# --------------------------------------------------------------------------
+# close() against opens and closes from unpickling code (lock order)
+# --------------------------------------------------------------------------
+
+# A reader thread unpickles a value: first a hook that lets the main thread
+# start close() of the store being read (the close then waits for that read),
+# then a part whose unpickling opens or closes a store. Both threads must
+# finish.
+CLOSE_DURING_NESTED_OPEN = """
+    import sys, threading, time
+    from lmdb_object_store import LmdbObjectStore
+
+    path, what = sys.argv[1], sys.argv[2]
+    entered = threading.Event()
+
+    class Pause:
+        def __init__(self):
+            self.state = 1
+
+        def __setstate__(self, state):
+            entered.set()
+            time.sleep(0.3)  # the main thread's close() starts meanwhile
+
+    class CloseOther:
+        def __init__(self):
+            self.state = 1
+
+        def __setstate__(self, state):
+            OTHER.close()
+
+    OTHER = LmdbObjectStore(path + "-other")
+    store = LmdbObjectStore(path)
+    map_addr = store.info()["map_addr"]
+    nested = {
+        "open-other": OTHER,         # unpickles as a new store on another file
+        "open-same": store,          # ... on the file whose close is under way
+        "close-other": CloseOther(),
+    }[what]
+    store[b"v"] = (Pause(), nested)
+    store.flush()
+
+    outcome = {}
+
+    def reader():
+        try:
+            value = store[b"v"]
+            if what == "open-same":
+                reopened = value[1]
+                outcome["same-env"] = reopened.info()["map_addr"] == map_addr
+                reopened[b"written-after"] = "yes"
+                reopened.close()
+            outcome["ok"] = True
+        except Exception as exc:
+            outcome["error"] = repr(exc)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    assert entered.wait(10)
+    closer = threading.Thread(target=store.close, daemon=True)
+    closer.start()
+    t.join(20)
+    closer.join(20)
+    if t.is_alive() or closer.is_alive():
+        print("DEADLOCK", flush=True)
+        import os
+        os._exit(3)
+    print(outcome)
+    assert outcome.get("ok"), outcome
+    assert store.closed
+    if what == "open-same":
+        assert outcome["same-env"], "the closing environment was opened a second time"
+        with LmdbObjectStore(path) as again:
+            assert again[b"written-after"] == "yes"
+    if what == "close-other":
+        assert OTHER.closed
+    OTHER.close()
+"""
+
+
+@pytest.mark.parametrize("what", ["open-other", "open-same", "close-other"])
+def test_close_does_not_deadlock_with_a_store_opened_or_closed_by_unpickling_code(tmp_path, what):
+    proc = run_child(CLOSE_DURING_NESTED_OPEN, str(tmp_path / "db"), what, timeout=60)
+    assert "DEADLOCK" not in proc.stdout, describe(proc)
+    assert proc.returncode == 0, describe(proc)
+
+
+def test_closing_and_reopening_one_file_from_many_threads_keeps_one_environment(tmp_path):
+    path = tmp_path / "db"
+    with LmdbObjectStore(path) as first:
+        first[b"n"] = 0
+
+    def churn(t):
+        def run():
+            for i in range(30):
+                with LmdbObjectStore(path) as store:
+                    store[b"t%d-%02d" % (t, i)] = i
+                    assert store[b"t%d-%02d" % (t, i)] == i
+
+        return run
+
+    results, errors = run_threads([churn(t) for t in range(6)], timeout=60)
+    assert errors == [None] * 6
+    with LmdbObjectStore(path) as again:
+        assert len(again) == 1 + 6 * 30
 
 
 # --------------------------------------------------------------------------
