@@ -8,6 +8,7 @@
 """
 
 import atexit as _atexit
+import logging as _logging
 import os as _os
 from collections.abc import MutableMapping as _MutableMapping
 
@@ -28,16 +29,22 @@ from ._native import (
 
 _MutableMapping.register(LmdbObjectStore)
 
+# A library's logger stays quiet unless the application configures logging.
+# Errors that mean lost writes are written to stderr as well. Imported here,
+# not on first use: importing logging inside the before-fork hook would
+# register logging's own fork hooks while the interpreter runs them.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
+
 # Before a fork every open store commits its buffer, and writes wait until the
 # fork is done; in the child, each store opens a fresh environment on first use
-# and leaves the parent's alone. At exit, stores that were never closed commit
-# their buffers too.
+# and leaves the parent's alone. At exit, once no other thread is inside a store
+# call, stores that were never closed commit their buffers too.
 _os.register_at_fork(
     before=_before_fork,
     after_in_parent=_after_fork_parent,
     after_in_child=_after_fork_child,
 )
-_atexit.register(_flush_all)
+_atexit.register(_flush_all, exiting=True)
 
 
 def _reopen(cls, path, kwargs):

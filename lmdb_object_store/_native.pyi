@@ -222,8 +222,18 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
         """Commit the buffer, wait for reads in flight, sync and close. Idempotent."""
 
     def __enter__(self) -> Self: ...
-    def __exit__(self, *_exc: object) -> bool:
-        """Close the store (not strict); never suppresses the exception."""
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        _exc: BaseException | None = None,
+        _tb: object = None,
+    ) -> bool:
+        """Close the store; never suppresses the exception.
+
+        If the final commit fails and no exception is propagating, its error
+        (``MapFullError``, ...) is raised with a note naming the path and the
+        writes not saved; otherwise the failure is reported on stderr.
+        """
 
     def sync(self, force: bool = True) -> None:
         """fsync the data file."""
@@ -315,8 +325,9 @@ class StoreIterator(Iterator[Any]):
 def lmdb_version() -> tuple[int, int, int]:
     """The bundled LMDB's version as ``(major, minor, patch)``."""
 
-def _flush_all() -> None:
-    """Commit the buffer of every open store (at exit)."""
+def _flush_all(*, exiting: bool = False) -> None:
+    """Commit the buffer of every open store; at exit (``exiting=True``), after
+    every other thread left its store calls."""
 
 def _before_fork() -> None:
     """Before ``fork()``: hold writes back and commit the buffer of every open store."""

@@ -606,6 +606,10 @@ impl Env {
     /// Open `path`, or share the environment this process already has open
     /// on the same data file (LMDB forbids opening one file twice in a
     /// process). Reference-counted: pair with `release`. Call without the GIL.
+    ///
+    /// An environment stays registered until it is closed, so one whose last
+    /// store was released but whose close waits for reads is taken up again
+    /// here (its count goes from 0 to 1) rather than opened a second time.
     pub fn acquire(path: &Path, options: &EnvOptions) -> std::result::Result<Arc<Env>, OpenError> {
         let mut registry = REGISTRY.lock();
         let generation = fork_generation();
@@ -616,13 +620,9 @@ impl Env {
                 .filter_map(Weak::upgrade)
                 .find(|e| e.file_id == id && e.generation == generation);
             if let Some(env) = found {
-                let mut handles = env.handles.lock();
-                if *handles > 0 {
-                    env.check_compatible(path, options)?;
-                    *handles += 1;
-                    drop(handles);
-                    return Ok(env);
-                }
+                env.check_compatible(path, options)?;
+                *env.handles.lock() += 1;
+                return Ok(env);
             }
         }
         let env = Arc::new(Env::open(path, options)?);
@@ -667,22 +667,52 @@ impl Env {
         Ok(())
     }
 
-    /// One store is done with this environment; the last one closes it
-    /// (waiting for reads in flight). Call without the GIL.
-    pub fn release(&self) -> Result<()> {
+    /// One store is done with this environment; the last one closes it,
+    /// after the reads in flight. Call without the GIL.
+    ///
+    /// Lock order: the close waits for the writer and the exclusive gate
+    /// first, and only then takes the registry lock, so an `acquire` from
+    /// code run inside a read (which holds the gate shared) never waits for
+    /// a close that waits for that read. When this thread is itself inside
+    /// a read of this environment, the close runs when that read ends.
+    pub fn release(self: &Arc<Env>) -> Result<()> {
+        {
+            let mut handles = self.handles.lock();
+            match *handles {
+                0 => return Ok(()),
+                1 => *handles = 0,
+                _ => {
+                    *handles -= 1;
+                    return Ok(());
+                }
+            }
+        }
+        if self.gate.held_by_current_thread() {
+            let env = Arc::clone(self);
+            self.gate.after_shared(Box::new(move || {
+                // A fork() in between makes it the parent's: leave it be.
+                if env.generation == fork_generation() {
+                    // This thread's read has ended: the close cannot refuse.
+                    let _ = env.close_if_unused();
+                }
+            }));
+            return Ok(());
+        }
+        self.close_if_unused()
+    }
+
+    /// Close the environment unless an `acquire` took it up again meanwhile.
+    /// The registry lock is held from that check until the close is done, so
+    /// no second environment opens on the file while this one is open.
+    fn close_if_unused(&self) -> Result<()> {
+        let _writer = self.lock_writer()?;
+        let x = self.gate.exclusive("closing the store")?;
         let mut registry = REGISTRY.lock();
-        let mut handles = self.handles.lock();
-        if *handles == 0 {
+        if *self.handles.lock() > 0 {
             return Ok(());
         }
-        if *handles > 1 {
-            *handles -= 1;
-            return Ok(());
-        }
-        // Closing may refuse (WouldDeadlock): keep the count then.
-        self.close()?;
-        *handles = 0;
         registry.retain(|w| !std::ptr::eq(w.as_ptr(), self));
+        self.close_exclusive(x);
         Ok(())
     }
 
@@ -1109,14 +1139,22 @@ impl Env {
     }
 
     /// Close the environment: waits for every read in flight and for the
-    /// writer. Idempotent. Call without the GIL.
+    /// writer. Idempotent. Call without the GIL. Stores close through
+    /// `release`, which also keeps the registry right.
     pub fn close(&self) -> Result<()> {
         let _writer = self.lock_writer()?;
         let x = self.gate.exclusive("closing the store")?;
+        self.close_exclusive(x);
+        Ok(())
+    }
+
+    /// The close itself, for a caller that holds the writer lock and the
+    /// exclusive gate (which `x` proves).
+    fn close_exclusive(&self, x: ExclusiveGuard<'_>) {
         // SAFETY: write lock + exclusive gate: nobody else touches `lmdb`.
         let slot = unsafe { &mut *self.lmdb.get() };
         if slot.is_none() {
-            return Ok(());
+            return;
         }
         for RawTxn(t) in self.pool.lock().drain(..) {
             // SAFETY: pooled txns are reset read txns of this open env.
@@ -1125,7 +1163,6 @@ impl Env {
         let env = slot.take();
         drop(x);
         drop(env);
-        Ok(())
     }
 }
 
@@ -1628,6 +1665,33 @@ mod tests {
         let again = Env::open(&p, &EnvOptions::default()).unwrap();
         assert_eq!(read(&again, b"a000499"), Some(vec![3u8; 500]));
         again.close().unwrap();
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
+    #[test]
+    fn a_closing_environment_is_taken_up_again_not_opened_twice() {
+        let p = tmp("revive");
+        let opts = EnvOptions::default();
+        let env = Env::acquire(&p, &opts).unwrap();
+        let read = env.gate.try_shared().unwrap();
+        // The last release inside a read of the environment puts the close off.
+        env.release().unwrap();
+        assert!(!env.is_closed());
+        let again = Env::acquire(&p, &opts).unwrap();
+        assert!(Arc::ptr_eq(&env, &again), "one environment per file");
+        drop(read);
+        assert!(
+            !env.is_closed(),
+            "taken up again: the put-off close leaves it open"
+        );
+        again.release().unwrap();
+        assert!(env.is_closed());
+        let fresh = Env::acquire(&p, &opts).unwrap();
+        assert!(
+            !Arc::ptr_eq(&fresh, &env),
+            "closed and gone from the registry"
+        );
+        fresh.release().unwrap();
         let _ = std::fs::remove_dir_all(&p);
     }
 

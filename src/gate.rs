@@ -18,6 +18,10 @@
 //!
 //! None of this touches Python: callers that hold the GIL try `try_shared`
 //! first and do any blocking wait with the GIL released.
+//!
+//! Work that would have to wait for the calling thread's own read (closing a
+//! store dropped by code run inside that read) can be put off with
+//! `after_shared`: it runs on this thread as soon as its shared hold ends.
 
 use std::cell::RefCell;
 
@@ -40,9 +44,15 @@ pub struct Gate {
     cond: Condvar,
 }
 
+/// Work put off until this thread's shared hold of a gate ends.
+type Deferred = Box<dyn FnOnce()>;
+
 thread_local! {
     /// (gate address, depth) for each gate this thread holds shared.
     static HELD: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
+    /// (gate address, work) to run when this thread's hold of that gate
+    /// ends. A gate outlives every hold of it, so its address names it here.
+    static AFTER_SHARED: RefCell<Vec<(usize, Deferred)>> = const { RefCell::new(Vec::new()) };
 }
 
 fn held_depth(gate: &Gate) -> usize {
@@ -55,25 +65,28 @@ fn held_depth(gate: &Gate) -> usize {
     })
 }
 
-fn note_held(gate: &Gate, delta: isize) {
+/// Change this thread's depth of `gate` by `delta`; returns the new depth.
+fn note_held(gate: &Gate, delta: isize) -> usize {
     let id = gate as *const Gate as usize;
     HELD.with(|h| {
         let mut h = h.borrow_mut();
         match h.iter().position(|(g, _)| *g == id) {
             Some(i) => {
-                let d = h[i].1 as isize + delta;
+                let d = (h[i].1 as isize + delta) as usize;
                 if d == 0 {
                     h.swap_remove(i);
                 } else {
-                    h[i].1 = d as usize;
+                    h[i].1 = d;
                 }
+                d
             }
             None => {
                 debug_assert!(delta > 0);
                 h.push((id, delta as usize));
+                delta as usize
             }
         }
-    });
+    })
 }
 
 /// True when a gate this thread holds shared has an exclusive holder waiting
@@ -114,6 +127,18 @@ impl Gate {
     /// True when this thread holds the gate shared (is inside a read).
     pub fn held_by_current_thread(&self) -> bool {
         held_depth(self) > 0
+    }
+
+    /// Run `work` on this thread once its shared hold of the gate ends: at
+    /// once if it holds none. For work that would otherwise wait for this
+    /// thread's own read.
+    pub fn after_shared(&self, work: Deferred) {
+        if held_depth(self) == 0 {
+            work();
+            return;
+        }
+        let id = self as *const Gate as usize;
+        AFTER_SHARED.with(|a| a.borrow_mut().push((id, work)));
     }
 
     /// True when an exclusive holder is waiting or in.
@@ -188,12 +213,35 @@ impl SharedGuard<'_> {
 
 impl Drop for SharedGuard<'_> {
     fn drop(&mut self) {
-        note_held(self.gate, -1);
-        let mut s = self.gate.state.lock();
-        s.shared -= 1;
-        if s.shared == 0 && s.exclusive_waiting > 0 {
-            self.gate.cond.notify_all();
+        let depth = note_held(self.gate, -1);
+        {
+            let mut s = self.gate.state.lock();
+            s.shared -= 1;
+            if s.shared == 0 && s.exclusive_waiting > 0 {
+                self.gate.cond.notify_all();
+            }
         }
+        if depth == 0 {
+            run_deferred(self.gate);
+        }
+    }
+}
+
+/// Run the work put off until this thread's hold of `gate` ended. Taken out
+/// of the list first: the work may put off more (for another gate).
+fn run_deferred(gate: &Gate) {
+    let id = gate as *const Gate as usize;
+    let due: Vec<Deferred> = AFTER_SHARED.with(|a| {
+        let mut a = a.borrow_mut();
+        if a.is_empty() {
+            return Vec::new();
+        }
+        let (due, rest): (Vec<_>, Vec<_>) = a.drain(..).partition(|(g, _)| *g == id);
+        *a = rest;
+        due.into_iter().map(|(_, work)| work).collect()
+    });
+    for work in due {
+        work();
     }
 }
 
@@ -249,6 +297,31 @@ mod tests {
         assert!(!g.exclusive_pending(), "the refused waiter is gone");
         assert!(g.try_shared().is_some(), "reads go on while pinned");
         assert!(matches!(g.exclusive("close"), Err(StoreError::Pinned(_))));
+    }
+
+    #[test]
+    fn work_put_off_runs_when_the_outermost_hold_ends() {
+        use std::cell::Cell;
+        use std::rc::Rc;
+        let g = Gate::default();
+        let other = Gate::default();
+        let ran = Rc::new(Cell::new(0));
+        let note = |n: i32| {
+            let ran = ran.clone();
+            Box::new(move || ran.set(ran.get() * 10 + n)) as Deferred
+        };
+        g.after_shared(note(1));
+        assert_eq!(ran.get(), 1, "no hold: at once");
+        let outer = g.try_shared().unwrap();
+        let inner = g.wait_shared();
+        let held_other = other.try_shared().unwrap();
+        g.after_shared(note(2));
+        drop(inner);
+        drop(held_other);
+        assert_eq!(ran.get(), 1, "still inside the outer read");
+        drop(outer);
+        assert_eq!(ran.get(), 12);
+        assert!(g.exclusive("close").is_ok());
     }
 
     #[test]

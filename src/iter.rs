@@ -350,7 +350,7 @@ impl StoreIterator {
         let store = self.store.clone_ref(py);
         let core = store.get().open_core()?;
         if self.ready.is_empty() && !self.exhausted {
-            self.fill(py, core)?;
+            self.fill(py, &core)?;
         }
         match self.ready.pop_front() {
             Some(item) => Ok(Some(item)),

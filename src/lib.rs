@@ -5,6 +5,7 @@ pub mod buffer;
 pub mod codec;
 pub mod engine;
 pub mod errors;
+pub mod exit;
 pub mod files;
 pub mod gate;
 pub mod iter;
@@ -19,10 +20,17 @@ fn lmdb_version() -> (i32, i32, i32) {
     engine::lmdb_version()
 }
 
-/// Commit every open store's buffer. Registered with `atexit`.
+/// Commit every open store's buffer. Registered with `atexit` as
+/// `_flush_all(exiting=True)`, which first waits for every other thread to
+/// leave its store calls and keeps them out from then on.
 #[pyfunction]
-fn _flush_all(py: Python<'_>) {
-    store::flush_all(py);
+#[pyo3(signature = (*, exiting=false))]
+fn _flush_all(py: Python<'_>, exiting: bool) {
+    if exiting {
+        store::flush_at_exit(py);
+    } else {
+        store::flush_all(py);
+    }
 }
 
 /// Called by `os.register_at_fork(before=...)`: hold writes back and commit

@@ -22,6 +22,7 @@ use crate::buffer::{Bytes, Lookup, Op, Value, WriteBuffer};
 use crate::codec;
 use crate::engine::{Env, EnvInfo, EnvOptions};
 use crate::errors::{os_error, ClosedError, Error, StoreError};
+use crate::exit;
 use crate::iter::{Bounds, Kind, StoreIterator};
 use crate::keys::KeyPolicy;
 
@@ -203,6 +204,45 @@ pub fn after_fork_in_parent() {
     FORKS_IN_PROGRESS.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// The exit hook (`atexit`): wait until no other thread is inside a store
+/// call and keep them out from then on (see `exit`), then commit every open
+/// store's buffer. A commit that fails is reported on stderr with the number
+/// of writes lost, once: those writes are dropped, so that the store's
+/// close during finalization does not report them again.
+pub fn flush_at_exit(py: Python<'_>) {
+    let stuck = exit::begin_exit(py);
+    if stuck > 0 {
+        report(
+            py,
+            &format!(
+                "{stuck} thread(s) were still inside a store call {} s after interpreter exit \
+                 began; committing the buffers anyway",
+                exit::EXIT_WAIT.as_secs()
+            ),
+        );
+    }
+    let cores: Vec<Arc<Core>> = CORES.lock().iter().filter_map(|w| w.upgrade()).collect();
+    for c in cores {
+        // A store being closed is left to its close (or, if that close gave
+        // up, to its drop): no thread is inside a call that could finish it
+        // now unless it is stuck, and then waiting for it would hang.
+        if c.generation != crate::engine::fork_generation()
+            || c.readonly
+            || c.closing.load(Ordering::Acquire)
+        {
+            continue;
+        }
+        if let Err(error) = c.flush(py) {
+            let lost = LostFlush {
+                unsaved: c.buffered.lock().buf.pending(),
+                error,
+            };
+            report(py, &lost.message(py, &c.path, "at interpreter exit"));
+            c.buffered.lock().buf = WriteBuffer::with_capacity(0);
+        }
+    }
+}
+
 /// In the child after `fork()`: forget the parent's list (its lock may be
 /// held by a thread that does not exist here).
 pub fn after_fork_in_child() {
@@ -215,6 +255,7 @@ pub fn after_fork_in_child() {
         unsafe { CORES.force_unlock() };
     }
     std::mem::forget(std::mem::take(&mut *CORES.lock()));
+    exit::after_fork_in_child();
     crate::engine::after_fork_in_child();
 }
 
@@ -278,7 +319,7 @@ impl Core {
         };
         for g in grown {
             let _ = logger.call_method1(
-                "warning",
+                "info",
                 (
                     "growing the LMDB map of %s from %d to %d bytes",
                     self.path.as_str(),
@@ -849,13 +890,11 @@ impl Drop for LmdbObjectStore {
                 std::mem::forget(core);
                 return;
             }
-            if !core.closing.load(Ordering::Acquire) {
+            if !core.closed.load(Ordering::Acquire) {
                 // Dropped without close(): close it, so buffered writes are
                 // committed rather than lost.
-                // A failed final flush was logged by close_core.
-                Python::attach(|py| {
-                    let _ = close_core(py, &core, false);
-                });
+                let _inside = exit::enter();
+                Python::attach(|py| close_dropped(py, core));
             }
         }
     }
@@ -935,8 +974,24 @@ fn parse_lmdb_options(kwargs: Option<&Bound<'_, PyDict>>) -> R<EnvOptions> {
     Ok(o)
 }
 
+/// A store's core for the length of one call, with the call counted as
+/// under way on this thread (see `exit`): every method goes through it.
+pub(crate) struct CoreRef<'a> {
+    core: &'a Core,
+    _inside: exit::Inside,
+}
+
+impl std::ops::Deref for CoreRef<'_> {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        self.core
+    }
+}
+
 impl LmdbObjectStore {
-    fn core(&self) -> R<&Core> {
+    fn core(&self) -> R<CoreRef<'_>> {
+        let inside = exit::enter();
         let p = self.core.load(Ordering::Acquire);
         if p.is_null() {
             return Err(Error::new_err(
@@ -947,10 +1002,17 @@ impl LmdbObjectStore {
         // it is freed only in Drop, and a core replaced after fork is leaked,
         // never freed, so it outlives the borrow of `self`.
         let c = unsafe { &*p };
-        if c.generation == crate::engine::fork_generation() || c.closing.load(Ordering::Acquire) {
-            return Ok(c);
-        }
-        self.reopen_after_fork(c)
+        let core = if c.generation == crate::engine::fork_generation()
+            || c.closing.load(Ordering::Acquire)
+        {
+            c
+        } else {
+            self.reopen_after_fork(c)?
+        };
+        Ok(CoreRef {
+            core,
+            _inside: inside,
+        })
     }
 
     /// First use in a child after `fork()`: open a fresh environment with
@@ -1003,7 +1065,7 @@ impl LmdbObjectStore {
         })
     }
 
-    pub(crate) fn open_core(&self) -> R<&Core> {
+    pub(crate) fn open_core(&self) -> R<CoreRef<'_>> {
         let c = self.core()?;
         c.check_open()?;
         Ok(c)
@@ -1013,11 +1075,15 @@ impl LmdbObjectStore {
     /// was fetched (pickling, unpickling, a key codec) forked the process:
     /// a child reads and writes its own environment and buffer, never the
     /// parent's. One atomic load when nothing forked.
-    pub(crate) fn current<'a>(&'a self, c: &'a Core) -> R<&'a Core> {
+    pub(crate) fn current<'a>(&'a self, c: CoreRef<'a>) -> R<CoreRef<'a>> {
         if c.generation == crate::engine::fork_generation() {
             return Ok(c);
         }
-        self.open_core()
+        // The fresh core is counted as under way before `c` stops being, so
+        // the call never looks finished to the exit hook in between.
+        let fresh = self.open_core();
+        drop(c);
+        fresh
     }
 }
 
@@ -1060,6 +1126,7 @@ impl LmdbObjectStore {
         pickle_protocol: Option<i32>,
         lmdb_options: Option<&Bound<'_, PyDict>>,
     ) -> R<()> {
+        let _inside = exit::enter();
         if !self.core.load(Ordering::Acquire).is_null() {
             return Err(Error::new_err("this LmdbObjectStore is already open"));
         }
@@ -1273,7 +1340,7 @@ impl LmdbObjectStore {
         let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<R<_>>()?;
         let normalised: Vec<Cow<'_, [u8]>> =
             given.iter().map(|k| c.keys.to_bytes(k)).collect::<R<_>>()?;
-        let c = self.current(c)?;
+        let mut c = self.current(c)?;
 
         // Buffer first, in one lock.
         let mut from_buffer: Vec<Option<Lookup>> = Vec::with_capacity(normalised.len());
@@ -1307,11 +1374,11 @@ impl LmdbObjectStore {
             from_db.resize_with(normalised.len(), || None);
             let mut next = 0;
             let mut prev: Option<(u128, &[u8], usize)> = None;
-            let mut reader = c;
             while next < order.len() {
                 // Unpickling runs Python code, which may fork: a child goes
                 // on in a transaction of its own environment.
-                reader = self.current(reader)?;
+                c = self.current(c)?;
+                let reader = &c;
                 let generation = crate::engine::fork_generation();
                 reader.with_read(py, |txn| {
                     let mut lookups = txn.ascending().map_err(StoreError::into_pyerr)?;
@@ -1457,7 +1524,22 @@ impl LmdbObjectStore {
         if self.core.load(Ordering::Acquire).is_null() {
             return Ok(());
         }
-        close_core(py, self.core()?, strict)
+        let c = self.core()?;
+        match close_core(py, &c)? {
+            None => Ok(()),
+            Some(lost) if strict => {
+                let err = PyRuntimeError::new_err(format!(
+                    "Final flush failed during close() of {}",
+                    c.path
+                ));
+                err.set_cause(py, Some(lost.error));
+                Err(err)
+            }
+            Some(lost) => {
+                report(py, &lost.message(py, &c.path, "in close()"));
+                Ok(())
+            }
+        }
     }
 
     /// Flush the OS buffers of the data file to disk.
@@ -1572,12 +1654,12 @@ impl LmdbObjectStore {
             return c.len(py);
         }
         match c.flush_for_read(py) {
-            Ok(()) => crate::iter::count(py, c, &bounds, &[]),
+            Ok(()) => crate::iter::count(py, &c, &bounds, &[]),
             Err(e) => {
                 // Count the database's keys corrected by the buffered ones.
                 let failure = c.read_flush_failed(e);
                 let overlay = c.buffered_in(&bounds, false);
-                let n = crate::iter::count(py, c, &bounds, &overlay);
+                let n = crate::iter::count(py, &c, &bounds, &overlay);
                 c.log_read_flush_failure(py, failure);
                 n
             }
@@ -1891,10 +1973,36 @@ impl LmdbObjectStore {
         Ok(slf)
     }
 
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> R<bool> {
-        self.close(py, false)?;
-        Ok(false)
+    /// Close. If the final commit fails, its error is raised (a note says
+    /// what was not saved), unless an exception is already propagating: that
+    /// one wins, and the failure is reported on stderr.
+    #[pyo3(signature = (exc_type=None, _exc=None, _tb=None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> R<bool> {
+        if self.core.load(Ordering::Acquire).is_null() {
+            return Ok(false);
+        }
+        let c = self.core()?;
+        let Some(lost) = close_core(py, &c)? else {
+            return Ok(false);
+        };
+        let when = "when leaving the with block";
+        if exc_type.is_some_and(|t| !t.is_none()) {
+            report(py, &lost.message(py, &c.path, when));
+            return Ok(false);
+        }
+        let note = format!(
+            "{} (the final commit {when}); the store is closed, and `pending` still \
+             counts them",
+            lost.not_saved(&c.path)
+        );
+        let _ = lost.error.value(py).call_method1("add_note", (note,));
+        Err(lost.error)
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
@@ -1920,7 +2028,8 @@ impl LmdbObjectStore {
         if c.buffered.lock().buf.has_inflight() {
             drop(c.lock_detached(py, &c.commit_lock)?);
         }
-        Ok(c.buffered.lock().buf.pending())
+        let pending = c.buffered.lock().buf.pending();
+        Ok(pending)
     }
 
     #[getter]
@@ -1986,9 +2095,46 @@ fn acquire_env(
     })
 }
 
+/// A final commit that failed. Its writes are still in the buffer
+/// (`pending` counts them), but the store is closed: they will not be saved.
+struct LostFlush {
+    error: PyErr,
+    unsaved: usize,
+}
+
+impl LostFlush {
+    /// "3 buffered writes to <path> were not saved".
+    fn not_saved(&self, path: &str) -> String {
+        let n = self.unsaved;
+        let (writes, were) = if n == 1 {
+            ("write", "was")
+        } else {
+            ("writes", "were")
+        };
+        format!("{n} buffered {writes} to {path} {were} not saved")
+    }
+
+    /// The above, and why: "...: the final commit <when> failed: <error>".
+    fn message(&self, py: Python<'_>, path: &str, when: &str) -> String {
+        let kind = self
+            .error
+            .get_type(py)
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "Error".into());
+        format!(
+            "{}: the final commit {when} failed: {kind}: {}",
+            self.not_saved(path),
+            self.error.value(py)
+        )
+    }
+}
+
 /// `close()`: mark closing (new calls fail), flush, wait for reads in
-/// flight, sync, release the environment.
-fn close_core(py: Python<'_>, c: &Core, strict: bool) -> R<()> {
+/// flight, sync, release the environment. Returns the final commit's
+/// failure when this call did the closing and the commit failed: the
+/// caller decides whether it is raised or reported.
+fn close_core(py: Python<'_>, c: &Core) -> R<Option<LostFlush>> {
     if c.env.gate.held_by_current_thread() {
         return Err(StoreError::WouldDeadlock("close()").into_pyerr());
     }
@@ -1999,9 +2145,9 @@ fn close_core(py: Python<'_>, c: &Core, strict: bool) -> R<()> {
     }
     let _one_closer = c.lock_detached(py, &c.close_lock)?;
     if c.closed.load(Ordering::Acquire) {
-        return Ok(());
+        return Ok(None);
     }
-    let mut flush_error = None;
+    let mut lost = None;
     if !c.readonly {
         if let Err(e) = c.flush(py) {
             log(
@@ -2013,10 +2159,13 @@ fn close_core(py: Python<'_>, c: &Core, strict: bool) -> R<()> {
                     e.value(py)
                 ),
             );
-            flush_error = Some(e);
+            lost = Some(LostFlush {
+                unsaved: c.buffered.lock().buf.pending(),
+                error: e,
+            });
         }
     }
-    let env = &*c.env;
+    let env = &c.env;
     let sync_result = py.detach(|| {
         let s = if env.options.readonly {
             Ok(())
@@ -2030,7 +2179,7 @@ fn close_core(py: Python<'_>, c: &Core, strict: bool) -> R<()> {
     if let Err(e) = sync_result.1 {
         return Err(e.into_pyerr());
     }
-    if let (Err(e), None) = (sync_result.0, &flush_error) {
+    if let (Err(e), None) = (sync_result.0, &lost) {
         let e = e.into_pyerr();
         log(
             py,
@@ -2038,13 +2187,64 @@ fn close_core(py: Python<'_>, c: &Core, strict: bool) -> R<()> {
             format!("sync failed while closing {}: {}", c.path, e.value(py)),
         );
     }
-    if let (Some(e), true) = (flush_error, strict) {
-        let err =
-            PyRuntimeError::new_err(format!("Final flush failed during close() of {}", c.path));
-        err.set_cause(py, Some(e));
-        return Err(err);
+    Ok(lost)
+}
+
+/// Close a store whose Python object is gone. Inside a read of the same
+/// environment (code run by `pickle.loads` dropped it, or the garbage
+/// collector ran during the read) the close would wait for that very read:
+/// it runs on this thread when the read ends instead. A failure is reported
+/// on stderr: there is no caller to raise to.
+fn close_dropped(py: Python<'_>, core: Arc<Core>) {
+    if core.generation != crate::engine::fork_generation() {
+        // Put off across a fork(): the parent's now; never clean it up.
+        std::mem::forget(core);
+        return;
     }
-    Ok(())
+    if core.env.gate.held_by_current_thread() {
+        let gate_owner = Arc::clone(&core.env);
+        gate_owner.gate.after_shared(Box::new(move || {
+            let _inside = exit::enter();
+            Python::attach(|py| close_dropped(py, core));
+        }));
+        return;
+    }
+    let when = "when the store was garbage-collected without close()";
+    match close_core(py, &core) {
+        Ok(None) => {}
+        Ok(Some(lost)) => report(py, &lost.message(py, &core.path, when)),
+        Err(e) => {
+            let unsaved = core.buffered.lock().buf.pending();
+            report(
+                py,
+                &format!(
+                    "closing {} {when} failed ({unsaved} buffered writes not saved): {}",
+                    core.path,
+                    e.value(py)
+                ),
+            );
+        }
+    }
+}
+
+/// A message the user must see whatever logging is configured to do (the
+/// package logger has only a `NullHandler` by default): written to
+/// `sys.stderr`, or straight to the process's stderr when that is gone (at
+/// interpreter shutdown).
+fn report(py: Python<'_>, message: &str) {
+    let line = format!("lmdb_object_store: {message}\n");
+    let written = (|| -> R<()> {
+        let stderr = py.import("sys")?.getattr("stderr")?;
+        if stderr.is_none() {
+            return Err(PyRuntimeError::new_err("no sys.stderr"));
+        }
+        stderr.call_method1("write", (line.as_str(),))?;
+        stderr.call_method0("flush")?;
+        Ok(())
+    })();
+    if written.is_err() {
+        eprint!("{line}");
+    }
 }
 
 /// Best effort: a message on the `lmdb_object_store` logger (at interpreter

@@ -13,7 +13,7 @@ from lmdb_object_store import LmdbObjectStore, MapFullError, UnpickleError
 
 def test_growth_is_logged_even_when_the_write_then_fails_at_the_cap(tmp_path, caplog):
     store = LmdbObjectStore(tmp_path / "db", map_size=1 << 20, max_map_size=3 << 20)
-    with caplog.at_level(logging.WARNING, logger="lmdb_object_store"):
+    with caplog.at_level(logging.INFO, logger="lmdb_object_store"):
         with pytest.raises(MapFullError):
             store.put_many((b"k%d" % i, b"x" * 200_000) for i in range(40))
     grew = [r for r in caplog.records if r.name == "lmdb_object_store" and "growing" in r.message]
