@@ -698,7 +698,18 @@ impl Env {
             }));
             return Ok(());
         }
-        self.close_if_unused()
+        let closed = self.close_if_unused();
+        if closed.is_err() {
+            // The close was refused (a pinned map, a read of this thread's):
+            // the environment stays open, and keeps this handle, so that a
+            // later store on the file shares it and its own close does not
+            // try, and fail, again.
+            let mut handles = self.handles.lock();
+            if *handles == 0 {
+                *handles = 1;
+            }
+        }
+        closed
     }
 
     /// Close the environment unless an `acquire` took it up again meanwhile.
