@@ -1,12 +1,20 @@
 """SPEC 10 (packaging) and the module-level API: lmdb_version, __version__,
-exports, typing files, the bundled LMDB, and the repository layout."""
+exports, typing files, the bundled LMDB, the repository layout, and what the
+installed distribution holds."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import os
 import re
+import subprocess
+import sysconfig
+import urllib.parse
 from pathlib import Path
 
 import lmdb_object_store
+from helpers import run_python
 from lmdb_object_store import LmdbObjectStore, lmdb_version
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,3 +115,81 @@ def test_cargo_dependencies():
     assert deps
     for crate in ("pyo3", "lmdb-rkv", "parking_lot", "unicode-normalization"):
         assert re.search(rf"^{re.escape(crate)}\s*=", deps.group(1), re.MULTILINE), crate
+
+
+def _installed_distribution():
+    """The installed ``lmdb-object-store`` distribution and whether it is an
+    editable install (``pip install -e`` or ``maturin develop``)."""
+    dist = importlib.metadata.distribution("lmdb-object-store")
+    direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
+    editable = bool(direct_url.get("dir_info", {}).get("editable", False))
+    return dist, editable, direct_url
+
+
+def test_the_package_under_test_is_the_installed_distribution():
+    """What the suite imports is what pip installed: the editable checkout, or
+    every file from the wheel's RECORD in site-packages. CI's wheel tests set
+    LMDB_OBJECT_STORE_EXPECT_INSTALLED=1 so that a run against the source tree,
+    or a wheel that lacks a file, fails here."""
+    dist, editable, direct_url = _installed_distribution()
+    if os.environ.get("LMDB_OBJECT_STORE_EXPECT_INSTALLED") == "1":
+        assert not editable, f"an editable install ({direct_url}) where a wheel was expected"
+    if editable:
+        checkout = Path(urllib.parse.unquote(urllib.parse.urlparse(direct_url["url"]).path))
+        assert PACKAGE_DIR.is_relative_to(checkout.resolve()), (PACKAGE_DIR, checkout)
+        return
+    site_dirs = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
+    assert PACKAGE_DIR.parent in site_dirs, f"{PACKAGE_DIR} is not in site-packages"
+    recorded = {Path(dist.locate_file(f)).resolve() for f in dist.files or ()}
+    for name in ("__init__.py", "_views.py", "_native.pyi", "py.typed"):
+        assert PACKAGE_DIR / name in recorded, f"{name} is not in the wheel"
+    natives = [p for p in recorded if p.parent == PACKAGE_DIR and p.name.startswith("_native.")]
+    assert [p.suffix for p in natives if p.suffix != ".pyi"] == [".so"], natives
+    for path in recorded:
+        assert path.exists(), f"{path} is in the wheel's RECORD but not installed"
+
+
+def test_supported_pythons_agree():
+    """The versions CI builds wheels for (.ci/pythons), the classifiers users
+    see on the package index, and the release workflow's list are one list."""
+    ci = subprocess.run(
+        ["bash", str(REPO / ".ci" / "pythons"), "--list"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.split()
+    assert ci, "no supported versions in .ci/pythons"
+    pyproject = (REPO / "pyproject.toml").read_text()
+    classifiers = re.findall(r'"Programming Language :: Python :: (3\.\d+)"', pyproject)
+    assert classifiers == ci
+    workflow = (REPO / ".github" / "workflows" / "release.yml").read_text()
+    lists = re.findall(r"--interpreter((?: python3\.\d+)+)", workflow)
+    assert lists, "no --interpreter list in the workflow"
+    for listed in lists:
+        assert listed.split() == [f"python{v}" for v in ci], listed
+    # It would also build interpreters the package does not support (3.13t).
+    assert not re.search(r"args:.*--find-interpreter", workflow)
+    minimum = re.search(r'requires-python\s*=\s*">=\s*(3\.\d+)"', pyproject)
+    assert minimum and minimum.group(1) == ci[0]
+
+
+def test_typing_example_runs(tmp_path):
+    """The example CI type-checks is also a working program."""
+    example = REPO / "examples" / "typing_example.py"
+    out = run_python(
+        f"""
+        import runpy, tempfile
+        tempfile.tempdir = {str(tmp_path)!r}
+        runpy.run_path({str(example)!r}, run_name="__main__")
+        """
+    )
+    assert "a closed store refuses reads" in out
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (REPO / "README.md").read_text()
+    command = "python -m pip install -e '.[test]' && python -m pytest"
+    assert command in readme.splitlines()
+    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert command in ci_lines
