@@ -52,7 +52,9 @@ fn _after_fork_child() {
     store::after_fork_in_child();
 }
 
-#[pymodule]
+/// The module relies on the GIL (see docs/free-threading.md): a free-threaded
+/// interpreter turns the GIL on when it imports it.
+#[pymodule(gil_used = true)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     assert_eq!(

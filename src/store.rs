@@ -749,7 +749,7 @@ impl Core {
              and the next flush() retries them",
             self.path
         );
-        let _ = err.value(py).call_method1("add_note", (note,));
+        add_note(err.value(py), note);
         err
     }
 
@@ -2001,7 +2001,7 @@ impl LmdbObjectStore {
              counts them",
             lost.not_saved(&c.path)
         );
-        let _ = lost.error.value(py).call_method1("add_note", (note,));
+        add_note(lost.error.value(py), note);
         Err(lost.error)
     }
 
@@ -2336,4 +2336,21 @@ fn key_head(key: &[u8]) -> u128 {
 
 fn key_error(key: &Bound<'_, PyAny>) -> PyErr {
     PyKeyError::new_err(format!("Key not found: {}", codec::display_key(key)))
+}
+
+/// Add a note to an exception (PEP 678), also on Python 3.10, which has no
+/// `add_note` but shows a `__notes__` list all the same once one is set.
+fn add_note(exc: &Bound<'_, pyo3::exceptions::PyBaseException>, note: String) {
+    let py = exc.py();
+    if exc.hasattr(pyo3::intern!(py, "add_note")).unwrap_or(false) {
+        let _ = exc.call_method1(pyo3::intern!(py, "add_note"), (note,));
+        return;
+    }
+    let notes = match exc.getattr(pyo3::intern!(py, "__notes__")) {
+        Ok(list) => list,
+        Err(_) => PyList::empty(py).into_any(),
+    };
+    if notes.call_method1(pyo3::intern!(py, "append"), (note,)).is_ok() {
+        let _ = exc.setattr(pyo3::intern!(py, "__notes__"), notes);
+    }
 }
