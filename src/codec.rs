@@ -33,6 +33,9 @@ pub fn dumps<'py>(
     obj: &Bound<'py, PyAny>,
     protocol: i32,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    if let Some(out) = crate::pickle::dumps(py, obj, protocol)? {
+        return Ok(out);
+    }
     let out = pickle_fn(py, &DUMPS, "dumps")?.call1((obj, protocol))?;
     Ok(out.cast_into::<PyBytes>()?)
 }
@@ -134,6 +137,9 @@ fn keep_lent(lent: Bound<'_, LentBuffer>) {
 /// can reach `data` afterwards (callers pass LMDB memory that is valid only
 /// until their read transaction ends).
 pub fn loads_borrowed<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(value) = crate::pickle::loads(py, data)? {
+        return Ok(value);
+    }
     let loads = pickle_fn(py, &LOADS, "loads")?;
     let lent = take_lent(py)?;
     let me = lent.get();

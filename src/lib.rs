@@ -8,6 +8,7 @@ pub mod errors;
 pub mod gate;
 pub mod iter;
 pub mod keys;
+mod pickle;
 pub mod store;
 
 use pyo3::prelude::*;
@@ -49,6 +50,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(lmdb_version, m)?)?;
     m.add_function(wrap_pyfunction!(_flush_all, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
+    pickle::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
