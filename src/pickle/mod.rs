@@ -137,10 +137,51 @@ fn _codec_loads<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Boun
     Ok(out)
 }
 
-/// Add the codec's private test hooks to the native module.
+static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn pickle_attr<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    Ok(cell
+        .get_or_try_init(py, || -> PyResult<_> {
+            Ok(py.import("pickle")?.getattr(name)?.unbind())
+        })?
+        .bind(py))
+}
+
+/// `_native._dumps(obj, protocol)`: what the store writes for a value, the
+/// native encoder or else `pickle.dumps` (for the benchmark's codec rows).
+#[pyfunction]
+fn _dumps<'py>(
+    py: Python<'py>,
+    obj: &Bound<'py, PyAny>,
+    protocol: i32,
+) -> PyResult<Bound<'py, PyAny>> {
+    match dumps(py, obj, protocol)? {
+        Some(out) => Ok(out.into_any()),
+        None => pickle_attr(py, &PICKLE_DUMPS, "dumps")?.call1((obj, protocol)),
+    }
+}
+
+/// `_native._loads(data)`: what the store reads from a pickle, the native
+/// decoder or else `pickle.loads` (for the benchmark's codec rows).
+#[pyfunction]
+fn _loads<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>) -> PyResult<Bound<'py, PyAny>> {
+    match loads(py, data.as_bytes())? {
+        Some(value) => Ok(value),
+        None => pickle_attr(py, &PICKLE_LOADS, "loads")?.call1((data,)),
+    }
+}
+
+/// Add the codec's private hooks (tests, benchmark) to the native module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pyapi::init(m.py())?;
     m.add_function(wrap_pyfunction!(_codec_dumps, m)?)?;
     m.add_function(wrap_pyfunction!(_codec_loads, m)?)?;
+    m.add_function(wrap_pyfunction!(_dumps, m)?)?;
+    m.add_function(wrap_pyfunction!(_loads, m)?)?;
     Ok(())
 }

@@ -527,11 +527,25 @@ impl<'py> Owned<'py> {
         })
     }
 
+    /// A new bytes object, as the unpickler makes it: allocated, then
+    /// filled, so a 1-byte value is a new object rather than the shared
+    /// 1-byte singleton (which keeps the graph's sharing exactly CPython's).
     pub fn bytes(py: Python<'py>, data: &[u8]) -> Option<Self> {
-        // SAFETY: see the note above the constructors; the slice is valid.
-        Self::from_result(py, unsafe {
-            ffi::PyBytes_FromStringAndSize(data.as_ptr() as *const c_char, data.len() as _)
-        })
+        // SAFETY: see the note above the constructors. A null source asks
+        // for `len` uninitialised bytes, which we fill before anyone else
+        // sees the object (for len 0 CPython returns its empty singleton,
+        // and nothing is written).
+        unsafe {
+            let bytes = Self::from_result(
+                py,
+                ffi::PyBytes_FromStringAndSize(std::ptr::null(), data.len() as _),
+            )?;
+            if !data.is_empty() {
+                let dst = ffi::PyBytes_AS_STRING(bytes.ptr()) as *mut u8;
+                std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
+            }
+            Some(bytes)
+        }
     }
 
     pub fn bytearray(py: Python<'py>, data: &[u8]) -> Option<Self> {
