@@ -225,15 +225,18 @@ def test_protocol_4_random_graphs(shard, value, rearm_watchdog):
     check(value, 4, native=writes_natively(value, 4))
 
 
-@settings(PROPERTY, max_examples=1_500)
-@given(graphs(), st.sampled_from([2, 3]))
-def test_protocols_2_and_3_random_graphs(value, protocol):
+@pytest.mark.parametrize("protocol", [2, 3])
+@settings(SHARD, max_examples=750)
+@given(value=graphs())
+def test_protocols_2_and_3_random_graphs(protocol, value, rearm_watchdog):
+    rearm_watchdog()
     check(value, protocol, native=writes_natively(value, protocol))
 
 
-@settings(PROPERTY, max_examples=300)
-@given(graphs(), st.sampled_from([0, 1]))
-def test_protocols_0_and_1_are_read_or_handed_over(value, protocol):
+@settings(SHARD, max_examples=300)
+@given(value=graphs(), protocol=st.sampled_from([0, 1]))
+def test_protocols_0_and_1_are_read_or_handed_over(value, protocol, rearm_watchdog):
+    rearm_watchdog()
     data = pickle.dumps(value, protocol)
     assert codec_dumps(value, protocol) is None
     handled, back = codec_loads(data)

@@ -100,7 +100,7 @@ pub fn decode<B: Builder>(builder: &mut B, data: &[u8]) -> Outcome<B::Obj> {
         input: data,
         pos: 0,
         stack: Vec::with_capacity(32),
-        marks: Vec::new(),
+        marks: Vec::with_capacity(8),
         memo: Memo::default(),
     };
     match machine.run(builder) {
@@ -132,7 +132,7 @@ struct Memo<O> {
 impl<O> Default for Memo<O> {
     fn default() -> Self {
         Memo {
-            dense: Vec::new(),
+            dense: Vec::with_capacity(16),
             sparse: HashMap::new(),
             count: 0,
             claims_big: false,

@@ -529,7 +529,7 @@ impl<'a> Memo<'a> {
 
     fn grow(&mut self) {
         let old = std::mem::take(&mut self.slots);
-        self.slots = vec![(0, 0); (old.len() * 2).max(64)];
+        self.slots = vec![(0, 0); (old.len() * 2).max(16)];
         let mask = self.slots.len() - 1;
         for (addr, index) in old.into_iter().filter(|&(addr, _)| addr != 0) {
             let mut i = self.slot_of(addr);
