@@ -100,10 +100,9 @@ impl<'a> Encoder<'a> {
             if !self.out.reserve(FRAME_HEADER_SIZE + data.len()) {
                 return Err(Abort::NoMemory);
             }
-            let start = self.out.len();
-            self.frame_start = Some(start);
+            self.frame_start = Some(self.out.len());
             // The header is filled in when the frame is committed.
-            self.out.set_len(start + FRAME_HEADER_SIZE);
+            self.out.skip(FRAME_HEADER_SIZE);
         } else if !self.out.reserve(data.len()) {
             return Err(Abort::NoMemory);
         }
@@ -117,16 +116,13 @@ impl<'a> Encoder<'a> {
         let Some(start) = self.frame_start.take() else {
             return;
         };
-        let end = self.out.len();
-        let frame_len = end - start - FRAME_HEADER_SIZE;
-        let buf = self.out.buf();
+        let frame_len = self.out.len() - start - FRAME_HEADER_SIZE;
         if frame_len >= FRAME_SIZE_MIN {
-            buf[start] = op::FRAME;
-            buf[start + 1..start + FRAME_HEADER_SIZE]
-                .copy_from_slice(&(frame_len as u64).to_le_bytes());
+            let mut header = [op::FRAME; FRAME_HEADER_SIZE];
+            header[1..].copy_from_slice(&(frame_len as u64).to_le_bytes());
+            self.out.write_at(start, &header);
         } else {
-            buf.copy_within(start + FRAME_HEADER_SIZE..end, start);
-            self.out.set_len(end - FRAME_HEADER_SIZE);
+            self.out.close_gap(start, start + FRAME_HEADER_SIZE);
         }
     }
 

@@ -665,7 +665,9 @@ impl OutBytes {
         let Some(need) = self.len.checked_add(extra) else {
             return false;
         };
-        let cap = need.max(self.cap.saturating_mul(2));
+        // Doubling, or a quarter more than needed when one write is larger
+        // (a big payload), so that what follows it fits without a resize.
+        let cap = (need + need / 4 + 64).max(self.cap.saturating_mul(2));
         if cap > isize::MAX as usize {
             return false;
         }
@@ -679,29 +681,48 @@ impl OutBytes {
         true
     }
 
-    /// The writable contents, `cap` bytes long.
+    /// Where the contents start. Only ever written through (never read
+    /// as a slice past `len`: the rest is uninitialised).
     #[inline]
-    pub fn buf(&mut self) -> &mut [u8] {
-        // SAFETY: `bytes` is live with `cap` bytes of storage that only we
-        // can reach (brand new, unshared); the borrow of self keeps it so.
-        unsafe {
-            let data = ffi::PyBytes_AS_STRING(self.bytes) as *mut u8;
-            std::slice::from_raw_parts_mut(data, self.cap)
-        }
+    fn base(&self) -> *mut u8 {
+        // SAFETY: `bytes` is live (reserve/grow keep it so or report failure,
+        // after which the encoder stops writing).
+        unsafe { ffi::PyBytes_AS_STRING(self.bytes) as *mut u8 }
     }
 
     /// Append; the caller has reserved the room.
     #[inline]
     pub fn push(&mut self, data: &[u8]) {
-        let at = self.len;
-        self.buf()[at..at + data.len()].copy_from_slice(data);
+        assert!(data.len() <= self.cap - self.len);
+        // SAFETY: the room is reserved (checked above) in storage only we can
+        // reach (brand new, unshared), and `data` cannot overlap it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.base().add(self.len), data.len())
+        };
         self.len += data.len();
     }
 
-    /// Drop the last `n` bytes ... or move a range: the frame code needs both.
-    pub fn set_len(&mut self, len: usize) {
-        debug_assert!(len <= self.cap);
-        self.len = len;
+    /// Overwrite bytes already written, at `at`.
+    pub fn write_at(&mut self, at: usize, data: &[u8]) {
+        assert!(at + data.len() <= self.len);
+        // SAFETY: within the written part of our own storage; no overlap.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base().add(at), data.len()) };
+    }
+
+    /// Move the written bytes from `from` on back to `to` (to < from) and
+    /// shorten the contents by the difference.
+    pub fn close_gap(&mut self, to: usize, from: usize) {
+        assert!(to <= from && from <= self.len);
+        // SAFETY: both ranges lie within the written part of our own
+        // storage; `copy` allows them to overlap.
+        unsafe { std::ptr::copy(self.base().add(from), self.base().add(to), self.len - from) };
+        self.len -= from - to;
+    }
+
+    /// Skip `n` reserved bytes, to be filled in later with `write_at`.
+    pub fn skip(&mut self, n: usize) {
+        assert!(n <= self.cap - self.len);
+        self.len += n;
     }
 
     /// The finished pickle.
