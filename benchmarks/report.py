@@ -31,6 +31,18 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "threads_read_ratio": ("with / without writer", "ratio"),
     "threads_writes": ("writes/s", "writes/s"),
 }
+# The codec alone: shape -> what it is.
+CODEC_SHAPES = {
+    "workload": "the workload's values, one at a time",
+    "floats": "a list of 1,000 floats",
+    "config": "a config dict of 50 keys (lists, str, floats, bools, None, small dicts)",
+    "strings": "a list of 100 short str",
+    "bytes": "1 MiB of bytes",
+}
+for _shape in CODEC_SHAPES:
+    for _way in ("dumps", "loads"):
+        for _gc, _when in (("", "collector paused"), ("_gc", "collector running")):
+            OPERATIONS[f"codec_{_shape}_{_way}{_gc}"] = (f"{_shape} {_way}, {_when}", "values/s")
 
 REF = "ref"  # the system every ratio in brackets is taken against
 THIS = "this"  # this package
@@ -193,6 +205,7 @@ def markdown_tables(data: dict[str, Any]) -> str:
         stores,
     )
 
+    out.extend(codec_table(data, idx))
     out.extend(targets(data, idx))
 
     rows = []
@@ -229,6 +242,41 @@ def markdown_tables(data: dict[str, Any]) -> str:
         out.extend(["", "n/a, by reason:", ""])
         out.extend(f"- {reason}: {', '.join(what)}" for reason, what in unsupported.items())
     return "\n".join(out).lstrip("\n") + "\n"
+
+
+def codec_table(data: dict[str, Any], idx: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """This package's serializer alone (its native pickle codec, handing what
+    it does not handle to pickle) against pickle, on the same values."""
+    floor = data["floor_system"]
+    if not any(idx.get((THIS, f"codec_{shape}_dumps")) for shape in CODEC_SHAPES):
+        return []
+
+    def cell(shape: str, way: str, gc: str) -> list[str]:
+        op = f"codec_{shape}_{way}{gc}"
+        ours, theirs = idx.get((THIS, op)), idx.get((floor, op))
+        ratio = against_floor(ours) if ours else "n/a"
+        return [rate_plain(theirs), rate_plain(ours), ratio]
+
+    rows = []
+    for shape, what in CODEC_SHAPES.items():
+        for gc, when in (("", "paused"), ("_gc", "running")):
+            rows.append([what, when] + cell(shape, "dumps", gc) + cell(shape, "loads", gc))
+    headings = ["values", "collector", "pickle.dumps", "this", "×", "pickle.loads", "this", "×"]
+    return [
+        "",
+        "### The codec alone",
+        "",
+        "Values per second through `pickle` and through this package's serializer (the "
+        "native codec, which writes the same bytes), and the ratio; every value read is "
+        "kept, as a batch read keeps them.",
+        "",
+    ] + table(headings, rows, 2)
+
+
+def rate_plain(row: dict[str, Any] | None) -> str:
+    if not row or row["status"] != "ok":
+        return why_not(row) or "n/a"
+    return human(row["value"])
 
 
 def targets(data: dict[str, Any], idx: dict[tuple[str, str], dict[str, Any]]) -> list[str]:

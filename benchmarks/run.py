@@ -47,7 +47,7 @@ STATE = ENV / "install-state.json"
 RESULTS = BENCH / "results"
 DOCS = ROOT / "docs"
 
-GROUPS = ("basic", "large", "threads")
+GROUPS = ("basic", "large", "threads", "codec")
 REF = "ref"
 FLOOR = "floor"
 # The floor figure each operation is set against.
@@ -61,6 +61,16 @@ FLOOR_OF = {
     "large_put": "large_put",
     "large_get": "large_get",
 }
+# The codec alone: this package's serializer against pickle on the same values.
+CODEC_SHAPES = ("workload", "floats", "config", "strings", "bytes")
+CODEC_OPERATIONS = [
+    f"codec_{shape}_{way}{gc}"
+    for shape in CODEC_SHAPES
+    for way in ("dumps", "loads")
+    for gc in ("", "_gc")
+]
+FLOOR_OF.update({op: op for op in CODEC_OPERATIONS})
+THIS = "this"
 # Sources whose change means this package must be rebuilt.
 SOURCES = ("Cargo.toml", "Cargo.lock", "pyproject.toml", ".cargo", "src", "lmdb_object_store")
 
@@ -222,6 +232,8 @@ def run_rounds(
             for group in GROUPS:
                 if name == FLOOR and group == "threads":
                     continue  # pickle alone has nothing to do with threads
+                if group == "codec" and name not in (FLOOR, THIS):
+                    continue  # the peers' serializer is pickle: the floor
                 start = time.perf_counter()
                 rep = run_worker(python, name, group, params, isolated)
                 rep.update(system=name, group=group, round=rnd)
@@ -332,6 +344,7 @@ GROUP_OPERATIONS = {
     "basic": ["put", "get", "iterate", "put_nosync", "put_many", "get_many"],
     "large": ["large_put", "large_get", "large_get_rss_rise"],
     "threads": ["threads_reads_alone", "threads_reads", "threads_writes"],
+    "codec": CODEC_OPERATIONS,
 }
 
 
@@ -348,7 +361,7 @@ def failed_install_rows(name: str, reason: str, params: dict[str, Any]) -> list[
             "cpu_count": os.cpu_count(),
         }
         for op in report.OPERATIONS
-        if op != "threads_read_ratio"
+        if op != "threads_read_ratio" and (not op.startswith("codec_") or name in (FLOOR, THIS))
     ]
 
 

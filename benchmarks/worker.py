@@ -1,6 +1,6 @@
 """Measure one group of operations on one system, in a process of its own.
 
-    python benchmarks/worker.py --system NAME --group {basic,large,threads} --n N --out FILE
+    python benchmarks/worker.py --system NAME --group {basic,large,threads,codec} --n N --out FILE
 
 ``run.py`` starts one worker per system, group and round, each in a fresh
 temporary directory, so that systems sharing an import name never meet, peak
@@ -73,10 +73,12 @@ class Failed(Exception):
     """A check on the values read back did not hold."""
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    """Seconds taken by ``fn()``, with the garbage collector paused."""
+def timed(fn: Callable[[], Any], collector: bool = False) -> float:
+    """Seconds taken by ``fn()``, with the garbage collector paused (or, with
+    ``collector``, running as it does in a program)."""
     gc.collect()
-    gc.disable()
+    if not collector:
+        gc.disable()
     try:
         start = time.perf_counter()
         fn()
@@ -102,10 +104,12 @@ class Results:
     def skip(self, op: str, status: str, reason: str) -> None:
         self.ops[op] = {"status": status, "reason": reason}
 
-    def measure(self, op: str, unit: str, amount: float, fn: Callable[[], Any]) -> bool:
+    def measure(
+        self, op: str, unit: str, amount: float, fn: Callable[[], Any], collector: bool = False
+    ) -> bool:
         """Time ``fn`` and record ``amount`` per second; False if it did not run."""
         try:
-            seconds = timed(fn)
+            seconds = timed(fn, collector)
         except Unsupported as exc:
             self.skip(op, "unsupported", str(exc))
             return False
@@ -443,6 +447,83 @@ def run_floor(args: argparse.Namespace) -> Results:
     return res
 
 
+# --- the codec alone ------------------------------------------------------------
+
+# Values of each shape (besides the workload's): built once, pickled again and
+# again; ``reps`` scales how many times per N = 100,000.
+CODEC_SHAPES: dict[str, tuple[Callable[[], Any], int]] = {
+    "floats": (lambda: [i / 7 for i in range(1000)], 2_000),
+    "config": (
+        lambda: {
+            f"option_{i}": [i, f"value {i}", i * 0.5, i % 2 == 0, None] if i % 5 else {"on": True}
+            for i in range(50)
+        },
+        20_000,
+    ),
+    "strings": (lambda: [f"word{i}" for i in range(100)], 40_000),
+    "bytes": (lambda: random.Random(0).randbytes(MIB), 2_000),
+}
+
+
+def codec_functions(system: str) -> tuple[Callable[..., Any], Callable[[Any], Any]]:
+    """pickle's dumps/loads for the floor; this package's serializer (the
+    native codec, handing anything else to pickle) for "this"."""
+    if system == "floor":
+        return pickle.dumps, pickle.loads
+    from lmdb_object_store import _native
+
+    return _native._dumps, _native._loads
+
+
+def run_codec(args: argparse.Namespace) -> Results:
+    """dumps and loads alone on the workload's values and on other shapes,
+    with the collector paused and running; values per second."""
+    res = Results()
+    dumps, loads = codec_functions(args.system)
+    shapes: dict[str, list[Any]] = {"workload": make_values(args.n)}
+    for shape, (make, reps) in CODEC_SHAPES.items():
+        value = make()
+        shapes[shape] = [value] * max(1, reps * args.n // 100_000)
+    for shape, values in shapes.items():
+        codec_shape(res, shape, values, dumps, loads)
+    return res
+
+
+def codec_shape(
+    res: Results,
+    shape: str,
+    values: list[Any],
+    dumps: Callable[..., Any],
+    loads: Callable[[Any], Any],
+) -> None:
+    pickles = [pickle.dumps(v, PROTOCOL) for v in values]
+    kept: list[Any] = []
+
+    def dumps_all() -> None:
+        for v in values:
+            dumps(v, PROTOCOL)
+
+    def loads_all() -> None:
+        # Every value read is kept, as a batch read keeps them: what the
+        # collector then finds to walk is part of the cost.
+        kept.clear()
+        append = kept.append
+        for p in pickles:
+            append(loads(p))
+
+    for collector, suffix in ((False, ""), (True, "_gc")):
+        n = len(values)
+        res.measure(f"codec_{shape}_dumps{suffix}", "values/s", n, dumps_all, collector)
+        res.measure(f"codec_{shape}_loads{suffix}", "values/s", n, loads_all, collector)
+    res.check(f"codec_{shape}_loads", lambda: expect(kept == values, True, "values read back"))
+    res.check(f"codec_{shape}_dumps", lambda: check_dumps(dumps, values, pickles))
+
+
+def check_dumps(dumps: Callable[..., Any], values: list[Any], pickles: list[bytes]) -> None:
+    for v, p in zip(values[:SAMPLE], pickles[:SAMPLE], strict=True):
+        expect(dumps(v, PROTOCOL), p, "dumps is pickle.dumps")
+
+
 # --- entry point -----------------------------------------------------------------
 
 GROUPS = {"basic": run_basic, "large": run_large, "threads": run_threads}
@@ -466,7 +547,7 @@ def peak_rss_mib() -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
-    p.add_argument("--group", required=True, choices=sorted(GROUPS))
+    p.add_argument("--group", required=True, choices=sorted([*GROUPS, "codec"]))
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--large-count", type=int, default=64)
@@ -483,7 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     adapter = SYSTEMS[args.system]()
     report: dict[str, Any] = {"system": args.system, "group": args.group}
     try:
-        if args.system == "floor":
+        if args.group == "codec":
+            results = run_codec(args)
+        elif args.system == "floor":
             results = run_floor(args)
         else:
             with tempfile.TemporaryDirectory(prefix=f"bench-{args.system}-") as workdir:

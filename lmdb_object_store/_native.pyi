@@ -337,3 +337,16 @@ def _after_fork_parent() -> None:
 
 def _after_fork_child() -> None:
     """In the child after ``fork()``: hand every inherited store a fresh environment."""
+
+def _codec_dumps(obj: Any, protocol: int) -> bytes | None:
+    """The native pickle encoder alone; ``None`` where it hands the value to ``pickle``."""
+
+def _codec_loads(data: bytes | bytearray | memoryview) -> tuple[bool, Any]:
+    """The native pickle decoder alone: ``(True, value)``, or ``(False, None)`` where it
+    hands the stream to ``pickle``."""
+
+def _dumps(obj: Any, protocol: int) -> bytes:
+    """What the store writes for a value: the native encoder, else ``pickle.dumps``."""
+
+def _loads(data: bytes) -> Any:
+    """What the store reads from a pickle: the native decoder, else ``pickle.loads``."""

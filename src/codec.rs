@@ -34,6 +34,9 @@ pub fn dumps<'py>(
     obj: &Bound<'py, PyAny>,
     protocol: i32,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    if let Some(out) = crate::pickle::dumps(py, obj, protocol)? {
+        return Ok(out);
+    }
     let out = pickle_fn(py, &DUMPS, "dumps")?.call1((obj, protocol))?;
     Ok(out.cast_into::<PyBytes>()?)
 }
@@ -190,6 +193,9 @@ pub fn loads_borrowed<'py>(
     data: &[u8],
     pin: impl FnOnce(),
 ) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(value) = crate::pickle::loads(py, data)? {
+        return Ok(value);
+    }
     let loads = pickle_fn(py, &LOADS, "loads")?;
     let lent = take_lent(py)?;
     let me = lent.get();

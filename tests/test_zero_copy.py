@@ -224,14 +224,17 @@ def test_threads_switching_inside_unpickling_read_their_own_values(store, hooked
 
 
 # pickle.loads is looked up once per process, at the first read, so these
-# run in a child that replaces it before reading anything.
+# run in a child that replaces it before reading anything. The values hold a
+# str subclass: plain values are read by the native codec, not pickle.loads.
 _CHILD = """
 import pickle, sys
 from lmdb_object_store import Error, LmdbObjectStore
+class Bee(str):
+    pass
 real_loads = pickle.loads
 store = LmdbObjectStore(sys.argv[1])
-value = {"v": list(range(50))}
-store.put_many({b"a": value, b"b": "bee"})
+value = {"v": list(range(50)), "bee": Bee("bee")}
+store.put_many({b"a": value, b"b": Bee("bee")})
 """
 
 
@@ -247,7 +250,7 @@ def test_loads_is_lent_the_stored_pickle_read_only(db_path):
         def check(data):
             view = memoryview(data)
             assert view.readonly and view.format == "B" and view.ndim == 1
-            stored = (pickle.dumps(v, pickle.HIGHEST_PROTOCOL) for v in (value, "bee"))
+            stored = (pickle.dumps(v, pickle.HIGHEST_PROTOCOL) for v in (value, Bee("bee")))
             assert view.tobytes() in stored
             try:
                 view[0] = 0

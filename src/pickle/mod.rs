@@ -1,0 +1,187 @@
+//! The native pickle codec: writes and reads the pickle format itself for the
+//! plain data types, byte for byte as CPython's pickler does, and says when a
+//! value must go to CPython's `pickle` instead.
+//!
+//! [`dumps`] and [`loads`] are what the store calls; `Ok(None)` from either
+//! means "not handled here, use CPython's pickle for this value".
+
+mod build;
+mod decode;
+mod encode;
+mod pyapi;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyTuple};
+
+/// The opcodes this codec writes or reads (names as in `pickletools`).
+pub(crate) mod op {
+    pub const MARK: u8 = b'(';
+    pub const STOP: u8 = b'.';
+    pub const POP: u8 = b'0';
+    pub const POP_MARK: u8 = b'1';
+    pub const DUP: u8 = b'2';
+    pub const BININT: u8 = b'J';
+    pub const BININT1: u8 = b'K';
+    pub const BININT2: u8 = b'M';
+    pub const NONE: u8 = b'N';
+    pub const BINUNICODE: u8 = b'X';
+    pub const APPEND: u8 = b'a';
+    pub const DICT: u8 = b'd';
+    pub const EMPTY_DICT: u8 = b'}';
+    pub const APPENDS: u8 = b'e';
+    pub const BINGET: u8 = b'h';
+    pub const LONG_BINGET: u8 = b'j';
+    pub const LIST: u8 = b'l';
+    pub const EMPTY_LIST: u8 = b']';
+    pub const BINPUT: u8 = b'q';
+    pub const LONG_BINPUT: u8 = b'r';
+    pub const SETITEM: u8 = b's';
+    pub const TUPLE: u8 = b't';
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const SETITEMS: u8 = b'u';
+    pub const BINFLOAT: u8 = b'G';
+    pub const PROTO: u8 = 0x80;
+    pub const TUPLE1: u8 = 0x85;
+    pub const TUPLE2: u8 = 0x86;
+    pub const TUPLE3: u8 = 0x87;
+    pub const NEWTRUE: u8 = 0x88;
+    pub const NEWFALSE: u8 = 0x89;
+    pub const LONG1: u8 = 0x8a;
+    pub const LONG4: u8 = 0x8b;
+    pub const BINBYTES: u8 = b'B';
+    pub const SHORT_BINBYTES: u8 = b'C';
+    pub const SHORT_BINUNICODE: u8 = 0x8c;
+    pub const BINUNICODE8: u8 = 0x8d;
+    pub const BINBYTES8: u8 = 0x8e;
+    pub const EMPTY_SET: u8 = 0x8f;
+    pub const ADDITEMS: u8 = 0x90;
+    pub const FROZENSET: u8 = 0x91;
+    pub const MEMOIZE: u8 = 0x94;
+    pub const FRAME: u8 = 0x95;
+    pub const BYTEARRAY8: u8 = 0x96;
+}
+
+/// The highest protocol this codec (and CPython's pickle) writes and reads.
+pub(crate) const HIGHEST_PROTOCOL: u8 = 5;
+
+/// `pickle.dumps(obj, protocol)` written natively: `Ok(None)` when the value
+/// (or the protocol) is one this codec leaves to CPython's pickler.
+pub fn dumps<'py>(
+    py: Python<'py>,
+    obj: &Bound<'py, PyAny>,
+    protocol: i32,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    encode::dumps(py, obj, protocol)
+}
+
+/// `pickle.loads(data)` read natively: `Ok(None)` when the stream holds
+/// anything this codec leaves to CPython's unpickler. A stream that is
+/// malformed in a way on which CPython would crash or allocate what the
+/// stream merely claims raises `pickle.UnpicklingError` here instead.
+pub fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Option<Bound<'py, PyAny>>> {
+    build::loads(py, data)
+}
+
+static UNPICKLING_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `pickle.UnpicklingError(msg)`, the error CPython's unpickler raises on a
+/// malformed stream.
+pub(crate) fn unpickling_error(py: Python<'_>, msg: &str) -> PyErr {
+    let ty = UNPICKLING_ERROR.get_or_try_init(py, || -> PyResult<_> {
+        Ok(py.import("pickle")?.getattr("UnpicklingError")?.unbind())
+    });
+    match ty.and_then(|ty| ty.bind(py).call1((msg,))) {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(e) => e,
+    }
+}
+
+/// `_native._codec_dumps(obj, protocol)`: the native encoder alone, `None`
+/// when it would hand the value to CPython's pickler (for tests and the
+/// benchmark).
+#[pyfunction]
+fn _codec_dumps<'py>(
+    py: Python<'py>,
+    obj: &Bound<'py, PyAny>,
+    protocol: i32,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    dumps(py, obj, protocol)
+}
+
+/// `_native._codec_loads(data)`: the native decoder alone, `(True, value)`,
+/// or `(False, None)` when it would hand the stream to CPython's unpickler
+/// (for tests and the benchmark).
+#[pyfunction]
+fn _codec_loads<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    let buffer = pyo3::buffer::PyBuffer::<u8>::get(data)?;
+    if !buffer.is_c_contiguous() {
+        return Err(PyValueError::new_err("data must be a contiguous buffer"));
+    }
+    // SAFETY: the buffer is C-contiguous, of `len_bytes()` bytes, and stays
+    // exported (so alive and unmoved) until `buffer` drops at the end of this
+    // function; nothing here writes to it.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) };
+    let out = match loads(py, bytes)? {
+        Some(value) => PyTuple::new(py, [true.into_pyobject(py)?.to_owned().into_any(), value])?,
+        None => PyTuple::new(
+            py,
+            [
+                false.into_pyobject(py)?.to_owned().into_any(),
+                py.None().into_bound(py),
+            ],
+        )?,
+    };
+    Ok(out)
+}
+
+static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn pickle_attr<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    Ok(cell
+        .get_or_try_init(py, || -> PyResult<_> {
+            Ok(py.import("pickle")?.getattr(name)?.unbind())
+        })?
+        .bind(py))
+}
+
+/// `_native._dumps(obj, protocol)`: what the store writes for a value, the
+/// native encoder or else `pickle.dumps` (for the benchmark's codec rows).
+#[pyfunction]
+fn _dumps<'py>(
+    py: Python<'py>,
+    obj: &Bound<'py, PyAny>,
+    protocol: i32,
+) -> PyResult<Bound<'py, PyAny>> {
+    match dumps(py, obj, protocol)? {
+        Some(out) => Ok(out.into_any()),
+        None => pickle_attr(py, &PICKLE_DUMPS, "dumps")?.call1((obj, protocol)),
+    }
+}
+
+/// `_native._loads(data)`: what the store reads from a pickle, the native
+/// decoder or else `pickle.loads` (for the benchmark's codec rows).
+#[pyfunction]
+fn _loads<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>) -> PyResult<Bound<'py, PyAny>> {
+    match loads(py, data.as_bytes())? {
+        Some(value) => Ok(value),
+        None => pickle_attr(py, &PICKLE_LOADS, "loads")?.call1((data,)),
+    }
+}
+
+/// Add the codec's private hooks (tests, benchmark) to the native module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    pyapi::init(m.py())?;
+    m.add_function(wrap_pyfunction!(_codec_dumps, m)?)?;
+    m.add_function(wrap_pyfunction!(_codec_loads, m)?)?;
+    m.add_function(wrap_pyfunction!(_dumps, m)?)?;
+    m.add_function(wrap_pyfunction!(_loads, m)?)?;
+    Ok(())
+}
