@@ -2350,7 +2350,10 @@ fn add_note(exc: &Bound<'_, pyo3::exceptions::PyBaseException>, note: String) {
         Ok(list) => list,
         Err(_) => PyList::empty(py).into_any(),
     };
-    if notes.call_method1(pyo3::intern!(py, "append"), (note,)).is_ok() {
+    if notes
+        .call_method1(pyo3::intern!(py, "append"), (note,))
+        .is_ok()
+    {
         let _ = exc.setattr(pyo3::intern!(py, "__notes__"), notes);
     }
 }
