@@ -32,6 +32,10 @@ __all__ = [
     "_before_fork",
     "_after_fork_parent",
     "_after_fork_child",
+    "_codec_dumps",
+    "_codec_loads",
+    "_dumps",
+    "_loads",
     "__version__",
 ]
 
@@ -155,6 +159,9 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
 
     def __iter__(self) -> StoreIterator:
         """The keys in ascending order (commits the buffer first)."""
+
+    def __reversed__(self) -> StoreIterator:
+        """The keys in descending order, as ``reversed(dict)`` gives them."""
 
     def keys(
         self,
