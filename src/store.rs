@@ -2338,8 +2338,9 @@ fn key_error(key: &Bound<'_, PyAny>) -> PyErr {
     PyKeyError::new_err(format!("Key not found: {}", codec::display_key(key)))
 }
 
-/// Add a note to an exception (PEP 678), also on Python 3.10, which has no
-/// `add_note` but shows a `__notes__` list all the same once one is set.
+/// Add a note to an exception (PEP 678). Python 3.10 has no `add_note` and
+/// does not print notes: there the note goes into `__notes__` and, so that
+/// a traceback shows it, onto the end of the message.
 fn add_note(exc: &Bound<'_, pyo3::exceptions::PyBaseException>, note: String) {
     let py = exc.py();
     if exc.hasattr(pyo3::intern!(py, "add_note")).unwrap_or(false) {
@@ -2351,9 +2352,13 @@ fn add_note(exc: &Bound<'_, pyo3::exceptions::PyBaseException>, note: String) {
         Err(_) => PyList::empty(py).into_any(),
     };
     if notes
-        .call_method1(pyo3::intern!(py, "append"), (note,))
+        .call_method1(pyo3::intern!(py, "append"), (&note,))
         .is_ok()
     {
         let _ = exc.setattr(pyo3::intern!(py, "__notes__"), notes);
+    }
+    let args = exc.getattr(pyo3::intern!(py, "args"));
+    if let Ok(Ok((message,))) = args.map(|a| a.extract::<(String,)>()) {
+        let _ = exc.setattr(pyo3::intern!(py, "args"), (format!("{message}\n{note}"),));
     }
 }
