@@ -13,10 +13,11 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 
 use crate::errors::unpickle_error_type;
 
-static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+pub(crate) static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+pub(crate) static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-fn pickle_fn<'py>(
+/// `pickle.<name>`, looked up once into `cell`.
+pub(crate) fn pickle_fn<'py>(
     py: Python<'py>,
     cell: &'static PyOnceLock<Py<PyAny>>,
     name: &str,

@@ -133,8 +133,10 @@ fn register_core(core: &Arc<Core>) {
     cores.push(Arc::downgrade(core));
 }
 
-/// Commit every open store's buffer at interpreter exit, so a store that
-/// was never closed loses nothing (`before_fork` does it before a fork).
+/// Commit every open store's buffer (`_flush_all()`; `before_fork` before a
+/// fork): after any commit running in the background. A store being closed
+/// is left to its close; a commit that fails is printed and its writes stay
+/// buffered.
 pub fn flush_all(py: Python<'_>) {
     let cores: Vec<Arc<Core>> = CORES.lock().iter().filter_map(|w| w.upgrade()).collect();
     for c in cores {
@@ -142,7 +144,7 @@ pub fn flush_all(py: Python<'_>) {
             continue;
         }
         if c.closing.load(Ordering::Acquire) {
-            // Its close flushes; only wait for a commit under way, so that
+            // Its close commits; only wait for a commit under way, so that
             // no commit thread is mid-way through anything at a fork.
             if let Ok(g) = c.lock_detached(py, &c.commit_lock) {
                 drop(g);
@@ -179,23 +181,7 @@ pub fn before_fork(py: Python<'_>) {
     // entered its buffer before the commit took the batch, or waits.
     FORKS_IN_PROGRESS.fetch_add(1, Ordering::SeqCst);
     IN_FORK_HOOK.with(|f| f.set(true));
-    let cores: Vec<Arc<Core>> = CORES.lock().iter().filter_map(|w| w.upgrade()).collect();
-    for c in cores {
-        if c.generation != crate::engine::fork_generation() || c.readonly {
-            continue;
-        }
-        if c.closing.load(Ordering::Acquire) {
-            // Its close commits; only wait for a commit under way, so that
-            // no commit thread is mid-way through anything at the fork.
-            if let Ok(g) = c.lock_detached(py, &c.commit_lock) {
-                drop(g);
-            }
-            continue;
-        }
-        if let Err(e) = c.flush(py) {
-            e.print(py);
-        }
-    }
+    flush_all(py);
     IN_FORK_HOOK.with(|f| f.set(false));
 }
 

@@ -137,21 +137,6 @@ fn _codec_loads<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Boun
     Ok(out)
 }
 
-static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-fn pickle_attr<'py>(
-    py: Python<'py>,
-    cell: &'static PyOnceLock<Py<PyAny>>,
-    name: &str,
-) -> PyResult<&'py Bound<'py, PyAny>> {
-    Ok(cell
-        .get_or_try_init(py, || -> PyResult<_> {
-            Ok(py.import("pickle")?.getattr(name)?.unbind())
-        })?
-        .bind(py))
-}
-
 /// `_native._dumps(obj, protocol)`: what the store writes for a value, the
 /// native encoder or else `pickle.dumps` (for the benchmark's codec rows).
 #[pyfunction]
@@ -162,7 +147,7 @@ fn _dumps<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     match dumps(py, obj, protocol)? {
         Some(out) => Ok(out.into_any()),
-        None => pickle_attr(py, &PICKLE_DUMPS, "dumps")?.call1((obj, protocol)),
+        None => crate::codec::pickle_fn(py, &crate::codec::DUMPS, "dumps")?.call1((obj, protocol)),
     }
 }
 
@@ -172,7 +157,7 @@ fn _dumps<'py>(
 fn _loads<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>) -> PyResult<Bound<'py, PyAny>> {
     match loads(py, data.as_bytes())? {
         Some(value) => Ok(value),
-        None => pickle_attr(py, &PICKLE_LOADS, "loads")?.call1((data,)),
+        None => crate::codec::pickle_fn(py, &crate::codec::LOADS, "loads")?.call1((data,)),
     }
 }
 
