@@ -79,6 +79,15 @@ def test_extension_does_not_link_a_system_liblmdb():
         assert b"liblmdb.so" not in native.read_bytes()
 
 
+def test_sdist_carries_the_build_setting():
+    # lmdb-rkv-sys bundles LMDB 0.9.24; LIBLMDB_NO_PKG_CONFIG keeps a build from
+    # the sdist from linking a system liblmdb instead.
+    cargo_config = (REPO / ".cargo" / "config.toml").read_text()
+    assert 'LIBLMDB_NO_PKG_CONFIG = "1"' in cargo_config
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '{ path = ".cargo/config.toml", format = "sdist" }' in pyproject
+
+
 def test_repository_layout():
     for rel in (
         "Cargo.toml",
