@@ -209,7 +209,7 @@ def test_open_directory_as_single_file_names_the_path(tmp_path):
 
 def test_create_false_on_missing_path_names_the_path(tmp_path):
     path = str(tmp_path / "missing")
-    with pytest.raises((Error, OSError)) as exc_info:
+    with pytest.raises(FileNotFoundError) as exc_info:
         LmdbObjectStore(path, create=False)
     assert path in str(exc_info.value)
     assert not os.path.exists(path)

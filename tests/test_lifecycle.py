@@ -124,6 +124,8 @@ def _every_call(store):
         "info": lambda: store.info(),
         "stat": lambda: store.stat(),
         "enter": lambda: store.__enter__(),
+        "len": lambda: len(store),
+        "iter": lambda: list(store),
     }
 
 
@@ -168,14 +170,25 @@ def test_closed_is_read_only(store):
     assert store.closed is False
 
 
-def test_close_strict_raises_runtime_error_from_the_flush_failure(db_path):
+def _final_flush_errors(package_logs):
+    return [
+        r
+        for r in package_records(package_logs, logging.ERROR)
+        if "final flush failed" in r.getMessage()
+    ]
+
+
+def test_close_strict_raises_runtime_error_from_the_flush_failure(db_path, package_logs):
     store = LmdbObjectStore(db_path, map_size=1 * MiB, max_map_size=1 * MiB)
     store.put(b"kept", "committed")
     store.flush()
     store.put(b"big", b"x" * (3 * MiB))
+    package_logs.clear()
     with pytest.raises(RuntimeError) as exc_info:
         store.close(strict=True)
     assert isinstance(exc_info.value.__cause__, MapFullError)
+    # Raised, and logged as well.
+    assert _final_flush_errors(package_logs), "the failed final flush must be logged"
     # Raised after cleanup: the store is closed.
     assert store.closed is True
     with pytest.raises(ClosedError):
@@ -194,7 +207,7 @@ def test_close_non_strict_logs_the_flush_failure(db_path, package_logs):
     package_logs.clear()
     assert store.close() is None
     assert store.closed is True
-    assert package_records(package_logs, logging.WARNING), "the lost flush must be logged"
+    assert _final_flush_errors(package_logs), "the lost flush must be logged"
     with LmdbObjectStore(db_path) as again:
         assert again[b"kept"] == "committed"
 
@@ -421,3 +434,23 @@ def test_subclass_with_init_calling_super(db_path):
         assert store.batch_size == 3
     with InitStore(db_path) as store:
         assert store[b"x"] == 1
+
+
+class TaggedStore(LmdbObjectStore):
+    """A constructor whose arguments are not the base class's."""
+
+    def __init__(self, path, tag):
+        super().__init__(path, key_encoding="utf-8")
+        self.tag = tag
+
+    def get_tagged(self, key):
+        return (self.tag, self[key])
+
+
+def test_subclass_with_its_own_constructor_arguments(db_path):
+    with TaggedStore(db_path, "t") as store:
+        assert isinstance(store, LmdbObjectStore)
+        assert store.key_encoding == "utf-8"
+        assert store.batch_size == 1000  # "t" did not reach batch_size
+        store["a"] = 1
+        assert store.get_tagged("a") == ("t", 1)

@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from helpers import KiB, MiB
-from lmdb_object_store import Error, LmdbObjectStore
+from lmdb_object_store import LmdbObjectStore
 
 # --------------------------------------------------------------------------
 # Positional / keyword signature
@@ -78,14 +78,6 @@ def test_subdir_false_uses_a_single_file(tmp_path, read_raw):
     with LmdbObjectStore(path, subdir=False) as store:
         assert store[b"a"] == 1
     assert read_raw(path, subdir=False) == {b"a": pickle.dumps(1, protocol=pickle.HIGHEST_PROTOCOL)}
-
-
-def test_create_false_on_missing_path_is_error_naming_it(tmp_path):
-    path = str(tmp_path / "nope")
-    with pytest.raises((Error, OSError)) as exc_info:
-        LmdbObjectStore(path, create=False)
-    assert path in str(exc_info.value)
-    assert not os.path.exists(path)
 
 
 def test_create_false_on_existing_store_opens(db_path):
