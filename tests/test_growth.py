@@ -267,7 +267,9 @@ def test_growth_waits_for_a_reader_in_progress(make_store, hooked):
         reader, r_out = start_thread(lambda: store.get(b"slow"))
         assert entered.wait(20)
         writer, w_out = start_thread(lambda: store.put_many({b"big": b"z" * (3 * MiB)}))
-        writer.join(0.3)  # let the writer reach the growth wait (not asserted)
+        # The writer cannot finish while the read holds the map.
+        writer.join(0.5)
+        assert writer.is_alive(), "growth did not wait for the read in progress"
         release.set()
         join_or_fail(reader)
         join_or_fail(writer)
