@@ -159,6 +159,21 @@ def test_garbage_bytes_written_by_py_lmdb(db_path, raw_env):
         assert store.get(b"after") == 1
 
 
+def test_iteration_yields_good_items_before_an_unpicklable_one(db_path, raw_env):
+    with LmdbObjectStore(db_path) as store:
+        store.put_many({b"a": 1, b"b": 2})
+    env = raw_env(db_path)
+    with env.begin(write=True) as txn:
+        txn.put(b"c", b"not a pickle")
+    env.close()
+    with LmdbObjectStore(db_path) as store:
+        it = iter(store.items())
+        assert next(it) == (b"a", 1)
+        assert next(it) == (b"b", 2)
+        with pytest.raises(UnpickleError, match="DB key 'c'"):
+            next(it)
+
+
 def test_unpickle_error_of_missing_module(db_path, raw_env):
     env = raw_env(db_path)
     with env.begin(write=True) as txn:

@@ -184,6 +184,19 @@ def test_growth_log_names_nothing_but_the_package_logger(make_store, package_log
     assert package_records(package_logs)
 
 
+def test_growth_is_logged_even_when_the_write_then_fails_at_the_cap(make_store, package_logs):
+    store = make_store(map_size=1 * MiB, max_map_size=3 * MiB)
+    with pytest.raises(MapFullError):
+        store.put_many((b"k%d" % i, b"x" * 200_000) for i in range(40))
+    grew = [
+        r
+        for r in package_logs.records
+        if r.name == "lmdb_object_store" and r.levelno >= logging.INFO and "growing" in r.message
+    ]
+    assert grew, "the growth that happened before MapFullError must be logged"
+    assert store.info()["map_size"] == 3 * MiB
+
+
 def test_log_handler_calling_the_store_during_growth(make_store):
     """Python code (a log handler) run because of a growth may call the store:
     it works or raises Error, but never deadlocks."""

@@ -102,6 +102,16 @@ def test_mode_applies_to_created_files(tmp_path):
         os.umask(old_umask)
 
 
+def test_created_directory_follows_mode(tmp_path):
+    old_umask = os.umask(0)
+    try:
+        LmdbObjectStore(tmp_path / "db", mode=0o750).close()
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "db").st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(tmp_path / "db" / "data.mdb").st_mode) == 0o750
+
+
 def test_default_max_readers_is_1024(store):
     assert store.info()["max_readers"] == 1024
 
@@ -295,6 +305,17 @@ def test_utf8_spellings(make_store, db_path):
 
 
 # --------------------------------------------------------------------------
+# autoflush_on_read
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("given", "expected"), [(0, False), (1, True), ("", False), (None, True)])
+def test_autoflush_on_read_takes_any_truthy_value(db_path, given, expected):
+    with LmdbObjectStore(db_path, autoflush_on_read=given) as store:
+        assert store.autoflush_on_read is expected
+
+
+# --------------------------------------------------------------------------
 # pickle_protocol
 # --------------------------------------------------------------------------
 
@@ -315,6 +336,11 @@ def test_default_pickle_protocol_is_highest(db_path, read_raw):
     with LmdbObjectStore(db_path) as store:
         store.put(b"k", [1, "two"])
     assert read_raw(db_path)[b"k"] == pickle.dumps([1, "two"], protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def test_negative_pickle_protocol_means_the_highest(db_path):
+    with LmdbObjectStore(db_path, pickle_protocol=-1) as store:
+        assert store.pickle_protocol == pickle.HIGHEST_PROTOCOL
 
 
 # --------------------------------------------------------------------------

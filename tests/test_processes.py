@@ -434,6 +434,15 @@ def test_a_readonly_store_pickles_as_readonly(make_store, unpickled):
     assert rw.get(b"k") == 1
 
 
+def test_pickled_store_keeps_a_non_utf8_path(tmp_path, unpickled):
+    path = os.path.join(os.fsencode(tmp_path), b"db-\xff")
+    with LmdbObjectStore(path) as store:
+        store[b"k"] = "v"
+        store.flush()
+        again = unpickled(pickle.dumps(store))
+        assert again[b"k"] == "v"
+
+
 # --------------------------------------------------------------------------
 # spawn / forkserver workers
 # --------------------------------------------------------------------------
