@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pathlib
 import threading
 
 import pytest
@@ -235,81 +234,6 @@ def test_reopen_after_close(db_path):
                 assert store.get(b"n") == i
     with LmdbObjectStore(db_path) as store:
         assert store[b"n"] == 4
-
-
-# --------------------------------------------------------------------------
-# Two objects on one path (SPEC 2)
-# --------------------------------------------------------------------------
-
-
-def test_two_objects_on_one_path_share_the_environment(db_path):
-    a = LmdbObjectStore(db_path, map_size=1 * MiB)
-    b = LmdbObjectStore(pathlib.Path(db_path), map_size=1 * MiB)
-    try:
-        a.put(b"from-a", 1)
-        a.flush()
-        assert b.get(b"from-a") == 1
-        b.put_many({b"from-b": 2})
-        assert a.get(b"from-b") == 2
-        # Growth through one object is the growth of the shared environment.
-        a.put_many({b"big": b"x" * (3 * MiB)})
-        assert a.info()["map_size"] > 1 * MiB
-        assert b.info()["map_size"] == a.info()["map_size"]
-        assert b.get(b"big") == b"x" * (3 * MiB)
-    finally:
-        a.close()
-        b.close()
-
-
-def test_environment_stays_open_until_the_last_object_closes(db_path):
-    a = LmdbObjectStore(db_path)
-    b = LmdbObjectStore(db_path)
-    a.put(b"a", 1)
-    a.close()
-    assert a.closed and not b.closed
-    with pytest.raises(ClosedError):
-        a.get(b"a")
-    assert b.get(b"a") == 1  # a's buffer was flushed at its close
-    b.put(b"b", 2)
-    b.flush()
-    assert b.get(b"b") == 2
-    assert b.stat()["entries"] == 2
-    b.close()
-    with LmdbObjectStore(db_path) as c:
-        assert c.get_many([b"a", b"b"]) == ({b"a": 1, b"b": 2}, [])
-
-
-def test_two_objects_relative_and_absolute_path(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    a = LmdbObjectStore("db")
-    b = LmdbObjectStore(str(tmp_path / "db"))
-    try:
-        a.put_many({b"x": 1})
-        assert b.get(b"x") == 1
-    finally:
-        b.close()
-        a.close()
-
-
-def test_many_open_close_cycles_of_shared_objects(db_path):
-    keep = LmdbObjectStore(db_path)
-    try:
-        for i in range(20):
-            with LmdbObjectStore(db_path) as other:
-                other.put(b"i", i)
-            assert keep.get(b"i") == i
-    finally:
-        keep.close()
-
-
-def test_py_lmdb_opens_after_all_objects_closed(db_path, read_raw):
-    a = LmdbObjectStore(db_path)
-    b = LmdbObjectStore(db_path)
-    a.put(b"a", 1)
-    b.put(b"b", 2)
-    a.close()
-    b.close()
-    assert set(read_raw(db_path)) == {b"a", b"b"}
 
 
 # --------------------------------------------------------------------------

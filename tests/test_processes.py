@@ -109,16 +109,13 @@ def test_two_stores_on_one_path_close_in_either_order(make_store, db_path, read_
     assert isinstance(staying.info()["num_readers"], int)
     assert staying.stat()["entries"] == 4
 
+    staying.put(b"flushed-by-last-close", 5)
     staying.close()
     assert staying.closed
     assert fd_count() == baseline, "the last close must close the environment"
     raw = read_raw(db_path)
-    assert {pickle.loads(raw[k]) for k in (b"older", b"newer", b"flushed-by-close", b"after")} == {
-        1,
-        2,
-        3,
-        4,
-    }
+    keys = (b"older", b"newer", b"flushed-by-close", b"after", b"flushed-by-last-close")
+    assert {pickle.loads(raw[k]) for k in keys} == {1, 2, 3, 4, 5}
 
 
 def test_closing_one_store_twice_does_not_close_the_other(make_store):
@@ -137,6 +134,29 @@ def test_closing_one_store_twice_does_not_close_the_other(make_store):
     c.put(b"k3", 3)
     c.flush()
     assert c.get(b"k3") == 3
+
+
+def test_two_objects_on_one_path_share_the_environment(make_store, db_path):
+    a = make_store(db_path, map_size=1 * MiB)
+    b = make_store(Path(db_path), map_size=1 * MiB)
+    a.put(b"from-a", 1)
+    a.flush()
+    assert b.get(b"from-a") == 1
+    b.put_many({b"from-b": 2})
+    assert a.get(b"from-b") == 2
+    # Growth through one object is the growth of the shared environment.
+    a.put_many({b"big": b"x" * (3 * MiB)})
+    assert a.info()["map_size"] > 1 * MiB
+    assert b.info()["map_size"] == a.info()["map_size"]
+    assert b.get(b"big") == b"x" * (3 * MiB)
+
+
+def test_many_open_close_cycles_of_shared_objects(make_store, db_path):
+    keep = make_store()
+    for i in range(20):
+        with LmdbObjectStore(db_path) as other:
+            other.put(b"i", i)
+        assert keep.get(b"i") == i
 
 
 def test_different_spellings_of_one_path_share_the_environment(make_store, db_path, tmp_path):
