@@ -1,6 +1,7 @@
-"""SPEC 1 (on-disk format): a plain LMDB environment, key = normalised key
-bytes, value = exactly pickle.dumps(obj, protocol). Proven both ways with
-py-lmdb. (py-lmdb only opens a path once our store on it is closed.)"""
+"""The on-disk format: a plain LMDB environment, key = normalised key bytes,
+value = exactly pickle.dumps(obj, protocol) (docs/migrating.md "The same files,
+both ways" and "What stays the same"). Proven both ways with py-lmdb. (py-lmdb
+only opens a path once our store on it is closed.)"""
 
 from __future__ import annotations
 

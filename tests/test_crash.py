@@ -1,6 +1,7 @@
-"""SPEC 4 and 8 under SIGKILL: a writer process killed at any moment, in the
-middle of a flush included, never leaves a partial batch, and never loses a
-batch whose ``flush()`` returned.
+"""A writer process killed (SIGKILL) at any moment, in the middle of a flush
+included, never leaves a partial batch, and never loses a batch whose
+``flush()`` returned (docs/semantics.md "Buffering and atomicity",
+"Durability").
 
 The writer (``proc_workers.crash_writer``) commits numbered batches, one
 ``flush()`` each, and appends ``done <b>`` to a record file (fsync'd) after each

@@ -1,6 +1,7 @@
-"""SPEC 9 (errors), SPEC 6 (unpickling errors), SPEC 2 (open errors, unknown
-options): the exception hierarchy, messages naming the key/path/option, and no
-error leaving the buffer or the database half-changed."""
+"""Errors (docs/usage.md "Errors"), unpickling errors included, and open errors
+and unknown options (docs/usage.md "Opening a store"): the exception hierarchy,
+messages naming the key/path/option, and no error leaving the buffer or the
+database half-changed."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""SPEC 3, 6 and 9 fuzzed: keys of every type and size, and stored values that
-are not pickles.
+"""Keys of every type and size, and stored values that are not pickles, fuzzed
+(docs/usage.md "Keys", "Reads" and "Errors").
 
 Keys: every method that takes a key is called with an arbitrary Python object,
 against a store holding known data (some committed, some buffered), and checked
@@ -283,7 +283,7 @@ ANY_KEY = st.one_of(
 KEYS = st.one_of(st.sampled_from(KNOWN), KNOWN_DISGUISED, ANY_KEY)
 
 # --------------------------------------------------------------------------
-# The model of key normalisation (SPEC 3)
+# The model of key normalisation (docs/usage.md "Keys")
 # --------------------------------------------------------------------------
 
 
@@ -311,7 +311,8 @@ class Refused:
 
 
 def normalise(key, cfg: Config):
-    """The key's bytes as SPEC 3 defines them, or the exception it must raise."""
+    """The key's bytes as docs/usage.md "Keys" defines them, or the exception
+    it must raise."""
     if isinstance(key, bytes | bytearray):
         return memoryview(key).tobytes()  # the buffer, not __bytes__ or __len__
     if isinstance(key, str):
@@ -380,7 +381,7 @@ OPS = [
 ]
 WRITES = {"put", "setitem", "delete", "put_many", "setdefault"}
 # Reads that commit the buffer first when autoflush_on_read is set and the key
-# is not buffered (SPEC 6). ``in`` and ``del`` never commit.
+# is not buffered (docs/usage.md "Reads"). ``in`` and ``del`` never commit.
 FLUSHING_READS = {
     "get",
     "getitem",
@@ -614,7 +615,8 @@ def run_step(store, model: Model, cfg: Config, op: str, key, step: int):
         check_result(op, call(store, op, key, step), want)
     model.data = data_after
 
-    # The buffer: exact, except that a read may commit it first (SPEC 6).
+    # The buffer: exact, except that a read may commit it first (docs/usage.md
+    # "Reads").
     if buffers is None:  # put_many committed everything
         assert store.pending == 0
         model.buffered = set()
@@ -635,7 +637,7 @@ def run_step(store, model: Model, cfg: Config, op: str, key, step: int):
 
 
 # --------------------------------------------------------------------------
-# Stored values that are not pickles (SPEC 6)
+# Stored values that are not pickles (docs/migrating.md "The same files, both ways")
 # --------------------------------------------------------------------------
 
 # Opcodes that import (GLOBAL, STACK_GLOBAL, INST, the EXT* registry), call

@@ -1,4 +1,5 @@
-"""SPEC 5: automatic map growth, the cap, and growth logging."""
+"""Automatic map growth, the cap, and growth logging (docs/semantics.md "Map
+growth")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""SPEC 8 (lifecycle part) and SPEC 2 (sharing one environment): context
-manager, close, use after close, sync/info/stat, properties, subclassing."""
+"""The lifecycle: context manager, close, use after close, sync/info/stat,
+properties, subclassing (docs/usage.md "Maintenance: close, sync, info, stat",
+"Properties"; docs/semantics.md "close()", "Leaving a with block")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SPEC 2 (constructor options) and the str-key options of SPEC 3."""
+"""Constructor options (docs/usage.md "Opening a store") and the str-key
+options (docs/usage.md "Keys")."""
 
 from __future__ import annotations
 

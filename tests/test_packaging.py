@@ -1,6 +1,7 @@
-"""SPEC 10 (packaging) and the module-level API: lmdb_version, __version__,
-exports, typing files, the bundled LMDB, the repository layout, and what the
-installed distribution holds."""
+"""Packaging (docs/releasing.md "What is built", "What CI checks on the
+wheels") and the module-level API: lmdb_version, __version__, exports, typing
+files, the bundled LMDB, the repository layout, and what the installed
+distribution holds."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""SPEC 2, 5 and 8: one environment per file per process, growth seen across
-processes, picklable stores, spawn/forkserver workers, reader slots and
-processes killed while reading or writing.
+"""One environment per file per process, growth seen across processes,
+picklable stores, spawn/forkserver workers, reader slots and processes killed
+while reading or writing (docs/processes.md "One environment per file per
+process", "Several processes", "Pickling a store, spawn and forkserver",
+"Reader slots"; docs/semantics.md "Durability").
 
 The ``fork()``-specific behaviour lives in ``test_fork.py``.
 """

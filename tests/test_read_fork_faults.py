@@ -1,6 +1,8 @@
-"""Reads and forks under fault: the fork barrier (SPEC 8), fork() inside code
-the store runs, Ctrl-C through the store (SPEC 9), lent buffers that outlive
-their read (SPEC 6), and reads while the buffer cannot be committed (SPEC 6).
+"""Reads and forks under fault: the fork barrier and fork() inside code the
+store runs (docs/processes.md "fork()"), Ctrl-C through the store
+(docs/usage.md "Errors", its last paragraphs), lent buffers that outlive their
+read (docs/semantics.md "Zero-copy reads"), and reads while the buffer cannot be
+committed (docs/semantics.md "Reads while the buffer cannot be committed").
 
 Anything that forks or could crash runs in a child interpreter
 (``helpers.run_python``, with a timeout), so a deadlock or a signal fails the

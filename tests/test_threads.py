@@ -1,5 +1,6 @@
-"""SPEC 8 (threads, re-entrancy): real threads with bounded joins, so a
-deadlock fails the test instead of hanging it."""
+"""Threads and re-entrant calls (docs/semantics.md "Threads and close", "The
+map gate"): real threads with bounded joins, so a deadlock fails the test
+instead of hanging it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""SPEC 5 and 8 across processes: a store opened with writemap in several
-processes never has its data file cut below what another process maps, and
-opens that race another process's growth adopt it instead of failing.
+"""A store opened with writemap in several processes never has its data file
+cut below what another process maps (docs/processes.md "Several processes with
+writemap"), and opens that race another process's growth adopt it instead of
+failing (docs/semantics.md "Map growth").
 
 The process that could die (the writer) is always a child; it reports what
 it saw as JSON on stdout.
