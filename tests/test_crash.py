@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from helpers import join_or_fail, start_thread
+from helpers import join_or_fail, soak_rounds, start_thread
 from lmdb_object_store import LmdbObjectStore
 from proc_workers import (
     CRASH_KEYS_PER_BATCH,
@@ -36,7 +36,7 @@ from proc_workers import (
 )
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-ROUNDS = 40 * max(1, int(os.environ.get("LMDB_OBJECT_STORE_SOAK") or 1))
+ROUNDS = soak_rounds(40)
 # Seconds any single wait on a writer may take before the test fails.
 TIMEOUT = 20.0
 

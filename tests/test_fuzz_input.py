@@ -28,21 +28,18 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from helpers import SOAK
 from lmdb_object_store import Error, LmdbObjectStore, UnpickleError
 
-
-def _soak() -> int:
-    try:
-        return max(0, int(os.environ.get("LMDB_OBJECT_STORE_SOAK", "0")))
-    except ValueError:
-        return 1
-
-
-SOAK = _soak()
+# Soak runs outlast the per-test watchdog: each example restarts it.
 FUZZ = settings(
     max_examples=200 * max(1, 5 * SOAK),
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 
 MAX_KEY = 511
@@ -540,7 +537,8 @@ def check_state(store, model: Model, probe: bytes | None, values: bool = False):
     cfg=Config("utf-8", "surrogatepass", autoflush=True),
     steps=[("setdefault", TouchyStr("\ud800")), ("get_many_decoded", TouchyStr("c0"))],
 )
-def test_every_key_call_with_arbitrary_keys(cfg, steps):
+def test_every_key_call_with_arbitrary_keys(cfg, steps, rearm_watchdog):
+    rearm_watchdog()
     with tempfile.TemporaryDirectory(prefix="los-fuzz-") as tmp:
         path = os.path.join(tmp, "db")
         store = LmdbObjectStore(
@@ -727,7 +725,8 @@ GOOD = b"z-good"  # sorts after the fuzzed keys
 
 @FUZZ
 @given(values=st.lists(RAW_VALUES, min_size=1, max_size=5))
-def test_stored_values_that_are_not_pickles(values):
+def test_stored_values_that_are_not_pickles(values, rearm_watchdog):
+    rearm_watchdog()
     keys = [b"v%02d" % i for i in range(len(values))]
     expected = {k: reference_loads(v) for k, v in zip(keys, values, strict=True)}
     with tempfile.TemporaryDirectory(prefix="los-fuzz-") as tmp:

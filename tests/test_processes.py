@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import proc_workers
-from helpers import KiB, MiB, fd_count, join_or_fail, start_thread
+from helpers import KiB, MiB, fd_count, join_or_fail, soak_rounds, start_thread
 from lmdb_object_store import ClosedError, Error, LmdbObjectStore, ReadonlyError
 from proc_workers import fork_child, kill_and_reap, wait_child, wait_readable
 
@@ -631,7 +631,7 @@ def _fork_readers_and_kill(store, hooked, n, read_fd, write_fd):
     assert codes == [-signal.SIGKILL] * n
 
 
-def test_children_killed_while_reading_leave_the_store_usable(make_store, hooked):
+def test_children_killed_while_reading_leave_the_store_usable(make_store, hooked, rearm_watchdog):
     store = make_store(max_readers=4)
     data = {b"k%03d" % i: {"i": i} for i in range(100)}
     store.put_many(data)
@@ -642,7 +642,8 @@ def test_children_killed_while_reading_leave_the_store_usable(make_store, hooked
     try:
         # 20 children killed inside a read, 2 at a time: without clearing the
         # stale slots of the dead, 4 slots run out after the first rounds.
-        for _ in range(10):
+        for _ in range(soak_rounds(10)):
+            rearm_watchdog()
             _fork_readers_and_kill(store, hooked, 2, read_fd, write_fd)
 
         # The parent reads and writes normally.

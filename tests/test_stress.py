@@ -26,18 +26,9 @@ import time
 
 import pytest
 
-from helpers import MiB, start_thread
+from helpers import SOAK, MiB, start_thread
 from lmdb_object_store import ClosedError, LmdbObjectStore
 
-
-def _soak() -> int:
-    try:
-        return max(0, int(os.environ.get("LMDB_OBJECT_STORE_SOAK", "0")))
-    except ValueError:
-        return 1
-
-
-SOAK = _soak()
 ROUNDS = max(1, SOAK)
 # Seconds of load per run. Soak runs are longer, but one test stays well under
 # the 60 s watchdog of conftest.py.

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import lmdb_object_store
-from helpers import MiB, run_python
+from helpers import MiB, run_python, soak_rounds
 from lmdb_object_store import LmdbObjectStore
 
 # The byte of the data file that processes of this package lock while they
@@ -155,13 +155,20 @@ print(i, flush=True)
 
 
 @pytest.mark.parametrize("readonly", [True, False], ids=["ro", "rw"])
-def test_opens_racing_a_growing_writer_adopt_its_growth(tmp_path, readonly):
+def test_opens_racing_a_growing_writer_adopt_its_growth(tmp_path, rearm_watchdog, readonly):
     """Each commit of the writer extends the data past the map of an open
     that has just read the header (map_size=4096 maps only what is there):
     the open's first transaction meets MDB_MAP_RESIZED, and must adopt."""
-    path = str(tmp_path / "db")
+    for round_ in range(soak_rounds(1)):
+        rearm_watchdog()
+        _race_opens_against_a_growing_writer(tmp_path / f"round{round_}", readonly)
+
+
+def _race_opens_against_a_growing_writer(where: Path, readonly: bool) -> None:
+    where.mkdir()
+    path = str(where / "db")
     LmdbObjectStore(path).close()
-    stop = str(tmp_path / "stop")
+    stop = str(where / "stop")
     writer = subprocess.Popen(
         [sys.executable, "-c", GROWING_WRITER, path, stop],
         env=child_env(),
