@@ -2,6 +2,36 @@
 
 Every test runs under a watchdog: if a test deadlocks, faulthandler dumps the
 stacks of all threads and kills the process instead of letting the run hang.
+
+The environment variables the suite reads, all optional:
+
+``LMDB_OBJECT_STORE_SOAK=<n>``
+    Soak runs. Unset or 0: the short default runs. A number n > 0 makes the
+    tests that repeat a random or racy scenario run longer (each restarts the
+    watchdog between its rounds):
+
+    - test_crash.py: 40 x n writers killed (default 40);
+    - test_stress.py: n rounds of each test, each with up to 20 s of load
+      (default one round of 2 s);
+    - test_leaks.py: 20 x (n + 1) store lifetimes, at most 60 (default 20);
+    - test_fuzz_input.py: 1,000 x n examples per test (default 200);
+    - test_codec_format.py: n shards of 2,000 graphs for protocols 5 and 4
+      (default 1);
+    - test_codec_fuzz.py: 4 x n seeds of 8,000 streams (default 4);
+    - test_lifecycle_faults.py: n times the interpreter exits with daemon
+      threads reading (default 28) and writing (default 10), and n times the
+      20 races of a with block's exit against close();
+    - test_read_fork_faults.py: n runs of 24 forks beside a writer (default 1);
+    - test_processes.py: 10 x n rounds of readers killed (default 10);
+    - test_writemap_processes.py: n races of 1,500 opens against a growing
+      writer (default 1).
+
+``LMDB_OBJECT_STORE_SEED=<seed>``
+    Replays the random choices of a test_stress.py run, which prints its seed.
+
+``LMDB_OBJECT_STORE_EXPECT_INSTALLED=1``
+    test_packaging.py fails unless the package under test is the installed
+    distribution, in site-packages (.ci/test-wheels sets it).
 """
 
 from __future__ import annotations
@@ -17,7 +47,7 @@ import pytest
 # Make ``import helpers`` work whatever pytest's import mode is.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import Hooked, raw_items  # noqa: E402
+from helpers import SOAK, SOAK_VARIABLE, Hooked, raw_items  # noqa: E402
 from lmdb_object_store import LmdbObjectStore  # noqa: E402
 
 # Seconds a single test may run before the whole process is killed. The suite
@@ -43,6 +73,12 @@ def pytest_configure(config):
         _watchdog_fd = os.dup(real_fd)
     except OSError:
         _watchdog_fd = None
+
+
+def pytest_report_header(config):
+    if SOAK:
+        return f"soak runs: {SOAK_VARIABLE}={SOAK}"
+    return None
 
 
 def pytest_unconfigure(config):

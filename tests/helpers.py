@@ -16,6 +16,32 @@ from lmdb_object_store import Error
 KiB = 1024
 MiB = 1024 * 1024
 
+# Soak runs: the tests that repeat a random or racy scenario to catch what is
+# rare run a short default, and longer when this variable is a number n > 0.
+# tests/conftest.py lists what each of them does with it.
+SOAK_VARIABLE = "LMDB_OBJECT_STORE_SOAK"
+
+
+def soak_level() -> int:
+    """The value of ``LMDB_OBJECT_STORE_SOAK``; 0 (the default runs) when unset."""
+    text = os.environ.get(SOAK_VARIABLE, "").strip()
+    try:
+        level = int(text or "0")
+    except ValueError:
+        level = -1
+    if level < 0:
+        raise ValueError(f"{SOAK_VARIABLE} must be a whole number >= 0, got {text!r}")
+    return level
+
+
+SOAK = soak_level()
+
+
+def soak_rounds(default: int) -> int:
+    """``default`` rounds, or ``default * n`` with ``LMDB_OBJECT_STORE_SOAK=n``."""
+    return default * max(1, SOAK)
+
+
 # The package's automatic growth rule: max(2 x current, current + 64 MiB).
 GROWTH_STEP = 64 * MiB
 

@@ -1,4 +1,6 @@
-"""SPEC 4 (writes and the buffer) and SPEC 6 (reads: buffer vs database, autoflush)."""
+"""Writes and the buffer (docs/usage.md "Writes and the buffer",
+docs/semantics.md "Buffering and atomicity"), and reads: buffer against
+database, autoflush (docs/usage.md "Reads")."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from helpers import run_python
+from helpers import run_python, soak_rounds
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -142,7 +142,7 @@ print(stats)
 """
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(soak_rounds(4)))
 def test_native_reader_agrees_with_cpython_on_random_and_mutated_streams(seed):
     out = run_python(FUZZ, TESTS_DIR, str(seed), "8000", timeout=300)
     stats = eval(out.strip().splitlines()[-1])

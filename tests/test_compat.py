@@ -1,6 +1,7 @@
-"""SPEC 1 (on-disk format): a plain LMDB environment, key = normalised key
-bytes, value = exactly pickle.dumps(obj, protocol). Proven both ways with
-py-lmdb. (py-lmdb only opens a path once our store on it is closed.)"""
+"""The on-disk format: a plain LMDB environment, key = normalised key bytes,
+value = exactly pickle.dumps(obj, protocol) (docs/migrating.md "The same files,
+both ways" and "What stays the same"). Proven both ways with py-lmdb. (py-lmdb
+only opens a path once our store on it is closed.)"""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ VALUES = {
     b"tuple": (1, "a", b"b", 2.0),
     b"dict": {"a": {"b": [1, 2]}, "c": (None, False)},
     b"ints-set": frozenset({1, 2, 3}),
+    b"floats-set": {3.5, 4.5},
     b"decimal": decimal.Decimal("1.25"),
     b"date": datetime.date(2024, 2, 29),
     b"bytearray": bytearray(b"mutable"),
@@ -74,6 +76,7 @@ def test_store_written_by_py_lmdb_opens_and_reads_here(db_path, raw_env):
         assert found == VALUES
         assert not_found == [b"absent"]
         assert store.stat()["entries"] == len(VALUES)
+        assert list(store.keys()) == sorted(VALUES)
         # ... and we can keep writing to it.
         store.put(b"added-here", [1])
         del store[b"int"]
@@ -115,6 +118,19 @@ def test_single_file_store_both_ways(tmp_path, raw_env):
         b"from-py-lmdb": pickle.dumps({"x": 1}),
         b"from-here": pickle.dumps([2], protocol=pickle.HIGHEST_PROTOCOL),
     }
+
+
+def test_single_file_store_made_here_takes_py_lmdb_writes(tmp_path, raw_env):
+    path = str(tmp_path / "one.lmdb")
+    with LmdbObjectStore(path, subdir=False) as store:
+        store[b"ours"] = "written here"
+    env = raw_env(path, subdir=False)
+    with env.begin(write=True) as txn:
+        assert pickle.loads(txn.get(b"ours")) == "written here"
+        txn.put(b"theirs", pickle.dumps("written by py-lmdb"))
+    env.close()
+    with LmdbObjectStore(path, subdir=False) as store:
+        assert store[b"theirs"] == "written by py-lmdb"
 
 
 def test_keys_on_disk_are_the_normalised_key_bytes(db_path, read_raw):

@@ -1,6 +1,7 @@
-"""SPEC 4 and 8 under SIGKILL: a writer process killed at any moment, in the
-middle of a flush included, never leaves a partial batch, and never loses a
-batch whose ``flush()`` returned.
+"""A writer process killed (SIGKILL) at any moment, in the middle of a flush
+included, never leaves a partial batch, and never loses a batch whose
+``flush()`` returned (docs/semantics.md "Buffering and atomicity",
+"Durability").
 
 The writer (``proc_workers.crash_writer``) commits numbered batches, one
 ``flush()`` each, and appends ``done <b>`` to a record file (fsync'd) after each
@@ -25,7 +26,7 @@ import time
 
 import pytest
 
-from helpers import join_or_fail, start_thread
+from helpers import join_or_fail, soak_rounds, start_thread
 from lmdb_object_store import LmdbObjectStore
 from proc_workers import (
     CRASH_KEYS_PER_BATCH,
@@ -35,7 +36,7 @@ from proc_workers import (
 )
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-ROUNDS = 40 * max(1, int(os.environ.get("LMDB_OBJECT_STORE_SOAK") or 1))
+ROUNDS = soak_rounds(40)
 # Seconds any single wait on a writer may take before the test fails.
 TIMEOUT = 20.0
 

@@ -1,6 +1,8 @@
-"""SPEC 2, 5 and 9 under faults of the environment itself: a map growth that
-fails (memory and file size limits), a data file that is truncated, empty or
-damaged, a full disk, and failed opens that must leave nothing behind.
+"""Faults of the environment itself: a map growth that fails (memory and file
+size limits), a data file that is truncated, empty or damaged, a full disk, and
+failed opens that must leave nothing behind (docs/semantics.md "When growth
+fails", "writemap", "Damaged, truncated and empty files", "The lock file on a
+full disk", "A failed open leaves nothing behind").
 
 Whatever could end a process with a signal runs in a child interpreter, which
 reports what it saw as JSON on stdout; the test judges the report.

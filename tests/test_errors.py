@@ -1,6 +1,7 @@
-"""SPEC 9 (errors), SPEC 6 (unpickling errors), SPEC 2 (open errors, unknown
-options): the exception hierarchy, messages naming the key/path/option, and no
-error leaving the buffer or the database half-changed."""
+"""Errors (docs/usage.md "Errors"), unpickling errors included, and open errors
+and unknown options (docs/usage.md "Opening a store"): the exception hierarchy,
+messages naming the key/path/option, and no error leaving the buffer or the
+database half-changed."""
 
 from __future__ import annotations
 
@@ -159,6 +160,21 @@ def test_garbage_bytes_written_by_py_lmdb(db_path, raw_env):
         assert store.get(b"after") == 1
 
 
+def test_iteration_yields_good_items_before_an_unpicklable_one(db_path, raw_env):
+    with LmdbObjectStore(db_path) as store:
+        store.put_many({b"a": 1, b"b": 2})
+    env = raw_env(db_path)
+    with env.begin(write=True) as txn:
+        txn.put(b"c", b"not a pickle")
+    env.close()
+    with LmdbObjectStore(db_path) as store:
+        it = iter(store.items())
+        assert next(it) == (b"a", 1)
+        assert next(it) == (b"b", 2)
+        with pytest.raises(UnpickleError, match="DB key 'c'"):
+            next(it)
+
+
 def test_unpickle_error_of_missing_module(db_path, raw_env):
     env = raw_env(db_path)
     with env.begin(write=True) as txn:
@@ -209,7 +225,7 @@ def test_open_directory_as_single_file_names_the_path(tmp_path):
 
 def test_create_false_on_missing_path_names_the_path(tmp_path):
     path = str(tmp_path / "missing")
-    with pytest.raises((Error, OSError)) as exc_info:
+    with pytest.raises(FileNotFoundError) as exc_info:
         LmdbObjectStore(path, create=False)
     assert path in str(exc_info.value)
     assert not os.path.exists(path)

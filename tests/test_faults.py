@@ -1,6 +1,6 @@
-"""SPEC 2, 4 and 9 under real faults: a data file that may not grow (a file size
-limit, RLIMIT_FSIZE) and paths that cannot be opened (missing, of the wrong
-kind, not writable).
+"""Real faults: a data file that may not grow (a file size limit, RLIMIT_FSIZE;
+docs/semantics.md "A failed commit") and paths that cannot be opened (missing,
+of the wrong kind, not writable; docs/usage.md "Opening a store").
 
 The write faults run in a child process, because the limit applies to the whole
 process; the child reports what it saw as JSON on stdout.
@@ -94,7 +94,8 @@ def test_a_data_file_that_cannot_grow_fails_the_commit_and_keeps_everything(
     assert report["buffered_readable"] == FSIZE_COUNT
     _assert_write_failure(report["flush_again"], db_path, cause)
     assert report["pending_after_flush_again"] == FSIZE_COUNT
-    # A read whose autoflush fails still answers (SPEC 6).
+    # A read whose autoflush fails still answers (docs/semantics.md "Reads while
+    # the buffer cannot be committed").
     assert report["autoflush_get"] == {"raised": None}
     assert report["autoflush_get_value"] == 0
     assert report["pending_after_autoflush_get"] == FSIZE_COUNT

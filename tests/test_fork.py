@@ -1,4 +1,4 @@
-"""SPEC 8: stores across ``os.fork()``.
+"""Stores across ``os.fork()`` (docs/processes.md "fork()").
 
 Before a fork the parent flushes every open store; in the child the first use of
 a store opens a fresh environment, and the child never closes or aborts what it

@@ -1,5 +1,5 @@
-"""SPEC 3, 6 and 9 fuzzed: keys of every type and size, and stored values that
-are not pickles.
+"""Keys of every type and size, and stored values that are not pickles, fuzzed
+(docs/usage.md "Keys", "Reads" and "Errors").
 
 Keys: every method that takes a key is called with an arbitrary Python object,
 against a store holding known data (some committed, some buffered), and checked
@@ -28,21 +28,18 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from helpers import SOAK
 from lmdb_object_store import Error, LmdbObjectStore, UnpickleError
 
-
-def _soak() -> int:
-    try:
-        return max(0, int(os.environ.get("LMDB_OBJECT_STORE_SOAK", "0")))
-    except ValueError:
-        return 1
-
-
-SOAK = _soak()
+# Soak runs outlast the per-test watchdog: each example restarts it.
 FUZZ = settings(
     max_examples=200 * max(1, 5 * SOAK),
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 
 MAX_KEY = 511
@@ -283,7 +280,7 @@ ANY_KEY = st.one_of(
 KEYS = st.one_of(st.sampled_from(KNOWN), KNOWN_DISGUISED, ANY_KEY)
 
 # --------------------------------------------------------------------------
-# The model of key normalisation (SPEC 3)
+# The model of key normalisation (docs/usage.md "Keys")
 # --------------------------------------------------------------------------
 
 
@@ -311,7 +308,8 @@ class Refused:
 
 
 def normalise(key, cfg: Config):
-    """The key's bytes as SPEC 3 defines them, or the exception it must raise."""
+    """The key's bytes as docs/usage.md "Keys" defines them, or the exception
+    it must raise."""
     if isinstance(key, bytes | bytearray):
         return memoryview(key).tobytes()  # the buffer, not __bytes__ or __len__
     if isinstance(key, str):
@@ -380,7 +378,7 @@ OPS = [
 ]
 WRITES = {"put", "setitem", "delete", "put_many", "setdefault"}
 # Reads that commit the buffer first when autoflush_on_read is set and the key
-# is not buffered (SPEC 6). ``in`` and ``del`` never commit.
+# is not buffered (docs/usage.md "Reads"). ``in`` and ``del`` never commit.
 FLUSHING_READS = {
     "get",
     "getitem",
@@ -539,7 +537,8 @@ def check_state(store, model: Model, probe: bytes | None, values: bool = False):
     cfg=Config("utf-8", "surrogatepass", autoflush=True),
     steps=[("setdefault", TouchyStr("\ud800")), ("get_many_decoded", TouchyStr("c0"))],
 )
-def test_every_key_call_with_arbitrary_keys(cfg, steps):
+def test_every_key_call_with_arbitrary_keys(cfg, steps, rearm_watchdog):
+    rearm_watchdog()
     with tempfile.TemporaryDirectory(prefix="los-fuzz-") as tmp:
         path = os.path.join(tmp, "db")
         store = LmdbObjectStore(
@@ -614,7 +613,8 @@ def run_step(store, model: Model, cfg: Config, op: str, key, step: int):
         check_result(op, call(store, op, key, step), want)
     model.data = data_after
 
-    # The buffer: exact, except that a read may commit it first (SPEC 6).
+    # The buffer: exact, except that a read may commit it first (docs/usage.md
+    # "Reads").
     if buffers is None:  # put_many committed everything
         assert store.pending == 0
         model.buffered = set()
@@ -635,7 +635,7 @@ def run_step(store, model: Model, cfg: Config, op: str, key, step: int):
 
 
 # --------------------------------------------------------------------------
-# Stored values that are not pickles (SPEC 6)
+# Stored values that are not pickles (docs/migrating.md "The same files, both ways")
 # --------------------------------------------------------------------------
 
 # Opcodes that import (GLOBAL, STACK_GLOBAL, INST, the EXT* registry), call
@@ -725,7 +725,8 @@ GOOD = b"z-good"  # sorts after the fuzzed keys
 
 @FUZZ
 @given(values=st.lists(RAW_VALUES, min_size=1, max_size=5))
-def test_stored_values_that_are_not_pickles(values):
+def test_stored_values_that_are_not_pickles(values, rearm_watchdog):
+    rearm_watchdog()
     keys = [b"v%02d" % i for i in range(len(values))]
     expected = {k: reference_loads(v) for k, v in zip(keys, values, strict=True)}
     with tempfile.TemporaryDirectory(prefix="los-fuzz-") as tmp:

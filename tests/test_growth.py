@@ -1,4 +1,5 @@
-"""SPEC 5: automatic map growth, the cap, and growth logging."""
+"""Automatic map growth, the cap, and growth logging (docs/semantics.md "Map
+growth")."""
 
 from __future__ import annotations
 
@@ -184,6 +185,19 @@ def test_growth_log_names_nothing_but_the_package_logger(make_store, package_log
     assert package_records(package_logs)
 
 
+def test_growth_is_logged_even_when_the_write_then_fails_at_the_cap(make_store, package_logs):
+    store = make_store(map_size=1 * MiB, max_map_size=3 * MiB)
+    with pytest.raises(MapFullError):
+        store.put_many((b"k%d" % i, b"x" * 200_000) for i in range(40))
+    grew = [
+        r
+        for r in package_logs.records
+        if r.name == "lmdb_object_store" and r.levelno >= logging.INFO and "growing" in r.message
+    ]
+    assert grew, "the growth that happened before MapFullError must be logged"
+    assert store.info()["map_size"] == 3 * MiB
+
+
 def test_log_handler_calling_the_store_during_growth(make_store):
     """Python code (a log handler) run because of a growth may call the store:
     it works or raises Error, but never deadlocks."""
@@ -267,7 +281,9 @@ def test_growth_waits_for_a_reader_in_progress(make_store, hooked):
         reader, r_out = start_thread(lambda: store.get(b"slow"))
         assert entered.wait(20)
         writer, w_out = start_thread(lambda: store.put_many({b"big": b"z" * (3 * MiB)}))
-        writer.join(0.3)  # let the writer reach the growth wait (not asserted)
+        # The writer cannot finish while the read holds the map.
+        writer.join(0.5)
+        assert writer.is_alive(), "growth did not wait for the read in progress"
         release.set()
         join_or_fail(reader)
         join_or_fail(writer)

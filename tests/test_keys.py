@@ -1,4 +1,5 @@
-"""SPEC 3 (keys) and the key-related parts of SPEC 6 (KeyError messages, get_many)."""
+"""Keys (docs/usage.md "Keys") and the key-related parts of reads: KeyError
+messages and get_many (docs/usage.md "Reads", "get_many")."""
 
 from __future__ import annotations
 

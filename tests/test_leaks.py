@@ -22,18 +22,9 @@ from array import array
 
 import pytest
 
-from helpers import MiB, fd_count
+from helpers import SOAK, MiB, fd_count
 from lmdb_object_store import LmdbObjectStore
 
-
-def _soak() -> int:
-    try:
-        return max(0, int(os.environ.get("LMDB_OBJECT_STORE_SOAK", "0")))
-    except ValueError:
-        return 1
-
-
-SOAK = _soak()
 PUTS = 50_000
 # A round takes about 0.3 s on one core; 60 rounds stay inside the 60 s
 # watchdog even on a machine busy with other work.

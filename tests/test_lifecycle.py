@@ -1,11 +1,11 @@
-"""SPEC 8 (lifecycle part) and SPEC 2 (sharing one environment): context
-manager, close, use after close, sync/info/stat, properties, subclassing."""
+"""The lifecycle: context manager, close, use after close, sync/info/stat,
+properties, subclassing (docs/usage.md "Maintenance: close, sync, info, stat",
+"Properties"; docs/semantics.md "close()", "Leaving a with block")."""
 
 from __future__ import annotations
 
 import logging
 import os
-import pathlib
 import threading
 
 import pytest
@@ -124,6 +124,8 @@ def _every_call(store):
         "info": lambda: store.info(),
         "stat": lambda: store.stat(),
         "enter": lambda: store.__enter__(),
+        "len": lambda: len(store),
+        "iter": lambda: list(store),
     }
 
 
@@ -168,14 +170,25 @@ def test_closed_is_read_only(store):
     assert store.closed is False
 
 
-def test_close_strict_raises_runtime_error_from_the_flush_failure(db_path):
+def _final_flush_errors(package_logs):
+    return [
+        r
+        for r in package_records(package_logs, logging.ERROR)
+        if "final flush failed" in r.getMessage()
+    ]
+
+
+def test_close_strict_raises_runtime_error_from_the_flush_failure(db_path, package_logs):
     store = LmdbObjectStore(db_path, map_size=1 * MiB, max_map_size=1 * MiB)
     store.put(b"kept", "committed")
     store.flush()
     store.put(b"big", b"x" * (3 * MiB))
+    package_logs.clear()
     with pytest.raises(RuntimeError) as exc_info:
         store.close(strict=True)
     assert isinstance(exc_info.value.__cause__, MapFullError)
+    # Raised, and logged as well.
+    assert _final_flush_errors(package_logs), "the failed final flush must be logged"
     # Raised after cleanup: the store is closed.
     assert store.closed is True
     with pytest.raises(ClosedError):
@@ -194,7 +207,7 @@ def test_close_non_strict_logs_the_flush_failure(db_path, package_logs):
     package_logs.clear()
     assert store.close() is None
     assert store.closed is True
-    assert package_records(package_logs, logging.WARNING), "the lost flush must be logged"
+    assert _final_flush_errors(package_logs), "the lost flush must be logged"
     with LmdbObjectStore(db_path) as again:
         assert again[b"kept"] == "committed"
 
@@ -222,81 +235,6 @@ def test_reopen_after_close(db_path):
                 assert store.get(b"n") == i
     with LmdbObjectStore(db_path) as store:
         assert store[b"n"] == 4
-
-
-# --------------------------------------------------------------------------
-# Two objects on one path (SPEC 2)
-# --------------------------------------------------------------------------
-
-
-def test_two_objects_on_one_path_share_the_environment(db_path):
-    a = LmdbObjectStore(db_path, map_size=1 * MiB)
-    b = LmdbObjectStore(pathlib.Path(db_path), map_size=1 * MiB)
-    try:
-        a.put(b"from-a", 1)
-        a.flush()
-        assert b.get(b"from-a") == 1
-        b.put_many({b"from-b": 2})
-        assert a.get(b"from-b") == 2
-        # Growth through one object is the growth of the shared environment.
-        a.put_many({b"big": b"x" * (3 * MiB)})
-        assert a.info()["map_size"] > 1 * MiB
-        assert b.info()["map_size"] == a.info()["map_size"]
-        assert b.get(b"big") == b"x" * (3 * MiB)
-    finally:
-        a.close()
-        b.close()
-
-
-def test_environment_stays_open_until_the_last_object_closes(db_path):
-    a = LmdbObjectStore(db_path)
-    b = LmdbObjectStore(db_path)
-    a.put(b"a", 1)
-    a.close()
-    assert a.closed and not b.closed
-    with pytest.raises(ClosedError):
-        a.get(b"a")
-    assert b.get(b"a") == 1  # a's buffer was flushed at its close
-    b.put(b"b", 2)
-    b.flush()
-    assert b.get(b"b") == 2
-    assert b.stat()["entries"] == 2
-    b.close()
-    with LmdbObjectStore(db_path) as c:
-        assert c.get_many([b"a", b"b"]) == ({b"a": 1, b"b": 2}, [])
-
-
-def test_two_objects_relative_and_absolute_path(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    a = LmdbObjectStore("db")
-    b = LmdbObjectStore(str(tmp_path / "db"))
-    try:
-        a.put_many({b"x": 1})
-        assert b.get(b"x") == 1
-    finally:
-        b.close()
-        a.close()
-
-
-def test_many_open_close_cycles_of_shared_objects(db_path):
-    keep = LmdbObjectStore(db_path)
-    try:
-        for i in range(20):
-            with LmdbObjectStore(db_path) as other:
-                other.put(b"i", i)
-            assert keep.get(b"i") == i
-    finally:
-        keep.close()
-
-
-def test_py_lmdb_opens_after_all_objects_closed(db_path, read_raw):
-    a = LmdbObjectStore(db_path)
-    b = LmdbObjectStore(db_path)
-    a.put(b"a", 1)
-    b.put(b"b", 2)
-    a.close()
-    b.close()
-    assert set(read_raw(db_path)) == {b"a", b"b"}
 
 
 # --------------------------------------------------------------------------
@@ -421,3 +359,23 @@ def test_subclass_with_init_calling_super(db_path):
         assert store.batch_size == 3
     with InitStore(db_path) as store:
         assert store[b"x"] == 1
+
+
+class TaggedStore(LmdbObjectStore):
+    """A constructor whose arguments are not the base class's."""
+
+    def __init__(self, path, tag):
+        super().__init__(path, key_encoding="utf-8")
+        self.tag = tag
+
+    def get_tagged(self, key):
+        return (self.tag, self[key])
+
+
+def test_subclass_with_its_own_constructor_arguments(db_path):
+    with TaggedStore(db_path, "t") as store:
+        assert isinstance(store, LmdbObjectStore)
+        assert store.key_encoding == "utf-8"
+        assert store.batch_size == 1000  # "t" did not reach batch_size
+        store["a"] = 1
+        assert store.get_tagged("a") == ("t", 1)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import lmdb_object_store
-from helpers import Hooked, MiB, package_records, run_python, run_threads
+from helpers import Hooked, MiB, package_records, run_python, run_threads, soak_rounds
 from lmdb_object_store import LmdbObjectStore, MapFullError
 
 PKG_PARENT = str(Path(lmdb_object_store.__file__).resolve().parent.parent)
@@ -85,9 +85,12 @@ DAEMON_READERS = """
 
 
 @pytest.mark.parametrize(("nested", "runs"), [("plain", 20), ("nested", 8)])
-def test_daemon_threads_reading_at_interpreter_exit_never_crash_the_process(tmp_path, nested, runs):
+def test_daemon_threads_reading_at_interpreter_exit_never_crash_the_process(
+    tmp_path, rearm_watchdog, nested, runs
+):
     path = str(tmp_path / "db")
-    for run in range(runs):
+    for run in range(soak_rounds(runs)):
+        rearm_watchdog()
         proc = run_child(DAEMON_READERS, path, nested, timeout=60)
         assert proc.returncode == 0, f"run {run}: {describe(proc)}"
         assert proc.stdout == "main returns\n", describe(proc)
@@ -133,11 +136,12 @@ DAEMON_WRITERS = """
 
 
 def test_daemon_threads_writing_at_interpreter_exit_have_every_acknowledged_write_committed(
-    tmp_path,
+    tmp_path, rearm_watchdog
 ):
     import lmdb
 
-    for run, sleep in enumerate(["0.05", "0.2", "0.4", "0.1", "0.3"] * 2):
+    for run, sleep in enumerate(["0.05", "0.2", "0.4", "0.1", "0.3"] * soak_rounds(2)):
+        rearm_watchdog()
         path = str(tmp_path / f"db{run}")
         proc = run_child(DAEMON_WRITERS, path, sleep, timeout=60)
         assert proc.returncode == 0, f"run {run}: {describe(proc)}"
@@ -310,8 +314,11 @@ def test_non_strict_close_whose_final_commit_fails_prints_what_was_lost(tmp_path
     assert str(path) in err and "1 buffered write" in err and "not saved" in err
 
 
-def test_exit_and_close_racing_from_two_threads_close_once_and_save_everything(tmp_path):
-    for round_ in range(20):
+def test_exit_and_close_racing_from_two_threads_close_once_and_save_everything(
+    tmp_path, rearm_watchdog
+):
+    for round_ in range(soak_rounds(20)):
+        rearm_watchdog()
         path = tmp_path / f"db{round_}"
         store = LmdbObjectStore(path, batch_size=10_000)
         assert store.__enter__() is store

@@ -1,4 +1,5 @@
-"""SPEC 7: the store as a complete MutableMapping, with ordered, bounded scans.
+"""The store as a complete MutableMapping, with ordered, bounded scans
+(docs/usage.md "Mapping and scans", docs/semantics.md "Iteration").
 
 Everything here is checked against a plain ``dict`` holding the same items, with
 bytes keys and with ``key_encoding="utf-8"`` (str keys back), with data that is

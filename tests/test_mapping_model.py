@@ -1,4 +1,5 @@
-"""SPEC 7: random sequences of mapping operations against a plain ``dict`` model.
+"""Random sequences of mapping operations against a plain ``dict`` model
+(docs/usage.md "Mapping and scans").
 
 Batch size, ``autoflush_on_read`` and ``key_encoding`` are drawn at random, so
 the same sequence runs against data that is buffered, committed, or both. After

@@ -1,4 +1,5 @@
-"""SPEC 7 with threads: iteration never holds a read transaction between items.
+"""Iteration with threads: it never holds a read transaction between items
+(docs/semantics.md "Iteration").
 
 One thread iterates while others write and grow the map, starting from a 1 MiB
 map. Every join has a timeout, so a deadlock fails the test instead of hanging.

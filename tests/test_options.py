@@ -1,4 +1,5 @@
-"""SPEC 2 (constructor options) and the str-key options of SPEC 3."""
+"""Constructor options (docs/usage.md "Opening a store") and the str-key
+options (docs/usage.md "Keys")."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import stat
 import pytest
 
 from helpers import KiB, MiB
-from lmdb_object_store import Error, LmdbObjectStore
+from lmdb_object_store import LmdbObjectStore
 
 # --------------------------------------------------------------------------
 # Positional / keyword signature
@@ -80,14 +81,6 @@ def test_subdir_false_uses_a_single_file(tmp_path, read_raw):
     assert read_raw(path, subdir=False) == {b"a": pickle.dumps(1, protocol=pickle.HIGHEST_PROTOCOL)}
 
 
-def test_create_false_on_missing_path_is_error_naming_it(tmp_path):
-    path = str(tmp_path / "nope")
-    with pytest.raises((Error, OSError)) as exc_info:
-        LmdbObjectStore(path, create=False)
-    assert path in str(exc_info.value)
-    assert not os.path.exists(path)
-
-
 def test_create_false_on_existing_store_opens(db_path):
     LmdbObjectStore(db_path).close()
     with LmdbObjectStore(db_path, create=False) as store:
@@ -108,6 +101,16 @@ def test_mode_applies_to_created_files(tmp_path):
         assert stat.S_IMODE(os.stat(path2 / "data.mdb").st_mode) == 0o644
     finally:
         os.umask(old_umask)
+
+
+def test_created_directory_follows_mode(tmp_path):
+    old_umask = os.umask(0)
+    try:
+        LmdbObjectStore(tmp_path / "db", mode=0o750).close()
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "db").st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(tmp_path / "db" / "data.mdb").st_mode) == 0o750
 
 
 def test_default_max_readers_is_1024(store):
@@ -303,6 +306,17 @@ def test_utf8_spellings(make_store, db_path):
 
 
 # --------------------------------------------------------------------------
+# autoflush_on_read
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("given", "expected"), [(0, False), (1, True), ("", False), (None, True)])
+def test_autoflush_on_read_takes_any_truthy_value(db_path, given, expected):
+    with LmdbObjectStore(db_path, autoflush_on_read=given) as store:
+        assert store.autoflush_on_read is expected
+
+
+# --------------------------------------------------------------------------
 # pickle_protocol
 # --------------------------------------------------------------------------
 
@@ -323,6 +337,11 @@ def test_default_pickle_protocol_is_highest(db_path, read_raw):
     with LmdbObjectStore(db_path) as store:
         store.put(b"k", [1, "two"])
     assert read_raw(db_path)[b"k"] == pickle.dumps([1, "two"], protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def test_negative_pickle_protocol_means_the_highest(db_path):
+    with LmdbObjectStore(db_path, pickle_protocol=-1) as store:
+        assert store.pickle_protocol == pickle.HIGHEST_PROTOCOL
 
 
 # --------------------------------------------------------------------------

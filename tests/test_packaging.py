@@ -1,6 +1,7 @@
-"""SPEC 10 (packaging) and the module-level API: lmdb_version, __version__,
-exports, typing files, the bundled LMDB, the repository layout, and what the
-installed distribution holds."""
+"""Packaging (docs/releasing.md "What is built", "What CI checks on the
+wheels") and the module-level API: lmdb_version, __version__, exports, typing
+files, the bundled LMDB, the repository layout, and what the installed
+distribution holds."""
 
 from __future__ import annotations
 
@@ -77,6 +78,15 @@ def test_extension_does_not_link_a_system_liblmdb():
     for native in natives:
         # A dynamically linked liblmdb would appear as a DT_NEEDED string.
         assert b"liblmdb.so" not in native.read_bytes()
+
+
+def test_sdist_carries_the_build_setting():
+    # lmdb-rkv-sys bundles LMDB 0.9.24; LIBLMDB_NO_PKG_CONFIG keeps a build from
+    # the sdist from linking a system liblmdb instead.
+    cargo_config = (REPO / ".cargo" / "config.toml").read_text()
+    assert 'LIBLMDB_NO_PKG_CONFIG = "1"' in cargo_config
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '{ path = ".cargo/config.toml", format = "sdist" }' in pyproject
 
 
 def test_repository_layout():

@@ -1,6 +1,8 @@
-"""SPEC 2, 5 and 8: one environment per file per process, growth seen across
-processes, picklable stores, spawn/forkserver workers, reader slots and
-processes killed while reading or writing.
+"""One environment per file per process, growth seen across processes,
+picklable stores, spawn/forkserver workers, reader slots and processes killed
+while reading or writing (docs/processes.md "One environment per file per
+process", "Several processes", "Pickling a store, spawn and forkserver",
+"Reader slots"; docs/semantics.md "Durability").
 
 The ``fork()``-specific behaviour lives in ``test_fork.py``.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import proc_workers
-from helpers import KiB, MiB, fd_count, join_or_fail, start_thread
+from helpers import KiB, MiB, fd_count, join_or_fail, soak_rounds, start_thread
 from lmdb_object_store import ClosedError, Error, LmdbObjectStore, ReadonlyError
 from proc_workers import fork_child, kill_and_reap, wait_child, wait_readable
 
@@ -109,16 +111,13 @@ def test_two_stores_on_one_path_close_in_either_order(make_store, db_path, read_
     assert isinstance(staying.info()["num_readers"], int)
     assert staying.stat()["entries"] == 4
 
+    staying.put(b"flushed-by-last-close", 5)
     staying.close()
     assert staying.closed
     assert fd_count() == baseline, "the last close must close the environment"
     raw = read_raw(db_path)
-    assert {pickle.loads(raw[k]) for k in (b"older", b"newer", b"flushed-by-close", b"after")} == {
-        1,
-        2,
-        3,
-        4,
-    }
+    keys = (b"older", b"newer", b"flushed-by-close", b"after", b"flushed-by-last-close")
+    assert {pickle.loads(raw[k]) for k in keys} == {1, 2, 3, 4, 5}
 
 
 def test_closing_one_store_twice_does_not_close_the_other(make_store):
@@ -137,6 +136,29 @@ def test_closing_one_store_twice_does_not_close_the_other(make_store):
     c.put(b"k3", 3)
     c.flush()
     assert c.get(b"k3") == 3
+
+
+def test_two_objects_on_one_path_share_the_environment(make_store, db_path):
+    a = make_store(db_path, map_size=1 * MiB)
+    b = make_store(Path(db_path), map_size=1 * MiB)
+    a.put(b"from-a", 1)
+    a.flush()
+    assert b.get(b"from-a") == 1
+    b.put_many({b"from-b": 2})
+    assert a.get(b"from-b") == 2
+    # Growth through one object is the growth of the shared environment.
+    a.put_many({b"big": b"x" * (3 * MiB)})
+    assert a.info()["map_size"] > 1 * MiB
+    assert b.info()["map_size"] == a.info()["map_size"]
+    assert b.get(b"big") == b"x" * (3 * MiB)
+
+
+def test_many_open_close_cycles_of_shared_objects(make_store, db_path):
+    keep = make_store()
+    for i in range(20):
+        with LmdbObjectStore(db_path) as other:
+            other.put(b"i", i)
+        assert keep.get(b"i") == i
 
 
 def test_different_spellings_of_one_path_share_the_environment(make_store, db_path, tmp_path):
@@ -434,6 +456,15 @@ def test_a_readonly_store_pickles_as_readonly(make_store, unpickled):
     assert rw.get(b"k") == 1
 
 
+def test_pickled_store_keeps_a_non_utf8_path(tmp_path, unpickled):
+    path = os.path.join(os.fsencode(tmp_path), b"db-\xff")
+    with LmdbObjectStore(path) as store:
+        store[b"k"] = "v"
+        store.flush()
+        again = unpickled(pickle.dumps(store))
+        assert again[b"k"] == "v"
+
+
 # --------------------------------------------------------------------------
 # spawn / forkserver workers
 # --------------------------------------------------------------------------
@@ -600,7 +631,7 @@ def _fork_readers_and_kill(store, hooked, n, read_fd, write_fd):
     assert codes == [-signal.SIGKILL] * n
 
 
-def test_children_killed_while_reading_leave_the_store_usable(make_store, hooked):
+def test_children_killed_while_reading_leave_the_store_usable(make_store, hooked, rearm_watchdog):
     store = make_store(max_readers=4)
     data = {b"k%03d" % i: {"i": i} for i in range(100)}
     store.put_many(data)
@@ -611,7 +642,8 @@ def test_children_killed_while_reading_leave_the_store_usable(make_store, hooked
     try:
         # 20 children killed inside a read, 2 at a time: without clearing the
         # stale slots of the dead, 4 slots run out after the first rounds.
-        for _ in range(10):
+        for _ in range(soak_rounds(10)):
+            rearm_watchdog()
             _fork_readers_and_kill(store, hooked, 2, read_fd, write_fd)
 
         # The parent reads and writes normally.

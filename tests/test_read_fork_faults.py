@@ -1,6 +1,8 @@
-"""Reads and forks under fault: the fork barrier (SPEC 8), fork() inside code
-the store runs, Ctrl-C through the store (SPEC 9), lent buffers that outlive
-their read (SPEC 6), and reads while the buffer cannot be committed (SPEC 6).
+"""Reads and forks under fault: the fork barrier and fork() inside code the
+store runs (docs/processes.md "fork()"), Ctrl-C through the store
+(docs/usage.md "Errors", its last paragraphs), lent buffers that outlive their
+read (docs/semantics.md "Zero-copy reads"), and reads while the buffer cannot be
+committed (docs/semantics.md "Reads while the buffer cannot be committed").
 
 Anything that forks or could crash runs in a child interpreter
 (``helpers.run_python``, with a timeout), so a deadlock or a signal fails the
@@ -14,7 +16,7 @@ import logging
 
 import pytest
 
-from helpers import KiB, MiB, package_records, run_python
+from helpers import KiB, MiB, package_records, run_python, soak_rounds
 from lmdb_object_store import LmdbObjectStore, MapFullError, UnpickleError
 
 # --------------------------------------------------------------------------
@@ -81,9 +83,11 @@ print("ok")
     [10**9, 1000],
     ids=["commits-only-at-fork", "background-commits"],
 )
-def test_a_child_has_every_write_acknowledged_before_the_fork(db_path, batch_size):
-    out = run_python(_ACKED_WRITES, db_path, str(batch_size), timeout=50)
-    assert out.endswith("ok\n"), out
+def test_a_child_has_every_write_acknowledged_before_the_fork(db_path, rearm_watchdog, batch_size):
+    for round_ in range(soak_rounds(1)):
+        rearm_watchdog()
+        out = run_python(_ACKED_WRITES, f"{db_path}-{round_}", str(batch_size), timeout=50)
+        assert out.endswith("ok\n"), out
 
 
 def test_a_flush_that_fails_before_the_fork_stays_the_parents(db_path):

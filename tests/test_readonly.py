@@ -1,5 +1,6 @@
-"""SPEC 4 (last bullet), SPEC 2 (readonly option): a read-only store reads and
-refuses every write, flush and del with ReadonlyError."""
+"""A read-only store reads and refuses every write, flush and del with
+ReadonlyError (docs/usage.md "Opening a store", the ``readonly`` option, and
+"Errors")."""
 
 from __future__ import annotations
 

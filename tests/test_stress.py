@@ -1,4 +1,6 @@
-"""SPEC 4, 7 and 8 under load: 16 threads on one store for a bounded time.
+"""The buffer, iteration and threads under load (docs/semantics.md "Buffering
+and atomicity", "Iteration", "Threads and close"): 16 threads on one store for
+a bounded time.
 
 Every thread does random puts, gets, deletes, get_many, put_many, flushes,
 scans, ``in`` and ``len`` on one store that starts with a 1 MiB map and a
@@ -24,18 +26,9 @@ import time
 
 import pytest
 
-from helpers import MiB, start_thread
+from helpers import SOAK, MiB, start_thread
 from lmdb_object_store import ClosedError, LmdbObjectStore
 
-
-def _soak() -> int:
-    try:
-        return max(0, int(os.environ.get("LMDB_OBJECT_STORE_SOAK", "0")))
-    except ValueError:
-        return 1
-
-
-SOAK = _soak()
 ROUNDS = max(1, SOAK)
 # Seconds of load per run. Soak runs are longer, but one test stays well under
 # the 60 s watchdog of conftest.py.
@@ -74,7 +67,8 @@ def belongs(key, value) -> bool:
 
 
 def check_iteration(keys: list, where: str) -> None:
-    """Strictly ascending keys: in order, and none yielded twice (SPEC 7)."""
+    """Strictly ascending keys: in order, and none yielded twice
+    (docs/semantics.md "Iteration")."""
     for a, b in zip(keys, keys[1:], strict=False):
         assert a < b, f"{where}: {a!r} then {b!r} (out of order or repeated)"
 

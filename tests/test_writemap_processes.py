@@ -1,6 +1,7 @@
-"""SPEC 5 and 8 across processes: a store opened with writemap in several
-processes never has its data file cut below what another process maps, and
-opens that race another process's growth adopt it instead of failing.
+"""A store opened with writemap in several processes never has its data file
+cut below what another process maps (docs/processes.md "Several processes with
+writemap"), and opens that race another process's growth adopt it instead of
+failing (docs/semantics.md "Map growth").
 
 The process that could die (the writer) is always a child; it reports what
 it saw as JSON on stdout.
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import lmdb_object_store
-from helpers import MiB, run_python
+from helpers import MiB, run_python, soak_rounds
 from lmdb_object_store import LmdbObjectStore
 
 # The byte of the data file that processes of this package lock while they
@@ -154,13 +155,20 @@ print(i, flush=True)
 
 
 @pytest.mark.parametrize("readonly", [True, False], ids=["ro", "rw"])
-def test_opens_racing_a_growing_writer_adopt_its_growth(tmp_path, readonly):
+def test_opens_racing_a_growing_writer_adopt_its_growth(tmp_path, rearm_watchdog, readonly):
     """Each commit of the writer extends the data past the map of an open
     that has just read the header (map_size=4096 maps only what is there):
     the open's first transaction meets MDB_MAP_RESIZED, and must adopt."""
-    path = str(tmp_path / "db")
+    for round_ in range(soak_rounds(1)):
+        rearm_watchdog()
+        _race_opens_against_a_growing_writer(tmp_path / f"round{round_}", readonly)
+
+
+def _race_opens_against_a_growing_writer(where: Path, readonly: bool) -> None:
+    where.mkdir()
+    path = str(where / "db")
     LmdbObjectStore(path).close()
-    stop = str(tmp_path / "stop")
+    stop = str(where / "stop")
     writer = subprocess.Popen(
         [sys.executable, "-c", GROWING_WRITER, path, stop],
         env=child_env(),

@@ -1,6 +1,6 @@
-"""SPEC 6 (zero-copy reads) and SPEC 3 (values up to LMDB's limit): values come
-back exactly, large ones included; objects built by pickle.loads never depend
-on LMDB memory; failed unpickling leaves no transaction behind."""
+"""Zero-copy reads (docs/semantics.md "Zero-copy reads"): values come back
+exactly, large ones included; objects built by pickle.loads never depend on
+LMDB memory; failed unpickling leaves no transaction behind."""
 
 from __future__ import annotations
 
