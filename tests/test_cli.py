@@ -382,7 +382,7 @@ def test_read_commands_never_change_the_store(tmp_path, layout):
 
 
 @pytest.mark.parametrize("command", ["stat", "keys", "get", "count", "verify", "dump"])
-def test_read_commands_on_what_is_not_a_store(tmp_path, command):
+def test_read_commands_on_what_is_not_a_store(capsys, tmp_path, command):
     """A missing path is an error, not a new store; so are a directory without a data
     file, a file that is not LMDB, and an empty data file (which a writable open would
     turn into a new store)."""
@@ -403,11 +403,9 @@ def test_read_commands_on_what_is_not_a_store(tmp_path, command):
         (empty_data, "its data file {}/data.mdb is empty (0 bytes)"),
     ]
     for path, message in cases:
-        proc = run_cli(command, path, *extra)
-        assert proc.returncode == 1, (path, proc.stdout)
-        assert proc.stdout == b""
-        err = proc.stderr.decode()
-        assert err.startswith("python -m lmdb_object_store: error: ")
+        status, out, err = cli(capsys, command, path, *extra)
+        assert (status, out) == (1, ""), path
+        assert err.startswith("lmdb-object-store: error: ")
         assert err.count("\n") == 1, err
         assert message.format(path) in err
         assert str(path) in err
@@ -573,9 +571,11 @@ DAMAGES = {
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
 @pytest.mark.parametrize("target", ["new", "existing"])
-def test_a_damaged_dump_is_reported_by_line_and_nothing_is_written(demo, tmp_path, damage, target):
+def test_a_damaged_dump_is_reported_by_line_and_nothing_is_written(
+    capsys, demo, tmp_path, damage, target
+):
     dump = tmp_path / "demo.dump"
-    assert run_cli("dump", demo, dump).returncode == 0
+    assert cli(capsys, "dump", demo, dump)[0] == 0
     change, line, words = DAMAGES[damage]
     lines = change(_dump_lines(dump))
     dump.write_bytes(b"".join(lines))
@@ -583,9 +583,8 @@ def test_a_damaged_dump_is_reported_by_line_and_nothing_is_written(demo, tmp_pat
     if target == "existing":
         make_store(destination, {b"user:ada": "old"})
     before = file_state(tmp_path)
-    proc = run_cli("load", dump, destination)
-    assert proc.returncode == 1
-    err = proc.stderr.decode()
+    status, _, err = cli(capsys, "load", dump, destination)
+    assert status == 1
     assert err.count("\n") == 1, err
     if line is not None:
         number = line if line > 0 else len(lines)
@@ -793,12 +792,13 @@ WRONG_SOURCES = [
 
 
 @pytest.mark.parametrize("kind, make, words", WRONG_SOURCES)
-def test_import_of_a_missing_or_wrong_kind_source_writes_nothing(tmp_path, kind, make, words):
+def test_import_of_a_missing_or_wrong_kind_source_writes_nothing(
+    capsys, tmp_path, kind, make, words
+):
     source = make(tmp_path / "source")
     before = file_state(tmp_path)
-    proc = run_cli("import", "--from", kind, source, tmp_path / "new")
-    assert proc.returncode == 1
-    err = proc.stderr.decode()
+    status, _, err = cli(capsys, "import", "--from", kind, source, tmp_path / "new")
+    assert status == 1
     assert err.count("\n") == 1, err
     assert words in err, err
     assert str(source) in err
@@ -858,16 +858,17 @@ DAMAGED_SOURCES = {
 
 @pytest.mark.parametrize("damage", list(DAMAGED_SOURCES))
 @pytest.mark.parametrize("target", ["new", "existing"])
-def test_import_of_a_damaged_source_reports_the_key_and_writes_nothing(tmp_path, damage, target):
+def test_import_of_a_damaged_source_reports_the_key_and_writes_nothing(
+    capsys, tmp_path, damage, target
+):
     kind, make = DAMAGED_SOURCES[damage]
     source = tmp_path / "source"
     words = make(source)
     destination = tmp_path / "target"
     if target == "existing":
         make_store(destination, {b"user:ada": "old"})
-    proc = run_cli("import", "--from", kind, source, destination)
-    assert proc.returncode == 1
-    err = proc.stderr.decode()
+    status, _, err = cli(capsys, "import", "--from", kind, source, destination)
+    assert status == 1
     assert err.count("\n") == 1, err
     assert words in err, err
     if target == "new":
