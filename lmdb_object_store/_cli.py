@@ -365,7 +365,7 @@ _MISSING = object()
 def cmd_get(args: argparse.Namespace, out: IO[str]) -> int:
     key_text = _key_text(args)
     key = key_text.parse(args.key)
-    shown = key_text.show(key)
+    shown = f"'{key_text.show(key)}'"
     store, _ = open_readonly(args.store)
     with store:
         try:
@@ -376,7 +376,7 @@ def cmd_get(args: argparse.Namespace, out: IO[str]) -> int:
                 f" {_describe(exc.__cause__ or exc)}"
             ) from None
     if value is _MISSING:
-        raise CliError(f"no key '{shown}' in {args.store}")
+        raise CliError(f"no key {shown} in {args.store}")
     if not args.raw:
         _emit(out, repr(value))
         return 0
@@ -451,7 +451,7 @@ def _dump_record(key: bytes, value: object) -> bytes:
         data = pickle.dumps(value, protocol=DUMP_PICKLE_PROTOCOL)
     except Exception as exc:
         raise CliError(
-            f"the value of key {KeyText().show(key)} does not pickle: {_describe(exc)}"
+            f"the value of key '{KeyText().show(key)}' does not pickle: {_describe(exc)}"
         ) from None
     record["pickle"] = base64.b64encode(data).decode("ascii")
     return json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
@@ -579,7 +579,7 @@ def _dump_entry(record: dict[str, Any], where: str) -> tuple[bytes, object]:
             f"{where}: an entry has the fields key (or key_hex) and pickle, both strings;"
             f" this one has {sorted(fields)}"
         )
-    shown = KeyText().show(key)
+    shown = f"'{KeyText().show(key)}'"
     if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
         raise CliError(
             f"{where}: key {shown} is {len(key)} bytes; LMDB keys are"
@@ -676,7 +676,7 @@ def _import_keys(
             )
         if not MIN_KEY_BYTES <= len(data) <= MAX_KEY_BYTES:
             raise CliError(
-                f"{source}: key {key_text.show(data)} is {len(data)} bytes; LMDB keys are"
+                f"{source}: key '{key_text.show(data)}' is {len(data)} bytes; LMDB keys are"
                 f" {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes"
             )
         yield data, value

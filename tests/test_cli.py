@@ -314,7 +314,7 @@ def test_get_raw_writes_the_value_bytes_as_they_are(demo):
     proc = run_cli("get", demo, "--raw", "user:ada")
     assert proc.returncode == 1
     assert proc.stdout == b""
-    assert b"key user:ada is a dict: --raw writes only bytes and str values" in proc.stderr
+    assert b"key 'user:ada' is a dict: --raw writes only bytes and str values" in proc.stderr
 
 
 def test_get_a_missing_key_or_an_undecodable_value(capsys, demo, tmp_path, raw_env):
@@ -328,7 +328,7 @@ def test_get_a_missing_key_or_an_undecodable_value(capsys, demo, tmp_path, raw_e
     env.close()
     proc = run_cli("get", bad, "junk")
     assert proc.returncode == 1
-    assert b"the value of key junk in" in proc.stderr
+    assert b"the value of key 'junk' in" in proc.stderr
     assert b"does not unpickle: UnpicklingError" in proc.stderr
 
 
@@ -528,12 +528,12 @@ DAMAGES = {
     "bad base64": (
         lambda ls: ls[:2] + [b'{"key": "a", "pickle": "!!!"}\n'] + ls[3:],
         3,
-        "the pickle of key a is not base64",
+        "the pickle of key 'a' is not base64",
     ),
     "not a pickle": (
         lambda ls: ls[:2] + [b'{"key": "a", "pickle": "bm90IGEgcGlja2xl"}\n'] + ls[3:],
         3,
-        "the value of key a does not unpickle",
+        "the value of key 'a' does not unpickle",
     ),
     "missing pickle": (lambda ls: ls[:3] + [b'{"key": "a"}\n'] + ls[4:], 4, "this one has ['key']"),
     "extra field": (
