@@ -1,6 +1,7 @@
 """The command line (lmdb_object_store._cli, `python -m lmdb_object_store`): every
 command, the key text form, dump and load, import from sqlitedict, shelve/dbm and
-diskcache files, and the promise that read commands never change a store."""
+diskcache files, and the promise that read commands never change a store
+(docs/usage.md "Command line" and its subsections)."""
 
 from __future__ import annotations
 
