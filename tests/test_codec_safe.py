@@ -412,7 +412,7 @@ def attempt(name, data):
 date = b"\x8c\x08datetime\x8c\x04date\x93C\x04\x07\xe4\x01\x02\x85R"
 # A tuple key 200,000 deep next to a date (so the native reader hands the
 # stream over): CPython's unpickler would overflow the C stack hashing it.
-attempt("deep tuple key", P4 + b"}" + date + b")" + b"\x85" * 200_000 + b"Ns.")
+attempt("deep tuple key", P4 + b"})" + b"\x85" * 200_000 + date + b"s.")
 # A UUID whose state holds a deep tuple, then hashed as a dict key.
 attempt(
     "deep state", P4 + b"}\x8c\x04uuid\x8c\x04UUID\x93)\x81\x94}\x8c\x03int)"
