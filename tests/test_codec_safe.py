@@ -1,7 +1,7 @@
-"""The safe serializer's codec, through its private hooks ``_codec_loads_safe``
-and ``_codec_dumps_safe``: the plain types of the safe set round-trip, byte
-for byte as ``pickle.dumps`` writes them, and no stream makes it import or
-call anything outside its allow-list.
+"""The safe serializer's codec (docs/codec.md "The safe decoder"), through its
+private hooks ``_codec_loads_safe`` and ``_codec_dumps_safe``: the plain types
+of the safe set round-trip, byte for byte as ``pickle.dumps`` writes them, and
+no stream makes it import or call anything outside its allow-list.
 
 Hostile streams run in a child interpreter: each carries a side effect (a
 file or directory created, a class changed) that shows whether it ran, and
