@@ -19,6 +19,7 @@ from ._native import (
     MapFullError,
     ReadonlyError,
     UnpickleError,
+    UnsafeValueError,
     __version__,
     _after_fork_child,
     _after_fork_parent,
@@ -59,6 +60,7 @@ __all__ = [
     "MapFullError",
     "ReadonlyError",
     "UnpickleError",
+    "UnsafeValueError",
     "__version__",
     "lmdb_version",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "ReadonlyError",
     "ClosedError",
     "UnpickleError",
+    "UnsafeValueError",
     "lmdb_version",
     "_flush_all",
     "_before_fork",
@@ -34,6 +35,8 @@ __all__ = [
     "_after_fork_child",
     "_codec_dumps",
     "_codec_loads",
+    "_codec_dumps_safe",
+    "_codec_loads_safe",
     "_dumps",
     "_loads",
     "__version__",
@@ -59,6 +62,17 @@ class ClosedError(Error):
 
 class UnpickleError(Error, RuntimeError):
     """A stored or buffered value does not unpickle; the original error is ``__cause__``."""
+
+class UnsafeValueError(Error):
+    """A value needs a global or an opcode that the safe serializer does not allow.
+
+    ``global_name`` is the refused global as ``"module.qualname"`` (``None`` when an
+    opcode or a helper's arguments were refused); ``key`` is the key of the value
+    when the store knows it, else ``None``.
+    """
+
+    global_name: str | None
+    key: bytes | str | None
 
 @disjoint_base
 class LmdbObjectStore(MutableMapping[Any, Any]):
@@ -351,6 +365,17 @@ def _codec_dumps(obj: Any, protocol: int) -> bytes | None:
 def _codec_loads(data: bytes | bytearray | memoryview) -> tuple[bool, Any]:
     """The native pickle decoder alone: ``(True, value)``, or ``(False, None)`` where it
     hands the stream to ``pickle``."""
+
+def _codec_loads_safe(
+    data: bytes | bytearray | memoryview, allowed: Iterable[str] | None = None
+) -> Any:
+    """What the safe serializer reads from a pickle: the native decoder, else the
+    unpickler restricted to the plain types and ``allowed``; ``UnsafeValueError``
+    for anything else."""
+
+def _codec_dumps_safe(obj: Any, protocol: int = 5, allowed: Iterable[str] | None = None) -> bytes:
+    """What the safe serializer writes: the native encoder, else ``pickle.dumps``
+    checked to read back under the same allow-list (``UnsafeValueError`` if not)."""
 
 def _dumps(obj: Any, protocol: int) -> bytes:
     """What the store writes for a value: the native encoder, else ``pickle.dumps``."""

@@ -60,6 +60,45 @@ pub fn unpickle_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     Ok(ty.bind(py))
 }
 
+/// `UnsafeValueError` carries two attributes with class-level defaults, so
+/// that every instance has them however it was made: `global_name` (the
+/// global refused, or None when an opcode was) and `key` (set by the store
+/// when it knows which value was read). `create_exception!` cannot declare
+/// attributes, so it is made once with `type()`.
+static UNSAFE_VALUE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+pub fn unsafe_value_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    let ty = UNSAFE_VALUE_ERROR.get_or_try_init(py, || -> PyResult<Py<PyType>> {
+        let bases = PyTuple::new(py, [py.get_type::<Error>()])?;
+        let ns = PyDict::new(py);
+        ns.set_item("__module__", "lmdb_object_store")?;
+        ns.set_item(
+            "__doc__",
+            "A value needs a global or an opcode that the safe serializer does not allow; \
+             `global_name` names the global (None for an opcode), `key` the key when known.",
+        )?;
+        ns.set_item("global_name", py.None())?;
+        ns.set_item("key", py.None())?;
+        let ty = py
+            .get_type::<PyType>()
+            .call1(("UnsafeValueError", bases, ns))?
+            .cast_into::<PyType>()?;
+        Ok(ty.unbind())
+    })?;
+    Ok(ty.bind(py))
+}
+
+/// `UnsafeValueError(msg)` with `global_name` set (None when what was
+/// refused is an opcode or an argument, not a global).
+pub fn unsafe_value_error(py: Python<'_>, global_name: Option<&str>, msg: String) -> PyErr {
+    let made = unsafe_value_error_type(py).and_then(|ty| {
+        let exc = ty.call1((msg,))?;
+        exc.setattr("global_name", global_name)?;
+        Ok(PyErr::from_value(exc))
+    });
+    made.unwrap_or_else(|e| e)
+}
+
 /// Every failure the core can report. The Python surface turns each into the
 /// exception the contract names, through [`StoreError::into_pyerr`] only.
 #[derive(Debug)]

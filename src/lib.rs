@@ -70,6 +70,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ReadonlyError", py.get_type::<errors::ReadonlyError>())?;
     m.add("ClosedError", py.get_type::<errors::ClosedError>())?;
     m.add("UnpickleError", errors::unpickle_error_type(py)?)?;
+    m.add("UnsafeValueError", errors::unsafe_value_error_type(py)?)?;
     m.add_function(wrap_pyfunction!(lmdb_version, m)?)?;
     m.add_function(wrap_pyfunction!(_flush_all, m)?)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;

@@ -9,6 +9,7 @@ mod build;
 mod decode;
 mod encode;
 mod pyapi;
+pub mod safe;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -168,5 +169,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_codec_loads, m)?)?;
     m.add_function(wrap_pyfunction!(_dumps, m)?)?;
     m.add_function(wrap_pyfunction!(_loads, m)?)?;
+    safe::register(m)?;
     Ok(())
 }
