@@ -23,7 +23,6 @@ NEWEST_GLIBC = (2, 28)
 
 WHEEL_FILES = (
     "lmdb_object_store/__init__.py",
-    "lmdb_object_store/_views.py",
     "lmdb_object_store/_native.pyi",
     "lmdb_object_store/py.typed",
 )

@@ -10,8 +10,9 @@
 import atexit as _atexit
 import logging as _logging
 import os as _os
-from collections.abc import MutableMapping as _MutableMapping
+from collections import abc as _abc
 
+from . import _native
 from ._native import (
     ClosedError,
     Error,
@@ -28,7 +29,12 @@ from ._native import (
     lmdb_version,
 )
 
-_MutableMapping.register(LmdbObjectStore)
+_abc.MutableMapping.register(LmdbObjectStore)
+# The views register as dict's views are classed (keys and items views are
+# Sets); they inherit no mixin method: the native classes define every one.
+_abc.KeysView.register(_native.KeysView)
+_abc.ValuesView.register(_native.ValuesView)
+_abc.ItemsView.register(_native.ItemsView)
 
 # A library's logger stays quiet unless the application configures logging.
 # Errors that mean lost writes are written to stderr as well. Imported here,

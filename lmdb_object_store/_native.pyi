@@ -5,16 +5,10 @@
 """
 
 import os
-from collections.abc import (
-    ItemsView,
-    Iterable,
-    Iterator,
-    KeysView,
-    Mapping,
-    MutableMapping,
-    ValuesView,
-)
-from typing import Any, ClassVar, Literal, TypeAlias, final
+from collections import abc
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from types import GenericAlias
+from typing import Any, ClassVar, Literal, TypeAlias, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
 
@@ -22,6 +16,9 @@ __version__: str
 __all__ = [
     "LmdbObjectStore",
     "StoreIterator",
+    "KeysView",
+    "ValuesView",
+    "ItemsView",
     "Error",
     "MapFullError",
     "ReadonlyError",
@@ -47,6 +44,7 @@ _Key: TypeAlias = bytes | bytearray | memoryview | str
 #: A range bound of ``keys()``, ``values()``, ``items()`` and ``scan()``.
 _Bound: TypeAlias = bytes | bytearray | memoryview | str | None
 _Path: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+_T = TypeVar("_T")
 
 class Error(Exception):
     """Base class of every error raised by lmdb_object_store itself."""
@@ -184,7 +182,7 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
         start: _Bound = None,
         stop: _Bound = None,
         reverse: bool = False,
-    ) -> KeysView[Any]:
+    ) -> KeysView:
         """A live view of the keys in key order, within optional bounds."""
 
     def values(
@@ -194,7 +192,7 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
         start: _Bound = None,
         stop: _Bound = None,
         reverse: bool = False,
-    ) -> ValuesView[Any]:
+    ) -> ValuesView:
         """A live view of the values in key order, within optional bounds."""
 
     def items(
@@ -204,7 +202,7 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
         start: _Bound = None,
         stop: _Bound = None,
         reverse: bool = False,
-    ) -> ItemsView[Any, Any]:
+    ) -> ItemsView:
         """A live view of the ``(key, value)`` pairs in key order, within optional bounds."""
 
     def scan(
@@ -312,36 +310,103 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
     def key_encoding(self) -> str | None:
         """The codec of ``str`` keys, or ``None`` when only bytes-like keys are allowed."""
 
-    # Used by the views in lmdb_object_store._views
-
-    def _iter(
-        self,
-        kind: Literal["keys", "values", "items"],
-        prefix: _Bound = None,
-        start: _Bound = None,
-        stop: _Bound = None,
-        reverse: bool = False,
-    ) -> StoreIterator:
-        """An iterator of keys, values or items within the bounds."""
-
-    def _count(self, prefix: _Bound = None, start: _Bound = None, stop: _Bound = None) -> int:
-        """Number of keys within the bounds."""
-
-    def _contains_in(
-        self,
-        key: object,
-        prefix: _Bound = None,
-        start: _Bound = None,
-        stop: _Bound = None,
-    ) -> bool:
-        """Whether ``key`` is within the bounds and in the store."""
-
 @final
 class StoreIterator(Iterator[Any]):
     """Iterator over a store's keys, values or items, in key order, read in chunks."""
 
     def __iter__(self) -> Self: ...
     def __next__(self) -> Any: ...
+
+# The views are registered with the collections.abc classes they derive from
+# here, and define every method of those classes themselves.
+
+@final
+class KeysView(abc.KeysView[Any]):
+    """A live view of a store's keys within a range, in key order.
+
+    Set operations take any iterable and give a ``set``; comparisons take any
+    ``collections.abc.Set``.
+
+    >>> store.keys(prefix=b"user:") & {b"user:1", b"user:9"}
+    """
+
+    __hash__: ClassVar[None]  # type: ignore[assignment]
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> StoreIterator: ...
+    def __reversed__(self) -> StoreIterator: ...
+    def __contains__(self, key: object, /) -> bool:
+        """Whether ``key`` is within the range and in the store; ``False`` for a key
+        the store cannot hold."""
+
+    def __and__(self, other: Iterable[Any], /) -> set[Any]: ...
+    def __rand__(self, other: Iterable[_T], /) -> set[_T]: ...
+    def __or__(self, other: Iterable[_T], /) -> set[Any | _T]: ...
+    def __ror__(self, other: Iterable[_T], /) -> set[Any | _T]: ...
+    def __sub__(self, other: Iterable[Any], /) -> set[Any]: ...
+    def __rsub__(self, other: Iterable[_T], /) -> set[_T]: ...
+    def __xor__(self, other: Iterable[_T], /) -> set[Any | _T]: ...
+    def __rxor__(self, other: Iterable[_T], /) -> set[Any | _T]: ...
+    def isdisjoint(self, other: Iterable[Any]) -> bool: ...
+    def __lt__(self, other: abc.Set[Any], /) -> bool: ...
+    def __le__(self, other: abc.Set[Any], /) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
+    def __gt__(self, other: abc.Set[Any], /) -> bool: ...
+    def __ge__(self, other: abc.Set[Any], /) -> bool: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+    @classmethod
+    def __class_getitem__(cls, item: Any) -> GenericAlias: ...
+
+@final
+class ValuesView(abc.ValuesView[Any]):
+    """A live view of a store's values within a range, in key order."""
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> StoreIterator: ...
+    def __reversed__(self) -> StoreIterator: ...
+    def __contains__(self, value: object, /) -> bool:
+        """Whether a value in the range is ``value`` or equals it (a scan)."""
+
+    def __reduce__(self) -> tuple[Any, ...]: ...
+    @classmethod
+    def __class_getitem__(cls, item: Any) -> GenericAlias: ...
+
+@final
+class ItemsView(abc.ItemsView[Any, Any]):
+    """A live view of a store's ``(key, value)`` pairs within a range, in key order.
+
+    Set operations take any iterable and give a ``set``; comparisons take any
+    ``collections.abc.Set``.
+    """
+
+    __hash__: ClassVar[None]  # type: ignore[assignment]
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> StoreIterator: ...
+    def __reversed__(self) -> StoreIterator: ...
+    def __contains__(self, item: object, /) -> bool:
+        """Whether ``item`` is a pair whose key is in the range and whose value is
+        the stored one or equals it; ``False`` for anything that is not a pair."""
+
+    def __and__(self, other: Iterable[Any], /) -> set[tuple[Any, Any]]: ...
+    def __rand__(self, other: Iterable[_T], /) -> set[_T]: ...
+    def __or__(self, other: Iterable[_T], /) -> set[tuple[Any, Any] | _T]: ...
+    def __ror__(self, other: Iterable[_T], /) -> set[tuple[Any, Any] | _T]: ...
+    def __sub__(self, other: Iterable[Any], /) -> set[tuple[Any, Any]]: ...
+    def __rsub__(self, other: Iterable[_T], /) -> set[_T]: ...
+    def __xor__(self, other: Iterable[_T], /) -> set[tuple[Any, Any] | _T]: ...
+    def __rxor__(self, other: Iterable[_T], /) -> set[tuple[Any, Any] | _T]: ...
+    def isdisjoint(self, other: Iterable[Any]) -> bool: ...
+    def __lt__(self, other: abc.Set[Any], /) -> bool: ...
+    def __le__(self, other: abc.Set[Any], /) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
+    def __gt__(self, other: abc.Set[Any], /) -> bool: ...
+    def __ge__(self, other: abc.Set[Any], /) -> bool: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+    @classmethod
+    def __class_getitem__(cls, item: Any) -> GenericAlias: ...
 
 def lmdb_version() -> tuple[int, int, int]:
     """The bundled LMDB's version as ``(major, minor, patch)``."""

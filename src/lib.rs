@@ -12,6 +12,7 @@ pub mod iter;
 pub mod keys;
 mod pickle;
 pub mod store;
+pub mod views;
 
 use pyo3::prelude::*;
 
@@ -65,6 +66,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     );
     m.add_class::<store::LmdbObjectStore>()?;
     m.add_class::<iter::StoreIterator>()?;
+    m.add_class::<views::KeysView>()?;
+    m.add_class::<views::ValuesView>()?;
+    m.add_class::<views::ItemsView>()?;
     m.add("Error", py.get_type::<errors::Error>())?;
     m.add("MapFullError", py.get_type::<errors::MapFullError>())?;
     m.add("ReadonlyError", py.get_type::<errors::ReadonlyError>())?;

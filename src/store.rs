@@ -1590,26 +1590,6 @@ impl LmdbObjectStore {
         ))
     }
 
-    /// Iterator for the views: `kind` is "keys", "values" or "items".
-    #[pyo3(signature = (kind, prefix=None, start=None, stop=None, reverse=false))]
-    fn _iter(
-        slf: &Bound<'_, Self>,
-        kind: &str,
-        prefix: Option<&Bound<'_, PyAny>>,
-        start: Option<&Bound<'_, PyAny>>,
-        stop: Option<&Bound<'_, PyAny>>,
-        reverse: bool,
-    ) -> R<StoreIterator> {
-        let c = slf.get().open_core()?;
-        let bounds = c.bounds(prefix, start, stop)?;
-        Ok(StoreIterator::new(
-            slf.clone().unbind(),
-            Kind::parse(kind)?,
-            bounds,
-            reverse,
-        ))
-    }
-
     /// `(key, value)` pairs in key order, within the bounds.
     ///
     /// >>> for key, value in store.scan(prefix=b"user:"): ...
@@ -1621,57 +1601,7 @@ impl LmdbObjectStore {
         stop: Option<&Bound<'_, PyAny>>,
         reverse: bool,
     ) -> R<StoreIterator> {
-        Self::_iter(slf, "items", prefix, start, stop, reverse)
-    }
-
-    /// Number of keys within the bounds.
-    #[pyo3(signature = (prefix=None, start=None, stop=None))]
-    fn _count(
-        &self,
-        py: Python<'_>,
-        prefix: Option<&Bound<'_, PyAny>>,
-        start: Option<&Bound<'_, PyAny>>,
-        stop: Option<&Bound<'_, PyAny>>,
-    ) -> R<usize> {
-        let c = self.open_core()?;
-        let bounds = c.bounds(prefix, start, stop)?;
-        let c = self.current(c)?;
-        if bounds.is_unbounded() {
-            return c.len(py);
-        }
-        match c.flush_for_read(py) {
-            Ok(()) => crate::iter::count(py, &c, &bounds, &[]),
-            Err(e) => {
-                // Count the database's keys corrected by the buffered ones.
-                let failure = c.read_flush_failed(e);
-                let overlay = c.buffered_in(&bounds, false);
-                let n = crate::iter::count(py, &c, &bounds, &overlay);
-                c.log_read_flush_failure(py, failure);
-                n
-            }
-        }
-    }
-
-    /// Whether `key` is within the bounds and in the store.
-    #[pyo3(signature = (key, prefix=None, start=None, stop=None))]
-    fn _contains_in(
-        &self,
-        py: Python<'_>,
-        key: &Bound<'_, PyAny>,
-        prefix: Option<&Bound<'_, PyAny>>,
-        start: Option<&Bound<'_, PyAny>>,
-        stop: Option<&Bound<'_, PyAny>>,
-    ) -> R<bool> {
-        let c = self.open_core()?;
-        let bounds = c.bounds(prefix, start, stop)?;
-        let k = match c.keys.to_bytes(key) {
-            Ok(k) => k,
-            // A key the store cannot hold is not in it, but Ctrl-C from a
-            // key codec is not an answer.
-            Err(e) if codec::passes_through(py, &e) => return Err(e),
-            Err(_) => return Ok(false),
-        };
-        Ok(bounds.contains(&k) && self.current(c)?.contains(py, &k, false)?)
+        Self::iter_in(slf, Kind::Items, prefix, start, stop, reverse)
     }
 
     /// A live view of the keys, in key order, within optional bounds.
@@ -1682,15 +1612,9 @@ impl LmdbObjectStore {
         start: Option<&Bound<'py, PyAny>>,
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
-    ) -> R<Bound<'py, PyAny>> {
-        make_view(
-            slf,
-            pyo3::intern!(slf.py(), "KeysView"),
-            prefix,
-            start,
-            stop,
-            reverse,
-        )
+    ) -> R<crate::views::KeysView> {
+        let view = Self::view(slf, Kind::Keys, prefix, start, stop, reverse)?;
+        Ok(crate::views::KeysView(view))
     }
 
     /// A live view of the values, in key order, within optional bounds.
@@ -1701,15 +1625,9 @@ impl LmdbObjectStore {
         start: Option<&Bound<'py, PyAny>>,
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
-    ) -> R<Bound<'py, PyAny>> {
-        make_view(
-            slf,
-            pyo3::intern!(slf.py(), "ValuesView"),
-            prefix,
-            start,
-            stop,
-            reverse,
-        )
+    ) -> R<crate::views::ValuesView> {
+        let view = Self::view(slf, Kind::Values, prefix, start, stop, reverse)?;
+        Ok(crate::views::ValuesView(view))
     }
 
     /// A live view of the `(key, value)` pairs, in key order.
@@ -1720,15 +1638,9 @@ impl LmdbObjectStore {
         start: Option<&Bound<'py, PyAny>>,
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
-    ) -> R<Bound<'py, PyAny>> {
-        make_view(
-            slf,
-            pyo3::intern!(slf.py(), "ItemsView"),
-            prefix,
-            start,
-            stop,
-            reverse,
-        )
+    ) -> R<crate::views::ItemsView> {
+        let view = Self::view(slf, Kind::Items, prefix, start, stop, reverse)?;
+        Ok(crate::views::ItemsView(view))
     }
 
     /// Remove `key` and return its value (or `default`, else KeyError).
@@ -1945,9 +1857,7 @@ impl LmdbObjectStore {
     }
 
     fn __eq__<'py>(slf: &Bound<'py, Self>, other: &Bound<'py, PyAny>) -> R<Bound<'py, PyAny>> {
-        views(slf.py())?
-            .getattr(pyo3::intern!(slf.py(), "mapping_eq"))?
-            .call1((slf, other))
+        crate::views::mapping_eq(slf, other)
     }
 
     fn __len__(&self, py: Python<'_>) -> R<usize> {
@@ -2244,36 +2154,102 @@ fn log(py: Python<'_>, level: &str, message: String) {
     }
 }
 
-static VIEWS: pyo3::sync::PyOnceLock<Py<PyModule>> = pyo3::sync::PyOnceLock::new();
+/// What the views of `views.rs` read. Each takes the range as the view
+/// holds it, as it was given to `keys()`, `values()` or `items()`, and
+/// parses it at every call.
+impl LmdbObjectStore {
+    /// A view's store and range; a bad bound fails here, at the call.
+    fn view(
+        slf: &Bound<'_, Self>,
+        kind: Kind,
+        prefix: Option<&Bound<'_, PyAny>>,
+        start: Option<&Bound<'_, PyAny>>,
+        stop: Option<&Bound<'_, PyAny>>,
+        reverse: bool,
+    ) -> R<crate::views::View> {
+        slf.get().open_core()?.bounds(prefix, start, stop)?;
+        Ok(crate::views::View::new(
+            slf, kind, prefix, start, stop, reverse,
+        ))
+    }
 
-fn views(py: Python<'_>) -> R<&Bound<'_, PyModule>> {
-    Ok(VIEWS
-        .get_or_try_init(py, || -> R<_> {
-            Ok(py.import("lmdb_object_store._views")?.unbind())
-        })?
-        .bind(py))
-}
+    /// An iterator of keys, values or items within the bounds.
+    pub(crate) fn iter_in(
+        slf: &Bound<'_, Self>,
+        kind: Kind,
+        prefix: Option<&Bound<'_, PyAny>>,
+        start: Option<&Bound<'_, PyAny>>,
+        stop: Option<&Bound<'_, PyAny>>,
+        reverse: bool,
+    ) -> R<StoreIterator> {
+        let c = slf.get().open_core()?;
+        let bounds = c.bounds(prefix, start, stop)?;
+        Ok(StoreIterator::new(
+            slf.clone().unbind(),
+            kind,
+            bounds,
+            reverse,
+        ))
+    }
 
-fn make_view<'py>(
-    store: &Bound<'py, LmdbObjectStore>,
-    // Interned: a fresh name string per call would be kept alive by the
-    // interpreter's attribute cache.
-    class: &Bound<'py, PyString>,
-    prefix: Option<&Bound<'py, PyAny>>,
-    start: Option<&Bound<'py, PyAny>>,
-    stop: Option<&Bound<'py, PyAny>>,
-    reverse: bool,
-) -> R<Bound<'py, PyAny>> {
-    let c = store.get().open_core()?;
-    // Check the bounds now, so a bad one fails at the call.
-    c.bounds(prefix, start, stop)?;
-    let py = store.py();
-    let kw = PyDict::new(py);
-    kw.set_item("prefix", prefix)?;
-    kw.set_item("start", start)?;
-    kw.set_item("stop", stop)?;
-    kw.set_item("reverse", reverse)?;
-    views(py)?.getattr(class)?.call((store,), Some(&kw))
+    /// Number of keys within the bounds.
+    pub(crate) fn count_in(
+        &self,
+        py: Python<'_>,
+        prefix: Option<&Bound<'_, PyAny>>,
+        start: Option<&Bound<'_, PyAny>>,
+        stop: Option<&Bound<'_, PyAny>>,
+    ) -> R<usize> {
+        let c = self.open_core()?;
+        let bounds = c.bounds(prefix, start, stop)?;
+        let c = self.current(c)?;
+        if bounds.is_unbounded() {
+            return c.len(py);
+        }
+        match c.flush_for_read(py) {
+            Ok(()) => crate::iter::count(py, &c, &bounds, &[]),
+            Err(e) => {
+                // Count the database's keys corrected by the buffered ones.
+                let failure = c.read_flush_failed(e);
+                let overlay = c.buffered_in(&bounds, false);
+                let n = crate::iter::count(py, &c, &bounds, &overlay);
+                c.log_read_flush_failure(py, failure);
+                n
+            }
+        }
+    }
+
+    /// Whether `key` is within the bounds and in the store; a key the store
+    /// cannot hold is not in it.
+    pub(crate) fn contains_in(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        prefix: Option<&Bound<'_, PyAny>>,
+        start: Option<&Bound<'_, PyAny>>,
+        stop: Option<&Bound<'_, PyAny>>,
+    ) -> R<bool> {
+        let c = self.open_core()?;
+        let bounds = c.bounds(prefix, start, stop)?;
+        let k = match c.keys.to_bytes(key) {
+            Ok(k) => k,
+            // Ctrl-C from a key codec is not an answer.
+            Err(e) if codec::passes_through(py, &e) => return Err(e),
+            Err(_) => return Ok(false),
+        };
+        Ok(bounds.contains(&k) && self.current(c)?.contains(py, &k, false)?)
+    }
+
+    /// The value of `key`, as `get` reads it, or `None`.
+    pub(crate) fn value_of<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> R<Option<Bound<'py, PyAny>>> {
+        let c = self.open_core()?;
+        let k = c.keys.to_bytes(key)?;
+        self.current(c)?.get_value(py, &k)
+    }
 }
 
 /// A `(key, value)` item as `dict.update` takes it: any iterable of exactly

@@ -151,7 +151,7 @@ def test_the_package_under_test_is_the_installed_distribution():
     site_dirs = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
     assert PACKAGE_DIR.parent in site_dirs, f"{PACKAGE_DIR} is not in site-packages"
     recorded = {Path(dist.locate_file(f)).resolve() for f in dist.files or ()}
-    for name in ("__init__.py", "_views.py", "_native.pyi", "py.typed"):
+    for name in ("__init__.py", "_native.pyi", "py.typed"):
         assert PACKAGE_DIR / name in recorded, f"{name} is not in the wheel"
     natives = [p for p in recorded if p.parent == PACKAGE_DIR and p.name.startswith("_native.")]
     assert [p.suffix for p in natives if p.suffix != ".pyi"] == [".so"], natives
