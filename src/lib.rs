@@ -1,13 +1,9 @@
 //! `lmdb_object_store._native`: the module registers the class, the
 //! exceptions and the version; the rooms of the crate are below.
 
-pub mod buffer;
 pub mod codec;
-pub mod engine;
 pub mod errors;
 pub mod exit;
-pub mod files;
-pub mod gate;
 pub mod iter;
 pub mod keys;
 mod pickle;
@@ -60,7 +56,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     assert_eq!(
         engine::max_key_size(),
-        keys::MAX_KEY_SIZE,
+        engine::MAX_KEY_SIZE,
         "the bundled LMDB must have 511-byte keys"
     );
     m.add_class::<store::LmdbObjectStore>()?;

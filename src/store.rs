@@ -12,18 +12,17 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lmdb::WriteFlags;
+use engine::buffer::{Batch, Bytes, Lookup, Payload, Value, WriteBuffer};
+use engine::{Bounds, Env, EnvInfo, EnvOptions};
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::buffer::{Bytes, Lookup, Op, Value, WriteBuffer};
 use crate::codec;
-use crate::engine::{Env, EnvInfo, EnvOptions};
-use crate::errors::{os_error, ClosedError, Error, StoreError};
+use crate::errors::{to_py, StoreError};
 use crate::exit;
-use crate::iter::{Bounds, Kind, StoreIterator};
+use crate::iter::{Kind, StoreIterator};
 use crate::keys::KeyPolicy;
 
 const DEFAULT_MAX_BUFFER_BYTES: usize = 64 * 1024 * 1024;
@@ -53,14 +52,26 @@ impl AsRef<[u8]> for HeldPickle {
     }
 }
 
+impl Payload for HeldPickle {
+    fn payload(&self) -> &[u8] {
+        self.as_ref()
+    }
+}
+
+impl HeldPickle {
+    fn new(pickled: Bound<'_, PyBytes>) -> Self {
+        let data = pickled.as_bytes();
+        let (ptr, len) = (data.as_ptr(), data.len());
+        HeldPickle {
+            _obj: pickled.unbind(),
+            ptr,
+            len,
+        }
+    }
+}
+
 fn held(pickled: Bound<'_, PyBytes>) -> Bytes {
-    let data = pickled.as_bytes();
-    let (ptr, len) = (data.as_ptr(), data.len());
-    Arc::new(HeldPickle {
-        _obj: pickled.unbind(),
-        ptr,
-        len,
-    })
+    Arc::new(HeldPickle::new(pickled))
 }
 
 /// The buffer and the closing flag, under one mutex: a write checks the flag
@@ -140,7 +151,7 @@ fn register_core(core: &Arc<Core>) {
 pub fn flush_all(py: Python<'_>) {
     let cores: Vec<Arc<Core>> = CORES.lock().iter().filter_map(|w| w.upgrade()).collect();
     for c in cores {
-        if c.generation != crate::engine::fork_generation() || c.readonly {
+        if c.generation != engine::fork_generation() || c.readonly {
             continue;
         }
         if c.closing.load(Ordering::Acquire) {
@@ -212,7 +223,7 @@ pub fn flush_at_exit(py: Python<'_>) {
         // A store being closed is left to its close (or, if that close gave
         // up, to its drop): no thread is inside a call that could finish it
         // now unless it is stuck, and then waiting for it would hang.
-        if c.generation != crate::engine::fork_generation()
+        if c.generation != engine::fork_generation()
             || c.readonly
             || c.closing.load(Ordering::Acquire)
         {
@@ -242,23 +253,18 @@ pub fn after_fork_in_child() {
     }
     std::mem::forget(std::mem::take(&mut *CORES.lock()));
     exit::after_fork_in_child();
-    crate::engine::after_fork_in_child();
+    engine::after_fork_in_child();
 }
 
-type R<T> = PyResult<T>;
-
 impl Core {
-    fn check_open(&self) -> R<()> {
+    fn check_open(&self) -> PyResult<()> {
         if self.closing.load(Ordering::Acquire) {
-            return Err(ClosedError::new_err(format!(
-                "the store at {} is closed",
-                self.path
-            )));
+            return Err(self.closed_error());
         }
         Ok(())
     }
 
-    fn check_writable(&self, op: &'static str) -> R<()> {
+    fn check_writable(&self, op: &'static str) -> PyResult<()> {
         self.check_open()?;
         if self.readonly {
             return Err(StoreError::Readonly(op).into_pyerr());
@@ -268,7 +274,7 @@ impl Core {
 
     /// Wait for `m` with the GIL released. A thread inside a read (nested
     /// call from unpickling) gives up if growth is waiting for that read.
-    fn lock_detached<'a>(&self, py: Python<'_>, m: &'a Mutex<()>) -> R<MutexGuard<'a, ()>> {
+    fn lock_detached<'a>(&self, py: Python<'_>, m: &'a Mutex<()>) -> PyResult<MutexGuard<'a, ()>> {
         if let Some(g) = m.try_lock() {
             return Ok(g);
         }
@@ -283,11 +289,11 @@ impl Core {
                     return Ok(g);
                 }
                 if gate.exclusive_pending() {
-                    return Err(StoreError::WouldDeadlock("a flush"));
+                    return Err(engine::Error::WouldDeadlock("a flush"));
                 }
             }
         })
-        .map_err(StoreError::into_pyerr)
+        .map_err(to_py)
     }
 
     /// Log every growth of the map since the last call, whether or not the
@@ -319,7 +325,7 @@ impl Core {
     /// Commit the buffer in one write transaction, after any background
     /// commit under way. On failure the batch goes back into the buffer
     /// (under any newer writes) and the error is raised.
-    fn flush(&self, py: Python<'_>) -> R<()> {
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
         let result = self
             .lock_detached(py, &self.commit_lock)
             .and_then(|_commit| self.commit_buffer_locked(py));
@@ -330,7 +336,7 @@ impl Core {
     /// The body of `flush`, for callers that hold the commit lock. A failed
     /// background commit is not reported here: its batch is back in the
     /// buffer, and this commit writes it again.
-    fn commit_buffer_locked(&self, py: Python<'_>) -> R<()> {
+    fn commit_buffer_locked(&self, py: Python<'_>) -> PyResult<()> {
         let batch = {
             let mut b = self.buffered.lock();
             b.failed = None;
@@ -341,20 +347,20 @@ impl Core {
         };
         let env = &*self.env;
         let cap = self.max_map_size;
-        let result = py.detach(|| write_ops(env, &batch.sorted(), batch.bytes(), cap));
+        let result = py.detach(|| env.commit(&batch, cap));
         drop(batch);
         let mut b = self.buffered.lock();
         b.buf.end_commit(result.is_ok());
         b.read_flush_logged &= result.is_err();
         drop(b);
-        result.map_err(StoreError::into_pyerr)
+        result.map_err(to_py)
     }
 
     /// The buffer is full: commit it on a background thread, so the
     /// commit's fsync overlaps the caller's next writes. Waits first for the
     /// commit before (one batch in flight at a time, in order). Reads see the
     /// batch in flight until it is in the database.
-    fn start_commit(&self, py: Python<'_>) -> R<()> {
+    fn start_commit(&self, py: Python<'_>) -> PyResult<()> {
         let commit = self.lock_detached(py, &self.commit_lock)?;
         let batch = {
             let mut b = self.buffered.lock();
@@ -374,15 +380,14 @@ impl Core {
         let job = {
             let batch = batch.clone();
             move || {
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    write_ops(&core.env, &batch.sorted(), batch.bytes(), core.max_map_size)
-                }))
-                .unwrap_or_else(|_| {
-                    Err(StoreError::Lmdb {
-                        code: 0,
-                        what: "background commit panicked".into(),
-                    })
-                });
+                let commit =
+                    std::panic::AssertUnwindSafe(|| core.env.commit(&batch, core.max_map_size));
+                let result = match std::panic::catch_unwind(commit) {
+                    Ok(result) => result.map_err(StoreError::from),
+                    Err(_) => Err(StoreError::CommitPanicked {
+                        path: core.path.clone(),
+                    }),
+                };
                 drop(batch);
                 core.end_background_commit(result);
                 // SAFETY: `start_commit` locked `commit_lock` and forgot the
@@ -430,7 +435,7 @@ impl Core {
 
     /// Scans read the database alone: commit what is buffered first. On
     /// failure the caller merges the buffer into what it reads instead.
-    pub(crate) fn flush_for_read(&self, py: Python<'_>) -> R<()> {
+    pub(crate) fn flush_for_read(&self, py: Python<'_>) -> PyResult<()> {
         if self.readonly {
             return Ok(());
         }
@@ -446,7 +451,7 @@ impl Core {
     /// `flush` for a read, which does not raise its failure: a failed
     /// background commit stays kept for the next write to raise, unless
     /// this commit writes its batch.
-    fn commit_for_read(&self, py: Python<'_>) -> R<()> {
+    fn commit_for_read(&self, py: Python<'_>) -> PyResult<()> {
         let result = self
             .lock_detached(py, &self.commit_lock)
             .and_then(|_commit| {
@@ -531,11 +536,11 @@ impl Core {
 
     /// Keep a read's LMDB memory readable for good: a buffer over it
     /// outlived the read (see `codec::loads_borrowed`).
-    pub(crate) fn pin_txn(&self, txn: &crate::engine::ReadTxn<'_>) {
+    pub(crate) fn pin_txn(&self, txn: &engine::ReadTxn<'_>) {
         txn.pin(&self.env);
     }
 
-    fn bound(&self, name: &str, v: Option<&Bound<'_, PyAny>>) -> R<Option<Vec<u8>>> {
+    fn bound(&self, name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<u8>>> {
         match v {
             None => Ok(None),
             Some(v) if v.is_none() => Ok(None),
@@ -554,7 +559,7 @@ impl Core {
         prefix: Option<&Bound<'_, PyAny>>,
         start: Option<&Bound<'_, PyAny>>,
         stop: Option<&Bound<'_, PyAny>>,
-    ) -> R<Bounds> {
+    ) -> PyResult<Bounds> {
         Ok(Bounds::new(
             self.bound("prefix", prefix)?,
             self.bound("start", start)?,
@@ -571,14 +576,14 @@ impl Core {
     pub(crate) fn with_read<T>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&crate::engine::ReadTxn<'_>) -> R<T>,
-    ) -> R<T> {
+        f: impl FnOnce(&engine::ReadTxn<'_>) -> PyResult<T>,
+    ) -> PyResult<T> {
         let env = &*self.env;
-        if env.generation != crate::engine::fork_generation() {
+        if env.generation != engine::fork_generation() {
             // A core inherited across fork(): never touch the parent's
             // environment, not even its gate (callers re-fetch the core
             // after running Python code, so this is a safety net).
-            return Err(StoreError::Forked.into_pyerr());
+            return Err(to_py(engine::Error::Forked));
         }
         loop {
             let guard = shared_guard(py, env);
@@ -586,15 +591,16 @@ impl Core {
                 Ok(Some(txn)) => return f(&txn),
                 Ok(None) => py
                     .detach(|| env.adopt_resize())
-                    .map_err(StoreError::into_pyerr)?,
-                Err(StoreError::Closed) => return Err(self.closed_error()),
-                Err(e) => return Err(e.into_pyerr()),
+                    .map_err(|e| to_py(e.for_store(&self.path)))?,
+                Err(e) => return Err(to_py(e.for_store(&self.path))),
             }
         }
     }
 
     fn closed_error(&self) -> PyErr {
-        ClosedError::new_err(format!("the store at {} is closed", self.path))
+        to_py(engine::Error::Closed {
+            path: self.path.clone(),
+        })
     }
 
     /// Unpickle a buffered value; `v` is never freed if pickle's buffer over
@@ -604,7 +610,7 @@ impl Core {
         py: Python<'py>,
         key: &[u8],
         v: &Bytes,
-    ) -> R<Bound<'py, PyAny>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         codec::loads_borrowed(py, (**v).as_ref(), || pin_bytes(v))
             .map_err(|e| codec::unpickle_error(py, key, "buffered", e))
     }
@@ -612,7 +618,7 @@ impl Core {
     /// The value of `key` or `None`; buffer first, then (after the autoflush)
     /// the database. A failed autoflush does not fail the read: the buffer
     /// did not know the key, so the database has the answer.
-    fn get_value<'py>(&self, py: Python<'py>, key: &[u8]) -> R<Option<Bound<'py, PyAny>>> {
+    fn get_value<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Option<Bound<'py, PyAny>>> {
         let (found, dirty) = self.buffered_lookup(key);
         match found {
             Lookup::Value(v) => return self.unpickle_buffered(py, key, &v).map(Some),
@@ -620,19 +626,17 @@ impl Core {
             Lookup::Unknown => {}
         }
         let failure = self.autoflush_for_read(py, dirty && self.autoflush_on_read);
-        let result = self.with_read(py, |txn| {
-            match txn.get(key).map_err(StoreError::into_pyerr)? {
-                None => Ok(None),
-                Some(data) => codec::loads_borrowed(py, data, || self.pin_txn(txn))
-                    .map(Some)
-                    .map_err(|e| codec::unpickle_error(py, key, "DB", e)),
-            }
+        let result = self.with_read(py, |txn| match txn.get(key).map_err(to_py)? {
+            None => Ok(None),
+            Some(data) => codec::loads_borrowed(py, data, || self.pin_txn(txn))
+                .map(Some)
+                .map_err(|e| codec::unpickle_error(py, key, "DB", e)),
         });
         self.log_read_flush_failure(py, failure);
         result
     }
 
-    fn contains(&self, py: Python<'_>, key: &[u8], flush: bool) -> R<bool> {
+    fn contains(&self, py: Python<'_>, key: &[u8], flush: bool) -> PyResult<bool> {
         let (found, dirty) = self.buffered_lookup(key);
         match found {
             Lookup::Value(_) => return Ok(true),
@@ -640,16 +644,14 @@ impl Core {
             Lookup::Unknown => {}
         }
         let failure = self.autoflush_for_read(py, flush && dirty);
-        let result = self.with_read(py, |txn| {
-            Ok(txn.get(key).map_err(StoreError::into_pyerr)?.is_some())
-        });
+        let result = self.with_read(py, |txn| Ok(txn.get(key).map_err(to_py)?.is_some()));
         self.log_read_flush_failure(py, failure);
         result
     }
 
     /// Buffer one write (value pickled already, or a tombstone) and flush if
     /// the buffer reached its bounds.
-    fn buffer_write(&self, py: Python<'_>, key: &[u8], value: Value) -> R<()> {
+    fn buffer_write(&self, py: Python<'_>, key: &[u8], value: Value) -> PyResult<()> {
         self.buffer_writes(py, [(key, value)])
     }
 
@@ -662,7 +664,7 @@ impl Core {
         &self,
         py: Python<'_>,
         writes: impl IntoIterator<Item = (K, Value)>,
-    ) -> R<()> {
+    ) -> PyResult<()> {
         let (by_count, by_bytes) = loop {
             let mut b = self.buffered.lock();
             if b.closing {
@@ -703,11 +705,13 @@ impl Core {
     /// Wait until no fork is under way. A thread inside a read (code run by
     /// unpickling) gives up if the fork's commit needs to grow a map whose
     /// gate it holds: that growth waits for this read, which waits for it.
-    fn wait_for_fork(&self, py: Python<'_>) -> R<()> {
+    fn wait_for_fork(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| {
             while FORKS_IN_PROGRESS.load(Ordering::SeqCst) != 0 {
-                if crate::gate::held_gate_awaited() {
-                    return Err(StoreError::WouldDeadlock("a write while the process forks"));
+                if engine::gate::held_gate_awaited() {
+                    return Err(engine::Error::WouldDeadlock(
+                        "a write while the process forks",
+                    ));
                 }
                 // Polled rather than signalled: a fork takes milliseconds,
                 // and a sleeping thread leaves no waiter state for fork() to
@@ -716,7 +720,7 @@ impl Core {
             }
             Ok(())
         })
-        .map_err(StoreError::into_pyerr)
+        .map_err(to_py)
     }
 
     /// Whether a batch that reaches `batch_size` commits in the background
@@ -739,25 +743,22 @@ impl Core {
         err
     }
 
-    fn info(&self, py: Python<'_>) -> R<EnvInfo> {
+    fn info(&self, py: Python<'_>) -> PyResult<EnvInfo> {
         let env = &*self.env;
         let g = shared_guard(py, env);
         env.info_shared(&g).map_err(|e| self.map_closed(e))
     }
 
-    fn map_closed(&self, e: StoreError) -> PyErr {
-        match e {
-            StoreError::Closed => self.closed_error(),
-            e => e.into_pyerr(),
-        }
+    fn map_closed(&self, e: engine::Error) -> PyErr {
+        to_py(e.for_store(&self.path))
     }
 
     /// Number of live keys, the buffer included: LMDB's entry count,
     /// corrected by the buffered writes (one lookup per buffered key).
-    fn len(&self, py: Python<'_>) -> R<usize> {
+    fn len(&self, py: Python<'_>) -> PyResult<usize> {
         let b = self.buffered.lock();
         let mut keys: Vec<(Vec<u8>, bool)> = Vec::new();
-        let mut seen = crate::buffer::FastMap::<&[u8], ()>::default();
+        let mut seen = engine::buffer::FastMap::<&[u8], ()>::default();
         let inflight = b.buf.inflight().cloned();
         for batch in [Some(b.buf.active()), inflight.as_deref()]
             .into_iter()
@@ -772,9 +773,9 @@ impl Core {
         drop(seen);
         drop(b);
         self.with_read(py, |txn| {
-            let mut n = txn.entries().map_err(StoreError::into_pyerr)? as isize;
+            let mut n = txn.entries().map_err(to_py)? as isize;
             for (k, live) in &keys {
-                let stored = txn.get(k).map_err(StoreError::into_pyerr)?.is_some();
+                let stored = txn.get(k).map_err(to_py)?.is_some();
                 n += (*live as isize) - (stored as isize);
             }
             Ok(n.max(0) as usize)
@@ -790,63 +791,11 @@ fn pin_bytes(bytes: &Bytes) {
 
 /// Hold the map gate shared; a wait (growth or close under way) happens with
 /// the GIL released.
-fn shared_guard<'a>(py: Python<'_>, env: &'a Env) -> crate::gate::SharedGuard<'a> {
+fn shared_guard<'a>(py: Python<'_>, env: &'a Env) -> engine::gate::SharedGuard<'a> {
     match env.gate.try_shared() {
         Some(g) => g,
         None => py.detach(|| env.gate.wait_shared()),
     }
-}
-
-/// Write sorted, unique operations in one transaction, growing the map
-/// first for `bytes` more. No Python here.
-fn write_ops(
-    env: &Env,
-    ops: &[Op<'_>],
-    bytes: usize,
-    cap: Option<usize>,
-) -> Result<(), StoreError> {
-    let _writer = env.lock_writer()?;
-    env.reserve_locked(bytes, cap)?;
-    env.write_locked(cap, &mut |txn, db| apply_sorted(txn, db, ops))
-}
-
-/// Apply sorted, unique operations (a value, or `None` to delete). Keys past
-/// the database's last key are appended (MDB_APPEND: no tree search, full
-/// pages), which is what sequential keys make common.
-fn apply_sorted(
-    txn: &mut lmdb::RwTransaction<'_>,
-    db: lmdb::Database,
-    ops: &[Op<'_>],
-) -> lmdb::Result<()> {
-    use lmdb::{Cursor, Transaction};
-    let last: Option<Vec<u8>> = {
-        let cursor = txn.open_ro_cursor(db)?;
-        match cursor.get(None, None, lmdb_sys::MDB_LAST) {
-            Ok((k, _)) => k.map(|k| k.to_vec()),
-            Err(lmdb::Error::NotFound) => None,
-            Err(e) => return Err(e),
-        }
-    };
-    let split = match &last {
-        Some(last) => ops.partition_point(|(k, _)| *k <= &last[..]),
-        None => 0,
-    };
-    for (k, v) in &ops[..split] {
-        match v {
-            Some(v) => txn.put(db, k, v, WriteFlags::empty())?,
-            None => match txn.del(db, k, None) {
-                Ok(()) | Err(lmdb::Error::NotFound) => {}
-                Err(e) => return Err(e),
-            },
-        }
-    }
-    for (k, v) in &ops[split..] {
-        // A deletion past the last key has nothing to delete.
-        if let Some(v) = v {
-            txn.put(db, k, v, WriteFlags::APPEND)?;
-        }
-    }
-    Ok(())
 }
 
 /// A persistent, thread-safe, dict-like store of Python objects on LMDB.
@@ -871,7 +820,7 @@ impl Drop for LmdbObjectStore {
             // SAFETY: `p` came from Arc::into_raw and this object owns that
             // strong count.
             let core = unsafe { Arc::from_raw(p) };
-            if core.generation != crate::engine::fork_generation() {
+            if core.generation != engine::fork_generation() {
                 // Inherited across fork(): the parent's; never clean it up.
                 std::mem::forget(core);
                 return;
@@ -886,11 +835,11 @@ impl Drop for LmdbObjectStore {
     }
 }
 
-fn bool_opt(v: &Bound<'_, PyAny>) -> R<bool> {
+fn bool_opt(v: &Bound<'_, PyAny>) -> PyResult<bool> {
     v.is_truthy()
 }
 
-fn usize_opt(name: &str, v: &Bound<'_, PyAny>) -> R<usize> {
+fn usize_opt(name: &str, v: &Bound<'_, PyAny>) -> PyResult<usize> {
     let n: i128 = v.extract().map_err(|e| {
         if codec::passes_through(v.py(), &e) {
             return e;
@@ -912,7 +861,7 @@ fn type_name(v: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn parse_lmdb_options(kwargs: Option<&Bound<'_, PyDict>>) -> R<EnvOptions> {
+fn parse_lmdb_options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<EnvOptions> {
     let mut o = EnvOptions::default();
     let Some(kwargs) = kwargs else {
         return Ok(o);
@@ -976,20 +925,17 @@ impl std::ops::Deref for CoreRef<'_> {
 }
 
 impl LmdbObjectStore {
-    fn core(&self) -> R<CoreRef<'_>> {
+    fn core(&self) -> PyResult<CoreRef<'_>> {
         let inside = exit::enter();
         let p = self.core.load(Ordering::Acquire);
         if p.is_null() {
-            return Err(Error::new_err(
-                "LmdbObjectStore.__init__ was not called (a subclass must call super().__init__)",
-            ));
+            return Err(StoreError::NotInitialised.into());
         }
         // SAFETY: a non-null pointer is a live Arc<Core> owned by `self`;
         // it is freed only in Drop, and a core replaced after fork is leaked,
         // never freed, so it outlives the borrow of `self`.
         let c = unsafe { &*p };
-        let core = if c.generation == crate::engine::fork_generation()
-            || c.closing.load(Ordering::Acquire)
+        let core = if c.generation == engine::fork_generation() || c.closing.load(Ordering::Acquire)
         {
             c
         } else {
@@ -1006,9 +952,9 @@ impl LmdbObjectStore {
     /// fork). The inherited core is leaked on purpose: cleaning it up would
     /// close or abort what the parent still uses.
     #[cold]
-    fn reopen_after_fork(&self, old: &Core) -> R<&Core> {
+    fn reopen_after_fork(&self, old: &Core) -> PyResult<&Core> {
         Python::attach(|py| {
-            let env = acquire_env(py, &old.fs_path, &old.options, &old.path)?;
+            let env = acquire_env(py, &old.fs_path, &old.options)?;
             let core = Arc::new_cyclic(|me| Core {
                 me: me.clone(),
                 env,
@@ -1028,7 +974,7 @@ impl LmdbObjectStore {
                 fs_path: old.fs_path.clone(),
                 options: old.options.clone(),
                 init_kwargs: old.init_kwargs.clone_ref(py),
-                generation: crate::engine::fork_generation(),
+                generation: engine::fork_generation(),
             });
             register_core(&core);
             let raw = Arc::into_raw(core) as *mut Core;
@@ -1051,7 +997,7 @@ impl LmdbObjectStore {
         })
     }
 
-    pub(crate) fn open_core(&self) -> R<CoreRef<'_>> {
+    pub(crate) fn open_core(&self) -> PyResult<CoreRef<'_>> {
         let c = self.core()?;
         c.check_open()?;
         Ok(c)
@@ -1061,8 +1007,8 @@ impl LmdbObjectStore {
     /// was fetched (pickling, unpickling, a key codec) forked the process:
     /// a child reads and writes its own environment and buffer, never the
     /// parent's. One atomic load when nothing forked.
-    pub(crate) fn current<'a>(&'a self, c: CoreRef<'a>) -> R<CoreRef<'a>> {
-        if c.generation == crate::engine::fork_generation() {
+    pub(crate) fn current<'a>(&'a self, c: CoreRef<'a>) -> PyResult<CoreRef<'a>> {
+        if c.generation == engine::fork_generation() {
             return Ok(c);
         }
         // The fresh core is counted as under way before `c` stops being, so
@@ -1111,10 +1057,10 @@ impl LmdbObjectStore {
         max_buffer_bytes: i64,
         pickle_protocol: Option<i32>,
         lmdb_options: Option<&Bound<'_, PyDict>>,
-    ) -> R<()> {
+    ) -> PyResult<()> {
         let _inside = exit::enter();
         if !self.core.load(Ordering::Acquire).is_null() {
-            return Err(Error::new_err("this LmdbObjectStore is already open"));
+            return Err(StoreError::AlreadyOpen.into());
         }
         // Any truthy value, as 0.1.0 took it; None (not given) means True.
         let autoflush_on_read = match autoflush_on_read {
@@ -1182,7 +1128,7 @@ impl LmdbObjectStore {
         let keys = KeyPolicy::new(py, key_encoding, key_errors, str_normalize)?;
         let options = parse_lmdb_options(lmdb_options)?;
         let shown = path.display().to_string();
-        let env = acquire_env(py, &path, &options, &shown)?;
+        let env = acquire_env(py, &path, &options)?;
         let init_kwargs = PyDict::new(py);
         init_kwargs.set_item("batch_size", batch_size)?;
         init_kwargs.set_item("autoflush_on_read", autoflush_on_read)?;
@@ -1214,7 +1160,7 @@ impl LmdbObjectStore {
             fs_path: path,
             options,
             init_kwargs: init_kwargs.unbind(),
-            generation: crate::engine::fork_generation(),
+            generation: engine::fork_generation(),
         });
         register_core(&core);
         let raw = Arc::into_raw(core) as *mut Core;
@@ -1231,13 +1177,13 @@ impl LmdbObjectStore {
             // SAFETY: `raw` was never published; reclaim it.
             let core = unsafe { Arc::from_raw(raw) };
             let _ = py.detach(|| core.env.release());
-            return Err(Error::new_err("this LmdbObjectStore is already open"));
+            return Err(StoreError::AlreadyOpen.into());
         }
         Ok(())
     }
 
     /// Store `obj` (pickled now) under `key`; buffered until the next flush.
-    fn put(&self, py: Python<'_>, key: &Bound<'_, PyAny>, obj: &Bound<'_, PyAny>) -> R<()> {
+    fn put(&self, py: Python<'_>, key: &Bound<'_, PyAny>, obj: &Bound<'_, PyAny>) -> PyResult<()> {
         let c = self.core()?;
         c.check_writable("put")?;
         let k = c.keys.to_write_bytes(key)?;
@@ -1245,24 +1191,29 @@ impl LmdbObjectStore {
         self.current(c)?.buffer_write(py, &k, Some(held(pickled)))
     }
 
-    fn __setitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>, obj: &Bound<'_, PyAny>) -> R<()> {
+    fn __setitem__(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        obj: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         self.put(py, key, obj)
     }
 
     /// Buffer a deletion of `key` (no check that it exists).
-    fn delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> R<()> {
+    fn delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
         let c = self.core()?;
         c.check_writable("delete")?;
         let k = c.keys.to_write_bytes(key)?;
         self.current(c)?.buffer_write(py, &k, None)
     }
 
-    fn __delitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> R<()> {
+    fn __delitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
         let c = self.core()?;
         c.check_writable("delete")?;
         let k = c.keys.to_bytes(key)?;
         let c = self.current(c)?;
-        if !crate::keys::key_len_ok(k.len()) || !c.contains(py, &k, false)? {
+        if !engine::key_len_ok(k.len()) || !c.contains(py, &k, false)? {
             return Err(key_error(key));
         }
         c.buffer_write(py, &k, None)
@@ -1275,7 +1226,7 @@ impl LmdbObjectStore {
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
-    ) -> R<Bound<'py, PyAny>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let c = self.open_core()?;
         let k = c.keys.to_bytes(key)?;
         Ok(match self.current(c)?.get_value(py, &k)? {
@@ -1284,7 +1235,11 @@ impl LmdbObjectStore {
         })
     }
 
-    fn __getitem__<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>) -> R<Bound<'py, PyAny>> {
+    fn __getitem__<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let c = self.open_core()?;
         let k = c.keys.to_bytes(key)?;
         self.current(c)?
@@ -1294,14 +1249,19 @@ impl LmdbObjectStore {
 
     /// Whether `key` has a value; `flush=None` follows `autoflush_on_read`.
     #[pyo3(signature = (key, *, flush=None))]
-    fn exists(&self, py: Python<'_>, key: &Bound<'_, PyAny>, flush: Option<bool>) -> R<bool> {
+    fn exists(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        flush: Option<bool>,
+    ) -> PyResult<bool> {
         let c = self.open_core()?;
         let k = c.keys.to_bytes(key)?;
         let c = self.current(c)?;
         c.contains(py, &k, flush.unwrap_or(c.autoflush_on_read))
     }
 
-    fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> R<bool> {
+    fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
         let c = self.open_core()?;
         let k = c.keys.to_bytes(key)?;
         self.current(c)?.contains(py, &k, false)
@@ -1315,7 +1275,7 @@ impl LmdbObjectStore {
         keys: &Bound<'py, PyAny>,
         decode_keys: bool,
         decode_not_found: Option<bool>,
-    ) -> R<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
+    ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
         let c = self.open_core()?;
         if (decode_keys || decode_not_found == Some(true)) && c.keys.encoding.is_none() {
             return Err(PyValueError::new_err(
@@ -1323,9 +1283,11 @@ impl LmdbObjectStore {
             ));
         }
         let decode_not_found = decode_not_found.unwrap_or(decode_keys);
-        let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<R<_>>()?;
-        let normalised: Vec<Cow<'_, [u8]>> =
-            given.iter().map(|k| c.keys.to_bytes(k)).collect::<R<_>>()?;
+        let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<PyResult<_>>()?;
+        let normalised: Vec<Cow<'_, [u8]>> = given
+            .iter()
+            .map(|k| c.keys.to_bytes(k))
+            .collect::<PyResult<_>>()?;
         let mut c = self.current(c)?;
 
         // Buffer first, in one lock.
@@ -1365,9 +1327,9 @@ impl LmdbObjectStore {
                 // on in a transaction of its own environment.
                 c = self.current(c)?;
                 let reader = &c;
-                let generation = crate::engine::fork_generation();
+                let generation = engine::fork_generation();
                 reader.with_read(py, |txn| {
-                    let mut lookups = txn.ascending().map_err(StoreError::into_pyerr)?;
+                    let mut lookups = txn.ascending().map_err(to_py)?;
                     while let Some(&(head, k, i)) = order.get(next) {
                         next += 1;
                         // A repeated key sits next to its twin: reuse its value.
@@ -1376,11 +1338,11 @@ impl LmdbObjectStore {
                             continue;
                         }
                         prev = Some((head, k, i));
-                        if let Some(data) = lookups.get(k).map_err(StoreError::into_pyerr)? {
+                        if let Some(data) = lookups.get(k).map_err(to_py)? {
                             let obj = codec::loads_borrowed(py, data, || reader.pin_txn(txn))
                                 .map_err(|e| codec::unpickle_error(py, k, "DB", e))?;
                             from_db[i] = Some(obj);
-                            if crate::engine::fork_generation() != generation {
+                            if engine::fork_generation() != generation {
                                 break;
                             }
                         }
@@ -1394,7 +1356,7 @@ impl LmdbObjectStore {
         let mut hit = vec![false; normalised.len()];
         // The dict key: the caller's own object when it already is the
         // normalised bytes (its hash is cached), else a new one.
-        let key_obj = |i: usize, k: &[u8]| -> R<Bound<'py, PyAny>> {
+        let key_obj = |i: usize, k: &[u8]| -> PyResult<Bound<'py, PyAny>> {
             if decode_keys {
                 c.keys.decode(py, k)
             } else if given[i].is_exact_instance_of::<PyBytes>() {
@@ -1432,7 +1394,7 @@ impl LmdbObjectStore {
 
     /// Write every `(key, value)` of `items` in one transaction, after
     /// flushing the buffer: all or nothing.
-    fn put_many(&self, py: Python<'_>, items: &Bound<'_, PyAny>) -> R<()> {
+    fn put_many(&self, py: Python<'_>, items: &Bound<'_, PyAny>) -> PyResult<()> {
         let c = self.core()?;
         c.check_writable("put_many")?;
         let pairs = if items.hasattr("items")? && items.hasattr("keys")? {
@@ -1442,10 +1404,9 @@ impl LmdbObjectStore {
         };
         // Normalise and pickle everything before touching the buffer. The
         // pickles are not copied: the commit reads them in place (bytes
-        // objects are immutable and `pickles` keeps them alive).
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        let mut pickles: Vec<Bound<'_, PyBytes>> = Vec::new();
-        let mut bytes = 0usize;
+        // objects are immutable and the batch keeps them alive). The batch
+        // keeps the last write of each key, and commits in key order.
+        let mut batch: Batch<HeldPickle> = Batch::default();
         for pair in pairs.try_iter()? {
             let pair = pair?;
             let (k, v) = key_value_pair(&pair)?.map_err(|why| {
@@ -1455,29 +1416,12 @@ impl LmdbObjectStore {
                     type_name(&pair)
                 ))
             })?;
-            let kb = c.keys.to_write_bytes(&k)?.into_owned();
+            let kb = c.keys.to_write_bytes(&k)?;
             let pickled = codec::dumps(py, &v, c.protocol)?;
-            bytes += kb.len() + pickled.as_bytes().len();
-            keys.push(kb);
-            pickles.push(pickled);
+            batch.insert(&kb, Some(HeldPickle::new(pickled)));
         }
         let c = self.current(c)?;
-        let mut ops: Vec<Op<'_>> = keys
-            .iter()
-            .zip(&pickles)
-            .map(|(k, v)| (&k[..], Some(v.as_bytes())))
-            .collect();
-        // Ascending keys, the last write of a key winning: a stable sort keeps
-        // equal keys in input order, then all but the last of each run go.
-        ops.sort_by(|a, b| a.0.cmp(b.0));
-        let mut unique: Vec<Op<'_>> = Vec::with_capacity(ops.len());
-        for op in ops {
-            match unique.last_mut() {
-                Some(last) if last.0 == op.0 => *last = op,
-                _ => unique.push(op),
-            }
-        }
-        let result = (|| -> R<()> {
+        let result = (|| -> PyResult<()> {
             let _commit = c.lock_detached(py, &c.commit_lock)?;
             if c.buffered.lock().closing {
                 return Err(c.closed_error());
@@ -1487,9 +1431,8 @@ impl LmdbObjectStore {
             c.commit_buffer_locked(py)?;
             let env = &*c.env;
             let cap = c.max_map_size;
-            if !unique.is_empty() {
-                py.detach(|| write_ops(env, &unique, bytes, cap))
-                    .map_err(StoreError::into_pyerr)?;
+            if !batch.is_empty() {
+                py.detach(|| env.commit(&batch, cap)).map_err(to_py)?;
             }
             Ok(())
         })();
@@ -1498,7 +1441,7 @@ impl LmdbObjectStore {
     }
 
     /// Write the buffer to LMDB in one transaction.
-    fn flush(&self, py: Python<'_>) -> R<()> {
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
         let c = self.core()?;
         c.check_writable("flush")?;
         c.flush(py)
@@ -1506,7 +1449,7 @@ impl LmdbObjectStore {
 
     /// Flush, wait for reads in flight, sync and close. Idempotent.
     #[pyo3(signature = (*, strict=false))]
-    fn close(&self, py: Python<'_>, strict: bool) -> R<()> {
+    fn close(&self, py: Python<'_>, strict: bool) -> PyResult<()> {
         if self.core.load(Ordering::Acquire).is_null() {
             return Ok(());
         }
@@ -1530,7 +1473,7 @@ impl LmdbObjectStore {
 
     /// Flush the OS buffers of the data file to disk.
     #[pyo3(signature = (force=true))]
-    fn sync(&self, py: Python<'_>, force: bool) -> R<()> {
+    fn sync(&self, py: Python<'_>, force: bool) -> PyResult<()> {
         let c = self.open_core()?;
         let env = &*c.env;
         py.detach(|| env.sync(force)).map_err(|e| c.map_closed(e))
@@ -1538,7 +1481,7 @@ impl LmdbObjectStore {
 
     /// `map_addr`, `map_size`, `last_pgno`, `last_txnid`, `max_readers`,
     /// `num_readers`, as py-lmdb's `Environment.info()`.
-    fn info<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyDict>> {
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let c = self.open_core()?;
         let i = c.info(py)?;
         let d = PyDict::new(py);
@@ -1553,7 +1496,7 @@ impl LmdbObjectStore {
 
     /// `psize`, `depth`, `branch_pages`, `leaf_pages`, `overflow_pages`,
     /// `entries`, as py-lmdb's `Environment.stat()` (committed data only).
-    fn stat<'py>(&self, py: Python<'py>) -> R<Bound<'py, PyDict>> {
+    fn stat<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let c = self.open_core()?;
         let env = &*c.env;
         let g = shared_guard(py, env);
@@ -1569,7 +1512,7 @@ impl LmdbObjectStore {
         Ok(d)
     }
 
-    fn __iter__(slf: &Bound<'_, Self>) -> R<StoreIterator> {
+    fn __iter__(slf: &Bound<'_, Self>) -> PyResult<StoreIterator> {
         slf.get().open_core()?;
         Ok(StoreIterator::new(
             slf.clone().unbind(),
@@ -1580,7 +1523,7 @@ impl LmdbObjectStore {
     }
 
     /// The keys in descending order, as `reversed(dict)` gives them.
-    fn __reversed__(slf: &Bound<'_, Self>) -> R<StoreIterator> {
+    fn __reversed__(slf: &Bound<'_, Self>) -> PyResult<StoreIterator> {
         slf.get().open_core()?;
         Ok(StoreIterator::new(
             slf.clone().unbind(),
@@ -1599,7 +1542,7 @@ impl LmdbObjectStore {
         start: Option<&Bound<'_, PyAny>>,
         stop: Option<&Bound<'_, PyAny>>,
         reverse: bool,
-    ) -> R<StoreIterator> {
+    ) -> PyResult<StoreIterator> {
         let c = slf.get().open_core()?;
         let bounds = c.bounds(prefix, start, stop)?;
         Ok(StoreIterator::new(
@@ -1620,7 +1563,7 @@ impl LmdbObjectStore {
         start: Option<&Bound<'_, PyAny>>,
         stop: Option<&Bound<'_, PyAny>>,
         reverse: bool,
-    ) -> R<StoreIterator> {
+    ) -> PyResult<StoreIterator> {
         Self::_iter(slf, "items", prefix, start, stop, reverse)
     }
 
@@ -1632,7 +1575,7 @@ impl LmdbObjectStore {
         prefix: Option<&Bound<'_, PyAny>>,
         start: Option<&Bound<'_, PyAny>>,
         stop: Option<&Bound<'_, PyAny>>,
-    ) -> R<usize> {
+    ) -> PyResult<usize> {
         let c = self.open_core()?;
         let bounds = c.bounds(prefix, start, stop)?;
         let c = self.current(c)?;
@@ -1661,7 +1604,7 @@ impl LmdbObjectStore {
         prefix: Option<&Bound<'_, PyAny>>,
         start: Option<&Bound<'_, PyAny>>,
         stop: Option<&Bound<'_, PyAny>>,
-    ) -> R<bool> {
+    ) -> PyResult<bool> {
         let c = self.open_core()?;
         let bounds = c.bounds(prefix, start, stop)?;
         let k = match c.keys.to_bytes(key) {
@@ -1682,7 +1625,7 @@ impl LmdbObjectStore {
         start: Option<&Bound<'py, PyAny>>,
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
-    ) -> R<Bound<'py, PyAny>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         make_view(
             slf,
             pyo3::intern!(slf.py(), "KeysView"),
@@ -1701,7 +1644,7 @@ impl LmdbObjectStore {
         start: Option<&Bound<'py, PyAny>>,
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
-    ) -> R<Bound<'py, PyAny>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         make_view(
             slf,
             pyo3::intern!(slf.py(), "ValuesView"),
@@ -1720,7 +1663,7 @@ impl LmdbObjectStore {
         start: Option<&Bound<'py, PyAny>>,
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
-    ) -> R<Bound<'py, PyAny>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         make_view(
             slf,
             pyo3::intern!(slf.py(), "ItemsView"),
@@ -1738,7 +1681,7 @@ impl LmdbObjectStore {
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
         default: &Bound<'py, PyTuple>,
-    ) -> R<Bound<'py, PyAny>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         if default.len() > 1 {
             return Err(PyTypeError::new_err(format!(
                 "pop expected at most 2 arguments, got {}",
@@ -1749,7 +1692,7 @@ impl LmdbObjectStore {
         c.check_writable("pop")?;
         let k = c.keys.to_bytes(key)?;
         let c = self.current(c)?;
-        let found = if crate::keys::key_len_ok(k.len()) {
+        let found = if engine::key_len_ok(k.len()) {
             c.get_value(py, &k)?
         } else {
             None
@@ -1768,7 +1711,7 @@ impl LmdbObjectStore {
 
     /// Remove and return the `(key, value)` pair with the smallest key, in
     /// one write transaction.
-    fn popitem<'py>(&self, py: Python<'py>) -> R<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    fn popitem<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         let mut c = self.core()?;
         c.check_writable("popitem")?;
         loop {
@@ -1781,7 +1724,7 @@ impl LmdbObjectStore {
                         out = Some((k.to_vec(), v.to_vec()));
                         false
                     })
-                    .map_err(StoreError::into_pyerr)?;
+                    .map_err(to_py)?;
                 Ok(out)
             })?;
             let Some((k, raw)) = first else {
@@ -1799,21 +1742,7 @@ impl LmdbObjectStore {
             let env = &*c.env;
             let cap = c.max_map_size;
             // Delete only if nobody changed the entry since we read it.
-            let result = py
-                .detach(|| {
-                    env.write(cap, |txn, db| {
-                        use lmdb::Transaction;
-                        match txn.get(db, &k) {
-                            Ok(cur) if cur == raw => {
-                                txn.del(db, &k, None)?;
-                                Ok(true)
-                            }
-                            Ok(_) | Err(lmdb::Error::NotFound) => Ok(false),
-                            Err(e) => Err(e),
-                        }
-                    })
-                })
-                .map_err(StoreError::into_pyerr);
+            let result = py.detach(|| env.remove_if(&k, raw, cap)).map_err(to_py);
             c.log_growth(py);
             let deleted = result?;
             if deleted {
@@ -1829,7 +1758,7 @@ impl LmdbObjectStore {
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
-    ) -> R<Bound<'py, PyAny>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let c = self.core()?;
         c.check_writable("setdefault")?;
         let k = c.keys.to_write_bytes(key)?;
@@ -1852,11 +1781,11 @@ impl LmdbObjectStore {
         py: Python<'_>,
         other: Option<&Bound<'_, PyAny>>,
         kwargs: Option<&Bound<'_, PyDict>>,
-    ) -> R<()> {
+    ) -> PyResult<()> {
         let c = self.core()?;
         c.check_writable("update")?;
         let mut staged: Vec<(Vec<u8>, Bytes)> = Vec::new();
-        let mut stage = |k: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> R<()> {
+        let mut stage = |k: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> PyResult<()> {
             let kb = c.keys.to_write_bytes(k)?.into_owned();
             let pickled = codec::dumps(py, v, c.protocol)?;
             staged.push((kb, held(pickled)));
@@ -1896,10 +1825,10 @@ impl LmdbObjectStore {
 
     /// Delete everything, buffer included, in one write transaction (LMDB
     /// empties the database in place).
-    fn clear(&self, py: Python<'_>) -> R<()> {
+    fn clear(&self, py: Python<'_>) -> PyResult<()> {
         let c = self.core()?;
         c.check_writable("clear")?;
-        let result = (|| -> R<()> {
+        let result = (|| -> PyResult<()> {
             let _commit = c.lock_detached(py, &c.commit_lock)?;
             // The buffered writes stay readable until the clear commits. A
             // failed background commit is moot: its writes are cleared too.
@@ -1910,14 +1839,14 @@ impl LmdbObjectStore {
             };
             let env = &*c.env;
             let cap = c.max_map_size;
-            let r = py.detach(|| env.write(cap, |txn, db| txn.clear_db(db)));
+            let r = py.detach(|| env.clear(cap));
             let mut b = c.buffered.lock();
             if batch.is_some() {
                 b.buf.end_commit(r.is_ok());
             }
             b.read_flush_logged &= r.is_err();
             drop(b);
-            r.map_err(StoreError::into_pyerr)
+            r.map_err(to_py)
         })();
         c.log_growth(py);
         result
@@ -1925,7 +1854,7 @@ impl LmdbObjectStore {
 
     /// A store pickles as its path and options, never its contents, and
     /// reopens when unpickled (for spawn and forkserver workers).
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> R<Bound<'py, PyTuple>> {
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
         let py = slf.py();
         let c = slf.get().core()?;
         let reopen = py.import("lmdb_object_store")?.getattr("_reopen")?;
@@ -1944,17 +1873,20 @@ impl LmdbObjectStore {
         PyTuple::new(py, [reopen, args.into_any()])
     }
 
-    fn __eq__<'py>(slf: &Bound<'py, Self>, other: &Bound<'py, PyAny>) -> R<Bound<'py, PyAny>> {
+    fn __eq__<'py>(
+        slf: &Bound<'py, Self>,
+        other: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         views(slf.py())?
             .getattr(pyo3::intern!(slf.py(), "mapping_eq"))?
             .call1((slf, other))
     }
 
-    fn __len__(&self, py: Python<'_>) -> R<usize> {
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
         self.open_core()?.len(py)
     }
 
-    fn __enter__(slf: Bound<'_, Self>) -> R<Bound<'_, Self>> {
+    fn __enter__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
         slf.get().open_core()?;
         Ok(slf)
     }
@@ -1969,7 +1901,7 @@ impl LmdbObjectStore {
         exc_type: Option<&Bound<'_, PyAny>>,
         _exc: Option<&Bound<'_, PyAny>>,
         _tb: Option<&Bound<'_, PyAny>>,
-    ) -> R<bool> {
+    ) -> PyResult<bool> {
         if self.core.load(Ordering::Acquire).is_null() {
             return Ok(false);
         }
@@ -2008,7 +1940,7 @@ impl LmdbObjectStore {
 
     /// Buffered entries not yet committed.
     #[getter]
-    fn pending(&self, py: Python<'_>) -> R<usize> {
+    fn pending(&self, py: Python<'_>) -> PyResult<usize> {
         let c = self.core()?;
         // A background commit under way ends first, so the count is settled.
         if c.buffered.lock().buf.has_inflight() {
@@ -2019,66 +1951,53 @@ impl LmdbObjectStore {
     }
 
     #[getter]
-    fn path(&self) -> R<String> {
+    fn path(&self) -> PyResult<String> {
         Ok(self.core()?.path.clone())
     }
 
     #[getter]
-    fn readonly(&self) -> R<bool> {
+    fn readonly(&self) -> PyResult<bool> {
         Ok(self.core()?.readonly)
     }
 
     #[getter]
-    fn closed(&self) -> R<bool> {
+    fn closed(&self) -> PyResult<bool> {
         Ok(self.core()?.closing.load(Ordering::Acquire))
     }
 
     #[getter]
-    fn batch_size(&self) -> R<usize> {
+    fn batch_size(&self) -> PyResult<usize> {
         Ok(self.core()?.batch_size)
     }
 
     #[getter]
-    fn autoflush_on_read(&self) -> R<bool> {
+    fn autoflush_on_read(&self) -> PyResult<bool> {
         Ok(self.core()?.autoflush_on_read)
     }
 
     #[getter]
-    fn max_map_size(&self) -> R<Option<usize>> {
+    fn max_map_size(&self) -> PyResult<Option<usize>> {
         Ok(self.core()?.max_map_size)
     }
 
     #[getter]
-    fn max_buffer_bytes(&self) -> R<usize> {
+    fn max_buffer_bytes(&self) -> PyResult<usize> {
         Ok(self.core()?.max_buffer_bytes)
     }
 
     #[getter]
-    fn pickle_protocol(&self) -> R<i32> {
+    fn pickle_protocol(&self) -> PyResult<i32> {
         Ok(self.core()?.protocol)
     }
 
     #[getter]
-    fn key_encoding(&self) -> R<Option<String>> {
+    fn key_encoding(&self) -> PyResult<Option<String>> {
         Ok(self.core()?.keys.encoding.clone())
     }
 }
 
-fn acquire_env(
-    py: Python<'_>,
-    path: &std::path::Path,
-    options: &EnvOptions,
-    shown: &str,
-) -> R<Arc<Env>> {
-    py.detach(|| Env::acquire(path, options)).map_err(|e| {
-        if e.code > 0 {
-            os_error(e.code, shown, &e.what)
-        } else if e.code == 0 {
-            Error::new_err(e.what)
-        } else {
-            Error::new_err(format!("{}: {}", e.what, crate::errors::strerror(e.code)))
-        }
-    })
+fn acquire_env(py: Python<'_>, path: &std::path::Path, options: &EnvOptions) -> PyResult<Arc<Env>> {
+    py.detach(|| Env::acquire(path, options)).map_err(to_py)
 }
 
 /// A final commit that failed. Its writes are still in the buffer
@@ -2120,9 +2039,9 @@ impl LostFlush {
 /// flight, sync, release the environment. Returns the final commit's
 /// failure when this call did the closing and the commit failed: the
 /// caller decides whether it is raised or reported.
-fn close_core(py: Python<'_>, c: &Core) -> R<Option<LostFlush>> {
+fn close_core(py: Python<'_>, c: &Core) -> PyResult<Option<LostFlush>> {
     if c.env.gate.held_by_current_thread() {
-        return Err(StoreError::WouldDeadlock("close()").into_pyerr());
+        return Err(to_py(engine::Error::WouldDeadlock("close()")));
     }
     {
         let mut b = c.buffered.lock();
@@ -2163,10 +2082,10 @@ fn close_core(py: Python<'_>, c: &Core) -> R<Option<LostFlush>> {
     });
     c.closed.store(true, Ordering::Release);
     if let Err(e) = sync_result.1 {
-        return Err(e.into_pyerr());
+        return Err(to_py(e.for_store(&c.path)));
     }
     if let (Err(e), None) = (sync_result.0, &lost) {
-        let e = e.into_pyerr();
+        let e = to_py(e.for_store(&c.path));
         log(
             py,
             "warning",
@@ -2182,7 +2101,7 @@ fn close_core(py: Python<'_>, c: &Core) -> R<Option<LostFlush>> {
 /// it runs on this thread when the read ends instead. A failure is reported
 /// on stderr: there is no caller to raise to.
 fn close_dropped(py: Python<'_>, core: Arc<Core>) {
-    if core.generation != crate::engine::fork_generation() {
+    if core.generation != engine::fork_generation() {
         // Put off across a fork(): the parent's now; never clean it up.
         std::mem::forget(core);
         return;
@@ -2219,7 +2138,7 @@ fn close_dropped(py: Python<'_>, core: Arc<Core>) {
 /// interpreter shutdown).
 fn report(py: Python<'_>, message: &str) {
     let line = format!("lmdb_object_store: {message}\n");
-    let written = (|| -> R<()> {
+    let written = (|| -> PyResult<()> {
         let stderr = py.import("sys")?.getattr("stderr")?;
         if stderr.is_none() {
             return Err(PyRuntimeError::new_err("no sys.stderr"));
@@ -2246,9 +2165,9 @@ fn log(py: Python<'_>, level: &str, message: String) {
 
 static VIEWS: pyo3::sync::PyOnceLock<Py<PyModule>> = pyo3::sync::PyOnceLock::new();
 
-fn views(py: Python<'_>) -> R<&Bound<'_, PyModule>> {
+fn views(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     Ok(VIEWS
-        .get_or_try_init(py, || -> R<_> {
+        .get_or_try_init(py, || -> PyResult<_> {
             Ok(py.import("lmdb_object_store._views")?.unbind())
         })?
         .bind(py))
@@ -2263,7 +2182,7 @@ fn make_view<'py>(
     start: Option<&Bound<'py, PyAny>>,
     stop: Option<&Bound<'py, PyAny>>,
     reverse: bool,
-) -> R<Bound<'py, PyAny>> {
+) -> PyResult<Bound<'py, PyAny>> {
     let c = store.get().open_core()?;
     // Check the bounds now, so a bad one fails at the call.
     c.bounds(prefix, start, stop)?;
@@ -2281,7 +2200,7 @@ fn make_view<'py>(
 /// its shape; an exception raised while iterating it is passed on as it is.
 type Pair<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
 
-fn key_value_pair<'py>(item: &Bound<'py, PyAny>) -> R<Result<Pair<'py>, String>> {
+fn key_value_pair<'py>(item: &Bound<'py, PyAny>) -> PyResult<Result<Pair<'py>, String>> {
     if let Ok(t) = item.cast::<PyTuple>() {
         if t.len() == 2 {
             return Ok(Ok((t.get_item(0)?, t.get_item(1)?)));
