@@ -9,6 +9,7 @@
 //! into the walk, in key order.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -18,8 +19,8 @@ use engine::buffer::{Bytes, Value};
 use engine::{fork_generation, Bounds, ReadTxn};
 
 use crate::codec;
+use crate::core::{Core, CoreHandle};
 use crate::errors::to_py;
-use crate::store::{Core, LmdbObjectStore};
 
 const FIRST_CHUNK: usize = 64;
 const MAX_CHUNK: usize = 1024;
@@ -45,7 +46,13 @@ impl Kind {
 /// Iterator over a store's keys, values or items, in key order.
 #[pyclass(module = "lmdb_object_store._native")]
 pub struct StoreIterator {
-    store: Py<LmdbObjectStore>,
+    /// The fork-aware handle on the store's core, shared with the store.
+    core: Arc<CoreHandle>,
+    walk: Walk,
+}
+
+/// Where an iteration stands, and the items read ahead.
+struct Walk {
     kind: Kind,
     bounds: Bounds,
     reverse: bool,
@@ -71,9 +78,17 @@ enum Source<'a> {
 }
 
 impl StoreIterator {
-    pub fn new(store: Py<LmdbObjectStore>, kind: Kind, bounds: Bounds, reverse: bool) -> Self {
+    pub fn new(core: Arc<CoreHandle>, kind: Kind, bounds: Bounds, reverse: bool) -> Self {
         StoreIterator {
-            store,
+            core,
+            walk: Walk::new(kind, bounds, reverse),
+        }
+    }
+}
+
+impl Walk {
+    fn new(kind: Kind, bounds: Bounds, reverse: bool) -> Self {
+        Walk {
             kind,
             bounds,
             reverse,
@@ -227,42 +242,17 @@ impl StoreIterator {
     }
 
     fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let store = self.store.clone_ref(py);
-        let core = store.get().open_core()?;
-        if self.ready.is_empty() && !self.exhausted {
-            self.fill(py, &core)?;
+        let core = self.core.open_core()?;
+        let walk = &mut self.walk;
+        if walk.ready.is_empty() && !walk.exhausted {
+            walk.fill(py, &core)?;
         }
-        match self.ready.pop_front() {
+        match walk.ready.pop_front() {
             Some(item) => Ok(Some(item)),
-            None => match self.failed.take() {
+            None => match walk.failed.take() {
                 Some(e) => Err(e),
                 None => Ok(None),
             },
         }
     }
-}
-
-/// Count the keys in `bounds`: the committed ones, corrected by `overlay`,
-/// buffered writes within `bounds` that could not be committed first (a
-/// value of a key not stored adds one, a deletion of a stored key takes one).
-pub fn count(
-    py: Python<'_>,
-    core: &Core,
-    bounds: &Bounds,
-    overlay: &[(Vec<u8>, Value)],
-) -> PyResult<usize> {
-    core.with_read(py, |txn| {
-        let mut n = 0isize;
-        bounds
-            .walk(txn, false, None, |_, _| {
-                n += 1;
-                true
-            })
-            .map_err(to_py)?;
-        for (k, v) in overlay {
-            let stored = txn.get(k).map_err(to_py)?.is_some();
-            n += v.is_some() as isize - stored as isize;
-        }
-        Ok(n.max(0) as usize)
-    })
 }

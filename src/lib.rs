@@ -2,10 +2,12 @@
 //! exceptions and the version; the rooms of the crate are below.
 
 pub mod codec;
+pub mod core;
 pub mod errors;
 pub mod exit;
 pub mod iter;
 pub mod keys;
+pub mod options;
 mod pickle;
 pub mod store;
 
@@ -24,9 +26,9 @@ fn lmdb_version() -> (i32, i32, i32) {
 #[pyo3(signature = (*, exiting=false))]
 fn _flush_all(py: Python<'_>, exiting: bool) {
     if exiting {
-        store::flush_at_exit(py);
+        core::flush_at_exit(py);
     } else {
-        store::flush_all(py);
+        core::flush_all(py);
     }
 }
 
@@ -34,19 +36,19 @@ fn _flush_all(py: Python<'_>, exiting: bool) {
 /// every open store's buffer, so the child gets every acknowledged write.
 #[pyfunction]
 fn _before_fork(py: Python<'_>) {
-    store::before_fork(py);
+    core::before_fork(py);
 }
 
 /// Called by `os.register_at_fork(after_in_parent=...)`: let writes in again.
 #[pyfunction]
 fn _after_fork_parent() {
-    store::after_fork_in_parent();
+    core::after_fork_in_parent();
 }
 
 /// Called by `os.register_at_fork(after_in_child=...)`.
 #[pyfunction]
 fn _after_fork_child() {
-    store::after_fork_in_child();
+    core::after_fork_in_child();
 }
 
 /// The module relies on the GIL (see docs/free-threading.md): a free-threaded
