@@ -769,6 +769,8 @@ impl Env {
     /// would wait for us forever: give up with `WouldDeadlock` then.
     fn lock_writer(&self) -> Result<MutexGuard<'_, ()>> {
         if self.generation != fork_generation() {
+            // LMDB's rule: no write transaction of an environment opened
+            // before fork() begins in the child.
             return Err(Error::Forked);
         }
         if !self.gate.held_by_current_thread() {
@@ -821,7 +823,10 @@ impl Env {
     /// MDB_MAP_FULL (up to `cap`) and adopting another process's growth on
     /// MDB_MAP_RESIZED, replaying `body` from the start each time. Growths
     /// are recorded for `take_growths`. The caller holds `lock_writer()`.
-    /// Private: no transaction, and no closure over one, leaves this file.
+    ///
+    /// Spine rule 1: private, and in a crate without PyO3, so `body` is
+    /// plain Rust over bytes: no transaction, and no closure over one,
+    /// leaves this file, and Python cannot run while one is open.
     fn write_locked<T>(
         &self,
         cap: Option<usize>,
@@ -1059,10 +1064,13 @@ impl Env {
     /// another process grew the map: drop the guard, `adopt_resize`, retry.
     pub fn begin_read<'a>(&'a self, guard: SharedGuard<'a>) -> Result<Option<ReadTxn<'a>>> {
         if self.generation != fork_generation() {
-            // Inherited across fork(): its pool and reader slots are the
-            // parent's.
+            // LMDB's rule: an environment is used only in the process that
+            // opened it, never after fork(). Its pool and reader slots are
+            // the parent's: begin nothing, renew nothing here.
             return Err(Error::Forked);
         }
+        // Spine rule 3: the transaction keeps `guard`, and every slice it
+        // hands out borrows the transaction, so no LMDB memory outlives it.
         let env = self.lmdb_shared(&guard)?;
         let pooled = self.pool.lock().pop();
         let mut txn = None;
@@ -1288,6 +1296,9 @@ impl<'a> ReadTxn<'a> {
     /// never freed. Permanent because the holder's release does not prove it
     /// is done: pickle's Unpickler releases its input buffer when
     /// re-initialised, and reads on through the pointer it kept.
+    ///
+    /// Spine rule 3 still holds: the memory stays valid for as long as the
+    /// buffer over it can be reached, since it is never released.
     pub fn pin(&self, env: &Arc<Env>) {
         debug_assert!(std::ptr::eq(Arc::as_ptr(env), self.env));
         if !self.pinned.replace(true) {
@@ -1509,11 +1520,12 @@ impl<'t> Ascending<'t> {
 impl Drop for ReadTxn<'_> {
     fn drop(&mut self) {
         if self.env.generation != fork_generation() {
-            // In a child that fork() made while this read was under way:
-            // resetting or aborting the transaction would clear the parent's
-            // reader slot in the shared lock file, letting writers reuse the
-            // pages the parent is reading. Leak it, and the gate hold (the
-            // gate's state is a copy nobody here uses again).
+            // In a child that fork() made while this read was under way.
+            // LMDB's rule: a transaction is never used after fork(), and
+            // resetting or aborting it here would clear the parent's reader
+            // slot in the shared lock file, letting writers reuse the pages
+            // the parent is reading. Leak it, and the gate hold (the gate's
+            // state is a copy nobody here uses again).
             return;
         }
         if self.pinned.get() {
@@ -1524,8 +1536,10 @@ impl Drop for ReadTxn<'_> {
             unsafe { ManuallyDrop::drop(&mut self.guard) };
             return;
         }
-        // SAFETY: `txn` is a live read txn we own; reset ends its snapshot
-        // and keeps its reader slot for reuse; abort frees both.
+        // SAFETY: `txn` is a live read txn we own, in the process that
+        // began it (a forked child returned above, as LMDB's no-fork rule
+        // requires); reset ends its snapshot and keeps its reader slot for
+        // reuse; abort frees both.
         unsafe { ffi::mdb_txn_reset(self.txn) };
         let mut pool = self.env.pool.lock();
         if pool.len() < POOL_MAX {
