@@ -34,6 +34,19 @@ pub fn key_len_ok(len: usize) -> bool {
 mod tests {
     use super::*;
 
+    /// Spine rule 1 rests on this crate not being able to call Python: its
+    /// manifest names no PyO3 (the compiler then refuses any use of it).
+    #[test]
+    fn the_engine_does_not_depend_on_pyo3() {
+        let manifest = include_str!("../Cargo.toml");
+        let deps: Vec<&str> = manifest
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("pyo3") || l.contains("package = \"pyo3"))
+            .collect();
+        assert!(deps.is_empty(), "{deps:?}");
+    }
+
     #[test]
     fn key_length_bounds() {
         assert!(!key_len_ok(0));
