@@ -189,6 +189,9 @@ fn keep_lent(lent: Bound<'_, LentBuffer>) {
 /// pickle's Unpickler reads on through the pointer it kept even after it
 /// releases the buffer (when it is initialised again), so no release can
 /// end a pin.
+///
+/// Spine rule 3: this is where LMDB memory meets Python, and the lending
+/// ends before the caller's read transaction does.
 pub fn loads_borrowed<'py>(
     py: Python<'py>,
     data: &[u8],

@@ -1,8 +1,5 @@
-//! One Rust error enum for the whole core, the Python exception tree, and the
-//! single conversion between them.
-
-use std::ffi::CStr;
-use std::os::raw::c_int;
+//! The Python exception tree, the one error enum of the binding (wrapping
+//! the engine's), and the single conversion from it to Python exceptions.
 
 use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
@@ -99,137 +96,79 @@ pub fn unsafe_value_error(py: Python<'_>, global_name: Option<&str>, msg: String
     made.unwrap_or_else(|e| e)
 }
 
-/// Every failure the core can report. The Python surface turns each into the
-/// exception the contract names, through [`StoreError::into_pyerr`] only.
+/// Every failure the Rust side reports, each with its message: the
+/// engine's own ([`engine::Error`]) and those of the store itself. The one
+/// conversion to a Python exception is [`StoreError::into_pyerr`] (also
+/// `From<StoreError> for PyErr`).
 #[derive(Debug)]
 pub enum StoreError {
-    /// The store (or its environment) is closed or closing.
-    Closed,
+    /// A storage failure, worded by the engine.
+    Engine(engine::Error),
     /// A write on a read-only store; names the operation.
     Readonly(&'static str),
-    /// The map reached its cap and the write did not fit.
-    MapFull {
-        map_size: usize,
-        max_map_size: usize,
-    },
-    /// Every reader slot of the lock file is taken.
-    ReadersFull { max_readers: u32 },
-    /// The call would wait for a read that this same thread holds.
-    WouldDeadlock(&'static str),
-    /// The call would unmap memory that a buffer lent to unpickling code
-    /// may still point into (see `engine::ReadTxn::pin`).
-    Pinned(&'static str),
-    /// The environment was opened by the parent process before `fork()`:
-    /// this process must not use it.
-    Forked,
-    /// An error from LMDB (negative code) or the OS (errno) during `what`.
-    Lmdb { code: c_int, what: String },
-    /// The environment lost its map and could not get it back: every call
-    /// is refused rather than touch memory that is gone. Says what happened.
-    Unusable(String),
+    /// A method was called on a store whose `__init__` never ran.
+    NotInitialised,
+    /// `__init__` was called a second time.
+    AlreadyOpen,
+    /// A background commit of the store at `path` panicked (a bug): its
+    /// batch is back in the buffer.
+    CommitPanicked { path: String },
 }
 
-pub type Result<T> = std::result::Result<T, StoreError>;
+impl From<engine::Error> for StoreError {
+    fn from(e: engine::Error) -> Self {
+        StoreError::Engine(e)
+    }
+}
 
-/// LMDB's own text for an error code (also covers errno values).
-pub fn strerror(code: c_int) -> String {
-    // SAFETY: mdb_strerror returns a pointer to a static (or thread-local
-    // strerror) NUL-terminated string for any code; we copy it at once.
-    unsafe {
-        let p = lmdb_sys::mdb_strerror(code);
-        if p.is_null() {
-            return format!("error {code}");
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Engine(e) => e.fmt(f),
+            StoreError::Readonly(op) => {
+                write!(f, "cannot {op}: the store was opened with readonly=True")
+            }
+            StoreError::NotInitialised => f.write_str(
+                "LmdbObjectStore.__init__ was not called (a subclass must call super().__init__)",
+            ),
+            StoreError::AlreadyOpen => f.write_str("this LmdbObjectStore is already open"),
+            StoreError::CommitPanicked { path } => write!(
+                f,
+                "the background commit of {path} panicked; its writes are still buffered"
+            ),
         }
-        CStr::from_ptr(p).to_string_lossy().into_owned()
     }
 }
 
 impl StoreError {
-    pub fn lmdb(code: c_int, what: impl Into<String>) -> Self {
-        StoreError::Lmdb {
-            code,
-            what: what.into(),
-        }
-    }
-
-    pub fn from_lmdb(err: lmdb::Error, what: impl Into<String>) -> Self {
-        StoreError::lmdb(err.to_err_code(), what)
-    }
-
+    /// The Python exception for this failure: the class says what kind of
+    /// failure it is, the message is this error's `Display`.
     pub fn into_pyerr(self) -> PyErr {
+        use engine::Error as E;
+        let text = self.to_string();
         match self {
-            StoreError::Closed => ClosedError::new_err("the store is closed"),
-            StoreError::Readonly(op) => ReadonlyError::new_err(format!(
-                "cannot {op}: the store was opened with readonly=True"
-            )),
-            StoreError::MapFull {
-                map_size,
-                max_map_size,
-            } => MapFullError::new_err(format!(
-                "the write does not fit: the map is {map_size} bytes and max_map_size is \
-                 {max_map_size}; raise max_map_size or delete entries (nothing was written)"
-            )),
-            StoreError::ReadersFull { max_readers } => Error::new_err(format!(
-                "all {max_readers} LMDB reader slots are in use; open the store with a larger \
-                 max_readers= (it must be set by the first process that opens the file)"
-            )),
-            StoreError::WouldDeadlock(what) => Error::new_err(format!(
-                "{what} would wait for a read held by this same thread (called from code run \
-                 while unpickling a value); do it after the read returns"
-            )),
-            StoreError::Pinned(what) => Error::new_err(format!(
-                "{what} is refused: code run while unpickling a value kept pickle's view of \
-                 the store's memory (its Unpickler, or a buffer taken in its place), so that \
-                 memory stays mapped until this process exits; do that in another process"
-            )),
-            StoreError::Forked => Error::new_err(
-                "this LMDB environment belongs to the process that opened it, before fork(); \
-                 the store opens its own in this process on its next call",
-            ),
-            StoreError::Unusable(text) => Error::new_err(text),
-            StoreError::Lmdb { code, what } => {
-                let text = strerror(code);
-                match write_failure_hint(code) {
-                    Some(hint) => Error::new_err(format!("{what}: {text} (code {code}); {hint}")),
-                    None => Error::new_err(format!("{what}: {text} (code {code})")),
-                }
+            StoreError::Engine(E::Closed { .. }) => ClosedError::new_err(text),
+            StoreError::Engine(E::MapFull { .. }) => MapFullError::new_err(text),
+            StoreError::Engine(E::Open { code, path, .. }) if code > 0 => {
+                // Python's OSError subclass for the errno (FileNotFoundError,
+                // PermissionError, ...), with the path attached.
+                PyOSError::new_err((code, text, path))
             }
+            StoreError::Readonly(_) => ReadonlyError::new_err(text),
+            _ => Error::new_err(text),
         }
     }
 }
 
-/// What to do about an OS error that stopped LMDB writing its data file or
-/// mapping it.
-/// LMDB reports a short write as EIO, and a short write is what a file size
-/// limit or a disk that fills up part-way produces, so EIO names those causes
-/// too: the bare strerror text ("Input/output error") suggests a failing disk.
-fn write_failure_hint(code: c_int) -> Option<&'static str> {
-    match code {
-        libc::ENOSPC | libc::EDQUOT => {
-            Some("the disk or the quota is full: free space, then retry")
-        }
-        libc::EFBIG => Some(
-            "the data file may not grow past the process's file size limit \
-             (RLIMIT_FSIZE, `ulimit -f`): raise the limit, then retry",
-        ),
-        libc::ENOMEM => Some(
-            "the process may not map or allocate more memory (RLIMIT_AS, `ulimit -v`, or the \
-             machine's address space): raise the limit or lower max_map_size, then retry",
-        ),
-        libc::EIO => Some(
-            "the data file could not be written in full: the disk may be full, the \
-             process's file size limit (RLIMIT_FSIZE, `ulimit -f`) reached, or the device \
-             failing; fix that, then retry",
-        ),
-        _ => None,
+impl From<StoreError> for PyErr {
+    fn from(e: StoreError) -> Self {
+        e.into_pyerr()
     }
 }
 
-/// An OS error while opening `path`, as Python's `OSError` subclass for that
-/// errno (FileNotFoundError, PermissionError, ...), with the path attached.
-pub fn os_error(errno: c_int, path: &str, what: &str) -> PyErr {
-    let text = format!("{what}: {}", strerror(errno));
-    PyOSError::new_err((errno, text, path.to_owned()))
+/// An engine failure as a Python exception (through [`StoreError`]).
+pub fn to_py(e: engine::Error) -> PyErr {
+    StoreError::Engine(e).into_pyerr()
 }
 
 pub fn type_error(msg: impl Into<String>) -> PyErr {

@@ -9,17 +9,18 @@
 //! into the walk, in key order.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::buffer::{Bytes, Value};
+use engine::buffer::{Bytes, Value};
+use engine::{fork_generation, Bounds, ReadTxn};
+
 use crate::codec;
-use crate::engine::{fork_generation, ReadTxn, Seek};
-use crate::errors::StoreError;
-use crate::keys::MAX_KEY_SIZE;
-use crate::store::{Core, LmdbObjectStore};
+use crate::core::{Core, CoreHandle};
+use crate::errors::to_py;
 
 const FIRST_CHUNK: usize = 64;
 const MAX_CHUNK: usize = 1024;
@@ -42,130 +43,16 @@ impl Kind {
     }
 }
 
-/// A half-open key range `[lower, upper)`; `None` is unbounded.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Bounds {
-    pub lower: Option<Vec<u8>>,
-    pub upper: Option<Vec<u8>>,
-}
-
-/// The smallest key greater than every key with this prefix, if any.
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
-/// Stored keys are at most 511 bytes, and LMDB cannot seek with a longer
-/// one. For a longer bound `b` with `t = b[..511]`, a stored key `k` is
-/// `< b` exactly when `k <= t`, that is when `k < prefix_end(t)`.
-fn clamp_upper(b: Vec<u8>) -> Option<Vec<u8>> {
-    if b.len() <= MAX_KEY_SIZE {
-        return Some(b);
-    }
-    prefix_end(&b[..MAX_KEY_SIZE])
-}
-
-/// `k >= b` exactly when `k > t`, that is when `k >= prefix_end(t)`; with
-/// no such key the range is empty (an empty upper bound says so).
-fn clamp_lower(b: Vec<u8>) -> Vec<u8> {
-    if b.len() <= MAX_KEY_SIZE {
-        return b;
-    }
-    prefix_end(&b[..MAX_KEY_SIZE]).unwrap_or_else(|| vec![0xff; MAX_KEY_SIZE + 1])
-}
-
-impl Bounds {
-    pub fn new(prefix: Option<Vec<u8>>, start: Option<Vec<u8>>, stop: Option<Vec<u8>>) -> Self {
-        let mut lower = start.filter(|s| !s.is_empty()).map(clamp_lower);
-        // `Some(None)` from clamp_upper: no stored key reaches the bound.
-        let mut upper = stop.and_then(clamp_upper);
-        if let Some(p) = prefix.filter(|p| !p.is_empty()) {
-            if lower.as_ref().is_none_or(|l| *l < p) {
-                lower = Some(p.clone());
-            }
-            if let Some(end) = prefix_end(&p) {
-                if upper.as_ref().is_none_or(|u| *u > end) {
-                    upper = Some(end);
-                }
-            }
-        }
-        Bounds { lower, upper }
-    }
-
-    pub fn is_unbounded(&self) -> bool {
-        self.lower.is_none() && self.upper.is_none()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        match (&self.lower, &self.upper) {
-            (_, Some(u)) if u.is_empty() => true,
-            (Some(l), _) if l.len() > MAX_KEY_SIZE => true,
-            (Some(l), Some(u)) => l >= u,
-            _ => false,
-        }
-    }
-
-    pub fn contains(&self, key: &[u8]) -> bool {
-        self.lower.as_deref().is_none_or(|l| key >= l)
-            && self.upper.as_deref().is_none_or(|u| key < u)
-    }
-
-    /// Walk the range in `txn` from after `last` (or from the start),
-    /// calling `f` on each entry until it returns false.
-    pub fn walk<'t>(
-        &self,
-        txn: &'t ReadTxn<'_>,
-        reverse: bool,
-        last: Option<&[u8]>,
-        mut f: impl FnMut(&'t [u8], &'t [u8]) -> bool,
-    ) -> crate::errors::Result<()> {
-        if self.is_empty() {
-            return Ok(());
-        }
-        if !reverse {
-            let (seek, from): (Seek, &[u8]) = match (last, &self.lower) {
-                (Some(l), _) => (Seek::AtOrAfter, l),
-                (None, Some(lo)) => (Seek::AtOrAfter, lo),
-                (None, None) => (Seek::First, b""),
-            };
-            txn.scan(seek, from, false, |k, v| {
-                if last == Some(k) {
-                    return true;
-                }
-                if self.lower.as_deref().is_some_and(|lo| k < lo) {
-                    return true;
-                }
-                if self.upper.as_deref().is_some_and(|u| k >= u) {
-                    return false;
-                }
-                f(k, v)
-            })
-        } else {
-            let (seek, from): (Seek, &[u8]) = match (last, &self.upper) {
-                (Some(l), _) => (Seek::AtOrAfter, l),
-                (None, Some(up)) => (Seek::AtOrAfter, up),
-                (None, None) => (Seek::Last, b""),
-            };
-            txn.scan(seek, from, true, |k, v| {
-                if self.lower.as_deref().is_some_and(|lo| k < lo) {
-                    return false;
-                }
-                f(k, v)
-            })
-        }
-    }
-}
-
 /// Iterator over a store's keys, values or items, in key order.
 #[pyclass(module = "lmdb_object_store._native")]
 pub struct StoreIterator {
-    store: Py<LmdbObjectStore>,
+    /// The fork-aware handle on the store's core, shared with the store.
+    core: Arc<CoreHandle>,
+    walk: Walk,
+}
+
+/// Where an iteration stands, and the items read ahead.
+struct Walk {
     kind: Kind,
     bounds: Bounds,
     reverse: bool,
@@ -191,9 +78,17 @@ enum Source<'a> {
 }
 
 impl StoreIterator {
-    pub fn new(store: Py<LmdbObjectStore>, kind: Kind, bounds: Bounds, reverse: bool) -> Self {
+    pub fn new(core: Arc<CoreHandle>, kind: Kind, bounds: Bounds, reverse: bool) -> Self {
         StoreIterator {
-            store,
+            core,
+            walk: Walk::new(kind, bounds, reverse),
+        }
+    }
+}
+
+impl Walk {
+    fn new(kind: Kind, bounds: Bounds, reverse: bool) -> Self {
+        Walk {
             kind,
             bounds,
             reverse,
@@ -284,7 +179,7 @@ impl StoreIterator {
                     going = take(k, Some(Source::Db(v, txn)));
                     going
                 })
-                .map_err(StoreError::into_pyerr)?;
+                .map_err(to_py)?;
             walked_to_end = going;
             Ok(())
         })?;
@@ -347,85 +242,17 @@ impl StoreIterator {
     }
 
     fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let store = self.store.clone_ref(py);
-        let core = store.get().open_core()?;
-        if self.ready.is_empty() && !self.exhausted {
-            self.fill(py, &core)?;
+        let core = self.core.open_core()?;
+        let walk = &mut self.walk;
+        if walk.ready.is_empty() && !walk.exhausted {
+            walk.fill(py, &core)?;
         }
-        match self.ready.pop_front() {
+        match walk.ready.pop_front() {
             Some(item) => Ok(Some(item)),
-            None => match self.failed.take() {
+            None => match walk.failed.take() {
                 Some(e) => Err(e),
                 None => Ok(None),
             },
         }
-    }
-}
-
-/// Count the keys in `bounds`: the committed ones, corrected by `overlay`,
-/// buffered writes within `bounds` that could not be committed first (a
-/// value of a key not stored adds one, a deletion of a stored key takes one).
-pub fn count(
-    py: Python<'_>,
-    core: &Core,
-    bounds: &Bounds,
-    overlay: &[(Vec<u8>, Value)],
-) -> PyResult<usize> {
-    core.with_read(py, |txn| {
-        let mut n = 0isize;
-        bounds
-            .walk(txn, false, None, |_, _| {
-                n += 1;
-                true
-            })
-            .map_err(StoreError::into_pyerr)?;
-        for (k, v) in overlay {
-            let stored = txn.get(k).map_err(StoreError::into_pyerr)?.is_some();
-            n += v.is_some() as isize - stored as isize;
-        }
-        Ok(n.max(0) as usize)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_ends() {
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b"\xff\xff"), None);
-        assert_eq!(prefix_end(b""), None);
-    }
-
-    #[test]
-    fn long_bounds_clamp_to_stored_key_space() {
-        let long = vec![b'a'; 600];
-        let b = Bounds::new(None, None, Some(long.clone()));
-        assert!(b.contains(&long[..511]));
-        assert!(!b.contains(b"b"));
-        let b = Bounds::new(None, Some(long.clone()), None);
-        assert!(!b.contains(&long[..511]));
-        assert!(b.contains(b"b"));
-        let ff = vec![0xffu8; 600];
-        assert!(Bounds::new(None, Some(ff.clone()), None).is_empty());
-        assert!(Bounds::new(None, None, Some(ff)).is_unbounded());
-    }
-
-    #[test]
-    fn bounds_intersect_prefix() {
-        let b = Bounds::new(
-            Some(b"k".to_vec()),
-            Some(b"a".to_vec()),
-            Some(b"z".to_vec()),
-        );
-        assert_eq!(b.lower.as_deref(), Some(&b"k"[..]));
-        assert_eq!(b.upper.as_deref(), Some(&b"l"[..]));
-        assert!(b.contains(b"k1"));
-        assert!(!b.contains(b"l"));
-        let e = Bounds::new(None, Some(b"b".to_vec()), Some(b"a".to_vec()));
-        assert!(e.is_empty());
-        assert!(Bounds::new(Some(Vec::new()), None, None).is_unbounded());
     }
 }

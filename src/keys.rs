@@ -13,11 +13,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 use unicode_normalization::UnicodeNormalization;
 
-use crate::errors::type_error;
+use engine::{key_len_ok, MAX_KEY_SIZE};
 
-/// LMDB's compile-time key limit (`mdb_env_get_maxkeysize` with the default
-/// `MDB_MAXKEYSIZE`); checked against the library at module load.
-pub const MAX_KEY_SIZE: usize = 511;
+use crate::errors::type_error;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NormalForm {
@@ -67,11 +65,6 @@ impl NormalForm {
             Self::Nfkd => s.nfkd().collect(),
         })
     }
-}
-
-/// Whether a key of this many bytes can be stored.
-pub fn key_len_ok(len: usize) -> bool {
-    (1..=MAX_KEY_SIZE).contains(&len)
 }
 
 /// How a store turns Python keys into bytes and back.
@@ -245,14 +238,6 @@ impl KeyPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_length_bounds() {
-        assert!(!key_len_ok(0));
-        assert!(key_len_ok(1));
-        assert!(key_len_ok(MAX_KEY_SIZE));
-        assert!(!key_len_ok(MAX_KEY_SIZE + 1));
-    }
 
     #[test]
     fn normal_forms() {

@@ -1,15 +1,13 @@
 //! `lmdb_object_store._native`: the module registers the class, the
 //! exceptions and the version; the rooms of the crate are below.
 
-pub mod buffer;
 pub mod codec;
-pub mod engine;
+pub mod core;
 pub mod errors;
 pub mod exit;
-pub mod files;
-pub mod gate;
 pub mod iter;
 pub mod keys;
+pub mod options;
 mod pickle;
 pub mod store;
 pub mod views;
@@ -29,9 +27,9 @@ fn lmdb_version() -> (i32, i32, i32) {
 #[pyo3(signature = (*, exiting=false))]
 fn _flush_all(py: Python<'_>, exiting: bool) {
     if exiting {
-        store::flush_at_exit(py);
+        core::flush_at_exit(py);
     } else {
-        store::flush_all(py);
+        core::flush_all(py);
     }
 }
 
@@ -39,19 +37,19 @@ fn _flush_all(py: Python<'_>, exiting: bool) {
 /// every open store's buffer, so the child gets every acknowledged write.
 #[pyfunction]
 fn _before_fork(py: Python<'_>) {
-    store::before_fork(py);
+    core::before_fork(py);
 }
 
 /// Called by `os.register_at_fork(after_in_parent=...)`: let writes in again.
 #[pyfunction]
 fn _after_fork_parent() {
-    store::after_fork_in_parent();
+    core::after_fork_in_parent();
 }
 
 /// Called by `os.register_at_fork(after_in_child=...)`.
 #[pyfunction]
 fn _after_fork_child() {
-    store::after_fork_in_child();
+    core::after_fork_in_child();
 }
 
 /// The module relies on the GIL (see docs/free-threading.md): a free-threaded
@@ -61,7 +59,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     assert_eq!(
         engine::max_key_size(),
-        keys::MAX_KEY_SIZE,
+        engine::MAX_KEY_SIZE,
         "the bundled LMDB must have 511-byte keys"
     );
     m.add_class::<store::LmdbObjectStore>()?;

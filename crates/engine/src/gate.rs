@@ -27,7 +27,7 @@ use std::cell::RefCell;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::errors::{Result, StoreError};
+use crate::error::{Error, Result};
 
 #[derive(Default)]
 struct State {
@@ -180,11 +180,11 @@ impl Gate {
     /// a read is pinned: a pin lasts for the rest of the process.
     pub fn exclusive(&self, what: &'static str) -> Result<ExclusiveGuard<'_>> {
         if held_depth(self) > 0 {
-            return Err(StoreError::WouldDeadlock(what));
+            return Err(Error::WouldDeadlock(what));
         }
         let mut s = self.state.lock();
         if s.pinned > 0 {
-            return Err(StoreError::Pinned(what));
+            return Err(Error::Pinned(what));
         }
         s.exclusive_waiting += 1;
         while s.exclusive || s.shared > 0 {
@@ -193,7 +193,7 @@ impl Gate {
                 // A read we waited for pinned its memory on the way out.
                 s.exclusive_waiting -= 1;
                 self.cond.notify_all();
-                return Err(StoreError::Pinned(what));
+                return Err(Error::Pinned(what));
             }
         }
         s.exclusive_waiting -= 1;
@@ -268,7 +268,7 @@ mod tests {
         let b = g.wait_shared();
         assert!(matches!(
             g.exclusive("grow"),
-            Err(StoreError::WouldDeadlock("grow"))
+            Err(Error::WouldDeadlock("grow"))
         ));
         drop(a);
         drop(b);
@@ -290,13 +290,10 @@ mod tests {
         }
         r.pin();
         drop(r);
-        assert!(matches!(
-            waiter.join().unwrap(),
-            Err(StoreError::Pinned("grow"))
-        ));
+        assert!(matches!(waiter.join().unwrap(), Err(Error::Pinned("grow"))));
         assert!(!g.exclusive_pending(), "the refused waiter is gone");
         assert!(g.try_shared().is_some(), "reads go on while pinned");
-        assert!(matches!(g.exclusive("close"), Err(StoreError::Pinned(_))));
+        assert!(matches!(g.exclusive("close"), Err(Error::Pinned(_))));
     }
 
     #[test]

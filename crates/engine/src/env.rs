@@ -1,19 +1,16 @@
-//! LMDB environments, transactions, growth and the map gate. No PyO3 here.
+//! LMDB environments and their transactions: opening (one environment per
+//! data file per process), reads, the write operations the binding needs
+//! (commit a sorted batch, clear, remove an unchanged entry), map growth
+//! and closing. Everything that runs inside a write transaction is in this
+//! file, and a write transaction never outlives the call that began it.
 //!
-//! The rules this file enforces (the project's spine):
-//! - No Python code runs while a write transaction is open: `Env::write`
-//!   takes a closure of plain Rust over byte slices.
-//! - LMDB memory is reachable only while the map gate is held shared; growth
-//!   and close take it exclusively, so `mdb_env_set_mapsize` never unmaps
-//!   memory that a read is using.
-//! - Transactions begin and end inside one call; nothing keeps one open
-//!   across calls except reset (inactive) read transactions in a pool, which
-//!   hold a reader slot but no snapshot, and pinned reads (`ReadTxn::pin`),
-//!   kept open for the rest of the process for a buffer over their pages
-//!   that unpickling code kept.
-//! - After `fork()`, the child never touches what the parent opened: no
-//!   transaction of it begins, ends or returns to a pool there (its reader
-//!   slots live in the lock file both processes share).
+//! Pooled read transactions are the exception to "nothing stays open
+//! across calls": they are reset (inactive), holding a reader slot but no
+//! snapshot. Pinned reads (`ReadTxn::pin`) stay open for the rest of the
+//! process, for a buffer over their pages that unpickling code kept. After
+//! `fork()`, the child never touches what the parent opened: no transaction
+//! of it begins, ends or returns to a pool there (its reader slots live in
+//! the lock file both processes share).
 
 use std::cell::{Cell, UnsafeCell};
 use std::mem::ManuallyDrop;
@@ -24,11 +21,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use lmdb::{Database, Environment, EnvironmentFlags, RwTransaction, Transaction};
+use lmdb::{Cursor as _, Database, Environment, EnvironmentFlags, RwTransaction, Transaction};
 use lmdb_sys as ffi;
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::errors::{Result, StoreError};
+use crate::buffer::{Batch, Op, Payload};
+use crate::error::{Error, Result};
 use crate::files::{self, EnvPaths};
 use crate::gate::{ExclusiveGuard, Gate, SharedGuard};
 
@@ -200,7 +198,9 @@ pub struct Env {
     /// `None` once closed. Read under the gate (shared or exclusive); taken
     /// only with the write lock and the exclusive gate held.
     lmdb: UnsafeCell<Option<Environment>>,
-    dbi: ffi::MDB_dbi,
+    /// The main (unnamed) database, opened with the environment; its
+    /// number stays valid for the environment's life.
+    db: Database,
     pub gate: Gate,
     /// One write transaction at a time, and none during growth.
     write_lock: Mutex<()>,
@@ -235,18 +235,12 @@ unsafe impl Sync for Env {}
 // SAFETY: as above; nothing in Env is tied to the creating thread.
 unsafe impl Send for Env {}
 
-/// What failed while opening, with the errno (> 0), LMDB code (< 0), or 0
-/// for a refusal of our own.
-#[derive(Debug)]
-pub struct OpenError {
-    pub code: c_int,
-    pub what: String,
-}
-
-fn open_err(code: c_int, what: impl Into<String>) -> OpenError {
-    OpenError {
+/// An open of `path` that failed: see [`Error::Open`].
+fn open_err(path: &Path, code: c_int, what: impl Into<String>) -> Error {
+    Error::Open {
         code,
         what: what.into(),
+        path: path.display().to_string(),
     }
 }
 
@@ -338,7 +332,7 @@ fn current_map_size(env: &Environment) -> usize {
 /// An LMDB environment that was just opened and what belongs to it.
 struct Opened {
     lmdb: Environment,
-    dbi: ffi::MDB_dbi,
+    db: Database,
 }
 
 /// Open LMDB's environment at `path` with a map of `map_size` bytes, and its
@@ -350,7 +344,7 @@ fn open_lmdb(
     options: &EnvOptions,
     map_size: usize,
     data_file: Option<&std::fs::File>,
-) -> std::result::Result<Opened, OpenError> {
+) -> Result<Opened> {
     let shown = path.display();
     let mut builder = Environment::new();
     builder
@@ -361,6 +355,7 @@ fn open_lmdb(
         .open_with_permissions(path, options.mode)
         .map_err(|e| {
             open_err(
+                path,
                 e.to_err_code(),
                 format!("cannot open LMDB environment at {shown}"),
             )
@@ -369,17 +364,18 @@ fn open_lmdb(
     let mut dead: c_int = 0;
     // SAFETY: env.env() is a live, open environment handle.
     unsafe { ffi::mdb_reader_check(env.env(), &mut dead) };
-    let main_db = |code: c_int| open_err(code, format!("cannot open the main database of {shown}"));
+    let main_db = |code: c_int| {
+        open_err(
+            path,
+            code,
+            format!("cannot open the main database of {shown}"),
+        )
+    };
     // Each MDB_MAP_RESIZED means another process committed a larger map
     // meanwhile; the bound only stops a loop that something else broke.
     for _ in 0..1000 {
         match env.open_db(None) {
-            Ok(db) => {
-                return Ok(Opened {
-                    dbi: db.dbi(),
-                    lmdb: env,
-                })
-            }
+            Ok(db) => return Ok(Opened { db, lmdb: env }),
             Err(lmdb::Error::MapResized) => {}
             Err(e) => return Err(main_db(e.to_err_code())),
         }
@@ -400,19 +396,20 @@ fn open_lmdb(
 }
 
 impl Env {
-    pub fn open(path: &Path, options: &EnvOptions) -> std::result::Result<Env, OpenError> {
+    pub fn open(path: &Path, options: &EnvOptions) -> Result<Env> {
         let shown = path.display();
         let mut created_dir = false;
         match std::fs::metadata(path) {
             Ok(md) => {
                 if options.subdir && !md.is_dir() {
                     return Err(open_err(
-                        libc::ENOTDIR,
+ path,                         libc::ENOTDIR,
                         format!("cannot open {shown}: not a directory (subdir=True wants a directory; pass subdir=False for a single file)"),
                     ));
                 }
                 if !options.subdir && md.is_dir() {
                     return Err(open_err(
+                        path,
                         libc::EISDIR,
                         format!(
                             "cannot open {shown}: it is a directory and subdir=False wants a file"
@@ -423,7 +420,7 @@ impl Env {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !options.create || options.readonly {
                     return Err(open_err(
-                        libc::ENOENT,
+ path,                         libc::ENOENT,
                         format!("cannot open {shown}: it does not exist (create=False or readonly=True)"),
                     ));
                 }
@@ -433,6 +430,7 @@ impl Env {
                     dir.mode(options.mode | 0o700);
                     if let Err(e) = dir.create(path) {
                         return Err(open_err(
+                            path,
                             io_code(&e),
                             format!("cannot create directory {shown}"),
                         ));
@@ -440,7 +438,7 @@ impl Env {
                     created_dir = true;
                 }
             }
-            Err(e) => return Err(open_err(io_code(&e), format!("cannot open {shown}"))),
+            Err(e) => return Err(open_err(path, io_code(&e), format!("cannot open {shown}"))),
         }
         let paths = EnvPaths::new(path, options.subdir);
         let data_existed = paths.data.symlink_metadata().is_ok();
@@ -457,11 +455,7 @@ impl Env {
         opened
     }
 
-    fn open_files(
-        path: &Path,
-        paths: &EnvPaths,
-        options: &EnvOptions,
-    ) -> std::result::Result<Env, OpenError> {
+    fn open_files(path: &Path, paths: &EnvPaths, options: &EnvOptions) -> Result<Env> {
         use std::os::unix::fs::OpenOptionsExt;
         let shown = path.display();
         let writemap = options.writemap && !options.readonly;
@@ -476,6 +470,7 @@ impl Env {
                 .open(&paths.data)
                 .map_err(|e| {
                     open_err(
+                        path,
                         io_code(&e),
                         format!("cannot open the data file {}", paths.data.display()),
                     )
@@ -488,6 +483,7 @@ impl Env {
             Some(file) => Some(
                 files::RangeLock::exclusive(file, files::GROWTH_LOCK_BYTE).map_err(|e| {
                     open_err(
+                        path,
                         io_code(&e),
                         format!("cannot lock the data file {}", paths.data.display()),
                     )
@@ -499,6 +495,7 @@ impl Env {
         match Env::inspect_data_file(path, paths, data_file.as_ref())? {
             Some(files::DataFile::Damaged(problem)) => {
                 return Err(open_err(
+                    path,
                     0,
                     format!(
                         "cannot open {shown}: the data file {} {problem}",
@@ -508,6 +505,7 @@ impl Env {
             }
             Some(files::DataFile::Empty) if options.readonly => {
                 return Err(open_err(
+                    path,
                     0,
                     format!(
                         "cannot open {shown} read-only: its data file {} is empty (0 bytes), \
@@ -532,6 +530,7 @@ impl Env {
             files::prepare_lock_file(&paths.lock, options.max_readers, options.mode).map_err(
                 |e| {
                     open_err(
+                        path,
                         io_code(&e),
                         format!(
                             "cannot open {shown}: cannot allocate its lock file {}",
@@ -543,11 +542,16 @@ impl Env {
         }
         let opened = open_lmdb(path, options, map_size, data_file.as_ref())?;
         drop(growth);
-        let file_id = data_file_id(path, options.subdir)
-            .map_err(|e| open_err(io_code(&e), format!("cannot stat the data file of {shown}")))?;
+        let file_id = data_file_id(path, options.subdir).map_err(|e| {
+            open_err(
+                path,
+                io_code(&e),
+                format!("cannot stat the data file of {shown}"),
+            )
+        })?;
         let map_size = current_map_size(&opened.lmdb);
         Ok(Env {
-            dbi: opened.dbi,
+            db: opened.db,
             lmdb: UnsafeCell::new(Some(opened.lmdb)),
             gate: Gate::default(),
             write_lock: Mutex::new(()),
@@ -572,9 +576,10 @@ impl Env {
         path: &Path,
         paths: &EnvPaths,
         data_file: Option<&std::fs::File>,
-    ) -> std::result::Result<Option<files::DataFile>, OpenError> {
+    ) -> Result<Option<files::DataFile>> {
         let failed = |e: std::io::Error| {
             open_err(
+                path,
                 io_code(&e),
                 format!(
                     "cannot open {}: cannot read its data file {}",
@@ -610,7 +615,7 @@ impl Env {
     /// An environment stays registered until it is closed, so one whose last
     /// store was released but whose close waits for reads is taken up again
     /// here (its count goes from 0 to 1) rather than opened a second time.
-    pub fn acquire(path: &Path, options: &EnvOptions) -> std::result::Result<Arc<Env>, OpenError> {
+    pub fn acquire(path: &Path, options: &EnvOptions) -> Result<Arc<Env>> {
         let mut registry = REGISTRY.lock();
         let generation = fork_generation();
         registry.retain(|w| w.strong_count() > 0);
@@ -631,10 +636,11 @@ impl Env {
         Ok(env)
     }
 
-    fn check_compatible(&self, path: &Path, o: &EnvOptions) -> std::result::Result<(), OpenError> {
+    fn check_compatible(&self, path: &Path, o: &EnvOptions) -> Result<()> {
         let mine = &self.options;
         let clash = |what: String| {
             open_err(
+                path,
                 0,
                 format!(
                     "cannot open {} with {what}: the same LMDB file is already open in this \
@@ -741,17 +747,13 @@ impl Env {
     }
 
     /// Why there is no environment: closed, or its map was lost.
-    fn gone(&self) -> StoreError {
+    fn gone(&self) -> Error {
         match self.lost.get() {
-            Some(text) => StoreError::Unusable(text.clone()),
-            None => StoreError::Closed,
+            Some(text) => Error::Unusable(text.clone()),
+            None => Error::Closed {
+                path: self.path.display().to_string(),
+            },
         }
-    }
-
-    fn database(&self) -> Database {
-        // SAFETY: `Database` is a plain dbi number; this one was opened at
-        // `Env::open` and stays valid for the environment's life.
-        unsafe { std::mem::transmute::<ffi::MDB_dbi, Database>(self.dbi) }
     }
 
     #[cfg(test)]
@@ -765,9 +767,11 @@ impl Env {
     /// Lock the writer mutex. When this thread is inside a read (a nested
     /// call from unpickling), a writer that waits for the gate exclusively
     /// would wait for us forever: give up with `WouldDeadlock` then.
-    pub fn lock_writer(&self) -> Result<MutexGuard<'_, ()>> {
+    fn lock_writer(&self) -> Result<MutexGuard<'_, ()>> {
         if self.generation != fork_generation() {
-            return Err(StoreError::Forked);
+            // LMDB's rule: no write transaction of an environment opened
+            // before fork() begins in the child.
+            return Err(Error::Forked);
         }
         if !self.gate.held_by_current_thread() {
             return Ok(self.write_lock.lock());
@@ -777,27 +781,53 @@ impl Env {
                 return Ok(g);
             }
             if self.gate.exclusive_pending() {
-                return Err(StoreError::WouldDeadlock("a write"));
+                return Err(Error::WouldDeadlock("a write"));
             }
         }
+    }
+
+    /// Commit `batch` in one write transaction: all of it, or none of it.
+    /// The map grows first if the batch's bytes do not fit (see
+    /// `reserve_locked`), and again on MDB_MAP_FULL, up to `cap`; growths
+    /// are recorded for `take_growths`. Call without the GIL.
+    pub fn commit<P: Payload>(&self, batch: &Batch<P>, cap: Option<usize>) -> Result<()> {
+        let ops = batch.sorted();
+        let _writer = self.lock_writer()?;
+        self.reserve_locked(batch.bytes(), cap)?;
+        self.write_locked(cap, &mut |txn, db| apply_sorted(txn, db, &ops))
+    }
+
+    /// Delete every entry, in one write transaction (LMDB empties the
+    /// database in place). Call without the GIL.
+    pub fn clear(&self, cap: Option<usize>) -> Result<()> {
+        let _writer = self.lock_writer()?;
+        self.write_locked(cap, &mut |txn, db| txn.clear_db(db))
+    }
+
+    /// Delete `key` if its stored value is still `expected`, in one write
+    /// transaction; `Ok(false)` when it changed or is gone. Call without the
+    /// GIL.
+    pub fn remove_if(&self, key: &[u8], expected: &[u8], cap: Option<usize>) -> Result<bool> {
+        let _writer = self.lock_writer()?;
+        self.write_locked(cap, &mut |txn, db| match txn.get(db, &key) {
+            Ok(current) if current == expected => {
+                txn.del(db, &key, None)?;
+                Ok(true)
+            }
+            Ok(_) | Err(lmdb::Error::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        })
     }
 
     /// Run `body` in one write transaction and commit it, growing the map on
     /// MDB_MAP_FULL (up to `cap`) and adopting another process's growth on
     /// MDB_MAP_RESIZED, replaying `body` from the start each time. Growths
-    /// are recorded for `take_growths`. Call without the GIL: `body` must not
-    /// touch Python.
-    pub fn write<T>(
-        &self,
-        cap: Option<usize>,
-        mut body: impl FnMut(&mut RwTransaction<'_>, Database) -> lmdb::Result<T>,
-    ) -> Result<T> {
-        let _writer = self.lock_writer()?;
-        self.write_locked(cap, &mut body)
-    }
-
-    /// `write` for a caller that already holds `lock_writer()`.
-    pub fn write_locked<T>(
+    /// are recorded for `take_growths`. The caller holds `lock_writer()`.
+    ///
+    /// Spine rule 1: private, and in a crate without PyO3, so `body` is
+    /// plain Rust over bytes: no transaction, and no closure over one,
+    /// leaves this file, and Python cannot run while one is open.
+    fn write_locked<T>(
         &self,
         cap: Option<usize>,
         body: &mut dyn FnMut(&mut RwTransaction<'_>, Database) -> lmdb::Result<T>,
@@ -818,18 +848,18 @@ impl Env {
                         self.adopt_locked()?;
                         continue;
                     }
-                    Err(e) => return Err(StoreError::from_lmdb(e, self.what("begin a write"))),
+                    Err(e) => return Err(Error::from_lmdb(e, self.what("begin a write"))),
                 };
-                match body(&mut txn, self.database()) {
+                match body(&mut txn, self.db) {
                     Ok(value) => match txn.commit() {
                         Ok(()) => return Ok(value),
                         Err(lmdb::Error::MapFull) => Next::Grow,
                         Err(lmdb::Error::MapResized) => Next::Adopt,
-                        Err(e) => return Err(StoreError::from_lmdb(e, self.what("commit"))),
+                        Err(e) => return Err(Error::from_lmdb(e, self.what("commit"))),
                     },
                     Err(lmdb::Error::MapFull) => Next::Grow,
                     Err(lmdb::Error::MapResized) => Next::Adopt,
-                    Err(e) => return Err(StoreError::from_lmdb(e, self.what("write"))),
+                    Err(e) => return Err(Error::from_lmdb(e, self.what("write"))),
                 }
                 // `txn` is dropped (aborted) here, before the gate guard.
             };
@@ -862,7 +892,7 @@ impl Env {
             Ok(files::Allocation::Done) => want,
             Ok(files::Allocation::Unsupported) => usize::MAX,
             Err(e) => {
-                return Err(StoreError::lmdb(
+                return Err(Error::lmdb(
                     io_code(&e),
                     format!(
                         "commit in {} (writemap=True needs disk space for the whole map, \
@@ -880,7 +910,7 @@ impl Env {
     fn grow_locked(&self, cap: Option<usize>) -> Result<()> {
         let x = self.gate.exclusive("growing the map")?;
         let from = current_map_size(self.lmdb_exclusive(&x)?);
-        let to = next_map_size(from, cap).ok_or(StoreError::MapFull {
+        let to = next_map_size(from, cap).ok_or(Error::MapFull {
             map_size: from,
             max_map_size: cap.unwrap_or(from),
         })?;
@@ -893,7 +923,7 @@ impl Env {
     /// Grow the map so that `extra` more bytes fit, before a big write whose
     /// size is known up front (saves failed attempts). Caller holds the
     /// write lock.
-    pub fn reserve_locked(&self, extra: usize, cap: Option<usize>) -> Result<()> {
+    fn reserve_locked(&self, extra: usize, cap: Option<usize>) -> Result<()> {
         loop {
             let (map_size, used) = {
                 let g = self.gate.wait_shared();
@@ -925,7 +955,7 @@ impl Env {
     fn resize_locked(&self, x: &ExclusiveGuard<'_>, size: Option<usize>, op: &str) -> Result<()> {
         let env = self.lmdb_exclusive(x)?.env();
         let old = self.map_size.load(Ordering::Relaxed);
-        let io_failure = |e: std::io::Error| StoreError::lmdb(io_code(&e), self.what(op));
+        let io_failure = |e: std::io::Error| Error::lmdb(io_code(&e), self.what(op));
         // Other processes of this package take this lock before they open
         // the file with writemap or resize such a map: nobody maps a size
         // read before the file changes under it.
@@ -946,7 +976,7 @@ impl Env {
                 self.map_size.store(now, Ordering::Relaxed);
                 Ok(())
             }
-            Err(Remap::Kept(rc)) => Err(StoreError::lmdb(rc, self.what(op))),
+            Err(Remap::Kept(rc)) => Err(Error::lmdb(rc, self.what(op))),
             Err(Remap::Unmapped(rc)) => self.reopen_locked(x, old, rc, op),
             Err(Remap::Dangling(rc)) => Err(self.give_up_locked(x, rc, op, true)),
         }
@@ -975,11 +1005,11 @@ impl Env {
             return Err(self.give_up_locked(x, rc, op, false));
         }
         match open_lmdb(&self.path, &self.options, map_size, self.data_file.as_ref()) {
-            Ok(opened) if opened.dbi == self.dbi => {
+            Ok(opened) if opened.db.dbi() == self.db.dbi() => {
                 self.map_size
                     .store(current_map_size(&opened.lmdb), Ordering::Relaxed);
                 *slot = Some(opened.lmdb);
-                Err(StoreError::lmdb(rc, self.what(op)))
+                Err(Error::lmdb(rc, self.what(op)))
             }
             _ => Err(self.give_up_locked(x, rc, op, false)),
         }
@@ -988,13 +1018,7 @@ impl Env {
     /// The environment cannot be used again: forget it (`leak`: without
     /// closing it, because LMDB's map pointer may point at memory that is no
     /// longer its own) and refuse every later call.
-    fn give_up_locked(
-        &self,
-        _x: &ExclusiveGuard<'_>,
-        rc: c_int,
-        op: &str,
-        leak: bool,
-    ) -> StoreError {
+    fn give_up_locked(&self, _x: &ExclusiveGuard<'_>, rc: c_int, op: &str, leak: bool) -> Error {
         self.abort_pool();
         // SAFETY: write lock + exclusive gate: nobody else touches `lmdb`.
         let slot = unsafe { &mut *self.lmdb.get() };
@@ -1008,10 +1032,10 @@ impl Env {
              open it again",
             self.path.display(),
             op,
-            crate::errors::strerror(rc)
+            crate::error::strerror(rc)
         );
         let text = self.lost.get_or_init(|| text).clone();
-        StoreError::Unusable(text)
+        Error::Unusable(text)
     }
 
     /// Abort the pooled (reset) read transactions. With the exclusive gate
@@ -1040,10 +1064,13 @@ impl Env {
     /// another process grew the map: drop the guard, `adopt_resize`, retry.
     pub fn begin_read<'a>(&'a self, guard: SharedGuard<'a>) -> Result<Option<ReadTxn<'a>>> {
         if self.generation != fork_generation() {
-            // Inherited across fork(): its pool and reader slots are the
-            // parent's.
-            return Err(StoreError::Forked);
+            // LMDB's rule: an environment is used only in the process that
+            // opened it, never after fork(). Its pool and reader slots are
+            // the parent's: begin nothing, renew nothing here.
+            return Err(Error::Forked);
         }
+        // Spine rule 3: the transaction keeps `guard`, and every slice it
+        // hands out borrows the transaction, so no LMDB memory outlives it.
         let env = self.lmdb_shared(&guard)?;
         let pooled = self.pool.lock().pop();
         let mut txn = None;
@@ -1093,11 +1120,11 @@ impl Env {
                     unsafe { ffi::mdb_reader_check(env.env(), &mut dead) };
                 }
                 ffi::MDB_READERS_FULL => {
-                    return Err(StoreError::ReadersFull {
+                    return Err(Error::ReadersFull {
                         max_readers: self.options.max_readers,
                     })
                 }
-                rc => return Err(StoreError::lmdb(rc, self.what("begin a read"))),
+                rc => return Err(Error::lmdb(rc, self.what("begin a read"))),
             }
         }
         unreachable!("the loop returns on its second pass")
@@ -1109,7 +1136,7 @@ impl Env {
         // SAFETY: env is open; mdb_env_info fills the struct.
         let rc = unsafe { ffi::mdb_env_info(env.env(), raw.as_mut_ptr()) };
         if rc != 0 {
-            return Err(StoreError::lmdb(rc, self.what("read env info")));
+            return Err(Error::lmdb(rc, self.what("read env info")));
         }
         // SAFETY: initialised by mdb_env_info above (and zeroed before).
         let raw = unsafe { raw.assume_init() };
@@ -1127,7 +1154,7 @@ impl Env {
         let env = self.lmdb_shared(g)?;
         let s = env
             .stat()
-            .map_err(|e| StoreError::from_lmdb(e, self.what("read env stat")))?;
+            .map_err(|e| Error::from_lmdb(e, self.what("read env stat")))?;
         Ok(DbStat {
             psize: s.page_size(),
             depth: s.depth(),
@@ -1146,7 +1173,7 @@ impl Env {
             return Ok(());
         }
         env.sync(force)
-            .map_err(|e| StoreError::from_lmdb(e, self.what("sync")))
+            .map_err(|e| Error::from_lmdb(e, self.what("sync")))
     }
 
     /// Close the environment: waits for every read in flight and for the
@@ -1187,6 +1214,40 @@ impl Drop for Env {
     }
 }
 
+/// Apply sorted, unique operations (a value, or `None` to delete). Keys past
+/// the database's last key are appended (MDB_APPEND: no tree search, full
+/// pages), which is what sequential keys make common.
+fn apply_sorted(txn: &mut RwTransaction<'_>, db: Database, ops: &[Op<'_>]) -> lmdb::Result<()> {
+    let last: Option<Vec<u8>> = {
+        let cursor = txn.open_ro_cursor(db)?;
+        match cursor.get(None, None, ffi::MDB_LAST) {
+            Ok((k, _)) => k.map(|k| k.to_vec()),
+            Err(lmdb::Error::NotFound) => None,
+            Err(e) => return Err(e),
+        }
+    };
+    let split = match &last {
+        Some(last) => ops.partition_point(|(k, _)| *k <= &last[..]),
+        None => 0,
+    };
+    for (k, v) in &ops[..split] {
+        match v {
+            Some(v) => txn.put(db, k, v, lmdb::WriteFlags::empty())?,
+            None => match txn.del(db, k, None) {
+                Ok(()) | Err(lmdb::Error::NotFound) => {}
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    for (k, v) in &ops[split..] {
+        // A deletion past the last key has nothing to delete.
+        if let Some(v) = v {
+            txn.put(db, k, v, lmdb::WriteFlags::APPEND)?;
+        }
+    }
+    Ok(())
+}
+
 /// A read transaction with the gate held shared. Returned to the pool
 /// (reset) when dropped; the gate is released after that. A pinned one
 /// stays open instead (see [`ReadTxn::pin`]).
@@ -1219,7 +1280,7 @@ unsafe fn from_val<'t>(v: &ffi::MDB_val) -> &'t [u8] {
 
 /// Cursor positioning for chunked scans.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Seek {
+pub(crate) enum Seek {
     First,
     Last,
     /// First key >= this.
@@ -1235,6 +1296,9 @@ impl<'a> ReadTxn<'a> {
     /// never freed. Permanent because the holder's release does not prove it
     /// is done: pickle's Unpickler releases its input buffer when
     /// re-initialised, and reads on through the pointer it kept.
+    ///
+    /// Spine rule 3 still holds: the memory stays valid for as long as the
+    /// buffer over it can be reached, since it is never released.
     pub fn pin(&self, env: &Arc<Env>) {
         debug_assert!(std::ptr::eq(Arc::as_ptr(env), self.env));
         if !self.pinned.replace(true) {
@@ -1245,7 +1309,7 @@ impl<'a> ReadTxn<'a> {
     /// The stored bytes of `key`; the slice points into the map and lives as
     /// long as this transaction.
     pub fn get(&self, key: &[u8]) -> Result<Option<&[u8]>> {
-        if !crate::keys::key_len_ok(key.len()) {
+        if !crate::key_len_ok(key.len()) {
             return Ok(None);
         }
         let mut k = to_val(key);
@@ -1254,14 +1318,14 @@ impl<'a> ReadTxn<'a> {
             mv_data: ptr::null_mut(),
         };
         // SAFETY: live read txn and dbi of this env; k points to `key`.
-        let rc = unsafe { ffi::mdb_get(self.txn, self.env.dbi, &mut k, &mut v) };
+        let rc = unsafe { ffi::mdb_get(self.txn, self.env.db.dbi(), &mut k, &mut v) };
         match rc {
             0 => {
                 // SAFETY: `v` was filled by mdb_get inside `self`.
                 Ok(Some(unsafe { from_val(&v) }))
             }
             ffi::MDB_NOTFOUND => Ok(None),
-            rc => Err(StoreError::lmdb(rc, self.env.what("read"))),
+            rc => Err(Error::lmdb(rc, self.env.what("read"))),
         }
     }
 
@@ -1269,9 +1333,9 @@ impl<'a> ReadTxn<'a> {
     pub fn entries(&self) -> Result<usize> {
         let mut st = std::mem::MaybeUninit::<ffi::MDB_stat>::zeroed();
         // SAFETY: live txn and dbi; mdb_stat fills the struct.
-        let rc = unsafe { ffi::mdb_stat(self.txn, self.env.dbi, st.as_mut_ptr()) };
+        let rc = unsafe { ffi::mdb_stat(self.txn, self.env.db.dbi(), st.as_mut_ptr()) };
         if rc != 0 {
-            return Err(StoreError::lmdb(rc, self.env.what("stat")));
+            return Err(Error::lmdb(rc, self.env.what("stat")));
         }
         // SAFETY: filled above.
         Ok(unsafe { st.assume_init() }.ms_entries)
@@ -1282,9 +1346,9 @@ impl<'a> ReadTxn<'a> {
         let mut raw: *mut ffi::MDB_cursor = ptr::null_mut();
         // SAFETY: live txn and dbi; `Cursor` closes it before the txn ends
         // (it borrows `self`).
-        let rc = unsafe { ffi::mdb_cursor_open(self.txn, self.env.dbi, &mut raw) };
+        let rc = unsafe { ffi::mdb_cursor_open(self.txn, self.env.db.dbi(), &mut raw) };
         if rc != 0 {
-            return Err(StoreError::lmdb(rc, self.env.what("open a cursor")));
+            return Err(Error::lmdb(rc, self.env.what("open a cursor")));
         }
         Ok(Cursor {
             raw,
@@ -1304,7 +1368,7 @@ impl<'a> ReadTxn<'a> {
 
     /// Walk keys from a position, calling `f(key, value)` until it returns
     /// false or the keys run out. Slices live as long as this transaction.
-    pub fn scan<'t>(
+    pub(crate) fn scan<'t>(
         &'t self,
         seek: Seek,
         from: &[u8],
@@ -1368,7 +1432,7 @@ impl<'t> Cursor<'t> {
             // SAFETY: filled by mdb_cursor_get inside the transaction.
             0 => Ok(Some(unsafe { (from_val(&k), from_val(&v)) })),
             ffi::MDB_NOTFOUND => Ok(None),
-            rc => Err(StoreError::lmdb(rc, self.env.what(what))),
+            rc => Err(Error::lmdb(rc, self.env.what(what))),
         }
     }
 }
@@ -1415,7 +1479,7 @@ impl<'t> Ascending<'t> {
     /// The stored bytes of `key`, which must not sort before the key of the
     /// previous call. The slice lives as long as the transaction.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<&'t [u8]>> {
-        if !crate::keys::key_len_ok(key.len()) {
+        if !crate::key_len_ok(key.len()) {
             return Ok(None);
         }
         let mut stepped = false;
@@ -1456,11 +1520,12 @@ impl<'t> Ascending<'t> {
 impl Drop for ReadTxn<'_> {
     fn drop(&mut self) {
         if self.env.generation != fork_generation() {
-            // In a child that fork() made while this read was under way:
-            // resetting or aborting the transaction would clear the parent's
-            // reader slot in the shared lock file, letting writers reuse the
-            // pages the parent is reading. Leak it, and the gate hold (the
-            // gate's state is a copy nobody here uses again).
+            // In a child that fork() made while this read was under way.
+            // LMDB's rule: a transaction is never used after fork(), and
+            // resetting or aborting it here would clear the parent's reader
+            // slot in the shared lock file, letting writers reuse the pages
+            // the parent is reading. Leak it, and the gate hold (the gate's
+            // state is a copy nobody here uses again).
             return;
         }
         if self.pinned.get() {
@@ -1471,8 +1536,10 @@ impl Drop for ReadTxn<'_> {
             unsafe { ManuallyDrop::drop(&mut self.guard) };
             return;
         }
-        // SAFETY: `txn` is a live read txn we own; reset ends its snapshot
-        // and keeps its reader slot for reuse; abort frees both.
+        // SAFETY: `txn` is a live read txn we own, in the process that
+        // began it (a forked child returned above, as LMDB's no-fork rule
+        // requires); reset ends its snapshot and keeps its reader slot for
+        // reuse; abort frees both.
         unsafe { ffi::mdb_txn_reset(self.txn) };
         let mut pool = self.env.pool.lock();
         if pool.len() < POOL_MAX {
@@ -1501,7 +1568,7 @@ pub fn max_key_size() -> usize {
     // SAFETY: create/inspect/close an unopened env handle.
     unsafe {
         if ffi::mdb_env_create(&mut env) != 0 {
-            return crate::keys::MAX_KEY_SIZE;
+            return crate::MAX_KEY_SIZE;
         }
         let n = ffi::mdb_env_get_maxkeysize(env);
         ffi::mdb_env_close(env);
@@ -1525,7 +1592,8 @@ mod tests {
     }
 
     fn put_all(env: &Env, items: &[(Vec<u8>, Vec<u8>)], cap: Option<usize>) -> Result<()> {
-        env.write(cap, |txn, db| {
+        let _writer = env.lock_writer()?;
+        env.write_locked(cap, &mut |txn, db| {
             for (k, v) in items {
                 txn.put(db, k, v, lmdb::WriteFlags::empty())?;
             }
@@ -1542,7 +1610,7 @@ mod tests {
     #[test]
     fn version_and_key_size() {
         assert_eq!(lmdb_version(), (0, 9, 24));
-        assert_eq!(max_key_size(), crate::keys::MAX_KEY_SIZE);
+        assert_eq!(max_key_size(), crate::MAX_KEY_SIZE);
     }
 
     #[test]
@@ -1576,7 +1644,7 @@ mod tests {
             .collect();
         let info = env.info_shared(&env.gate.try_shared().unwrap()).unwrap();
         let err = put_all(&env, &big, Some(info.map_size)).unwrap_err();
-        assert!(matches!(err, StoreError::MapFull { .. }));
+        assert!(matches!(err, Error::MapFull { .. }));
         assert_eq!(read(&env, b"big0"), None, "a failed write leaves nothing");
         env.close().unwrap();
         assert!(env.is_closed());
@@ -1611,7 +1679,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                StoreError::Lmdb {
+                Error::Lmdb {
                     code: libc::ENOMEM | libc::EINVAL,
                     ..
                 }
@@ -1640,7 +1708,7 @@ mod tests {
         // No file system holds a 4 EiB file: the extension fails before
         // LMDB is asked for anything.
         let err = resize(&env, 1 << 62).unwrap_err();
-        assert!(matches!(err, StoreError::Lmdb { .. }), "{err:?}");
+        assert!(matches!(err, Error::Lmdb { .. }), "{err:?}");
         assert_eq!(std::fs::metadata(p.join("data.mdb")).unwrap().len(), len);
         assert_eq!(env.map_size.load(Ordering::Relaxed), 1 << 20);
         assert_eq!(read(&env, b"a000499"), Some(vec![3u8; 500]));
@@ -1657,21 +1725,18 @@ mod tests {
         FAIL_REOPEN.with(|f| f.set(true));
         let err = resize(&env, 1 << 62).unwrap_err();
         FAIL_REOPEN.with(|f| f.set(false));
-        let StoreError::Unusable(text) = err else {
+        let Error::Unusable(text) = err else {
             panic!("{err:?}")
         };
         assert!(text.contains(&p.display().to_string()), "{text}");
         assert!(text.contains("open it again"), "{text}");
         let g = env.gate.try_shared().unwrap();
-        assert!(matches!(env.begin_read(g), Err(StoreError::Unusable(_))));
+        assert!(matches!(env.begin_read(g), Err(Error::Unusable(_))));
         assert!(matches!(
             put_all(&env, &some_items("b"), None),
-            Err(StoreError::Unusable(_))
+            Err(Error::Unusable(_))
         ));
-        assert!(matches!(
-            resize(&env, 1 << 30),
-            Err(StoreError::Unusable(_))
-        ));
+        assert!(matches!(resize(&env, 1 << 30), Err(Error::Unusable(_))));
         env.close().unwrap();
         // The file is intact: a new environment reads it.
         let again = Env::open(&p, &EnvOptions::default()).unwrap();
@@ -1704,6 +1769,44 @@ mod tests {
             "closed and gone from the registry"
         );
         fresh.release().unwrap();
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
+    fn batch(items: &[(&[u8], Option<&[u8]>)]) -> Batch<Vec<u8>> {
+        let mut b = Batch::default();
+        for (k, v) in items {
+            b.insert(k, v.map(<[u8]>::to_vec));
+        }
+        b
+    }
+
+    #[test]
+    fn commit_clear_and_remove_if() {
+        let p = tmp("ops");
+        let env = Env::open(&p, &EnvOptions::default()).unwrap();
+        env.commit(&batch(&[(b"b", Some(b"1")), (b"d", Some(b"2"))]), None)
+            .unwrap();
+        // Before the last key, past it (appended), a deletion past it, and
+        // a key written twice: the last write wins.
+        let next = batch(&[
+            (b"z", Some(b"old")),
+            (b"a", Some(b"3")),
+            (b"b", None),
+            (b"y", None),
+            (b"z", Some(b"new")),
+        ]);
+        env.commit(&next, None).unwrap();
+        assert_eq!(read(&env, b"a"), Some(b"3".to_vec()));
+        assert_eq!(read(&env, b"b"), None);
+        assert_eq!(read(&env, b"d"), Some(b"2".to_vec()));
+        assert_eq!(read(&env, b"z"), Some(b"new".to_vec()));
+        assert!(!env.remove_if(b"d", b"other", None).unwrap());
+        assert!(!env.remove_if(b"missing", b"2", None).unwrap());
+        assert!(env.remove_if(b"d", b"2", None).unwrap());
+        assert_eq!(read(&env, b"d"), None);
+        env.clear(None).unwrap();
+        assert_eq!(read(&env, b"a"), None);
+        env.close().unwrap();
         let _ = std::fs::remove_dir_all(&p);
     }
 

@@ -1,4 +1,5 @@
-//! The write buffer: pickled values and tombstones waiting for a commit.
+//! The write buffer: pickled values and tombstones waiting for a commit,
+//! and the batch type that a commit writes ("sorted, last write wins").
 //!
 //! It has two parts. `active` takes new writes. `inflight` is the batch a
 //! commit is writing right now: it stays readable until the commit succeeds,
@@ -15,6 +16,25 @@ impl<T: AsRef<[u8]> + Send + Sync + std::fmt::Debug> Pickle for T {}
 
 /// Shared pickle bytes.
 pub type Bytes = Arc<dyn Pickle>;
+
+/// What a batch holds for a key that is not deleted: anything that shows its
+/// bytes. The buffer holds shared [`Bytes`]; a one-off batch (`put_many`)
+/// may hold its values without sharing them.
+pub trait Payload {
+    fn payload(&self) -> &[u8];
+}
+
+impl Payload for Bytes {
+    fn payload(&self) -> &[u8] {
+        (**self).as_ref()
+    }
+}
+
+impl Payload for Vec<u8> {
+    fn payload(&self) -> &[u8] {
+        self
+    }
+}
 
 /// A buffered value: the pickle bytes, or a tombstone.
 pub type Value = Option<Bytes>;
@@ -33,9 +53,9 @@ pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// One batch of writes, one entry per key (the last write wins). Each key
 /// remembers when it first arrived, so a batch written in key order (the
 /// common case) comes out sorted without a sort.
-#[derive(Default, Debug)]
-pub struct Batch {
-    map: FastMap<Box<[u8]>, (u32, Value)>,
+#[derive(Debug)]
+pub struct Batch<P = Bytes> {
+    map: FastMap<Box<[u8]>, (u32, Option<P>)>,
     next_seq: u32,
     /// Key and value bytes: what a commit writes.
     bytes: usize,
@@ -52,15 +72,22 @@ pub struct Batch {
 const KEY_COST: usize = 16 + 2 * (std::mem::size_of::<(Box<[u8]>, (u32, Value))>() + 1);
 const VALUE_COST: usize = 48 + 48;
 
-fn entry_memory(key_len: usize, value: &Value) -> usize {
-    key_len
-        + KEY_COST
-        + value
-            .as_ref()
-            .map_or(0, |v| (**v).as_ref().len() + VALUE_COST)
+fn entry_memory<P: Payload>(key_len: usize, value: &Option<P>) -> usize {
+    key_len + KEY_COST + value.as_ref().map_or(0, |v| v.payload().len() + VALUE_COST)
 }
 
-impl Batch {
+impl<P> Default for Batch<P> {
+    fn default() -> Self {
+        Batch {
+            map: FastMap::default(),
+            next_seq: 0,
+            bytes: 0,
+            memory: 0,
+        }
+    }
+}
+
+impl<P: Payload> Batch<P> {
     pub fn with_capacity(n: usize) -> Self {
         Batch {
             map: FastMap::with_capacity_and_hasher(n, Default::default()),
@@ -88,16 +115,16 @@ impl Batch {
         self.memory
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Value> {
+    pub fn get(&self, key: &[u8]) -> Option<&Option<P>> {
         self.map.get(key).map(|(_, v)| v)
     }
 
-    pub fn insert(&mut self, key: &[u8], value: Value) {
-        let add = value.as_ref().map_or(0, |v| (**v).as_ref().len());
+    pub fn insert(&mut self, key: &[u8], value: Option<P>) {
+        let add = value.as_ref().map_or(0, |v| v.payload().len());
         let add_memory = entry_memory(key.len(), &value);
         match self.map.get_mut(key) {
             Some((_, slot)) => {
-                let old = slot.as_ref().map_or(0, |v| (**v).as_ref().len());
+                let old = slot.as_ref().map_or(0, |v| v.payload().len());
                 let old_memory = entry_memory(key.len(), slot);
                 *slot = value;
                 self.bytes = self.bytes - old + add;
@@ -118,7 +145,7 @@ impl Batch {
         // then a sort only if that is not already key order.
         let mut slots: Vec<Option<Op<'_>>> = vec![None; self.next_seq as usize];
         for (k, (seq, v)) in &self.map {
-            slots[*seq as usize] = Some((&k[..], v.as_ref().map(|v| (**v).as_ref())));
+            slots[*seq as usize] = Some((&k[..], v.as_ref().map(P::payload)));
         }
         let mut v: Vec<Op<'_>> = slots.into_iter().flatten().collect();
         if !v.windows(2).all(|w| w[0].0 < w[1].0) {
@@ -127,7 +154,7 @@ impl Batch {
         v
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Value)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Option<P>)> {
         self.map.iter().map(|(k, (_, v))| (&k[..], v))
     }
 }
@@ -241,7 +268,7 @@ impl WriteBuffer {
         let newer = std::mem::replace(
             &mut self.active,
             Arc::try_unwrap(batch).unwrap_or_else(|shared| {
-                let mut copy = Batch::default();
+                let mut copy = Batch::<Bytes>::default();
                 for (k, v) in shared.iter() {
                     copy.insert(k, v.clone());
                 }
@@ -396,7 +423,7 @@ mod tests {
 
     #[test]
     fn sorted_is_ascending_bytes() {
-        let mut b = Batch::default();
+        let mut b = Batch::<Bytes>::default();
         for k in [&b"b"[..], b"a", b"\xff", b"ab", b"\x00"] {
             b.insert(k, None);
         }

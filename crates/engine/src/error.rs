@@ -1,0 +1,155 @@
+//! The engine's error enum: every way a storage operation can fail, each
+//! with the message the user reads (its `Display`). The binding picks the
+//! Python exception class for each variant and adds nothing to the text.
+
+use std::ffi::CStr;
+use std::fmt;
+use std::os::raw::c_int;
+
+/// Every failure the engine reports.
+#[derive(Debug)]
+pub enum Error {
+    /// The store (or its environment) is closed or closing.
+    Closed { path: String },
+    /// The map reached its cap and the write did not fit.
+    MapFull {
+        map_size: usize,
+        max_map_size: usize,
+    },
+    /// Every reader slot of the lock file is taken.
+    ReadersFull { max_readers: u32 },
+    /// The call would wait for a read that this same thread holds.
+    WouldDeadlock(&'static str),
+    /// The call would unmap memory that a buffer lent to unpickling code
+    /// may still point into (see `ReadTxn::pin`).
+    Pinned(&'static str),
+    /// The environment was opened by the parent process before `fork()`:
+    /// this process must not use it.
+    Forked,
+    /// An error from LMDB (negative code) or the OS (errno) during `what`.
+    Lmdb { code: c_int, what: String },
+    /// The environment lost its map and could not get it back: every call
+    /// is refused rather than touch memory that is gone. Says what happened.
+    Unusable(String),
+    /// Opening `path` failed: an OS error (`code` > 0, an errno), an LMDB
+    /// error (`code` < 0), or a refusal of the engine's own (`code` 0: a
+    /// damaged data file, settings that clash with an open environment).
+    Open {
+        code: c_int,
+        what: String,
+        path: String,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// LMDB's own text for an error code (also covers errno values).
+pub fn strerror(code: c_int) -> String {
+    // SAFETY: mdb_strerror returns a pointer to a static (or thread-local
+    // strerror) NUL-terminated string for any code; we copy it at once.
+    unsafe {
+        let p = lmdb_sys::mdb_strerror(code);
+        if p.is_null() {
+            return format!("error {code}");
+        }
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+impl Error {
+    pub fn lmdb(code: c_int, what: impl Into<String>) -> Self {
+        Error::Lmdb {
+            code,
+            what: what.into(),
+        }
+    }
+
+    pub(crate) fn from_lmdb(err: lmdb::Error, what: impl Into<String>) -> Self {
+        Error::lmdb(err.to_err_code(), what)
+    }
+
+    /// The same failure, naming `path` if it says the store is closed: a
+    /// store reports its own path, not the one its shared environment was
+    /// first opened with.
+    pub fn for_store(self, path: &str) -> Self {
+        match self {
+            Error::Closed { .. } => Error::Closed { path: path.into() },
+            e => e,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Closed { path } => write!(f, "the store at {path} is closed"),
+            Error::MapFull {
+                map_size,
+                max_map_size,
+            } => write!(
+                f,
+                "the write does not fit: the map is {map_size} bytes and max_map_size is \
+                 {max_map_size}; raise max_map_size or delete entries (nothing was written)"
+            ),
+            Error::ReadersFull { max_readers } => write!(
+                f,
+                "all {max_readers} LMDB reader slots are in use; open the store with a larger \
+                 max_readers= (it must be set by the first process that opens the file)"
+            ),
+            Error::WouldDeadlock(what) => write!(
+                f,
+                "{what} would wait for a read held by this same thread (called from code run \
+                 while unpickling a value); do it after the read returns"
+            ),
+            Error::Pinned(what) => write!(
+                f,
+                "{what} is refused: code run while unpickling a value kept pickle's view of \
+                 the store's memory (its Unpickler, or a buffer taken in its place), so that \
+                 memory stays mapped until this process exits; do that in another process"
+            ),
+            Error::Forked => f.write_str(
+                "this LMDB environment belongs to the process that opened it, before fork(); \
+                 the store opens its own in this process on its next call",
+            ),
+            Error::Unusable(text) => f.write_str(text),
+            Error::Lmdb { code, what } => {
+                let text = strerror(*code);
+                match write_failure_hint(*code) {
+                    Some(hint) => write!(f, "{what}: {text} (code {code}); {hint}"),
+                    None => write!(f, "{what}: {text} (code {code})"),
+                }
+            }
+            Error::Open { code: 0, what, .. } => f.write_str(what),
+            Error::Open { code, what, .. } => write!(f, "{what}: {}", strerror(*code)),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// What to do about an OS error that stopped LMDB writing its data file or
+/// mapping it.
+/// LMDB reports a short write as EIO, and a short write is what a file size
+/// limit or a disk that fills up part-way produces, so EIO names those causes
+/// too: the bare strerror text ("Input/output error") suggests a failing disk.
+fn write_failure_hint(code: c_int) -> Option<&'static str> {
+    match code {
+        libc::ENOSPC | libc::EDQUOT => {
+            Some("the disk or the quota is full: free space, then retry")
+        }
+        libc::EFBIG => Some(
+            "the data file may not grow past the process's file size limit \
+             (RLIMIT_FSIZE, `ulimit -f`): raise the limit, then retry",
+        ),
+        libc::ENOMEM => Some(
+            "the process may not map or allocate more memory (RLIMIT_AS, `ulimit -v`, or the \
+             machine's address space): raise the limit or lower max_map_size, then retry",
+        ),
+        libc::EIO => Some(
+            "the data file could not be written in full: the disk may be full, the \
+             process's file size limit (RLIMIT_FSIZE, `ulimit -f`) reached, or the device \
+             failing; fix that, then retry",
+        ),
+        _ => None,
+    }
+}

@@ -1,0 +1,215 @@
+//! The constructor's arguments: checked, converted and kept as the
+//! [`Settings`] a store's core is built from (the store options, the key
+//! policy, and the LMDB options of the environment).
+
+use std::path::PathBuf;
+
+use engine::EnvOptions;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::codec;
+use crate::keys::KeyPolicy;
+
+pub const DEFAULT_MAX_BUFFER_BYTES: usize = 64 * 1024 * 1024;
+
+/// Everything a store is opened with, checked.
+pub struct Settings {
+    /// The path as opened, byte for byte.
+    pub fs_path: PathBuf,
+    /// The path as messages and `store.path` show it.
+    pub path: String,
+    pub batch_size: usize,
+    pub max_buffer_bytes: usize,
+    pub autoflush_on_read: bool,
+    pub max_map_size: Option<usize>,
+    pub protocol: i32,
+    pub keys: KeyPolicy,
+    pub options: EnvOptions,
+    /// The constructor's keyword arguments, for pickling the store.
+    pub init_kwargs: Py<PyDict>,
+}
+
+impl Settings {
+    /// Check and convert `LmdbObjectStore.__init__`'s arguments; the first
+    /// bad one raises, naming itself.
+    #[allow(clippy::too_many_arguments)]
+    pub fn parse(
+        py: Python<'_>,
+        db_path: &Bound<'_, PyAny>,
+        batch_size: i64,
+        autoflush_on_read: Option<&Bound<'_, PyAny>>,
+        key_encoding: Option<String>,
+        key_errors: String,
+        str_normalize: Option<String>,
+        max_map_size: Option<&Bound<'_, PyAny>>,
+        max_buffer_bytes: i64,
+        pickle_protocol: Option<i32>,
+        lmdb_options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        // Any truthy value, as 0.1.0 took it; None (not given) means True.
+        let autoflush_on_read = match autoflush_on_read {
+            None => true,
+            Some(v) => v.is_truthy()?,
+        };
+        let fspath = py
+            .import("os")?
+            .call_method1("fspath", (db_path,))
+            .map_err(|e| {
+                if codec::passes_through(py, &e) {
+                    return e;
+                }
+                PyTypeError::new_err(format!(
+                    "db_path must be str or os.PathLike, got {}",
+                    type_name(db_path)
+                ))
+            })?;
+        // Through os.fsencode, so a str path with surrogate escapes (a
+        // non-UTF-8 name) opens the same file as its bytes spelling.
+        let raw = py.import("os")?.call_method1("fsencode", (&fspath,))?;
+        let path: PathBuf = {
+            use std::os::unix::ffi::OsStringExt;
+            let b: Vec<u8> = raw.extract()?;
+            PathBuf::from(std::ffi::OsString::from_vec(b))
+        };
+        if batch_size < 1 {
+            return Err(PyValueError::new_err(format!(
+                "batch_size must be >= 1, got {batch_size}"
+            )));
+        }
+        let batch_size = batch_size as usize;
+        if max_buffer_bytes < 0 {
+            return Err(PyValueError::new_err(format!(
+                "max_buffer_bytes must be >= 0, got {max_buffer_bytes}"
+            )));
+        }
+        let max_buffer_bytes = max_buffer_bytes as usize;
+        let max_map_size = match max_map_size {
+            None => None,
+            Some(v) if v.is_none() => None,
+            Some(v) => {
+                let n = usize_opt("max_map_size", v)?;
+                if n == 0 {
+                    return Err(PyValueError::new_err("max_map_size must be > 0 or None"));
+                }
+                Some(n)
+            }
+        };
+        let protocol = match pickle_protocol {
+            Some(p) if p >= 0 => p,
+            // Negative means the highest, as pickle reads it.
+            _ => py
+                .import("pickle")?
+                .getattr("HIGHEST_PROTOCOL")?
+                .extract()?,
+        };
+        // An unknown protocol fails here, not at the first put.
+        codec::dumps(py, &py.None().into_bound(py), protocol).map_err(|e| {
+            if codec::passes_through(py, &e) {
+                return e;
+            }
+            PyValueError::new_err(format!("pickle_protocol={protocol}: {}", e.value(py)))
+        })?;
+        let keys = KeyPolicy::new(py, key_encoding, key_errors, str_normalize)?;
+        let options = parse_lmdb_options(lmdb_options)?;
+        let init_kwargs = PyDict::new(py);
+        init_kwargs.set_item("batch_size", batch_size)?;
+        init_kwargs.set_item("autoflush_on_read", autoflush_on_read)?;
+        init_kwargs.set_item("key_encoding", keys.encoding.as_deref())?;
+        init_kwargs.set_item("key_errors", keys.errors.as_str())?;
+        init_kwargs.set_item("str_normalize", keys.normalize.map(|n| n.name()))?;
+        init_kwargs.set_item("max_map_size", max_map_size)?;
+        init_kwargs.set_item("max_buffer_bytes", max_buffer_bytes)?;
+        init_kwargs.set_item("pickle_protocol", protocol)?;
+        if let Some(extra) = lmdb_options {
+            init_kwargs.update(extra.as_mapping())?;
+        }
+        Ok(Settings {
+            path: path.display().to_string(),
+            fs_path: path,
+            batch_size,
+            max_buffer_bytes,
+            autoflush_on_read,
+            max_map_size,
+            protocol,
+            keys,
+            options,
+            init_kwargs: init_kwargs.unbind(),
+        })
+    }
+}
+
+fn bool_opt(v: &Bound<'_, PyAny>) -> PyResult<bool> {
+    v.is_truthy()
+}
+
+pub fn usize_opt(name: &str, v: &Bound<'_, PyAny>) -> PyResult<usize> {
+    let n: i128 = v.extract().map_err(|e| {
+        if codec::passes_through(v.py(), &e) {
+            return e;
+        }
+        PyTypeError::new_err(format!("{name} must be an int, got {}", type_name(v)))
+    })?;
+    if n < 0 {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be >= 0, got {n}"
+        )));
+    }
+    usize::try_from(n).map_err(|_| PyValueError::new_err(format!("{name} is too large: {n}")))
+}
+
+pub fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn parse_lmdb_options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<EnvOptions> {
+    let mut o = EnvOptions::default();
+    let Some(kwargs) = kwargs else {
+        return Ok(o);
+    };
+    for (k, v) in kwargs.iter() {
+        let name: String = k.extract()?;
+        match name.as_str() {
+            "map_size" => {
+                o.map_size = usize_opt("map_size", &v)?;
+                if o.map_size == 0 {
+                    return Err(PyValueError::new_err("map_size must be > 0"));
+                }
+            }
+            "subdir" => o.subdir = bool_opt(&v)?,
+            "readonly" => o.readonly = bool_opt(&v)?,
+            "metasync" => o.metasync = bool_opt(&v)?,
+            "sync" => o.sync = bool_opt(&v)?,
+            "map_async" => o.map_async = bool_opt(&v)?,
+            "mode" => {
+                o.mode = u32::try_from(usize_opt("mode", &v)?)
+                    .map_err(|_| PyValueError::new_err("mode is too large"))?
+            }
+            "create" => o.create = bool_opt(&v)?,
+            "readahead" => o.readahead = bool_opt(&v)?,
+            "writemap" => o.writemap = bool_opt(&v)?,
+            "meminit" => o.meminit = bool_opt(&v)?,
+            "max_readers" => {
+                let n = usize_opt("max_readers", &v)?;
+                if n == 0 || n > u32::MAX as usize {
+                    return Err(PyValueError::new_err(format!(
+                        "max_readers must be between 1 and {}, got {n}",
+                        u32::MAX
+                    )));
+                }
+                o.max_readers = n as u32;
+            }
+            "lock" => o.lock = bool_opt(&v)?,
+            other => {
+                return Err(PyTypeError::new_err(format!(
+                    "LmdbObjectStore() got an unexpected keyword argument '{other}'"
+                )))
+            }
+        }
+    }
+    Ok(o)
+}
