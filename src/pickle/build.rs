@@ -31,6 +31,7 @@ pub fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Option<Bound<'py, Py
 /// Move the (empty) vectors of a scratch into a scratch of another object
 /// type of the same layout: the pool keeps them as `Owned<'static>` between
 /// reads, a read uses them as `Owned<'py>`.
+#[inline]
 fn retype_scratch<A, B>(from: &mut Scratch<A>) -> Scratch<B> {
     Scratch {
         stack: retype(std::mem::take(&mut from.stack)),
