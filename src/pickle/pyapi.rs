@@ -517,6 +517,21 @@ impl<'py> Owned<'py> {
 
     /// UTF-8 decoded with "surrogatepass", as the unpickler decodes it.
     pub fn str(py: Python<'py>, utf8: &[u8]) -> Option<Self> {
+        let n = utf8.len();
+        if n >= 2 && utf8.is_ascii() {
+            // The object the decoder makes for ASCII, made directly: a new
+            // compact ASCII string, filled in. (Below 2 characters the
+            // decoder hands out shared singletons: it is left to do so.)
+            // SAFETY: see the note above the constructors; a brand-new
+            // string of `n` characters of at most 127 has `n` one-byte
+            // slots (and its terminator already written), which we fill
+            // before anyone else sees it.
+            unsafe {
+                let s = Self::from_result(py, ffi::PyUnicode_New(n as ffi::Py_ssize_t, 127))?;
+                std::ptr::copy_nonoverlapping(utf8.as_ptr(), ffi::PyUnicode_1BYTE_DATA(s.ptr()), n);
+                return Some(s);
+            }
+        }
         // SAFETY: see the note above the constructors; the slice is valid
         // for its length.
         Self::from_result(py, unsafe {
