@@ -1,29 +1,64 @@
 //! Building Python objects for the pickle reader: the reader's `Builder` over
-//! the C API, and the small cache of dict-key strings it reuses across reads.
+//! the C API, and what it keeps from one read to the next (a small cache of
+//! dict-key strings, the reader's working vectors).
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use pyo3::prelude::*;
 
-use super::decode::{decode, Builder, Outcome, Slot, Stop};
+use super::decode::{decode, Builder, Outcome, Scratch, Slot, Stop};
 use super::pyapi::Owned;
 
 /// Read `data` natively: `Ok(None)` hands it to CPython's unpickler.
 pub fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let mut builder = PyBuilder {
-        py,
-        keys: KeyCacheLease::take(),
+    let mut lease = PoolLease::take();
+    let (keys, mut scratch) = match lease.0.as_deref_mut() {
+        Some(pool) => (Some(&mut pool.keys), retype_scratch(&mut pool.scratch)),
+        None => (None, Scratch::default()),
     };
-    match decode(&mut builder, data) {
+    let mut builder = PyBuilder { py, keys };
+    let outcome = decode(&mut builder, data, &mut scratch);
+    if let Some(pool) = lease.0.as_deref_mut() {
+        pool.scratch = retype_scratch(&mut scratch);
+    }
+    match outcome {
         Outcome::Value(obj) => Ok(Some(obj.into_bound())),
         Outcome::Fallback => Ok(None),
         Outcome::Refused(msg) => Err(super::unpickling_error(py, &msg)),
     }
 }
 
-struct PyBuilder<'py> {
+/// Move the (empty) vectors of a scratch into a scratch of another object
+/// type of the same layout: the pool keeps them as `Owned<'static>` between
+/// reads, a read uses them as `Owned<'py>`.
+#[inline]
+fn retype_scratch<A, B>(from: &mut Scratch<A>) -> Scratch<B> {
+    Scratch {
+        stack: retype(std::mem::take(&mut from.stack)),
+        marks: std::mem::take(&mut from.marks),
+        memo: retype(std::mem::take(&mut from.memo)),
+        memo_wanted: from.memo_wanted,
+    }
+}
+
+/// An empty vector as an empty vector of another element type of the same
+/// size and alignment, keeping its allocation.
+fn retype<A, B>(v: Vec<A>) -> Vec<B> {
+    assert!(
+        v.is_empty()
+            && std::mem::size_of::<A>() == std::mem::size_of::<B>()
+            && std::mem::align_of::<A>() == std::mem::align_of::<B>()
+    );
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: the allocation was made for `capacity` elements of A's size
+    // and alignment, which are B's (asserted), so it is a valid allocation
+    // for `capacity` B's; the length is 0, so no element is reinterpreted.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<B>(), 0, v.capacity()) }
+}
+
+struct PyBuilder<'py, 'k> {
     py: Python<'py>,
-    keys: KeyCacheLease,
+    keys: Option<&'k mut KeyCache>,
 }
 
 /// A failed C-API call (its error already cleared): CPython's unpickler
@@ -40,7 +75,7 @@ fn done(ok: bool) -> Result<(), Stop> {
     }
 }
 
-impl<'py> Builder for PyBuilder<'py> {
+impl<'py> Builder for PyBuilder<'py, '_> {
     type Obj = Owned<'py>;
 
     fn share(&mut self, obj: &Owned<'py>) -> Owned<'py> {
@@ -69,7 +104,7 @@ impl<'py> Builder for PyBuilder<'py> {
 
     fn str(&mut self, utf8: &[u8], dict_key: bool) -> Result<Owned<'py>, Stop> {
         if dict_key && utf8.len() <= KEY_MAX_LEN {
-            if let Some(cache) = self.keys.get() {
+            if let Some(cache) = self.keys.as_deref_mut() {
                 return made(cache.key(self.py, utf8));
             }
         }
@@ -92,16 +127,34 @@ impl<'py> Builder for PyBuilder<'py> {
         made(Owned::list(self.py))
     }
 
-    fn list_extend(
+    fn list_of(
         &mut self,
-        list: &Owned<'py>,
         items: std::vec::Drain<'_, Slot<Owned<'py>>>,
-    ) -> Result<(), Stop> {
-        if !list.is_list() {
+    ) -> Result<Owned<'py>, Stop> {
+        made(Owned::list_of(self.py, items.map(|slot| slot.obj)))
+    }
+
+    fn list_extend(&mut self, stack: &mut Vec<Slot<Owned<'py>>>, at: usize) -> Result<(), Stop> {
+        let target = &stack[at - 1].obj;
+        if !target.is_list() {
             // A bytearray, say, has `extend`: CPython's unpickler calls it.
             return Err(Stop::Fallback);
         }
-        for slot in items {
+        if target.is_lone_empty_list() {
+            // Only the stack refers to it (the memo does not hold it): a
+            // list made at its final size takes its place, rather than
+            // one grown item by item.
+            let list = made(Owned::list_of(self.py, stack.drain(at..).map(|s| s.obj)))?;
+            stack[at - 1].obj = list;
+            return Ok(());
+        }
+        let list = target.share();
+        if stack.len() - at >= SPLICE_FROM {
+            // Grown once, as CPython's unpickler does.
+            let items = made(Owned::list_of(self.py, stack.drain(at..).map(|s| s.obj)))?;
+            return done(list.list_splice_end(&items));
+        }
+        for slot in stack.drain(at..) {
             done(list.list_append(slot.obj))?;
         }
         Ok(())
@@ -169,29 +222,28 @@ struct KeyCache {
 
 struct KeySlot {
     len: u8,
-    utf8: [u8; KEY_MAX_LEN],
+    /// The key's UTF-8 as [`words`] reads it.
+    words: [u64; 4],
     /// An owned reference, or null for an empty slot.
     obj: *mut pyo3::ffi::PyObject,
 }
 
 impl KeyCache {
-    fn new() -> Box<Self> {
+    fn new() -> Self {
         let slots = (0..KEY_SLOTS)
             .map(|_| KeySlot {
                 len: 0,
-                utf8: [0; KEY_MAX_LEN],
+                words: [0; 4],
                 obj: std::ptr::null_mut(),
             })
             .collect();
-        Box::new(KeyCache { slots })
+        KeyCache { slots }
     }
 
     fn key<'py>(&mut self, py: Python<'py>, utf8: &[u8]) -> Option<Owned<'py>> {
-        let slot = &mut self.slots[hash(utf8) & (KEY_SLOTS - 1)];
-        if !slot.obj.is_null()
-            && usize::from(slot.len) == utf8.len()
-            && slot.utf8[..utf8.len()] == *utf8
-        {
+        let words = words(utf8);
+        let slot = &mut self.slots[hash(&words) & (KEY_SLOTS - 1)];
+        if !slot.obj.is_null() && usize::from(slot.len) == utf8.len() && slot.words == words {
             // SAFETY: the slot owns a reference to this live str; we take a
             // new one for the caller (GIL held: we have the token).
             return Some(unsafe { Owned::from_borrowed(py, slot.obj) });
@@ -199,7 +251,7 @@ impl KeyCache {
         let obj = Owned::str(py, utf8)?;
         let old = std::mem::replace(&mut slot.obj, obj.share().into_ptr());
         slot.len = utf8.len() as u8;
-        slot.utf8[..utf8.len()].copy_from_slice(utf8);
+        slot.words = words;
         if !old.is_null() {
             // SAFETY: the slot owned this reference; GIL held.
             unsafe { pyo3::ffi::Py_DECREF(old) };
@@ -208,51 +260,82 @@ impl KeyCache {
     }
 }
 
-/// FxHash-style mixing of up to 32 bytes, eight at a time.
-fn hash(bytes: &[u8]) -> usize {
-    let mut h = bytes.len() as u64;
-    for chunk in bytes.chunks(8) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+/// Up to 32 bytes read as four words that between them hold every byte
+/// (reads overlap when the length is not a multiple of the word), so two
+/// strings of one length are equal exactly when their words are. Whole-word
+/// loads, rather than a byte copy into a word, which stalled every read.
+#[inline]
+fn words(b: &[u8]) -> [u64; 4] {
+    debug_assert!(b.len() <= KEY_MAX_LEN);
+    let n = b.len();
+    let at8 = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+    let at4 = |i: usize| u64::from(u32::from_le_bytes(b[i..i + 4].try_into().unwrap()));
+    if n >= 16 {
+        [at8(0), at8(8), at8(n - 16), at8(n - 8)]
+    } else if n >= 8 {
+        [at8(0), at8(n - 8), 0, 0]
+    } else if n >= 4 {
+        [at4(0) | at4(n - 4) << 32, 0, 0, 0]
+    } else if n > 0 {
+        let w = u64::from(b[0]) | u64::from(b[n / 2]) << 8 | u64::from(b[n - 1]) << 16;
+        [w, 0, 0, 0]
+    } else {
+        [0; 4]
+    }
+}
+
+/// FxHash-style mixing of the four words.
+#[inline]
+fn hash(words: &[u64; 4]) -> usize {
+    let mut h = 0u64;
+    for &w in words {
+        h = (h.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
     (h >> 20) as usize
 }
 
-/// The one key cache, lent to one read at a time: a read that starts while
+/// Batches at least this long extend a list that others see in one step.
+const SPLICE_FROM: usize = 16;
+
+/// What one read keeps for the next: the key cache and the reader's vectors.
+struct Pool {
+    keys: KeyCache,
+    scratch: Scratch<Owned<'static>>,
+}
+
+/// The one pool, lent to one read at a time: a read that starts while
 /// another holds it (a `__del__` run by the collector during a read that
 /// reads again, or another thread where there is no GIL) goes without.
-static KEY_CACHE: AtomicPtr<KeyCache> = AtomicPtr::new(std::ptr::null_mut());
-static KEY_CACHE_MADE: AtomicBool = AtomicBool::new(false);
+static POOL: AtomicPtr<Pool> = AtomicPtr::new(std::ptr::null_mut());
+static POOL_MADE: AtomicBool = AtomicBool::new(false);
 
-struct KeyCacheLease(Option<Box<KeyCache>>);
+struct PoolLease(Option<Box<Pool>>);
 
-impl KeyCacheLease {
+impl PoolLease {
     fn take() -> Self {
-        let p = KEY_CACHE.swap(std::ptr::null_mut(), Ordering::Acquire);
+        let p = POOL.swap(std::ptr::null_mut(), Ordering::Acquire);
         if !p.is_null() {
-            // SAFETY: KEY_CACHE only ever holds a pointer from Box::into_raw
-            // (see Drop), and the swap made it ours alone.
-            return KeyCacheLease(Some(unsafe { Box::from_raw(p) }));
+            // SAFETY: POOL only ever holds a pointer from Box::into_raw (see
+            // Drop), and the swap made it ours alone.
+            return PoolLease(Some(unsafe { Box::from_raw(p) }));
         }
-        if !KEY_CACHE_MADE.swap(true, Ordering::Relaxed) {
-            return KeyCacheLease(Some(KeyCache::new()));
+        if !POOL_MADE.swap(true, Ordering::Relaxed) {
+            return PoolLease(Some(Box::new(Pool {
+                keys: KeyCache::new(),
+                scratch: Scratch::default(),
+            })));
         }
-        KeyCacheLease(None)
-    }
-
-    fn get(&mut self) -> Option<&mut KeyCache> {
-        self.0.as_deref_mut()
+        PoolLease(None)
     }
 }
 
-impl Drop for KeyCacheLease {
+impl Drop for PoolLease {
     fn drop(&mut self) {
-        let Some(cache) = self.0.take() else {
+        let Some(pool) = self.0.take() else {
             return;
         };
-        let p = Box::into_raw(cache);
-        if KEY_CACHE
+        let p = Box::into_raw(pool);
+        if POOL
             .compare_exchange(
                 std::ptr::null_mut(),
                 p,
@@ -261,12 +344,12 @@ impl Drop for KeyCacheLease {
             )
             .is_err()
         {
-            // Cannot happen (only one lease holds the cache), but if it did
+            // Cannot happen (only one lease holds the pool), but if it did
             // this one is surplus: release its strings.
             // SAFETY: `p` came from Box::into_raw just above; the lease is
             // dropped inside a read, with the GIL held.
-            let cache = unsafe { Box::from_raw(p) };
-            for slot in cache.slots.iter().filter(|s| !s.obj.is_null()) {
+            let pool = unsafe { Box::from_raw(p) };
+            for slot in pool.keys.slots.iter().filter(|s| !s.obj.is_null()) {
                 // SAFETY: each slot owns a reference; GIL held.
                 unsafe { pyo3::ffi::Py_DECREF(slot.obj) };
             }

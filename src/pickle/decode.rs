@@ -40,6 +40,8 @@ pub enum Stop {
     /// Refused: CPython would crash or allocate what the stream merely
     /// claims; raise `UnpicklingError` with this message instead.
     Refused(Cow<'static, str>),
+    /// A GET met while reading without a memo: read again with one.
+    NeedMemo,
 }
 
 /// How the reader makes objects. Every method that can fail returns
@@ -62,12 +64,12 @@ pub trait Builder {
     fn bytearray(&mut self, data: &[u8]) -> Result<Self::Obj, Stop>;
     fn tuple(&mut self, items: std::vec::Drain<'_, Slot<Self::Obj>>) -> Result<Self::Obj, Stop>;
     fn list(&mut self) -> Result<Self::Obj, Stop>;
-    /// Extend an exact list.
-    fn list_extend(
-        &mut self,
-        list: &Self::Obj,
-        items: std::vec::Drain<'_, Slot<Self::Obj>>,
-    ) -> Result<(), Stop>;
+    /// A new list of `items`.
+    fn list_of(&mut self, items: std::vec::Drain<'_, Slot<Self::Obj>>) -> Result<Self::Obj, Stop>;
+    /// Extend the exact list `stack[at - 1]` with the items from `at` on.
+    /// A list that nothing but that slot refers to may be replaced by a new
+    /// list of the same items (no one can tell the two apart).
+    fn list_extend(&mut self, stack: &mut Vec<Slot<Self::Obj>>, at: usize) -> Result<(), Stop>;
     fn dict(&mut self) -> Result<Self::Obj, Stop>;
     /// Set key, value pairs (an even count) on an exact dict, in order.
     fn dict_update(
@@ -93,22 +95,89 @@ pub enum Outcome<O> {
     Refused(Cow<'static, str>),
 }
 
+/// The reader's working vectors, kept from one read to the next (empty
+/// between reads) so that a read allocates none of them.
+pub struct Scratch<O> {
+    pub stack: Vec<Slot<O>>,
+    pub marks: Vec<usize>,
+    pub memo: Vec<Option<Slot<O>>>,
+    /// The last read needed its memo: start the next one with it.
+    pub memo_wanted: bool,
+}
+
+impl<O> Default for Scratch<O> {
+    fn default() -> Self {
+        Scratch {
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: Vec::new(),
+            memo_wanted: false,
+        }
+    }
+}
+
+/// Vectors grown past this many items by an unusually big value are let go
+/// after the read rather than kept.
+const SCRATCH_KEPT: usize = 1 << 14;
+
+impl<O> Scratch<O> {
+    fn clear(&mut self) {
+        clear_keep(&mut self.stack);
+        clear_keep(&mut self.marks);
+        clear_keep(&mut self.memo);
+    }
+}
+
+fn clear_keep<T>(v: &mut Vec<T>) {
+    v.clear();
+    if v.capacity() > SCRATCH_KEPT {
+        *v = Vec::new();
+    }
+}
+
 /// Read one pickle from `data` (what follows its STOP is ignored, as by
-/// `pickle.loads`).
-pub fn decode<B: Builder>(builder: &mut B, data: &[u8]) -> Outcome<B::Obj> {
-    let mut machine = Machine {
-        input: data,
-        pos: 0,
-        stack: Vec::with_capacity(32),
-        marks: Vec::with_capacity(8),
-        memo: Memo::default(),
-    };
-    match machine.run(builder) {
-        Ok(value) => Outcome::Value(value),
-        Err(Stop::Fallback) => Outcome::Fallback,
-        Err(Stop::Malformed(msg)) if machine.memo.claims_big => Outcome::Refused(msg.into()),
-        Err(Stop::Malformed(_)) => Outcome::Fallback,
-        Err(Stop::Refused(msg)) => Outcome::Refused(msg),
+/// `pickle.loads`), with `scratch`'s vectors (left empty).
+///
+/// Most pickles never refer back to an object (no GET), so the memo is
+/// skipped: the read runs without it, and reads again from the start with
+/// it if a GET turns up. Building objects has no effect beyond them, so the
+/// first attempt's are simply dropped. The last read's need decides how
+/// the next one starts, which keeps a run of values of one shape from
+/// reading twice.
+pub fn decode<B: Builder>(
+    builder: &mut B,
+    data: &[u8],
+    scratch: &mut Scratch<B::Obj>,
+) -> Outcome<B::Obj> {
+    let mut with_memo = scratch.memo_wanted;
+    loop {
+        let mut machine = Machine {
+            input: data,
+            pos: 0,
+            stack: std::mem::take(&mut scratch.stack),
+            marks: std::mem::take(&mut scratch.marks),
+            memo: Memo::new(std::mem::take(&mut scratch.memo), with_memo),
+        };
+        let result = machine.run(builder);
+        let (claims_big, got) = (machine.memo.claims_big, machine.memo.got);
+        scratch.stack = machine.stack;
+        scratch.marks = machine.marks;
+        scratch.memo = machine.memo.dense;
+        drop(machine.memo.sparse);
+        scratch.clear();
+        scratch.memo_wanted = got;
+        return match result {
+            Ok(value) => Outcome::Value(value),
+            Err(Stop::NeedMemo) => {
+                debug_assert!(!with_memo);
+                with_memo = true;
+                continue;
+            }
+            Err(Stop::Fallback) => Outcome::Fallback,
+            Err(Stop::Malformed(msg)) if claims_big => Outcome::Refused(msg.into()),
+            Err(Stop::Malformed(_)) => Outcome::Fallback,
+            Err(Stop::Refused(msg)) => Outcome::Refused(msg),
+        };
     }
 }
 
@@ -120,6 +189,11 @@ const NO_MARK: &str = "could not find MARK";
 /// numbers them) live in a vector; others in a map, so a stream that names
 /// index 4 billion costs one entry, not 4 billion.
 struct Memo<O> {
+    /// Off: nothing is stored, and a GET asks for the read to start again
+    /// with the memo on.
+    on: bool,
+    /// A GET was read (with the memo on).
+    got: bool,
     dense: Vec<Option<Slot<O>>>,
     sparse: HashMap<u64, Slot<O>>,
     /// Entries set, the index MEMOIZE uses next (as CPython counts it).
@@ -129,18 +203,25 @@ struct Memo<O> {
     claims_big: bool,
 }
 
-impl<O> Default for Memo<O> {
-    fn default() -> Self {
+impl<O> Memo<O> {
+    fn new(dense: Vec<Option<Slot<O>>>, on: bool) -> Self {
         Memo {
-            dense: Vec::with_capacity(16),
+            on,
+            got: false,
+            dense,
             sparse: HashMap::new(),
             count: 0,
             claims_big: false,
         }
     }
-}
 
-impl<O> Memo<O> {
+    /// Whether setting `index` is a claim CPython would size its memo by.
+    /// An index past the stream's size is past every index set in order
+    /// (each takes an opcode), so with the memo off this alone decides.
+    fn far(index: u64, input_len: usize) -> bool {
+        index > (input_len as u64).max(1 << 16)
+    }
+
     fn put(&mut self, index: u64, slot: Slot<O>, input_len: usize) {
         if !self.sparse.is_empty() {
             if let Some(old) = self.sparse.get_mut(&index) {
@@ -159,7 +240,7 @@ impl<O> Memo<O> {
             self.dense.push(Some(slot));
             self.count += 1;
         } else {
-            if index > (input_len as u64).max(1 << 16) {
+            if Self::far(index, input_len) {
                 self.claims_big = true;
             }
             self.sparse.insert(index, slot);
@@ -234,6 +315,13 @@ impl<'d, O> Machine<'d, O> {
     #[inline]
     fn push(&mut self, obj: O, kind: Kind) {
         self.stack.push(Slot { obj, kind });
+        // Picklers memoize right after most objects. With the memo off a
+        // MEMOIZE does nothing but check that the stack has a top above the
+        // fence, which it has right after a push: take it here rather than
+        // through another turn of the loop.
+        if !self.memo.on && self.input.get(self.pos) == Some(&op::MEMOIZE) {
+            self.pos += 1;
+        }
     }
 
     /// The top of the stack, above the fence.
@@ -276,7 +364,19 @@ impl<'d, O> Machine<'d, O> {
         Ok(())
     }
 
+    #[inline]
     fn memo_put<B: Builder<Obj = O>>(&mut self, b: &mut B, index: u64) -> Result<(), Stop> {
+        if !self.memo.on {
+            self.top()?;
+            if Memo::<O>::far(index, self.input.len()) {
+                self.memo.claims_big = true;
+            }
+            return Ok(());
+        }
+        self.memo_store(b, index)
+    }
+
+    fn memo_store<B: Builder<Obj = O>>(&mut self, b: &mut B, index: u64) -> Result<(), Stop> {
         let top = self.top()?;
         let slot = Slot {
             obj: b.share(&top.obj),
@@ -287,6 +387,10 @@ impl<'d, O> Machine<'d, O> {
     }
 
     fn memo_get<B: Builder<Obj = O>>(&mut self, b: &mut B, index: u64) -> Result<(), Stop> {
+        if !self.memo.on {
+            return Err(Stop::NeedMemo);
+        }
+        self.memo.got = true;
         let Some(slot) = self.memo.get(index) else {
             return Err(Stop::Malformed("Memo value not found"));
         };
@@ -319,8 +423,7 @@ impl<'d, O> Machine<'d, O> {
         if len == x {
             return Ok(());
         }
-        let list = b.share(&self.stack[x - 1].obj);
-        b.list_extend(&list, self.stack.drain(x..))
+        b.list_extend(&mut self.stack, x)
     }
 
     /// CPython's `do_setitems`: key, value pairs from `x` on go to the dict
@@ -505,8 +608,7 @@ impl<'d, O> Machine<'d, O> {
                 }
                 op::LIST => {
                     let m = self.pop_mark()?;
-                    let list = b.list()?;
-                    b.list_extend(&list, self.stack.drain(m..))?;
+                    let list = b.list_of(self.stack.drain(m..))?;
                     self.push(list, Kind::Other);
                 }
                 op::APPEND => {
@@ -623,6 +725,16 @@ mod tests {
 
     /// A Python-like rendering, to compare what was read.
     fn show(v: &V) -> String {
+        show_to(v, usize::MAX)
+    }
+
+    /// `show` down to `depth` levels ("..." below), for values that may
+    /// contain themselves.
+    fn show_to(v: &V, depth: usize) -> String {
+        if depth == 0 {
+            return "...".into();
+        }
+        let show = |v: &V| show_to(v, depth - 1);
         let list = |items: &[Rc<V>]| items.iter().map(|i| show(i)).collect::<Vec<_>>().join(", ");
         match v {
             V::None => "None".into(),
@@ -704,14 +816,16 @@ mod tests {
             self.containers.push(list.clone());
             Ok(list)
         }
-        fn list_extend(
-            &mut self,
-            list: &Rc<V>,
-            items: std::vec::Drain<'_, Slot<Rc<V>>>,
-        ) -> Result<(), Stop> {
-            match &**list {
+        fn list_of(&mut self, items: std::vec::Drain<'_, Slot<Rc<V>>>) -> Result<Rc<V>, Stop> {
+            let list = Rc::new(V::List(RefCell::new(items.map(|s| s.obj).collect())));
+            self.containers.push(list.clone());
+            Ok(list)
+        }
+        fn list_extend(&mut self, stack: &mut Vec<Slot<Rc<V>>>, at: usize) -> Result<(), Stop> {
+            let list = stack[at - 1].obj.clone();
+            match &*list {
                 V::List(l) => {
-                    l.borrow_mut().extend(items.map(|s| s.obj));
+                    l.borrow_mut().extend(stack.drain(at..).map(|s| s.obj));
                     Ok(())
                 }
                 _ => Err(Stop::Fallback),
@@ -769,14 +883,19 @@ mod tests {
     }
 
     fn read(data: &[u8]) -> Outcome<Rc<V>> {
-        decode(&mut Plain::default(), data)
+        decode(&mut Plain::default(), data, &mut Scratch::default())
     }
 
     /// Read `data` and drop the outcome, breaking the cycles a stream that
     /// puts a container into itself makes (which `Rc` alone would leak).
-    fn read_and_drop(data: &[u8]) {
+    fn read_and_drop(data: &[u8], scratch: &mut Scratch<Rc<V>>) -> String {
         let mut plain = Plain::default();
-        drop(decode(&mut plain, data));
+        let shown = match decode(&mut plain, data, scratch) {
+            Outcome::Value(v) => show_to(&v, 6),
+            Outcome::Fallback => "fallback".into(),
+            Outcome::Refused(msg) => format!("refused: {msg}"),
+        };
+        assert!(scratch.stack.is_empty() && scratch.marks.is_empty() && scratch.memo.is_empty());
         for container in &plain.containers {
             match &**container {
                 V::List(items) | V::Set(items) => items.borrow_mut().clear(),
@@ -784,6 +903,7 @@ mod tests {
                 _ => {}
             }
         }
+        shown
     }
 
     /// pickle.dumps({"a": [1, 2.5, None, True], "b": (b"xy", "é"),
@@ -800,6 +920,46 @@ mod tests {
             "{\"a\": [1, 2.5, None, True], \"b\": (b\"xy\", \"é\"), \"c\": {3}, \
              \"d\": frozenset({4}), \"e\": bytearray(b\"z\"), \"f\": -1180591620717411303424}"
         );
+    }
+
+    /// pickle.dumps([s, s], 4) and pickle.dumps([s, [s]], 2) with s = "x":
+    /// the second item is a GET of the first.
+    const SHARED_4: &[u8] =
+        b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00]\x94(\x8c\x01x\x94h\x01e.";
+    const SHARED_2: &[u8] = b"\x80\x02]q\x00(X\x01\x00\x00\x00xq\x01]q\x02h\x01ae.";
+
+    #[test]
+    fn a_get_reads_again_with_the_memo_and_keeps_the_sharing() {
+        let mut scratch = Scratch::default();
+        for (data, nested) in [(SHARED_4, false), (SHARED_2, true), (SAMPLE, false)] {
+            // Each read with the memo first off, then first on.
+            for wanted in [false, true] {
+                scratch.memo_wanted = wanted;
+                let Outcome::Value(v) = decode(&mut Plain::default(), data, &mut scratch) else {
+                    panic!("not read");
+                };
+                assert!(scratch.stack.is_empty() && scratch.memo.is_empty());
+                let V::List(items) = &*v else {
+                    assert!(data == SAMPLE, "not a list");
+                    // Read once without a GET: the next read starts without the memo.
+                    assert!(!scratch.memo_wanted);
+                    continue;
+                };
+                let items = items.borrow();
+                let second = if nested {
+                    let V::List(inner) = &*items[1] else {
+                        panic!("not nested")
+                    };
+                    let x = inner.borrow()[0].clone();
+                    x
+                } else {
+                    items[1].clone()
+                };
+                // One object, as pickle.loads makes it, not two equal ones.
+                assert!(Rc::ptr_eq(&items[0], &second));
+                assert!(scratch.memo_wanted);
+            }
+        }
     }
 
     #[test]
@@ -938,6 +1098,10 @@ mod tests {
     #[test]
     fn fuzz_random_and_mutated_streams() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        // One scratch for all, as the store keeps one: what a read leaves
+        // behind (its vectors' room, whether it needed a memo) must not
+        // change the next one.
+        let mut scratch = Scratch::default();
         for case in 0..100_000 {
             let data: Vec<u8> = if case % 2 == 0 {
                 let mut d = SAMPLE.to_vec();
@@ -977,7 +1141,14 @@ mod tests {
             };
             // Whatever the outcome, it comes back (no panic, no hang), and
             // nothing read exceeds the input.
-            read_and_drop(&data);
+            let shown = read_and_drop(&data, &mut scratch);
+            // Read with the memo from the start, the outcome is the same:
+            // skipping it until a GET turns up changes nothing.
+            let mut with_memo = Scratch {
+                memo_wanted: true,
+                ..Scratch::default()
+            };
+            assert_eq!(read_and_drop(&data, &mut with_memo), shown, "{data:?}");
         }
     }
 }

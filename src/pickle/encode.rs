@@ -38,8 +38,10 @@ pub fn dumps<'py>(
     if !(2..=i32::from(super::HIGHEST_PROTOCOL)).contains(&protocol) {
         return Ok(None);
     }
-    let Some(out) = OutBytes::new(py, 256) else {
-        return Err(PyErr::fetch(py));
+    let Some(out) = OutBytes::new(py) else {
+        return Err(pyo3::exceptions::PyMemoryError::new_err(
+            "out of memory while pickling",
+        ));
     };
     let mut enc = Encoder {
         out,
@@ -138,18 +140,36 @@ impl<'a> Encoder<'a> {
 
     /// A counted payload: large ones go outside any frame, as CPython's
     /// `_Pickler_write_bytes` does.
-    fn write_payload(&mut self, header: &[u8], data: &[u8]) -> Step {
+    #[inline(always)]
+    fn write_payload<const H: usize>(&mut self, header: &[u8; H], data: &[u8]) -> Step {
         if data.len() >= FRAME_SIZE_TARGET {
-            self.commit_frame();
-            let framing = std::mem::replace(&mut self.framing, false);
-            self.write(header)?;
-            self.write(data)?;
-            self.framing = framing;
-            Ok(())
-        } else {
-            self.write(header)?;
-            self.write(data)
+            return self.write_big_payload(header, data);
         }
+        // Header and data in one reservation (and in the same frame).
+        let n = H + data.len();
+        if self.framing && self.frame_start.is_none() {
+            if !self.out.reserve(FRAME_HEADER_SIZE + n) {
+                return Err(Abort::NoMemory);
+            }
+            self.frame_start = Some(self.out.len());
+            self.out.skip(FRAME_HEADER_SIZE);
+        } else if !self.out.reserve(n) {
+            return Err(Abort::NoMemory);
+        }
+        self.out.push(header);
+        self.out.push_var(data);
+        Ok(())
+    }
+
+    /// A payload of a frame's size or more is written outside any frame.
+    #[cold]
+    fn write_big_payload(&mut self, header: &[u8], data: &[u8]) -> Step {
+        self.commit_frame();
+        let framing = std::mem::replace(&mut self.framing, false);
+        self.write(header)?;
+        self.write(data)?;
+        self.framing = framing;
+        Ok(())
     }
 
     fn save(&mut self, obj: Obj<'a>) -> Step {
@@ -435,7 +455,7 @@ impl<'a> Encoder<'a> {
     /// place only can be met again only inside a shared tuple.
     #[inline]
     fn memo_get(&self, obj: Obj<'a>) -> Option<u32> {
-        if self.memo.used == 0 || (self.in_shared_tuples == 0 && !obj.shared()) {
+        if self.memo.is_empty() || (self.in_shared_tuples == 0 && !obj.shared()) {
             return None;
         }
         self.memo.get(obj)
@@ -464,11 +484,19 @@ impl<'a> Encoder<'a> {
     }
 }
 
+/// Objects the memo holds inline, before it needs a table.
+const FEW: usize = 16;
+
 /// The pickler's memo: object identity -> memo index. Objects the encoder
 /// cannot meet twice are not stored, though they still take an index.
+/// The first few live in two small arrays searched in order, so that a
+/// value with few shared objects (most) allocates no table.
 #[derive(Default)]
 struct Memo<'a> {
-    /// Open addressing by address; 0 marks a free slot.
+    few: [usize; FEW],
+    few_index: [u32; FEW],
+    few_len: usize,
+    /// The rest: open addressing by address; 0 marks a free slot.
     slots: Vec<(usize, u32)>,
     used: usize,
     next: u32,
@@ -483,11 +511,19 @@ impl<'a> Memo<'a> {
         (mixed >> 32) & (self.slots.len() - 1)
     }
 
+    fn is_empty(&self) -> bool {
+        self.few_len == 0
+    }
+
+    #[inline]
     fn get(&self, obj: Obj<'a>) -> Option<u32> {
+        let addr = obj.ptr() as usize;
+        if let Some(i) = self.few[..self.few_len].iter().position(|&a| a == addr) {
+            return Some(self.few_index[i]);
+        }
         if self.used == 0 {
             return None;
         }
-        let addr = obj.ptr() as usize;
         let mask = self.slots.len() - 1;
         let mut i = self.slot_of(addr);
         loop {
@@ -507,7 +543,11 @@ impl<'a> Memo<'a> {
     fn put(&mut self, obj: Obj<'a>, keep: bool) -> Option<u32> {
         let index = self.next;
         self.next = index.checked_add(1)?;
-        if keep {
+        if keep && self.few_len < FEW {
+            self.few[self.few_len] = obj.ptr() as usize;
+            self.few_index[self.few_len] = index;
+            self.few_len += 1;
+        } else if keep {
             if (self.used + 1) * 2 > self.slots.len() {
                 self.grow();
             }

@@ -5,6 +5,7 @@
 use std::marker::PhantomData;
 use std::os::raw::{c_char, c_int};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -516,6 +517,21 @@ impl<'py> Owned<'py> {
 
     /// UTF-8 decoded with "surrogatepass", as the unpickler decodes it.
     pub fn str(py: Python<'py>, utf8: &[u8]) -> Option<Self> {
+        let n = utf8.len();
+        if n >= 2 && utf8.is_ascii() {
+            // The object the decoder makes for ASCII, made directly: a new
+            // compact ASCII string, filled in. (Below 2 characters the
+            // decoder hands out shared singletons: it is left to do so.)
+            // SAFETY: see the note above the constructors; a brand-new
+            // string of `n` characters of at most 127 has `n` one-byte
+            // slots (and its terminator already written), which we fill
+            // before anyone else sees it.
+            unsafe {
+                let s = Self::from_result(py, ffi::PyUnicode_New(n as ffi::Py_ssize_t, 127))?;
+                std::ptr::copy_nonoverlapping(utf8.as_ptr(), ffi::PyUnicode_1BYTE_DATA(s.ptr()), n);
+                return Some(s);
+            }
+        }
         // SAFETY: see the note above the constructors; the slice is valid
         // for its length.
         Self::from_result(py, unsafe {
@@ -577,6 +593,41 @@ impl<'py> Owned<'py> {
         Self::from_result(py, unsafe { ffi::PyList_New(0) })
     }
 
+    /// A list of `items`, which it takes over.
+    pub fn list_of(py: Python<'py>, items: impl ExactSizeIterator<Item = Self>) -> Option<Self> {
+        let len = items.len();
+        // SAFETY: as in `tuple`: the slots are filled with references we
+        // hand over before anything else runs, and a slot left null (an
+        // iterator shorter than promised) is allowed by list deallocation.
+        unsafe {
+            let list = Self::from_result(py, ffi::PyList_New(len as ffi::Py_ssize_t))?;
+            for (i, item) in items.enumerate().take(len) {
+                ffi::PyList_SET_ITEM(list.ptr(), i as ffi::Py_ssize_t, item.into_ptr());
+            }
+            Some(list)
+        }
+    }
+
+    /// An exact list that is empty and referred to by this reference alone.
+    pub fn is_lone_empty_list(&self) -> bool {
+        // SAFETY: reading the type, count and size of a live object we own.
+        unsafe {
+            self.is_list() && ffi::Py_REFCNT(self.ptr()) == 1 && ffi::Py_SIZE(self.ptr()) == 0
+        }
+    }
+
+    /// `list[len:] = items` on an exact list; false on failure.
+    pub fn list_splice_end(&self, items: &Self) -> bool {
+        debug_assert!(self.is_list());
+        // SAFETY: both are live lists; the call takes its own references to
+        // the items.
+        let rc = unsafe {
+            let end = ffi::PyList_GET_SIZE(self.ptr());
+            ffi::PyList_SetSlice(self.ptr(), end, end, items.ptr())
+        };
+        self.ok(rc)
+    }
+
     /// Append to an exact list; false (error cleared) on failure.
     pub fn list_append(&self, item: Self) -> bool {
         debug_assert!(self.is_list());
@@ -626,32 +677,63 @@ impl<'py> Owned<'py> {
     }
 }
 
-/// A bytes object the encoder writes into, grown as needed: the pickle is
-/// built in place, with no copy at the end.
+/// Where the encoder writes: a buffer kept from one call to the next (warm,
+/// already big enough), copied into a new bytes object at the end; or, once
+/// the pickle outgrows that buffer, a bytes object written in place and
+/// grown as needed, so that a big payload is copied once, not twice.
 pub struct OutBytes {
-    /// An owned, brand-new bytes object nobody else has seen (null only
-    /// after a failed resize, which freed it).
-    bytes: *mut ffi::PyObject,
+    /// Where the contents start: the kept buffer's storage, or the bytes
+    /// object's once `bytes` is set.
+    base: *mut u8,
     len: usize,
     cap: usize,
+    /// An owned, brand-new bytes object nobody else has seen, or null while
+    /// the kept buffer is used (and after a failed resize, which freed it).
+    bytes: *mut ffi::PyObject,
+    /// The kept buffer (always there until drop). Its length stays 0: its
+    /// storage is written through `base` only, and read only up to `len`.
+    scratch: Option<Box<Kept>>,
 }
 
+/// The kept buffer, boxed so that one pointer (in [`OUT_SCRATCH`]) holds it.
+#[derive(Default)]
+struct Kept(Vec<u8>);
+
+/// Pickles longer than this are written into a bytes object in place.
+const SCRATCH_MAX: usize = 256 * 1024;
+const SCRATCH_MIN: usize = 256;
+
+/// The kept buffer, lent to one encoder at a time (another, on another
+/// thread where there is no GIL, makes its own).
+static OUT_SCRATCH: AtomicPtr<Kept> = AtomicPtr::new(std::ptr::null_mut());
+
 impl OutBytes {
-    pub fn new(_py: Python<'_>, cap: usize) -> Option<Self> {
-        // SAFETY: GIL held; a null data pointer asks for uninitialised
-        // contents, which we write before anyone reads them.
-        let bytes = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), cap as _) };
-        if bytes.is_null() {
+    pub fn new(_py: Python<'_>) -> Option<Self> {
+        let p = OUT_SCRATCH.swap(std::ptr::null_mut(), Ordering::Acquire);
+        let mut scratch = if p.is_null() {
+            Box::default()
+        } else {
+            // SAFETY: OUT_SCRATCH only ever holds a pointer from
+            // Box::into_raw (see Drop), and the swap made it ours alone.
+            unsafe { Box::from_raw(p) }
+        };
+        if scratch.0.capacity() < SCRATCH_MIN && scratch.0.try_reserve_exact(SCRATCH_MIN).is_err() {
             return None;
         }
-        Some(OutBytes { bytes, len: 0, cap })
+        Some(OutBytes {
+            base: scratch.0.as_mut_ptr(),
+            len: 0,
+            cap: scratch.0.capacity(),
+            bytes: std::ptr::null_mut(),
+            scratch: Some(scratch),
+        })
     }
 
     pub fn len(&self) -> usize {
         self.len
     }
 
-    /// Room for `extra` more bytes; false on memory exhaustion (error set).
+    /// Room for `extra` more bytes; false on memory exhaustion.
     #[inline]
     pub fn reserve(&mut self, extra: usize) -> bool {
         if self.cap - self.len >= extra {
@@ -671,23 +753,49 @@ impl OutBytes {
         if cap > isize::MAX as usize {
             return false;
         }
-        // SAFETY: `bytes` is our brand-new bytes object (reference count 1,
-        // never shared), which is what _PyBytes_Resize requires; on failure
-        // it frees the object and nulls our pointer.
-        if unsafe { _PyBytes_Resize(&mut self.bytes, cap as ffi::Py_ssize_t) } != 0 {
-            return false;
+        if let (true, Some(scratch)) = (
+            self.bytes.is_null() && cap <= SCRATCH_MAX,
+            &mut self.scratch,
+        ) {
+            let mut bigger: Vec<u8> = Vec::new();
+            if bigger.try_reserve_exact(cap).is_err() {
+                return false;
+            }
+            // SAFETY: `len` bytes are written at `base` (the old buffer,
+            // still alive) and the new one has room for `cap` >= `len`.
+            unsafe { std::ptr::copy_nonoverlapping(self.base, bigger.as_mut_ptr(), self.len) };
+            scratch.0 = bigger;
+            self.base = scratch.0.as_mut_ptr();
+            self.cap = scratch.0.capacity();
+            return true;
         }
+        if self.bytes.is_null() {
+            // SAFETY: GIL held (an encoder runs inside a call holding it);
+            // a null data pointer asks for uninitialised contents, which we
+            // write before anyone reads them.
+            let bytes = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), cap as _) };
+            if bytes.is_null() {
+                return false;
+            }
+            // SAFETY: the new object has room for `cap` >= `len` bytes, and
+            // `len` bytes are written at `base`; the two cannot overlap.
+            unsafe {
+                let to = ffi::PyBytes_AS_STRING(bytes) as *mut u8;
+                std::ptr::copy_nonoverlapping(self.base, to, self.len);
+            }
+            self.bytes = bytes;
+        } else {
+            // SAFETY: `bytes` is our brand-new bytes object (reference count
+            // 1, never shared), which is what _PyBytes_Resize requires; on
+            // failure it frees the object and nulls our pointer.
+            if unsafe { _PyBytes_Resize(&mut self.bytes, cap as ffi::Py_ssize_t) } != 0 {
+                return false;
+            }
+        }
+        // SAFETY: `bytes` is live (just made or resized).
+        self.base = unsafe { ffi::PyBytes_AS_STRING(self.bytes) as *mut u8 };
         self.cap = cap;
         true
-    }
-
-    /// Where the contents start. Only ever written through (never read
-    /// as a slice past `len`: the rest is uninitialised).
-    #[inline]
-    fn base(&self) -> *mut u8 {
-        // SAFETY: `bytes` is live (reserve/grow keep it so or report failure,
-        // after which the encoder stops writing).
-        unsafe { ffi::PyBytes_AS_STRING(self.bytes) as *mut u8 }
     }
 
     /// Append; the caller has reserved the room.
@@ -695,18 +803,56 @@ impl OutBytes {
     pub fn push(&mut self, data: &[u8]) {
         assert!(data.len() <= self.cap - self.len);
         // SAFETY: the room is reserved (checked above) in storage only we can
-        // reach (brand new, unshared), and `data` cannot overlap it.
+        // reach (ours, or brand new and unshared), and `data` cannot overlap it.
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.base().add(self.len), data.len())
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.add(self.len), data.len())
         };
         self.len += data.len();
+    }
+
+    /// `push` for data of any length that was not just written (a string's
+    /// or bytes' contents): a short one (most) is copied inline, with two
+    /// overlapping loads and stores, rather than through a call to memcpy.
+    /// (Loads that straddle bytes just stored would stall: opcodes and
+    /// headers go through `push`.)
+    #[inline]
+    pub fn push_var(&mut self, data: &[u8]) {
+        let n = data.len();
+        if n > 16 {
+            return self.push(data);
+        }
+        assert!(n <= self.cap - self.len);
+        let (src, dst) = (data.as_ptr(), self.base.wrapping_add(self.len));
+        // SAFETY: the room is reserved (checked above) in storage only we can
+        // reach, and `data` cannot overlap it. Every read is within `data`
+        // (offsets 0 and n - 8 for 8 <= n <= 16, and so on) and every write
+        // within the `n` reserved bytes.
+        unsafe {
+            if n >= 8 {
+                let a = src.cast::<u64>().read_unaligned();
+                let b = src.add(n - 8).cast::<u64>().read_unaligned();
+                dst.cast::<u64>().write_unaligned(a);
+                dst.add(n - 8).cast::<u64>().write_unaligned(b);
+            } else if n >= 4 {
+                let a = src.cast::<u32>().read_unaligned();
+                let b = src.add(n - 4).cast::<u32>().read_unaligned();
+                dst.cast::<u32>().write_unaligned(a);
+                dst.add(n - 4).cast::<u32>().write_unaligned(b);
+            } else if n > 0 {
+                let (a, b, c) = (*src, *src.add(n / 2), *src.add(n - 1));
+                *dst = a;
+                *dst.add(n / 2) = b;
+                *dst.add(n - 1) = c;
+            }
+        }
+        self.len += n;
     }
 
     /// Overwrite bytes already written, at `at`.
     pub fn write_at(&mut self, at: usize, data: &[u8]) {
         assert!(at + data.len() <= self.len);
         // SAFETY: within the written part of our own storage; no overlap.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base().add(at), data.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.add(at), data.len()) };
     }
 
     /// Move the written bytes from `from` on back to `to` (to < from) and
@@ -715,7 +861,7 @@ impl OutBytes {
         assert!(to <= from && from <= self.len);
         // SAFETY: both ranges lie within the written part of our own
         // storage; `copy` allows them to overlap.
-        unsafe { std::ptr::copy(self.base().add(from), self.base().add(to), self.len - from) };
+        unsafe { std::ptr::copy(self.base.add(from), self.base.add(to), self.len - from) };
         self.len -= from - to;
     }
 
@@ -727,6 +873,15 @@ impl OutBytes {
 
     /// The finished pickle.
     pub fn finish<'py>(mut self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        if self.bytes.is_null() {
+            // SAFETY: GIL held (the token); `len` bytes are written at `base`.
+            let p = unsafe { ffi::PyBytes_FromStringAndSize(self.base.cast(), self.len as _) };
+            if p.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            // SAFETY: a new reference to a bytes object, handed over.
+            return Ok(unsafe { Bound::from_owned_ptr(py, p).cast_into_unchecked() });
+        }
         if self.len != self.cap {
             // SAFETY: as in `grow`; shrinking to the written length.
             if unsafe { _PyBytes_Resize(&mut self.bytes, self.len as ffi::Py_ssize_t) } != 0 {
@@ -745,5 +900,22 @@ impl Drop for OutBytes {
         // SAFETY: an OutBytes lives inside one encoder call, GIL held; the
         // pointer is ours or null.
         unsafe { ffi::Py_XDECREF(self.bytes) }
+        let Some(scratch) = self.scratch.take() else {
+            return;
+        };
+        let p = Box::into_raw(scratch);
+        if OUT_SCRATCH
+            .compare_exchange(
+                std::ptr::null_mut(),
+                p,
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            // Another encoder put its buffer back first: this one goes.
+            // SAFETY: `p` came from Box::into_raw just above.
+            drop(unsafe { Box::from_raw(p) });
+        }
     }
 }
