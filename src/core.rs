@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::buffer::{Batch, Bytes, Lookup, Payload, Value, WriteBuffer};
+use engine::buffer::{Bytes, Lookup, Sorted, Value, WriteBuffer};
 use engine::{Bounds, DbStat, Env, EnvInfo, EnvOptions};
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -33,7 +33,7 @@ use crate::options::Settings;
 /// is sound because a `bytes` object never changes and this reference keeps
 /// it alive.
 #[derive(Debug)]
-pub(crate) struct HeldPickle {
+struct HeldPickle {
     /// Owns the memory `ptr` points into; never read, only kept.
     _obj: Py<PyBytes>,
     ptr: *const u8,
@@ -54,26 +54,14 @@ impl AsRef<[u8]> for HeldPickle {
     }
 }
 
-impl Payload for HeldPickle {
-    fn payload(&self) -> &[u8] {
-        self.as_ref()
-    }
-}
-
-impl HeldPickle {
-    pub(crate) fn new(pickled: Bound<'_, PyBytes>) -> Self {
-        let data = pickled.as_bytes();
-        let (ptr, len) = (data.as_ptr(), data.len());
-        HeldPickle {
-            _obj: pickled.unbind(),
-            ptr,
-            len,
-        }
-    }
-}
-
 pub(crate) fn held(pickled: Bound<'_, PyBytes>) -> Bytes {
-    Arc::new(HeldPickle::new(pickled))
+    let data = pickled.as_bytes();
+    let (ptr, len) = (data.as_ptr(), data.len());
+    Arc::new(HeldPickle {
+        _obj: pickled.unbind(),
+        ptr,
+        len,
+    })
 }
 
 /// The buffer and what belongs with it, under one mutex.
@@ -411,7 +399,7 @@ impl Core {
         let cap = self.max_map_size;
         // Spine rule 1: the write transaction runs in the engine, with the
         // GIL released; growth is logged after it.
-        let result = py.detach(|| env.commit(&batch, cap));
+        let result = py.detach(|| env.commit(&batch.sorted(), batch.bytes(), cap));
         drop(batch);
         let mut b = self.buffered.lock();
         b.buf.end_commit(result.is_ok());
@@ -446,8 +434,10 @@ impl Core {
         let job = {
             let batch = batch.clone();
             move || {
-                let commit =
-                    std::panic::AssertUnwindSafe(|| core.env.commit(&batch, core.max_map_size));
+                let commit = std::panic::AssertUnwindSafe(|| {
+                    core.env
+                        .commit(&batch.sorted(), batch.bytes(), core.max_map_size)
+                });
                 let result = match std::panic::catch_unwind(commit) {
                     Ok(result) => result.map_err(StoreError::from),
                     Err(_) => Err(StoreError::CommitPanicked {
@@ -857,10 +847,10 @@ impl Core {
         })
     }
 
-    /// Commit the buffer, then `batch` in one more write transaction (all
-    /// or nothing), so that older buffered writes cannot land after it. The
-    /// batch never enters the buffer.
-    pub(crate) fn put_many(&self, py: Python<'_>, batch: &Batch<HeldPickle>) -> PyResult<()> {
+    /// Commit the buffer, then `ops` (`bytes` of keys and values) in one
+    /// more write transaction (all or nothing), so that older buffered
+    /// writes cannot land after them. They never enter the buffer.
+    pub(crate) fn put_many(&self, py: Python<'_>, ops: &Sorted<'_>, bytes: usize) -> PyResult<()> {
         let result = (|| -> PyResult<()> {
             // Spine rule 2: the commit lock is waited for with the GIL released.
             let _commit = self.lock_detached(py, &self.commit_lock)?;
@@ -872,10 +862,10 @@ impl Core {
             self.commit_buffer_locked(py)?;
             let env = &*self.env;
             let cap = self.max_map_size;
-            if !batch.is_empty() {
+            if !ops.is_empty() {
                 // Spine rule 1: the write transaction runs in the engine,
                 // with the GIL released.
-                py.detach(|| env.commit(batch, cap)).map_err(to_py)?;
+                py.detach(|| env.commit(ops, bytes, cap)).map_err(to_py)?;
             }
             Ok(())
         })();

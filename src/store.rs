@@ -5,14 +5,14 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use engine::buffer::{Batch, Bytes, Lookup};
+use engine::buffer::{Bytes, Lookup, Sorted};
 use engine::Bounds;
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::codec;
-use crate::core::{add_note, held, report, CoreHandle, CoreRef, HeldPickle};
+use crate::core::{add_note, held, report, CoreHandle, CoreRef};
 use crate::errors::StoreError;
 use crate::exit;
 use crate::iter::{Kind, StoreIterator};
@@ -273,9 +273,10 @@ impl LmdbObjectStore {
         };
         // Normalise and pickle everything before touching the buffer. The
         // pickles are not copied: the commit reads them in place (bytes
-        // objects are immutable and the batch keeps them alive). The batch
-        // keeps the last write of each key, and commits in key order.
-        let mut batch: Batch<HeldPickle> = Batch::default();
+        // objects are immutable and `pickles` keeps them alive).
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut pickles: Vec<Bound<'_, PyBytes>> = Vec::new();
+        let mut bytes = 0usize;
         for pair in pairs.try_iter()? {
             let pair = pair?;
             let (k, v) = key_value_pair(&pair)?.map_err(|why| {
@@ -285,11 +286,20 @@ impl LmdbObjectStore {
                     type_name(&pair)
                 ))
             })?;
-            let kb = c.keys.to_write_bytes(&k)?;
+            let kb = c.keys.to_write_bytes(&k)?.into_owned();
             let pickled = codec::dumps(py, &v, c.protocol)?;
-            batch.insert(&kb, Some(HeldPickle::new(pickled)));
+            bytes += kb.len() + pickled.as_bytes().len();
+            keys.push(kb);
+            pickles.push(pickled);
         }
-        self.current(c)?.put_many(py, &batch)
+        let c = self.current(c)?;
+        let ops = Sorted::last_write_wins(
+            keys.iter()
+                .zip(&pickles)
+                .map(|(k, v)| (&k[..], Some(v.as_bytes())))
+                .collect(),
+        );
+        c.put_many(py, &ops, bytes)
     }
 
     /// Write the buffer to LMDB in one transaction.

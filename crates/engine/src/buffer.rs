@@ -1,5 +1,5 @@
 //! The write buffer: pickled values and tombstones waiting for a commit,
-//! and the batch type that a commit writes ("sorted, last write wins").
+//! and [`Sorted`], what one commit writes ("sorted, last write wins").
 //!
 //! It has two parts. `active` takes new writes. `inflight` is the batch a
 //! commit is writing right now: it stays readable until the commit succeeds,
@@ -17,30 +17,59 @@ impl<T: AsRef<[u8]> + Send + Sync + std::fmt::Debug> Pickle for T {}
 /// Shared pickle bytes.
 pub type Bytes = Arc<dyn Pickle>;
 
-/// What a batch holds for a key that is not deleted: anything that shows its
-/// bytes. The buffer holds shared [`Bytes`]; a one-off batch (`put_many`)
-/// may hold its values without sharing them.
-pub trait Payload {
-    fn payload(&self) -> &[u8];
-}
-
-impl Payload for Bytes {
-    fn payload(&self) -> &[u8] {
-        (**self).as_ref()
-    }
-}
-
-impl Payload for Vec<u8> {
-    fn payload(&self) -> &[u8] {
-        self
-    }
-}
-
 /// A buffered value: the pickle bytes, or a tombstone.
 pub type Value = Option<Bytes>;
 
 /// One operation of a sorted batch: a key and its pickle, or `None` to delete.
 pub type Op<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// Writes in ascending key order, one per key, the last write of each key
+/// winning: what one commit writes. Made only here, from a batch of the
+/// buffer ([`Batch::sorted`]) or from writes in the order they were made
+/// ([`Sorted::last_write_wins`], for `put_many`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Sorted<'a>(Vec<Op<'a>>);
+
+fn strictly_ascending(ops: &[Op<'_>]) -> bool {
+    ops.windows(2).all(|w| w[0].0 < w[1].0)
+}
+
+impl<'a> Sorted<'a> {
+    /// From writes in the order they were made, where a key may come more
+    /// than once: the last write of each key wins. Writes already in key
+    /// order (the common case) are taken as they are.
+    pub fn last_write_wins(mut ops: Vec<Op<'a>>) -> Self {
+        if !strictly_ascending(&ops) {
+            // Stable: equal keys keep the order they were written in, so the
+            // last of each run is the newest, and it replaces the ones before.
+            ops.sort_by(|a, b| a.0.cmp(b.0));
+            ops.dedup_by(|newer, kept| {
+                let same = newer.0 == kept.0;
+                if same {
+                    *kept = *newer;
+                }
+                same
+            });
+        }
+        Sorted(ops)
+    }
+
+    /// From writes whose keys are all different, in any order.
+    fn from_unique(mut ops: Vec<Op<'a>>) -> Self {
+        if !strictly_ascending(&ops) {
+            ops.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        }
+        Sorted(ops)
+    }
+
+    pub fn ops(&self) -> &[Op<'a>] {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// The buffer's hash: foldhash, seeded per process. Keys are chosen by the
 /// program, and common key shapes (big-endian counters, long shared prefixes
@@ -53,9 +82,9 @@ pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// One batch of writes, one entry per key (the last write wins). Each key
 /// remembers when it first arrived, so a batch written in key order (the
 /// common case) comes out sorted without a sort.
-#[derive(Debug)]
-pub struct Batch<P = Bytes> {
-    map: FastMap<Box<[u8]>, (u32, Option<P>)>,
+#[derive(Default, Debug)]
+pub struct Batch {
+    map: FastMap<Box<[u8]>, (u32, Value)>,
     next_seq: u32,
     /// Key and value bytes: what a commit writes.
     bytes: usize,
@@ -72,22 +101,15 @@ pub struct Batch<P = Bytes> {
 const KEY_COST: usize = 16 + 2 * (std::mem::size_of::<(Box<[u8]>, (u32, Value))>() + 1);
 const VALUE_COST: usize = 48 + 48;
 
-fn entry_memory<P: Payload>(key_len: usize, value: &Option<P>) -> usize {
-    key_len + KEY_COST + value.as_ref().map_or(0, |v| v.payload().len() + VALUE_COST)
+fn entry_memory(key_len: usize, value: &Value) -> usize {
+    key_len
+        + KEY_COST
+        + value
+            .as_ref()
+            .map_or(0, |v| (**v).as_ref().len() + VALUE_COST)
 }
 
-impl<P> Default for Batch<P> {
-    fn default() -> Self {
-        Batch {
-            map: FastMap::default(),
-            next_seq: 0,
-            bytes: 0,
-            memory: 0,
-        }
-    }
-}
-
-impl<P: Payload> Batch<P> {
+impl Batch {
     pub fn with_capacity(n: usize) -> Self {
         Batch {
             map: FastMap::with_capacity_and_hasher(n, Default::default()),
@@ -115,16 +137,16 @@ impl<P: Payload> Batch<P> {
         self.memory
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Option<P>> {
+    pub fn get(&self, key: &[u8]) -> Option<&Value> {
         self.map.get(key).map(|(_, v)| v)
     }
 
-    pub fn insert(&mut self, key: &[u8], value: Option<P>) {
-        let add = value.as_ref().map_or(0, |v| v.payload().len());
+    pub fn insert(&mut self, key: &[u8], value: Value) {
+        let add = value.as_ref().map_or(0, |v| (**v).as_ref().len());
         let add_memory = entry_memory(key.len(), &value);
         match self.map.get_mut(key) {
             Some((_, slot)) => {
-                let old = slot.as_ref().map_or(0, |v| v.payload().len());
+                let old = slot.as_ref().map_or(0, |v| (**v).as_ref().len());
                 let old_memory = entry_memory(key.len(), slot);
                 *slot = value;
                 self.bytes = self.bytes - old + add;
@@ -140,21 +162,17 @@ impl<P: Payload> Batch<P> {
     }
 
     /// Entries in ascending key order: the order LMDB writes fastest.
-    pub fn sorted(&self) -> Vec<Op<'_>> {
+    pub fn sorted(&self) -> Sorted<'_> {
         // Arrival order first (sequence numbers are dense: no sort needed),
         // then a sort only if that is not already key order.
         let mut slots: Vec<Option<Op<'_>>> = vec![None; self.next_seq as usize];
         for (k, (seq, v)) in &self.map {
-            slots[*seq as usize] = Some((&k[..], v.as_ref().map(P::payload)));
+            slots[*seq as usize] = Some((&k[..], v.as_ref().map(|v| (**v).as_ref())));
         }
-        let mut v: Vec<Op<'_>> = slots.into_iter().flatten().collect();
-        if !v.windows(2).all(|w| w[0].0 < w[1].0) {
-            v.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        }
-        v
+        Sorted::from_unique(slots.into_iter().flatten().collect())
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Option<P>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Value)> {
         self.map.iter().map(|(k, (_, v))| (&k[..], v))
     }
 }
@@ -268,7 +286,7 @@ impl WriteBuffer {
         let newer = std::mem::replace(
             &mut self.active,
             Arc::try_unwrap(batch).unwrap_or_else(|shared| {
-                let mut copy = Batch::<Bytes>::default();
+                let mut copy = Batch::default();
                 for (k, v) in shared.iter() {
                     copy.insert(k, v.clone());
                 }
@@ -350,11 +368,11 @@ mod tests {
         b.insert(b"a", val("3"));
         let s = b.sorted();
         assert_eq!(
-            s,
-            vec![(&b"a"[..], Some(&b"3"[..])), (&b"b"[..], Some(&b"2"[..]))]
+            s.ops(),
+            [(&b"a"[..], Some(&b"3"[..])), (&b"b"[..], Some(&b"2"[..]))]
         );
         b.insert(b"0", None);
-        let keys: Vec<&[u8]> = b.sorted().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<&[u8]> = b.sorted().ops().iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, vec![&b"0"[..], b"a", b"b"]);
     }
 
@@ -423,11 +441,36 @@ mod tests {
 
     #[test]
     fn sorted_is_ascending_bytes() {
-        let mut b = Batch::<Bytes>::default();
+        let mut b = Batch::default();
         for k in [&b"b"[..], b"a", b"\xff", b"ab", b"\x00"] {
             b.insert(k, None);
         }
-        let keys: Vec<&[u8]> = b.sorted().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<&[u8]> = b.sorted().ops().iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, vec![&b"\x00"[..], b"a", b"ab", b"b", b"\xff"]);
+    }
+
+    #[test]
+    fn writes_in_arrival_order_sort_with_the_last_write_winning() {
+        let ops: Vec<Op<'_>> = vec![
+            (b"b", Some(b"1")),
+            (b"a", Some(b"2")),
+            (b"b", None),
+            (b"c", Some(b"3")),
+            (b"b", Some(b"4")),
+            (b"a", Some(b"5")),
+        ];
+        let sorted = Sorted::last_write_wins(ops);
+        assert_eq!(
+            sorted.ops(),
+            [
+                (&b"a"[..], Some(&b"5"[..])),
+                (&b"b"[..], Some(&b"4"[..])),
+                (&b"c"[..], Some(&b"3"[..])),
+            ]
+        );
+        // In key order already: taken as it is.
+        let ordered: Vec<Op<'_>> = vec![(b"a", None), (b"b", Some(b"1"))];
+        assert_eq!(Sorted::last_write_wins(ordered.clone()).ops(), &ordered[..]);
+        assert!(Sorted::last_write_wins(Vec::new()).is_empty());
     }
 }

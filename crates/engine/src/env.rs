@@ -25,7 +25,7 @@ use lmdb::{Cursor as _, Database, Environment, EnvironmentFlags, RwTransaction, 
 use lmdb_sys as ffi;
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::buffer::{Batch, Op, Payload};
+use crate::buffer::{Op, Sorted};
 use crate::error::{Error, Result};
 use crate::files::{self, EnvPaths};
 use crate::gate::{ExclusiveGuard, Gate, SharedGuard};
@@ -786,15 +786,14 @@ impl Env {
         }
     }
 
-    /// Commit `batch` in one write transaction: all of it, or none of it.
-    /// The map grows first if the batch's bytes do not fit (see
-    /// `reserve_locked`), and again on MDB_MAP_FULL, up to `cap`; growths
-    /// are recorded for `take_growths`. Call without the GIL.
-    pub fn commit<P: Payload>(&self, batch: &Batch<P>, cap: Option<usize>) -> Result<()> {
-        let ops = batch.sorted();
+    /// Commit `ops` in one write transaction: all of them, or none. The map
+    /// grows first if `bytes` more do not fit (see `reserve_locked`), and
+    /// again on MDB_MAP_FULL, up to `cap`; growths are recorded for
+    /// `take_growths`. Call without the GIL.
+    pub fn commit(&self, ops: &Sorted<'_>, bytes: usize, cap: Option<usize>) -> Result<()> {
         let _writer = self.lock_writer()?;
-        self.reserve_locked(batch.bytes(), cap)?;
-        self.write_locked(cap, &mut |txn, db| apply_sorted(txn, db, &ops))
+        self.reserve_locked(bytes, cap)?;
+        self.write_locked(cap, &mut |txn, db| apply_sorted(txn, db, ops.ops()))
     }
 
     /// Delete every entry, in one write transaction (LMDB empties the
@@ -1772,30 +1771,28 @@ mod tests {
         let _ = std::fs::remove_dir_all(&p);
     }
 
-    fn batch(items: &[(&[u8], Option<&[u8]>)]) -> Batch<Vec<u8>> {
-        let mut b = Batch::default();
-        for (k, v) in items {
-            b.insert(k, v.map(<[u8]>::to_vec));
-        }
-        b
+    fn commit<'a>(env: &Env, ops: &[(&'a [u8], Option<&'a [u8]>)]) -> Result<()> {
+        env.commit(&Sorted::last_write_wins(ops.to_vec()), 0, None)
     }
 
     #[test]
     fn commit_clear_and_remove_if() {
         let p = tmp("ops");
         let env = Env::open(&p, &EnvOptions::default()).unwrap();
-        env.commit(&batch(&[(b"b", Some(b"1")), (b"d", Some(b"2"))]), None)
-            .unwrap();
+        commit(&env, &[(b"b", Some(b"1")), (b"d", Some(b"2"))]).unwrap();
         // Before the last key, past it (appended), a deletion past it, and
         // a key written twice: the last write wins.
-        let next = batch(&[
-            (b"z", Some(b"old")),
-            (b"a", Some(b"3")),
-            (b"b", None),
-            (b"y", None),
-            (b"z", Some(b"new")),
-        ]);
-        env.commit(&next, None).unwrap();
+        commit(
+            &env,
+            &[
+                (b"z", Some(b"old")),
+                (b"a", Some(b"3")),
+                (b"b", None),
+                (b"y", None),
+                (b"z", Some(b"new")),
+            ],
+        )
+        .unwrap();
         assert_eq!(read(&env, b"a"), Some(b"3".to_vec()));
         assert_eq!(read(&env, b"b"), None);
         assert_eq!(read(&env, b"d"), Some(b"2".to_vec()));
