@@ -5,29 +5,15 @@
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
-use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 
 use crate::errors::unpickle_error_type;
 
-pub(crate) static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-pub(crate) static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// `pickle.<name>`, looked up once into `cell`.
-pub(crate) fn pickle_fn<'py>(
-    py: Python<'py>,
-    cell: &'static PyOnceLock<Py<PyAny>>,
-    name: &str,
-) -> PyResult<&'py Bound<'py, PyAny>> {
-    Ok(cell
-        .get_or_try_init(py, || -> PyResult<_> {
-            Ok(py.import("pickle")?.getattr(name)?.unbind())
-        })?
-        .bind(py))
-}
+pub(crate) use crate::errors::passes_through;
+pub(crate) use crate::pickle::{pickle_fn, DUMPS, LOADS};
 
 /// `pickle.dumps(obj, protocol)`.
 pub fn dumps<'py>(
@@ -222,13 +208,6 @@ pub fn loads_borrowed<'py>(
         keep_lent(lent);
     }
     result
-}
-
-/// Whether `err` must reach the caller as it is: a `BaseException` that is
-/// not an `Exception` (KeyboardInterrupt, SystemExit, GeneratorExit) means
-/// "stop", not "this value is bad", so the store never wraps or swallows it.
-pub fn passes_through(py: Python<'_>, err: &PyErr) -> bool {
-    !err.is_instance_of::<PyException>(py)
 }
 
 /// Wrap an unpickling failure: `UnpickleError` (an `Error` and a

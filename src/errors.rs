@@ -57,6 +57,13 @@ pub fn unpickle_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     Ok(ty.bind(py))
 }
 
+/// Whether `err` must reach the caller as it is: a `BaseException` that is
+/// not an `Exception` (KeyboardInterrupt, SystemExit, GeneratorExit) means
+/// "stop", not "this value is bad", so the store never wraps or swallows it.
+pub fn passes_through(py: Python<'_>, err: &PyErr) -> bool {
+    !err.is_instance_of::<PyException>(py)
+}
+
 /// `UnsafeValueError` carries two attributes with class-level defaults, so
 /// that every instance has them however it was made: `global_name` (the
 /// global refused, or None when an opcode was) and `key` (set by the store

@@ -17,6 +17,7 @@ use crate::errors::StoreError;
 use crate::exit;
 use crate::iter::{Kind, StoreIterator};
 use crate::options::{type_name, Settings, DEFAULT_MAX_BUFFER_BYTES};
+use crate::views::{self, View};
 
 /// A persistent, thread-safe, dict-like store of Python objects on LMDB.
 ///
@@ -400,7 +401,7 @@ impl LmdbObjectStore {
         stop: Option<&Bound<'_, PyAny>>,
         reverse: bool,
     ) -> PyResult<StoreIterator> {
-        Self::iter_in(slf, Kind::Items, prefix, start, stop, reverse)
+        views::iter_in(&slf.get().core, Kind::Items, prefix, start, stop, reverse)
     }
 
     /// A live view of the keys, in key order, within optional bounds.
@@ -411,9 +412,9 @@ impl LmdbObjectStore {
         start: Option<&Bound<'py, PyAny>>,
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
-    ) -> PyResult<crate::views::KeysView> {
+    ) -> PyResult<views::KeysView> {
         let view = Self::view(slf, Kind::Keys, prefix, start, stop, reverse)?;
-        Ok(crate::views::KeysView(view))
+        Ok(views::KeysView(view))
     }
 
     /// A live view of the values, in key order, within optional bounds.
@@ -424,9 +425,9 @@ impl LmdbObjectStore {
         start: Option<&Bound<'py, PyAny>>,
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
-    ) -> PyResult<crate::views::ValuesView> {
+    ) -> PyResult<views::ValuesView> {
         let view = Self::view(slf, Kind::Values, prefix, start, stop, reverse)?;
-        Ok(crate::views::ValuesView(view))
+        Ok(views::ValuesView(view))
     }
 
     /// A live view of the `(key, value)` pairs, in key order.
@@ -437,9 +438,9 @@ impl LmdbObjectStore {
         start: Option<&Bound<'py, PyAny>>,
         stop: Option<&Bound<'py, PyAny>>,
         reverse: bool,
-    ) -> PyResult<crate::views::ItemsView> {
+    ) -> PyResult<views::ItemsView> {
         let view = Self::view(slf, Kind::Items, prefix, start, stop, reverse)?;
-        Ok(crate::views::ItemsView(view))
+        Ok(views::ItemsView(view))
     }
 
     /// Remove `key` and return its value (or `default`, else KeyError).
@@ -593,7 +594,7 @@ impl LmdbObjectStore {
         slf: &Bound<'py, Self>,
         other: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        crate::views::mapping_eq(slf, other)
+        views::mapping_eq(slf.as_any(), &slf.get().core, other)
     }
 
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
@@ -704,9 +705,6 @@ impl LmdbObjectStore {
     }
 }
 
-/// What the views of `views.rs` read. Each takes the range as the view
-/// holds it, as it was given to `keys()`, `values()` or `items()`, and
-/// parses it at every call.
 impl LmdbObjectStore {
     /// A view's store and range; a bad bound fails here, at the call.
     fn view(
@@ -716,75 +714,17 @@ impl LmdbObjectStore {
         start: Option<&Bound<'_, PyAny>>,
         stop: Option<&Bound<'_, PyAny>>,
         reverse: bool,
-    ) -> PyResult<crate::views::View> {
+    ) -> PyResult<View> {
         slf.get().open_core()?.bounds(prefix, start, stop)?;
-        Ok(crate::views::View::new(
-            slf, kind, prefix, start, stop, reverse,
-        ))
-    }
-
-    /// An iterator of keys, values or items within the bounds.
-    pub(crate) fn iter_in(
-        slf: &Bound<'_, Self>,
-        kind: Kind,
-        prefix: Option<&Bound<'_, PyAny>>,
-        start: Option<&Bound<'_, PyAny>>,
-        stop: Option<&Bound<'_, PyAny>>,
-        reverse: bool,
-    ) -> PyResult<StoreIterator> {
-        let c = slf.get().open_core()?;
-        let bounds = c.bounds(prefix, start, stop)?;
-        Ok(StoreIterator::new(
+        Ok(View::new(
+            slf.as_any(),
             Arc::clone(&slf.get().core),
             kind,
-            bounds,
+            prefix,
+            start,
+            stop,
             reverse,
         ))
-    }
-
-    /// Number of keys within the bounds.
-    pub(crate) fn count_in(
-        &self,
-        py: Python<'_>,
-        prefix: Option<&Bound<'_, PyAny>>,
-        start: Option<&Bound<'_, PyAny>>,
-        stop: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<usize> {
-        let c = self.open_core()?;
-        let bounds = c.bounds(prefix, start, stop)?;
-        self.current(c)?.count(py, &bounds)
-    }
-
-    /// Whether `key` is within the bounds and in the store; a key the store
-    /// cannot hold is not in it.
-    pub(crate) fn contains_in(
-        &self,
-        py: Python<'_>,
-        key: &Bound<'_, PyAny>,
-        prefix: Option<&Bound<'_, PyAny>>,
-        start: Option<&Bound<'_, PyAny>>,
-        stop: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
-        let c = self.open_core()?;
-        let bounds = c.bounds(prefix, start, stop)?;
-        let k = match c.keys.to_bytes(key) {
-            Ok(k) => k,
-            // Ctrl-C from a key codec is not an answer.
-            Err(e) if codec::passes_through(py, &e) => return Err(e),
-            Err(_) => return Ok(false),
-        };
-        Ok(bounds.contains(&k) && self.current(c)?.contains(py, &k, false)?)
-    }
-
-    /// The value of `key`, as `get` reads it, or `None`.
-    pub(crate) fn value_of<'py>(
-        &self,
-        py: Python<'py>,
-        key: &Bound<'py, PyAny>,
-    ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let c = self.open_core()?;
-        let k = c.keys.to_bytes(key)?;
-        self.current(c)?.get_value(py, &k)
     }
 }
 

@@ -15,15 +15,21 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyGenericAlias, PyIterator, PySet, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
+use std::sync::Arc;
+
+use crate::codec;
+use crate::core::CoreHandle;
 use crate::iter::{Kind, StoreIterator};
-use crate::store::LmdbObjectStore;
 
 /// A store and a key range, as given to `keys()`, `values()` or `items()`.
 ///
 /// The bounds are kept as given: `repr` shows them, and every operation
 /// parses them again, so a bytearray bound changed later moves the range.
 pub struct View {
-    store: Py<LmdbObjectStore>,
+    /// The store object itself, for `repr`, pickling and the collector.
+    store: Py<PyAny>,
+    /// What every read goes through.
+    core: Arc<CoreHandle>,
     kind: Kind,
     prefix: Option<Py<PyAny>>,
     start: Option<Py<PyAny>>,
@@ -121,7 +127,8 @@ fn same_value(found: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<bo
 
 impl View {
     pub(crate) fn new(
-        store: &Bound<'_, LmdbObjectStore>,
+        store: &Bound<'_, PyAny>,
+        core: Arc<CoreHandle>,
         kind: Kind,
         prefix: Option<&Bound<'_, PyAny>>,
         start: Option<&Bound<'_, PyAny>>,
@@ -131,6 +138,7 @@ impl View {
         let keep = |b: Option<&Bound<'_, PyAny>>| b.map(|b| b.clone().unbind());
         View {
             store: store.clone().unbind(),
+            core,
             kind,
             prefix: keep(prefix),
             start: keep(start),
@@ -149,7 +157,7 @@ impl View {
         visit.call(&self.stop)
     }
 
-    fn store<'py>(&self, py: Python<'py>) -> &Bound<'py, LmdbObjectStore> {
+    fn store<'py>(&self, py: Python<'py>) -> &Bound<'py, PyAny> {
         self.store.bind(py)
     }
 
@@ -169,14 +177,14 @@ impl View {
 
     fn len(&self, py: Python<'_>) -> PyResult<usize> {
         let (prefix, start, stop) = self.bounds(py);
-        self.store(py).get().count_in(py, prefix, start, stop)
+        count_in(&self.core, py, prefix, start, stop)
     }
 
     /// A fresh iterator, in the view's order or (`backwards`) the other way.
     fn iter(&self, py: Python<'_>, backwards: bool) -> PyResult<StoreIterator> {
         let (prefix, start, stop) = self.bounds(py);
         let reverse = self.reverse != backwards;
-        LmdbObjectStore::iter_in(self.store(py), self.kind, prefix, start, stop, reverse)
+        iter_in(&self.core, self.kind, prefix, start, stop, reverse)
     }
 
     fn iterate<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
@@ -185,19 +193,19 @@ impl View {
 
     fn contains(&self, py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<bool> {
         let (prefix, start, stop) = self.bounds(py);
-        let store = self.store(py).get();
+        let core = &self.core;
         match self.kind {
-            Kind::Keys => store.contains_in(py, x, prefix, start, stop),
+            Kind::Keys => contains_in(core, py, x, prefix, start, stop),
             Kind::Items => {
                 let Some((key, value)) = unpack_pair(x)? else {
                     return Ok(false);
                 };
                 // Membership first, which never commits the buffer; the
                 // value is read (as `get` reads it) only for a key that is there.
-                if !store.contains_in(py, &key, prefix, start, stop)? {
+                if !contains_in(core, py, &key, prefix, start, stop)? {
                     return Ok(false);
                 }
-                match store.value_of(py, &key)? {
+                match value_of(core, py, &key)? {
                     Some(found) => same_value(&found, &value),
                     None => Ok(false),
                 }
@@ -545,7 +553,8 @@ set_view_methods!(ItemsView);
 /// `store == other` for any mapping, as `dict` compares: the same length,
 /// and every `(key, value)` of the store found in `other`.
 pub(crate) fn mapping_eq<'py>(
-    store: &Bound<'py, LmdbObjectStore>,
+    store: &Bound<'py, PyAny>,
+    core: &Arc<CoreHandle>,
     other: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = store.py();
@@ -553,10 +562,10 @@ pub(crate) fn mapping_eq<'py>(
     if dict.is_none() && !is_abc(&MAPPING, "Mapping", other)? {
         return Ok(not_implemented(py));
     }
-    if store.get().count_in(py, None, None, None)? != other.len()? {
+    if count_in(core, py, None, None, None)? != other.len()? {
         return Ok(answer(py, false));
     }
-    let items = LmdbObjectStore::iter_in(store, Kind::Items, None, None, None, false)?;
+    let items = iter_in(core, Kind::Items, None, None, None, false)?;
     // `other.get(key, missing)` on anything but a plain dict, whose `get`
     // nothing can override.
     let missing = py.get_type::<PyAny>().call0()?;
@@ -575,4 +584,66 @@ pub(crate) fn mapping_eq<'py>(
         }
     }
     Ok(answer(py, true))
+}
+
+// The reads of a key range that views and `scan()` make. Each takes the
+// range as it was given to `keys()`, `values()` or `items()` and parses it at
+// every call, so a bytearray bound changed later moves the range.
+
+/// An iterator of keys, values or items within the bounds.
+pub(crate) fn iter_in(
+    core: &Arc<CoreHandle>,
+    kind: Kind,
+    prefix: Option<&Bound<'_, PyAny>>,
+    start: Option<&Bound<'_, PyAny>>,
+    stop: Option<&Bound<'_, PyAny>>,
+    reverse: bool,
+) -> PyResult<StoreIterator> {
+    let bounds = core.open_core()?.bounds(prefix, start, stop)?;
+    Ok(StoreIterator::new(Arc::clone(core), kind, bounds, reverse))
+}
+
+/// Number of keys within the bounds.
+fn count_in(
+    core: &CoreHandle,
+    py: Python<'_>,
+    prefix: Option<&Bound<'_, PyAny>>,
+    start: Option<&Bound<'_, PyAny>>,
+    stop: Option<&Bound<'_, PyAny>>,
+) -> PyResult<usize> {
+    let c = core.open_core()?;
+    let bounds = c.bounds(prefix, start, stop)?;
+    core.current(c)?.count(py, &bounds)
+}
+
+/// Whether `key` is within the bounds and in the store; a key the store
+/// cannot hold is not in it.
+fn contains_in(
+    core: &CoreHandle,
+    py: Python<'_>,
+    key: &Bound<'_, PyAny>,
+    prefix: Option<&Bound<'_, PyAny>>,
+    start: Option<&Bound<'_, PyAny>>,
+    stop: Option<&Bound<'_, PyAny>>,
+) -> PyResult<bool> {
+    let c = core.open_core()?;
+    let bounds = c.bounds(prefix, start, stop)?;
+    let k = match c.keys.to_bytes(key) {
+        Ok(k) => k,
+        // Ctrl-C from a key codec is not an answer.
+        Err(e) if codec::passes_through(py, &e) => return Err(e),
+        Err(_) => return Ok(false),
+    };
+    Ok(bounds.contains(&k) && core.current(c)?.contains(py, &k, false)?)
+}
+
+/// The value of `key`, as `get` reads it, or `None`.
+fn value_of<'py>(
+    core: &CoreHandle,
+    py: Python<'py>,
+    key: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let c = core.open_core()?;
+    let k = c.keys.to_bytes(key)?;
+    core.current(c)?.get_value(py, &k)
 }

@@ -16,6 +16,23 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyTuple};
 
+pub(crate) static DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+pub(crate) static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// CPython's `pickle.<name>`, looked up once into `cell`: the fallback for
+/// what the native codec does not handle.
+pub(crate) fn pickle_fn<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    Ok(cell
+        .get_or_try_init(py, || -> PyResult<_> {
+            Ok(py.import("pickle")?.getattr(name)?.unbind())
+        })?
+        .bind(py))
+}
+
 /// The opcodes this codec writes or reads (names as in `pickletools`).
 pub(crate) mod op {
     pub const MARK: u8 = b'(';
@@ -148,7 +165,7 @@ fn _dumps<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     match dumps(py, obj, protocol)? {
         Some(out) => Ok(out.into_any()),
-        None => crate::codec::pickle_fn(py, &crate::codec::DUMPS, "dumps")?.call1((obj, protocol)),
+        None => pickle_fn(py, &DUMPS, "dumps")?.call1((obj, protocol)),
     }
 }
 
@@ -158,7 +175,7 @@ fn _dumps<'py>(
 fn _loads<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>) -> PyResult<Bound<'py, PyAny>> {
     match loads(py, data.as_bytes())? {
         Some(value) => Ok(value),
-        None => crate::codec::pickle_fn(py, &crate::codec::LOADS, "loads")?.call1((data,)),
+        None => pickle_fn(py, &LOADS, "loads")?.call1((data,)),
     }
 }
 

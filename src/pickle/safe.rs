@@ -127,13 +127,13 @@ pub fn dumps<'py>(
     if let Some(out) = super::dumps(py, obj, protocol)? {
         return Ok(out);
     }
-    let out = crate::codec::pickle_fn(py, &crate::codec::DUMPS, "dumps")?
+    let out = super::pickle_fn(py, &super::DUMPS, "dumps")?
         .call1((obj, protocol))?
         .cast_into::<PyBytes>()?;
     match loads(py, out.as_bytes(), allow) {
         Ok(_) => Ok(out),
         Err(err) if err.is_instance(py, unsafe_value_error_type(py)?) => Err(err),
-        Err(err) if crate::codec::passes_through(py, &err) => Err(err),
+        Err(err) if crate::errors::passes_through(py, &err) => Err(err),
         Err(err) => {
             let refused = unsafe_value_error(
                 py,
