@@ -33,6 +33,8 @@ SDIST_FILES = (
     "pyproject.toml",
     ".cargo/config.toml",
     "src/lib.rs",
+    "crates/engine/Cargo.toml",
+    "crates/engine/src/lib.rs",
     "README.md",
     "LICENSE",
     *WHEEL_FILES,

@@ -120,11 +120,23 @@ def test_pyproject_uses_maturin_and_declares_test_deps():
 
 
 def test_cargo_dependencies():
-    text = (REPO / "Cargo.toml").read_text()
-    deps = re.search(r"^\[dependencies\](.*?)(^\[|\Z)", text, re.MULTILINE | re.DOTALL)
-    assert deps
-    for crate in ("pyo3", "lmdb-rkv", "parking_lot", "unicode-normalization"):
-        assert re.search(rf"^{re.escape(crate)}\s*=", deps.group(1), re.MULTILINE), crate
+    """The crates the project is built on, wherever in the workspace they are
+    used: PyO3 in the binding only, LMDB in the engine only."""
+
+    def dependencies(manifest: Path) -> str:
+        deps = re.search(r"^\[dependencies\](.*?)(^\[|\Z)", manifest.read_text(), re.M | re.S)
+        assert deps, manifest
+        return deps.group(1)
+
+    def names(text: str) -> set[str]:
+        return set(re.findall(r"^([\w-]+)\s*=", text, re.M))
+
+    binding = names(dependencies(REPO / "Cargo.toml"))
+    engine = names(dependencies(REPO / "crates" / "engine" / "Cargo.toml"))
+    assert {"pyo3", "parking_lot", "unicode-normalization"} <= binding
+    assert {"lmdb-rkv", "lmdb-rkv-sys", "parking_lot"} <= engine
+    assert "pyo3" not in engine
+    assert not {"lmdb-rkv", "lmdb-rkv-sys"} & binding
 
 
 def _installed_distribution():
