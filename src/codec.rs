@@ -5,12 +5,11 @@
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
-use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 
-use crate::errors::unpickle_error_type;
+use crate::errors::{unpickle_error_type, StoreError};
 
 pub(crate) use crate::errors::passes_through;
 pub(crate) use crate::pickle::{pickle_fn, DUMPS, LOADS};
@@ -67,9 +66,7 @@ impl LentBuffer {
         let me = slf.get();
         let ptr = me.ptr.load(Ordering::Relaxed);
         if ptr.is_null() {
-            return Err(PyValueError::new_err(
-                "the store's memory is no longer lent: it was valid only inside pickle.loads",
-            ));
+            return Err(StoreError::NoLongerLent.into());
         }
         let len = me.len.load(Ordering::Relaxed);
         let direct = !me.direct_taken.load(Ordering::Relaxed);

@@ -18,7 +18,7 @@ use std::time::Duration;
 use engine::buffer::{Bytes, Lookup, Sorted, Value, WriteBuffer};
 use engine::{Bounds, DbStat, Env, EnvInfo, EnvOptions};
 use parking_lot::{Mutex, MutexGuard};
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
@@ -606,9 +606,11 @@ impl Core {
             Some(v) if v.is_none() => Ok(None),
             Some(v) => match self.keys.to_bytes(v) {
                 Ok(b) => Ok(Some(b.into_owned())),
-                Err(e) if e.is_instance_of::<PyTypeError>(v.py()) => {
-                    Err(PyTypeError::new_err(format!("{name}: {}", e.value(v.py()))))
+                Err(e) if e.is_instance_of::<PyTypeError>(v.py()) => Err(StoreError::BoundType {
+                    name: name.to_string(),
+                    why: e.value(v.py()).to_string(),
                 }
+                .into()),
                 Err(e) => Err(e),
             },
         }
@@ -1453,16 +1455,17 @@ fn close_dropped(py: Python<'_>, core: Arc<Core>) {
 /// interpreter shutdown).
 pub(crate) fn report(py: Python<'_>, message: &str) {
     let line = format!("lmdb_object_store: {message}\n");
-    let written = (|| -> PyResult<()> {
+    // `None` when there is no `sys.stderr` to write to.
+    let written = (|| -> PyResult<Option<()>> {
         let stderr = py.import("sys")?.getattr("stderr")?;
         if stderr.is_none() {
-            return Err(PyRuntimeError::new_err("no sys.stderr"));
+            return Ok(None);
         }
         stderr.call_method1("write", (line.as_str(),))?;
         stderr.call_method0("flush")?;
-        Ok(())
+        Ok(Some(()))
     })();
-    if written.is_err() {
+    if !matches!(written, Ok(Some(()))) {
         eprint!("{line}");
     }
 }

@@ -1,7 +1,9 @@
 //! The Python exception tree, the one error enum of the binding (wrapping
 //! the engine's), and the single conversion from it to Python exceptions.
 
-use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{
+    PyException, PyKeyError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
@@ -120,6 +122,60 @@ pub enum StoreError {
     /// A background commit of the store at `path` panicked (a bug): its
     /// batch is back in the buffer.
     CommitPanicked { path: String },
+    /// `close(strict=True)` after a final commit that failed.
+    FinalFlushFailed { path: String },
+
+    // What the caller gave: each of these is a TypeError, ValueError or
+    // KeyError, as Python code expects of a mapping and a constructor.
+    /// `db_path` is neither `str` nor `os.PathLike`.
+    PathType { got: String },
+    /// An option that must be an integer.
+    NotAnInt { name: String, got: String },
+    /// An integer option outside its range: "`name` must be `rule`".
+    OutOfRange {
+        name: String,
+        rule: String,
+        got: Option<i128>,
+    },
+    /// An integer option too large for its type.
+    TooLarge { name: String, got: Option<i128> },
+    /// A keyword the constructor does not take.
+    UnknownOption { name: String },
+    /// A `pickle_protocol` that `pickle` refuses, with its reason.
+    BadProtocol { protocol: i32, why: String },
+    /// A `str_normalize` that is not a Unicode normal form.
+    BadNormalForm { given: String },
+    /// `None` as a key.
+    NoneKey,
+    /// A key that is not bytes-like (nor `str` when `or_str`).
+    KeyType { got: String, or_str: bool },
+    /// A memoryview key that is not C-contiguous.
+    KeyNotContiguous,
+    /// A `str` key on a store without `key_encoding`.
+    StrKeyWithoutEncoding,
+    /// `key_encoding`'s codec returned something other than bytes.
+    EncodingNotBytes { encoding: String },
+    /// A key to write outside LMDB's 1..=511 bytes; `shown` is the key as
+    /// messages show keys.
+    KeySize { shown: String, len: usize },
+    /// A range bound (`prefix`, `start`, `stop`) that is not a key.
+    BoundType { name: String, why: String },
+    /// `store[key]`, `del store[key]`, `pop(key)` of a missing key.
+    KeyNotFound { shown: String },
+    /// `popitem()` on an empty store.
+    EmptyStore,
+    /// `pop()` with more than one default.
+    PopArguments { given: usize },
+    /// Decoding asked of `get_many` on a store without `key_encoding`.
+    DecodeWithoutEncoding,
+    /// An item of `put_many` that is not a `(key, value)` pair.
+    PutManyItem { got: String, why: String },
+    /// An element of `update()`'s iterable that is not a pair.
+    UpdateElement { index: usize, why: String },
+    /// `update()` keywords (str keys) on a store without `key_encoding`.
+    UpdateKeywordsWithoutEncoding,
+    /// The buffer lent to `pickle.loads` used after that call.
+    NoLongerLent,
 }
 
 impl From<engine::Error> for StoreError {
@@ -143,6 +199,76 @@ impl std::fmt::Display for StoreError {
                 f,
                 "the background commit of {path} panicked; its writes are still buffered"
             ),
+            StoreError::FinalFlushFailed { path } => {
+                write!(f, "Final flush failed during close() of {path}")
+            }
+            StoreError::PathType { got } => {
+                write!(f, "db_path must be str or os.PathLike, got {got}")
+            }
+            StoreError::NotAnInt { name, got } => write!(f, "{name} must be an int, got {got}"),
+            StoreError::OutOfRange { name, rule, got } => match got {
+                Some(got) => write!(f, "{name} must be {rule}, got {got}"),
+                None => write!(f, "{name} must be {rule}"),
+            },
+            StoreError::TooLarge { name, got } => match got {
+                Some(got) => write!(f, "{name} is too large: {got}"),
+                None => write!(f, "{name} is too large"),
+            },
+            StoreError::UnknownOption { name } => write!(
+                f,
+                "LmdbObjectStore() got an unexpected keyword argument '{name}'"
+            ),
+            StoreError::BadProtocol { protocol, why } => {
+                write!(f, "pickle_protocol={protocol}: {why}")
+            }
+            StoreError::BadNormalForm { given } => write!(
+                f,
+                "str_normalize={given:?}: must be one of 'NFC', 'NFD', 'NFKC', 'NFKD' or None"
+            ),
+            StoreError::NoneKey => f.write_str("Key cannot be None."),
+            StoreError::KeyType { got, or_str } => {
+                let or_str = if *or_str { " or str" } else { "" };
+                write!(f, "Key must be bytes-like{or_str}; got {got}")
+            }
+            StoreError::KeyNotContiguous => {
+                f.write_str("Key must be bytes-like: memoryview is not C-contiguous")
+            }
+            StoreError::StrKeyWithoutEncoding => {
+                f.write_str("str keys are not allowed (set key_encoding='utf-8' etc. to enable).")
+            }
+            StoreError::EncodingNotBytes { encoding } => write!(
+                f,
+                "key_encoding={encoding:?} did not produce bytes from str.encode"
+            ),
+            StoreError::KeySize { shown, len } => write!(
+                f,
+                "key {shown} is {len} bytes: LMDB keys must be 1 to {} bytes",
+                engine::MAX_KEY_SIZE
+            ),
+            StoreError::BoundType { name, why } => write!(f, "{name}: {why}"),
+            StoreError::KeyNotFound { shown } => write!(f, "Key not found: {shown}"),
+            StoreError::EmptyStore => f.write_str("popitem(): the store is empty"),
+            StoreError::PopArguments { given } => {
+                write!(f, "pop expected at most 2 arguments, got {given}")
+            }
+            StoreError::DecodeWithoutEncoding => {
+                f.write_str("Decoding requested but key_encoding is not set.")
+            }
+            StoreError::PutManyItem { got, why } => write!(
+                f,
+                "put_many() wants a mapping or an iterable of (key, value) pairs; \
+                 an item of type {got} {why}"
+            ),
+            StoreError::UpdateElement { index, why } => {
+                write!(f, "update() sequence element #{index} {why}")
+            }
+            StoreError::UpdateKeywordsWithoutEncoding => f.write_str(
+                "update() keyword arguments are str keys: open the store with \
+                 key_encoding='utf-8' to use them",
+            ),
+            StoreError::NoLongerLent => f.write_str(
+                "the store's memory is no longer lent: it was valid only inside pickle.loads",
+            ),
         }
     }
 }
@@ -162,7 +288,32 @@ impl StoreError {
                 PyOSError::new_err((code, text, path))
             }
             StoreError::Readonly(_) => ReadonlyError::new_err(text),
-            _ => Error::new_err(text),
+            StoreError::FinalFlushFailed { .. } => PyRuntimeError::new_err(text),
+            StoreError::PathType { .. }
+            | StoreError::NotAnInt { .. }
+            | StoreError::UnknownOption { .. }
+            | StoreError::NoneKey
+            | StoreError::KeyType { .. }
+            | StoreError::KeyNotContiguous
+            | StoreError::StrKeyWithoutEncoding
+            | StoreError::EncodingNotBytes { .. }
+            | StoreError::BoundType { .. }
+            | StoreError::PopArguments { .. }
+            | StoreError::PutManyItem { .. }
+            | StoreError::UpdateElement { .. }
+            | StoreError::UpdateKeywordsWithoutEncoding => PyTypeError::new_err(text),
+            StoreError::OutOfRange { .. }
+            | StoreError::TooLarge { .. }
+            | StoreError::BadProtocol { .. }
+            | StoreError::BadNormalForm { .. }
+            | StoreError::KeySize { .. }
+            | StoreError::DecodeWithoutEncoding
+            | StoreError::NoLongerLent => PyValueError::new_err(text),
+            StoreError::KeyNotFound { .. } | StoreError::EmptyStore => PyKeyError::new_err(text),
+            StoreError::Engine(_)
+            | StoreError::NotInitialised
+            | StoreError::AlreadyOpen
+            | StoreError::CommitPanicked { .. } => Error::new_err(text),
         }
     }
 }
@@ -176,8 +327,4 @@ impl From<StoreError> for PyErr {
 /// An engine failure as a Python exception (through [`StoreError`]).
 pub fn to_py(e: engine::Error) -> PyErr {
     StoreError::Engine(e).into_pyerr()
-}
-
-pub fn type_error(msg: impl Into<String>) -> PyErr {
-    PyTypeError::new_err(msg.into())
 }

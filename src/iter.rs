@@ -11,7 +11,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -30,17 +29,6 @@ pub enum Kind {
     Keys,
     Values,
     Items,
-}
-
-impl Kind {
-    pub fn parse(name: &str) -> PyResult<Self> {
-        match name {
-            "keys" => Ok(Kind::Keys),
-            "values" => Ok(Kind::Values),
-            "items" => Ok(Kind::Items),
-            _ => Err(PyTypeError::new_err(format!("unknown view kind {name:?}"))),
-        }
-    }
 }
 
 /// Iterator over a store's keys, values or items, in key order.

@@ -8,14 +8,13 @@
 
 use std::borrow::Cow;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
 use unicode_normalization::UnicodeNormalization;
 
-use engine::{key_len_ok, MAX_KEY_SIZE};
+use engine::key_len_ok;
 
-use crate::errors::type_error;
+use crate::errors::StoreError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NormalForm {
@@ -97,9 +96,9 @@ impl KeyPolicy {
         let normalize = match normalize {
             None => None,
             Some(name) => Some(NormalForm::parse(&name).ok_or_else(|| {
-                PyValueError::new_err(format!(
-                    "str_normalize={name:?}: must be one of 'NFC', 'NFD', 'NFKC', 'NFKD' or None"
-                ))
+                PyErr::from(StoreError::BadNormalForm {
+                    given: name.clone(),
+                })
             })?),
         };
         let utf8_strict = encoding.as_deref().is_some_and(is_utf8_name) && errors == "strict";
@@ -120,7 +119,7 @@ impl KeyPolicy {
             return self.encode_str(s);
         }
         if key.is_none() {
-            return Err(type_error("Key cannot be None."));
+            return Err(StoreError::NoneKey.into());
         }
         if let Ok(ba) = key.cast::<PyByteArray>() {
             return Ok(Cow::Owned(ba.to_vec()));
@@ -132,46 +131,39 @@ impl KeyPolicy {
                 .getattr(pyo3::intern!(key.py(), "c_contiguous"))?
                 .is_truthy()?
             {
-                return Err(type_error(
-                    "Key must be bytes-like: memoryview is not C-contiguous",
-                ));
+                return Err(StoreError::KeyNotContiguous.into());
             }
             let raw = key.call_method0(pyo3::intern!(key.py(), "tobytes"))?;
             return Ok(Cow::Owned(raw.cast::<PyBytes>()?.as_bytes().to_vec()));
         }
-        let tyname = key
+        let got = key
             .get_type()
             .name()
             .map(|n| n.to_string())
             .unwrap_or_else(|_| "?".into());
-        let or_str = if self.encoding.is_some() {
-            " or str"
-        } else {
-            ""
-        };
-        Err(type_error(format!(
-            "Key must be bytes-like{or_str}; got {tyname}"
-        )))
+        Err(StoreError::KeyType {
+            got,
+            or_str: self.encoding.is_some(),
+        }
+        .into())
     }
 
     /// The key's bytes, checked against LMDB's size limit (for writes).
     pub fn to_write_bytes<'a>(&self, key: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
         let bytes = self.to_bytes(key)?;
         if !key_len_ok(bytes.len()) {
-            return Err(PyValueError::new_err(format!(
-                "key {} is {} bytes: LMDB keys must be 1 to {MAX_KEY_SIZE} bytes",
-                crate::codec::display_key(key),
-                bytes.len()
-            )));
+            return Err(StoreError::KeySize {
+                shown: crate::codec::display_key(key),
+                len: bytes.len(),
+            }
+            .into());
         }
         Ok(bytes)
     }
 
     fn encode_str<'a>(&self, s: &'a Bound<'_, PyString>) -> PyResult<Cow<'a, [u8]>> {
         let Some(encoding) = &self.encoding else {
-            return Err(type_error(
-                "str keys are not allowed (set key_encoding='utf-8' etc. to enable).",
-            ));
+            return Err(StoreError::StrKeyWithoutEncoding.into());
         };
         if self.utf8_strict {
             // `to_str` fails on lone surrogates, exactly as strict UTF-8 does.
@@ -212,9 +204,9 @@ impl KeyPolicy {
             .get_type::<PyString>()
             .call_method1("encode", (text, encoding, self.errors.as_str()))?;
         let bytes = encoded.cast::<PyBytes>().map_err(|_| {
-            type_error(format!(
-                "key_encoding={encoding:?} did not produce bytes from str.encode"
-            ))
+            PyErr::from(StoreError::EncodingNotBytes {
+                encoding: encoding.to_string(),
+            })
         })?;
         Ok(Cow::Owned(bytes.as_bytes().to_vec()))
     }

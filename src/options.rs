@@ -5,11 +5,12 @@
 use std::path::PathBuf;
 
 use engine::EnvOptions;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::codec;
+use crate::errors::StoreError;
 use crate::keys::KeyPolicy;
 
 pub const DEFAULT_MAX_BUFFER_BYTES: usize = 64 * 1024 * 1024;
@@ -60,10 +61,10 @@ impl Settings {
                 if codec::passes_through(py, &e) {
                     return e;
                 }
-                PyTypeError::new_err(format!(
-                    "db_path must be str or os.PathLike, got {}",
-                    type_name(db_path)
-                ))
+                StoreError::PathType {
+                    got: type_name(db_path),
+                }
+                .into()
             })?;
         // Through os.fsencode, so a str path with surrogate escapes (a
         // non-UTF-8 name) opens the same file as its bytes spelling.
@@ -74,15 +75,15 @@ impl Settings {
             PathBuf::from(std::ffi::OsString::from_vec(b))
         };
         if batch_size < 1 {
-            return Err(PyValueError::new_err(format!(
-                "batch_size must be >= 1, got {batch_size}"
-            )));
+            return Err(out_of_range("batch_size", ">= 1", Some(batch_size.into())));
         }
         let batch_size = batch_size as usize;
         if max_buffer_bytes < 0 {
-            return Err(PyValueError::new_err(format!(
-                "max_buffer_bytes must be >= 0, got {max_buffer_bytes}"
-            )));
+            return Err(out_of_range(
+                "max_buffer_bytes",
+                ">= 0",
+                Some(max_buffer_bytes.into()),
+            ));
         }
         let max_buffer_bytes = max_buffer_bytes as usize;
         let max_map_size = match max_map_size {
@@ -91,7 +92,7 @@ impl Settings {
             Some(v) => {
                 let n = usize_opt("max_map_size", v)?;
                 if n == 0 {
-                    return Err(PyValueError::new_err("max_map_size must be > 0 or None"));
+                    return Err(out_of_range("max_map_size", "> 0 or None", None));
                 }
                 Some(n)
             }
@@ -109,7 +110,11 @@ impl Settings {
             if codec::passes_through(py, &e) {
                 return e;
             }
-            PyValueError::new_err(format!("pickle_protocol={protocol}: {}", e.value(py)))
+            StoreError::BadProtocol {
+                protocol,
+                why: e.value(py).to_string(),
+            }
+            .into()
         })?;
         let keys = KeyPolicy::new(py, key_encoding, key_errors, str_normalize)?;
         let options = parse_lmdb_options(lmdb_options)?;
@@ -149,14 +154,31 @@ pub fn usize_opt(name: &str, v: &Bound<'_, PyAny>) -> PyResult<usize> {
         if codec::passes_through(v.py(), &e) {
             return e;
         }
-        PyTypeError::new_err(format!("{name} must be an int, got {}", type_name(v)))
+        StoreError::NotAnInt {
+            name: name.to_string(),
+            got: type_name(v),
+        }
+        .into()
     })?;
     if n < 0 {
-        return Err(PyValueError::new_err(format!(
-            "{name} must be >= 0, got {n}"
-        )));
+        return Err(out_of_range(name, ">= 0", Some(n)));
     }
-    usize::try_from(n).map_err(|_| PyValueError::new_err(format!("{name} is too large: {n}")))
+    usize::try_from(n).map_err(|_| {
+        StoreError::TooLarge {
+            name: name.to_string(),
+            got: Some(n),
+        }
+        .into()
+    })
+}
+
+fn out_of_range(name: &str, rule: &str, got: Option<i128>) -> PyErr {
+    StoreError::OutOfRange {
+        name: name.to_string(),
+        rule: rule.to_string(),
+        got,
+    }
+    .into()
 }
 
 pub fn type_name(v: &Bound<'_, PyAny>) -> String {
@@ -177,7 +199,7 @@ fn parse_lmdb_options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<EnvOptions
             "map_size" => {
                 o.map_size = usize_opt("map_size", &v)?;
                 if o.map_size == 0 {
-                    return Err(PyValueError::new_err("map_size must be > 0"));
+                    return Err(out_of_range("map_size", "> 0", None));
                 }
             }
             "subdir" => o.subdir = bool_opt(&v)?,
@@ -186,8 +208,12 @@ fn parse_lmdb_options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<EnvOptions
             "sync" => o.sync = bool_opt(&v)?,
             "map_async" => o.map_async = bool_opt(&v)?,
             "mode" => {
-                o.mode = u32::try_from(usize_opt("mode", &v)?)
-                    .map_err(|_| PyValueError::new_err("mode is too large"))?
+                o.mode = u32::try_from(usize_opt("mode", &v)?).map_err(|_| {
+                    PyErr::from(StoreError::TooLarge {
+                        name: "mode".into(),
+                        got: None,
+                    })
+                })?
             }
             "create" => o.create = bool_opt(&v)?,
             "readahead" => o.readahead = bool_opt(&v)?,
@@ -196,18 +222,17 @@ fn parse_lmdb_options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<EnvOptions
             "max_readers" => {
                 let n = usize_opt("max_readers", &v)?;
                 if n == 0 || n > u32::MAX as usize {
-                    return Err(PyValueError::new_err(format!(
-                        "max_readers must be between 1 and {}, got {n}",
-                        u32::MAX
-                    )));
+                    let rule = format!("between 1 and {}", u32::MAX);
+                    return Err(out_of_range("max_readers", &rule, Some(n as i128)));
                 }
                 o.max_readers = n as u32;
             }
             "lock" => o.lock = bool_opt(&v)?,
             other => {
-                return Err(PyTypeError::new_err(format!(
-                    "LmdbObjectStore() got an unexpected keyword argument '{other}'"
-                )))
+                return Err(StoreError::UnknownOption {
+                    name: other.to_string(),
+                }
+                .into())
             }
         }
     }

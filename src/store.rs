@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use engine::buffer::{Bytes, Lookup, Sorted};
 use engine::Bounds;
-use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
@@ -207,9 +206,7 @@ impl LmdbObjectStore {
     ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
         let c = self.open_core()?;
         if (decode_keys || decode_not_found == Some(true)) && c.keys.encoding.is_none() {
-            return Err(PyValueError::new_err(
-                "Decoding requested but key_encoding is not set.",
-            ));
+            return Err(StoreError::DecodeWithoutEncoding.into());
         }
         let decode_not_found = decode_not_found.unwrap_or(decode_keys);
         let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<PyResult<_>>()?;
@@ -281,11 +278,10 @@ impl LmdbObjectStore {
         for pair in pairs.try_iter()? {
             let pair = pair?;
             let (k, v) = key_value_pair(&pair)?.map_err(|why| {
-                PyTypeError::new_err(format!(
-                    "put_many() wants a mapping or an iterable of (key, value) pairs; \
-                     an item of type {} {why}",
-                    type_name(&pair)
-                ))
+                PyErr::from(StoreError::PutManyItem {
+                    got: type_name(&pair),
+                    why,
+                })
             })?;
             let kb = c.keys.to_write_bytes(&k)?.into_owned();
             let pickled = codec::dumps(py, &v, c.protocol)?;
@@ -320,10 +316,9 @@ impl LmdbObjectStore {
         match c.close(py)? {
             None => Ok(()),
             Some(lost) if strict => {
-                let err = PyRuntimeError::new_err(format!(
-                    "Final flush failed during close() of {}",
-                    c.path
-                ));
+                let err = PyErr::from(StoreError::FinalFlushFailed {
+                    path: c.path.clone(),
+                });
                 err.set_cause(py, Some(lost.error));
                 Err(err)
             }
@@ -452,10 +447,10 @@ impl LmdbObjectStore {
         default: &Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, PyAny>> {
         if default.len() > 1 {
-            return Err(PyTypeError::new_err(format!(
-                "pop expected at most 2 arguments, got {}",
-                default.len() + 1
-            )));
+            return Err(StoreError::PopArguments {
+                given: default.len() + 1,
+            }
+            .into());
         }
         let c = self.core()?;
         c.check_writable("pop")?;
@@ -485,7 +480,7 @@ impl LmdbObjectStore {
         c.check_writable("popitem")?;
         match self.core.pop_first(py, c)? {
             Some(p) => Ok((p.core.keys.decode(py, &p.key)?, p.value)),
-            None => Err(PyKeyError::new_err("popitem(): the store is empty")),
+            None => Err(StoreError::EmptyStore.into()),
         }
     }
 
@@ -539,19 +534,15 @@ impl LmdbObjectStore {
             } else {
                 for (i, pair) in o.try_iter()?.enumerate() {
                     let pair = pair?;
-                    let (k, v) = key_value_pair(&pair)?.map_err(|why| {
-                        PyTypeError::new_err(format!("update() sequence element #{i} {why}"))
-                    })?;
+                    let (k, v) = key_value_pair(&pair)?
+                        .map_err(|why| PyErr::from(StoreError::UpdateElement { index: i, why }))?;
                     stage(&k, &v)?;
                 }
             }
         }
         if let Some(kw) = kwargs {
             if !kw.is_empty() && c.keys.encoding.is_none() {
-                return Err(PyTypeError::new_err(
-                    "update() keyword arguments are str keys: open the store with \
-                     key_encoding='utf-8' to use them",
-                ));
+                return Err(StoreError::UpdateKeywordsWithoutEncoding.into());
             }
             for (k, v) in kw.iter() {
                 stage(&k, &v)?;
@@ -763,5 +754,8 @@ fn key_value_pair<'py>(item: &Bound<'py, PyAny>) -> PyResult<Result<Pair<'py>, S
 }
 
 fn key_error(key: &Bound<'_, PyAny>) -> PyErr {
-    PyKeyError::new_err(format!("Key not found: {}", codec::display_key(key)))
+    StoreError::KeyNotFound {
+        shown: codec::display_key(key),
+    }
+    .into()
 }
