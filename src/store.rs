@@ -16,7 +16,7 @@ use crate::core::{add_note, held, report, CoreHandle, CoreRef, HeldPickle};
 use crate::errors::StoreError;
 use crate::exit;
 use crate::iter::{Kind, StoreIterator};
-use crate::options::{type_name, Settings, DEFAULT_MAX_BUFFER_BYTES};
+use crate::options::{self, type_name, Settings, DEFAULT_MAX_BUFFER_BYTES};
 
 /// A persistent, thread-safe, dict-like store of Python objects on LMDB.
 ///
@@ -342,6 +342,16 @@ impl LmdbObjectStore {
         d.set_item("max_readers", i.max_readers)?;
         d.set_item("num_readers", i.num_readers)?;
         Ok(d)
+    }
+
+    /// Write a consistent copy of the store to `dest`, which must not
+    /// exist, after committing the buffer; `compact` leaves out free pages.
+    ///
+    /// >>> store.copy("/backups/db")
+    #[pyo3(signature = (dest, *, compact=true))]
+    fn copy(&self, py: Python<'_>, dest: &Bound<'_, PyAny>, compact: bool) -> PyResult<()> {
+        let dest = options::path_arg(py, "dest", dest)?;
+        self.open_core()?.copy(py, &dest, compact)
     }
 
     /// `psize`, `depth`, `branch_pages`, `leaf_pages`, `overflow_pages`,
