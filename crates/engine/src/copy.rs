@@ -251,3 +251,80 @@ impl Env {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::Batch;
+    use crate::env::EnvOptions;
+
+    fn tmp(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("los-copy-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    fn read(env: &Env, key: &[u8]) -> Option<Vec<u8>> {
+        let g = env.gate.try_shared().unwrap();
+        let txn = env.begin_read(g).unwrap().unwrap();
+        txn.get(key).unwrap().map(<[u8]>::to_vec)
+    }
+
+    #[test]
+    fn a_compacted_copy_leaves_out_the_free_pages() {
+        let dir = tmp("compact");
+        let env = Env::open(&dir.join("src"), &EnvOptions::default()).unwrap();
+        let mut batch = Batch::default();
+        for i in 0..500u32 {
+            batch.insert(format!("k{i:04}").as_bytes(), Some(vec![1u8; 8000]));
+        }
+        env.commit(&batch, None).unwrap();
+        let mut deletions = Batch::<Vec<u8>>::default();
+        for i in 1..500u32 {
+            deletions.insert(format!("k{i:04}").as_bytes(), None);
+        }
+        env.commit(&deletions, None).unwrap();
+        env.copy(&dir.join("plain"), false).unwrap();
+        env.copy(&dir.join("compact"), true).unwrap();
+        let size = |name: &str| {
+            std::fs::metadata(dir.join(name).join("data.mdb"))
+                .unwrap()
+                .len()
+        };
+        assert!(size("compact") * 20 < size("plain"), "{}", size("compact"));
+        for name in ["plain", "compact"] {
+            let copy = Env::open(&dir.join(name), &EnvOptions::default()).unwrap();
+            assert_eq!(read(&copy, b"k0000"), Some(vec![1u8; 8000]));
+            assert_eq!(read(&copy, b"k0001"), None);
+            copy.close().unwrap();
+        }
+        env.close().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_existing_destination_is_refused_and_kept() {
+        let dir = tmp("exists");
+        let env = Env::open(&dir.join("src"), &EnvOptions::default()).unwrap();
+        std::fs::write(dir.join("taken"), b"mine").unwrap();
+        let err = env.copy(&dir.join("taken"), true).unwrap_err();
+        let Error::Copy { code, path, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(
+            (*code, path.as_str()),
+            (libc::EEXIST, &*dir.join("taken").to_string_lossy())
+        );
+        assert!(err.to_string().contains("it already exists"), "{err}");
+        assert_eq!(std::fs::read(dir.join("taken")).unwrap(), b"mine");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["src", "taken"]);
+        env.close().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
