@@ -16,7 +16,7 @@ use crate::core::{add_note, held, report, CoreHandle, CoreRef, HeldPickle};
 use crate::errors::StoreError;
 use crate::exit;
 use crate::iter::{Kind, StoreIterator};
-use crate::options::{self, type_name, Settings, DEFAULT_MAX_BUFFER_BYTES};
+use crate::options::{type_name, Settings, DEFAULT_MAX_BUFFER_BYTES};
 
 /// A persistent, thread-safe, dict-like store of Python objects on LMDB.
 ///
@@ -350,7 +350,7 @@ impl LmdbObjectStore {
     /// >>> store.copy("/backups/db")
     #[pyo3(signature = (dest, *, compact=true))]
     fn copy(&self, py: Python<'_>, dest: &Bound<'_, PyAny>, compact: bool) -> PyResult<()> {
-        let dest = options::path_arg(py, "dest", dest)?;
+        let dest = crate::options::path_arg(py, "dest", dest)?;
         self.open_core()?.copy(py, &dest, compact)
     }
 
