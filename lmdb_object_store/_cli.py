@@ -438,6 +438,29 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# copy
+
+
+def cmd_copy(args: argparse.Namespace, out: IO[str]) -> int:
+    if _exists(args.dest):
+        raise CliError(f"{args.dest} already exists: copy never replaces anything; name a new path")
+    store, location = open_readonly(args.store)
+    with store:
+        try:
+            store.copy(args.dest, compact=args.compact)
+        except OSError as exc:
+            raise CliError(exc.strerror or str(exc)) from None
+    layout = "directory" if location.subdir else "file"
+    data_file = Location(args.dest, location.subdir).data_file
+    how = "compacted" if args.compact else "as it is"
+    print(
+        f"copied {args.store} to {args.dest} ({how}, a {layout} of"
+        f" {os.path.getsize(data_file)} bytes)",
+        file=sys.stderr,
+    )
+    return 0
+
+
 # dump and load
 
 
@@ -1004,6 +1027,25 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     store_argument(sub)
     sub.add_argument(
         "output", metavar="OUTPUT", nargs="?", default="-", help="the file (default: stdout)"
+    )
+
+    sub = command(
+        "copy",
+        cmd_copy,
+        "copy a store, compacted, to a new path",
+        "Write a consistent copy of STORE to DEST, which must not exist: a directory with"
+        " data.mdb for a directory store, a file for a file store. The copy appears at DEST"
+        " only once it is complete; a copy that fails leaves nothing there. Other processes"
+        f" may go on writing STORE meanwhile. {read_only}",
+    )
+    store_argument(sub)
+    sub.add_argument("dest", metavar="DEST", help="the new path")
+    sub.add_argument(
+        "--compact",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="leave out the free pages, so that the copy holds only the live data"
+        " (default); --no-compact copies the data file page for page",
     )
 
     sub = command(

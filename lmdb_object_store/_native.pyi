@@ -257,6 +257,15 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
     def sync(self, force: bool = True) -> None:
         """fsync the data file."""
 
+    def copy(
+        self, dest: str | bytes | os.PathLike[str] | os.PathLike[bytes], *, compact: bool = True
+    ) -> None:
+        """Commit the buffer, then write a consistent copy of the store to ``dest``,
+        which must not exist (``FileExistsError``); ``compact`` leaves out free pages.
+
+        >>> store.copy("backup.lmdb")
+        """
+
     def info(self) -> dict[str, int]:
         """``map_addr``, ``map_size``, ``last_pgno``, ``last_txnid``, ``max_readers``,
         ``num_readers``, as py-lmdb's ``Environment.info()``."""

@@ -971,6 +971,27 @@ impl Core {
         })
     }
 
+    /// `copy()`: commit the buffer (as `flush`), so that every write this
+    /// store acknowledged before the call is in the copy, then have the
+    /// engine write a consistent copy of the committed database to `dest`.
+    /// A `dest` that exists is refused first, with nothing committed.
+    pub(crate) fn copy(
+        &self,
+        py: Python<'_>,
+        dest: &std::path::Path,
+        compact: bool,
+    ) -> PyResult<()> {
+        engine::copy::check_free(std::path::Path::new(&self.path), dest).map_err(to_py)?;
+        if !self.readonly {
+            self.flush(py)?;
+        }
+        let env = &*self.env;
+        // Spine rule 2: the copy waits for the map gate (and LMDB for its
+        // writer mutex) with the GIL released.
+        py.detach(|| env.copy(dest, compact))
+            .map_err(|e| self.map_closed(e))
+    }
+
     /// `close()`: see [`close_core`].
     pub(crate) fn close(&self, py: Python<'_>) -> PyResult<Option<LostFlush>> {
         close_core(py, self)

@@ -287,6 +287,11 @@ impl StoreError {
                 // PermissionError, ...), with the path attached.
                 PyOSError::new_err((code, text, path))
             }
+            StoreError::Engine(E::Copy { code, path, .. }) if code > 0 => {
+                // FileExistsError for a destination that exists, the errno's
+                // own subclass otherwise; `filename` is the destination.
+                PyOSError::new_err((code, text, path))
+            }
             StoreError::Readonly(_) => ReadonlyError::new_err(text),
             StoreError::FinalFlushFailed { .. } => PyRuntimeError::new_err(text),
             StoreError::PathType { .. }

@@ -238,3 +238,31 @@ fn parse_lmdb_options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<EnvOptions
     }
     Ok(o)
 }
+
+/// A path argument other than the constructor's (`copy(dest)`): `str`,
+/// `bytes` or `os.PathLike`, through `os.fsencode` as `db_path` is. Empty
+/// or with a NUL byte is a `ValueError` naming `name`.
+pub fn path_arg(py: Python<'_>, name: &str, v: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let os = py.import("os")?;
+    let fspath = os.call_method1("fspath", (v,)).map_err(|e| {
+        if codec::passes_through(py, &e) {
+            return e;
+        }
+        PyTypeError::new_err(format!(
+            "{name} must be str, bytes or os.PathLike, got {}",
+            type_name(v)
+        ))
+    })?;
+    let raw: Vec<u8> = os.call_method1("fsencode", (&fspath,))?.extract()?;
+    if raw.is_empty() {
+        return Err(PyValueError::new_err(format!("{name} is an empty path")));
+    }
+    if raw.contains(&0) {
+        return Err(PyValueError::new_err(format!(
+            "{name} contains a NUL byte: {}",
+            fspath.repr()?
+        )));
+    }
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(raw)))
+}

@@ -350,6 +350,16 @@ impl LmdbObjectStore {
         Ok(d)
     }
 
+    /// Write a consistent copy of the store to `dest`, which must not
+    /// exist, after committing the buffer; `compact` leaves out free pages.
+    ///
+    /// >>> store.copy("/backups/db")
+    #[pyo3(signature = (dest, *, compact=true))]
+    fn copy(&self, py: Python<'_>, dest: &Bound<'_, PyAny>, compact: bool) -> PyResult<()> {
+        let dest = crate::options::path_arg(py, "dest", dest)?;
+        self.open_core()?.copy(py, &dest, compact)
+    }
+
     /// `psize`, `depth`, `branch_pages`, `leaf_pages`, `overflow_pages`,
     /// `entries`, as py-lmdb's `Environment.stat()` (committed data only).
     fn stat<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

@@ -888,6 +888,100 @@ def test_table_is_an_option_of_sqlitedict_only(capsys, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+# copy
+
+
+def test_help_of_copy(capsys):
+    status, out, _ = cli(capsys, "--help")
+    assert status == 0 and re.search(r"^\s+copy\s+\S", out, re.MULTILINE)
+    status, out, _ = cli(capsys, "copy", "--help")
+    assert status == 0
+    assert out.startswith("usage: lmdb-object-store copy [-h] [--compact | --no-compact]")
+    assert "STORE DEST" in out and "read-only" in out
+
+
+@pytest.mark.parametrize("compact", [[], ["--compact"], ["--no-compact"]], ids=str)
+@pytest.mark.parametrize("layout", ["directory", "file"])
+def test_copy_writes_a_store_with_the_same_entries(capsys, tmp_path, layout, compact):
+    subdir = layout == "directory"
+    store = make_store(tmp_path / "src", subdir=subdir)
+    dest = tmp_path / "backup"
+    status, out, err = cli(capsys, "copy", *compact, store, dest)
+    assert (status, out) == (0, "")
+    data_file = dest / "data.mdb" if subdir else dest
+    how = "as it is" if compact == ["--no-compact"] else "compacted"
+    assert err == (
+        f"copied {store} to {dest} ({how}, a {layout} of {data_file.stat().st_size} bytes)\n"
+    )
+    assert dest.is_dir() == subdir
+    assert contents(dest, subdir=subdir) == ENTRIES
+
+
+def test_copy_compacts_by_default(capsys, tmp_path):
+    store = make_store(tmp_path / "src", {b"k%05d" % i: b"v" * 4000 for i in range(2000)})
+    with LmdbObjectStore(store) as writable:
+        for i in range(1900):
+            del writable[b"k%05d" % i]
+    assert cli(capsys, "copy", store, tmp_path / "compacted")[0] == 0
+    assert cli(capsys, "copy", "--no-compact", store, tmp_path / "plain")[0] == 0
+    compacted = (tmp_path / "compacted" / "data.mdb").stat().st_size
+    plain = (tmp_path / "plain" / "data.mdb").stat().st_size
+    assert compacted * 5 < plain
+    assert contents(tmp_path / "compacted") == contents(tmp_path / "plain")
+    assert len(contents(tmp_path / "plain")) == 100
+
+
+@pytest.mark.parametrize("layout", ["directory", "file"])
+def test_copy_never_changes_the_source(tmp_path, layout):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    if layout == "file":
+        store = make_store(folder / "single.mdb", subdir=False)
+        data_file = store
+    else:
+        store = make_store(folder / "store")
+        data_file = os.path.join(store, "data.mdb")
+    age(data_file)
+    before = os.stat(data_file).st_mtime_ns, Path(data_file).read_bytes()
+    names = sorted(os.listdir(folder))
+    proc = run_cli("copy", store, tmp_path / "backup")
+    assert proc.returncode == 0, proc.stderr
+    assert (os.stat(data_file).st_mtime_ns, Path(data_file).read_bytes()) == before
+    assert sorted(os.listdir(folder)) == names
+
+
+def test_copy_to_a_path_that_exists_writes_nothing(capsys, demo, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("mine")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    before = file_state(tmp_path)
+    for dest in (taken, empty, Path(demo), taken / "mine.txt"):
+        status, out, err = cli(capsys, "copy", demo, dest)
+        assert (status, out) == (1, "")
+        assert err == (
+            f"lmdb-object-store: error: {dest} already exists: copy never replaces anything;"
+            " name a new path\n"
+        )
+    assert file_state(tmp_path) == before
+
+
+def test_copy_failures_are_one_line_naming_the_path(capsys, tmp_path):
+    missing = tmp_path / "missing"
+    status, out, err = cli(capsys, "copy", missing, tmp_path / "backup")
+    assert (status, out) == (1, "")
+    assert err == f"lmdb-object-store: error: no store at {missing}: it does not exist\n"
+    demo = make_store(tmp_path / "demo")
+    no_parent = tmp_path / "no" / "backup"
+    status, out, err = cli(capsys, "copy", demo, no_parent)
+    assert (status, out) == (1, "")
+    assert err == (
+        f"lmdb-object-store: error: cannot copy {demo} to {no_parent}: No such file or directory\n"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["demo"]
+
+
 # Errors and output
 
 

@@ -1175,6 +1175,64 @@ impl Env {
             .map_err(|e| Error::from_lmdb(e, self.what("sync")))
     }
 
+    /// Write a consistent copy of the committed database to `file`, from its
+    /// start (LMDB's `mdb_env_copyfd2`; `compact` leaves out the free pages
+    /// and renumbers the others). LMDB reads one snapshot through a read
+    /// transaction of its own, so writers go on meanwhile; the gate is held
+    /// shared throughout, so a growth of the map in this process waits for
+    /// the copy to end. Call without the GIL (see `copy.rs` for the file's
+    /// placement).
+    pub(crate) fn copy_into(&self, file: &std::fs::File, compact: bool) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::io::AsRawFd;
+        if self.generation != fork_generation() {
+            // LMDB's rule: no transaction of an environment opened before
+            // fork() begins in the child, and the copy begins one.
+            return Err(Error::Forked);
+        }
+        let flags = if compact { ffi::MDB_CP_COMPACT } else { 0 };
+        let what = || format!("copy {}", self.path.display());
+        loop {
+            let rc = {
+                // A plain copy takes its snapshot of the meta pages under
+                // LMDB's writer mutex, which lives in the lock file: without
+                // one (lock=False) this process's writer lock stands in for
+                // it, for the whole copy (other processes must not write such
+                // a file at all).
+                let _writer = match !self.options.lock && !compact {
+                    true => Some(self.lock_writer()?),
+                    false => None,
+                };
+                let g = self.gate.wait_shared();
+                let env = self.lmdb_shared(&g)?;
+                // SAFETY: `env` is open and stays mapped while the gate is
+                // held shared (no resize or close can run); LMDB begins and
+                // ends its own read transaction inside the call, and only
+                // writes to `file`, a descriptor we own and keep open.
+                unsafe { ffi::mdb_env_copyfd2(env.env(), file.as_raw_fd(), flags) }
+            };
+            match rc {
+                0 => return Ok(()),
+                ffi::MDB_MAP_RESIZED => {
+                    // Another process grew the map: adopt its size and start
+                    // the copy again, over what was written so far.
+                    let rewind = file.set_len(0).and_then(|()| {
+                        let mut f = file;
+                        f.seek(SeekFrom::Start(0)).map(drop)
+                    });
+                    rewind.map_err(|e| Error::lmdb(io_code(&e), what()))?;
+                    self.adopt_resize()?;
+                }
+                ffi::MDB_READERS_FULL => {
+                    return Err(Error::ReadersFull {
+                        max_readers: self.options.max_readers,
+                    })
+                }
+                rc => return Err(Error::lmdb(rc, what())),
+            }
+        }
+    }
+
     /// Close the environment: waits for every read in flight and for the
     /// writer. Idempotent. Call without the GIL. Stores close through
     /// `release`, which also keeps the registry right.

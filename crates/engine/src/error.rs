@@ -39,6 +39,14 @@ pub enum Error {
         what: String,
         path: String,
     },
+    /// Writing a copy of the environment to `path` failed: an OS error
+    /// (`code` > 0, an errno, `EEXIST` for a destination that exists) or an
+    /// LMDB error (`code` < 0). `what` names the source and the destination.
+    Copy {
+        code: c_int,
+        what: String,
+        path: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -121,11 +129,39 @@ impl fmt::Display for Error {
             }
             Error::Open { code: 0, what, .. } => f.write_str(what),
             Error::Open { code, what, .. } => write!(f, "{what}: {}", strerror(*code)),
+            Error::Copy { code, what, .. } => {
+                let text = strerror(*code);
+                match (*code, copy_failure_hint(*code)) {
+                    (libc::EEXIST, _) => write!(
+                        f,
+                        "{what}: it already exists (a copy never replaces anything: name a new \
+                         path)"
+                    ),
+                    (_, Some(hint)) => write!(f, "{what}: {text}; {hint}"),
+                    (code, None) if code > 0 => write!(f, "{what}: {text}"),
+                    (code, None) => write!(f, "{what}: {text} (code {code})"),
+                }
+            }
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+/// What to do about an OS error that stopped a copy being written.
+fn copy_failure_hint(code: c_int) -> Option<&'static str> {
+    match code {
+        libc::EFBIG => Some(
+            "the copy may not grow past the process's file size limit (RLIMIT_FSIZE, \
+             `ulimit -f`): raise the limit, then retry",
+        ),
+        libc::EIO => Some(
+            "the copy could not be written in full: the disk may be full or the device \
+             failing; fix that, then retry",
+        ),
+        code => write_failure_hint(code),
+    }
+}
 
 /// What to do about an OS error that stopped LMDB writing its data file or
 /// mapping it.

@@ -9,6 +9,7 @@
 
 pub mod bounds;
 pub mod buffer;
+pub mod copy;
 mod env;
 pub mod error;
 pub mod files;
