@@ -1,7 +1,9 @@
 //! The Python exception tree, the one error enum of the binding (wrapping
 //! the engine's), and the single conversion from it to Python exceptions.
 
-use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{
+    PyException, PyImportError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
@@ -113,6 +115,19 @@ pub enum StoreError {
     /// A background commit of the store at `path` panicked (a bug): its
     /// batch is back in the buffer.
     CommitPanicked { path: String },
+    /// A NumPy method was called and numpy does not import.
+    NumpyMissing,
+    /// `put_array` of an array whose dtype holds Python objects (shown key,
+    /// dtype).
+    ArrayHoldsObjects { key: String, dtype: String },
+    /// `get_array`/`get_arrays` of a value that is not in `.npy` format
+    /// (shown key).
+    NotAnArray { key: String },
+    /// `get_arrays`: a key's array differs from the first key's (shown key,
+    /// what differs).
+    ArrayMismatch { key: String, why: String },
+    /// `get_arrays` was given an `out` it cannot fill (why).
+    BadOut { why: String, type_error: bool },
 }
 
 impl From<engine::Error> for StoreError {
@@ -136,6 +151,21 @@ impl std::fmt::Display for StoreError {
                 f,
                 "the background commit of {path} panicked; its writes are still buffered"
             ),
+            StoreError::NumpyMissing => f.write_str(
+                "NumPy arrays need numpy, which does not import: \
+                 pip install lmdb-object-store[numpy]",
+            ),
+            StoreError::ArrayHoldsObjects { key, dtype } => write!(
+                f,
+                "cannot store the array of key {key}: its dtype {dtype} holds Python \
+                 objects, which the .npy format keeps only as a pickle"
+            ),
+            StoreError::NotAnArray { key } => write!(
+                f,
+                "the value of key {key} is not an array stored by put_array (.npy format)"
+            ),
+            StoreError::ArrayMismatch { key, why } => write!(f, "get_arrays(): key {key} {why}"),
+            StoreError::BadOut { why, .. } => write!(f, "get_arrays(): out {why}"),
         }
     }
 }
@@ -155,6 +185,15 @@ impl StoreError {
                 PyOSError::new_err((code, text, path))
             }
             StoreError::Readonly(_) => ReadonlyError::new_err(text),
+            StoreError::NumpyMissing => PyImportError::new_err(text),
+            StoreError::ArrayHoldsObjects { .. }
+            | StoreError::NotAnArray { .. }
+            | StoreError::BadOut {
+                type_error: true, ..
+            } => PyTypeError::new_err(text),
+            StoreError::ArrayMismatch { .. } | StoreError::BadOut { .. } => {
+                PyValueError::new_err(text)
+            }
             _ => Error::new_err(text),
         }
     }
