@@ -134,9 +134,7 @@ pub fn encode<'py>(
             // by ascontiguousarray) alive for this call, whose `nbytes`
             // bytes start at `src`; `buf` has room for them after the
             // header, and the two do not overlap (`buf` is new).
-            unsafe {
-                std::ptr::copy_nonoverlapping(src, buf[header.len()..].as_mut_ptr(), nbytes)
-            };
+            unsafe { std::ptr::copy_nonoverlapping(src, buf[header.len()..].as_mut_ptr(), nbytes) };
         }
         Ok(())
     })
@@ -203,7 +201,10 @@ pub fn parse_header<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Header<'py>> 
     let major = data[MAGIC.len()];
     let at = MAGIC.len() + 2;
     let (hlen, text_start) = match major {
-        1 => (u16::from_le_bytes([data[at], data[at + 1]]) as usize, at + 2),
+        1 => (
+            u16::from_le_bytes([data[at], data[at + 1]]) as usize,
+            at + 2,
+        ),
         2 | 3 if data.len() >= at + 4 => (
             u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize,
             at + 4,
@@ -273,7 +274,7 @@ fn quick_header(text: &str) -> Option<(&str, bool, Vec<usize>)> {
     let rest = rest.strip_prefix(", 'shape': (")?;
     let end = rest.find(')')?;
     let (dims, rest) = rest.split_at(end);
-    if rest.strip_prefix("), }")?.trim_end_matches([' ', '\n']) != "" {
+    if !rest.strip_prefix("), }")?.trim_end_matches([' ', '\n']).is_empty() {
         return None;
     }
     let mut shape = Vec::new();
@@ -303,7 +304,9 @@ fn slow_header<'py>(
         .cast_into::<PyDict>()
         .map_err(|_| bad("the header is not a dict"))?;
     if d.len() != 3 {
-        return Err(bad("the header has keys other than descr, fortran_order, shape"));
+        return Err(bad(
+            "the header has keys other than descr, fortran_order, shape",
+        ));
     }
     let get = |name: &str| -> PyResult<Bound<'py, PyAny>> {
         d.get_item(name)?

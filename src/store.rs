@@ -318,14 +318,15 @@ impl LmdbObjectStore {
         npy::numpy(py)?;
         let c = self.open_core()?;
         let k = [c.keys.to_bytes(key)?];
-        self.current(c)?.with_raw_values(py, &k, |values| match values[0] {
-            None => Err(key_error(key)),
-            Some(v) if !v.starts_with(npy::MAGIC) => Err(StoreError::NotAnArray {
-                key: codec::display_key(key),
-            }
-            .into()),
-            Some(v) => npy::load(py, v).map_err(|e| codec::unpickle_error(py, &k[0], "DB", e)),
-        })
+        self.current(c)?
+            .with_raw_values(py, &k, |values| match values[0] {
+                None => Err(key_error(key)),
+                Some(v) if !v.starts_with(npy::MAGIC) => Err(StoreError::NotAnArray {
+                    key: codec::display_key(key),
+                }
+                .into()),
+                Some(v) => npy::load(py, v).map_err(|e| codec::unpickle_error(py, &k[0], "DB", e)),
+            })
     }
 
     /// The arrays of `keys` (one dtype, one shape), read in one transaction

@@ -10,9 +10,9 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import raw_items, run_python, run_threads
 
-from lmdb_object_store import LmdbObjectStore, ReadonlyError, UnpickleError
+from helpers import raw_items, run_python, run_threads
+from lmdb_object_store import LmdbObjectStore, ReadonlyError
 
 NEVER = 1 << 30  # a batch_size no test reaches: writes stay buffered
 
@@ -71,9 +71,7 @@ def stored_bytes(store, raw_env, key) -> bytes:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_every_dtype_round_trips_and_numpy_load_reads_the_stored_bytes(
-    make_store, raw_env, dtype
-):
+def test_every_dtype_round_trips_and_numpy_load_reads_the_stored_bytes(make_store, raw_env, dtype):
     store = make_store()
     arr = sample(dtype)
     store.put_array(b"k", arr)
@@ -87,9 +85,7 @@ def test_every_dtype_round_trips_and_numpy_load_reads_the_stored_bytes(
     assert_same_array(np.load(io.BytesIO(raw), allow_pickle=False), arr)
 
 
-@pytest.mark.parametrize(
-    "shape", [(), (0,), (0, 3), (3, 0, 2), (7,), (2, 3, 4, 5, 1)], ids=str
-)
+@pytest.mark.parametrize("shape", [(), (0,), (0, 3), (3, 0, 2), (7,), (2, 3, 4, 5, 1)], ids=str)
 def test_shapes_zero_d_and_empty_round_trip(store, shape):
     arr = sample("<i4", shape)
     store.put_array(b"k", arr)
