@@ -278,6 +278,21 @@ def test_get_arrays_into_out(store):
     assert store.get_arrays(list(arrays), out=None).shape == (4, 3)
 
 
+class Tagged(np.ndarray):
+    """An ndarray subclass whose array interface points elsewhere."""
+
+    @property
+    def __array_interface__(self):
+        return {"data": (0, False), "shape": (), "typestr": "|u1", "version": 3}
+
+
+def test_get_arrays_into_an_ndarray_subclass_uses_its_real_memory(store):
+    arrays = vectors(store, 3, dim=4)
+    out = np.zeros((3, 4), "<f4").view(Tagged)
+    assert store.get_arrays(list(arrays), out=out) is out
+    np.testing.assert_array_equal(out.view(np.ndarray), np.stack(list(arrays.values())))
+
+
 def test_get_arrays_reads_buffered_values_and_the_database_together(make_store):
     store = make_store(batch_size=NEVER, autoflush_on_read=False)
     old = vectors(store, 3)
