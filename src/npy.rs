@@ -388,6 +388,8 @@ pub fn load<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     let (arr, ptr) = new_array(np, &h.dtype, &h.shape, h.fortran)?;
     let src = &data[h.data_start..];
     let dst = Dest(ptr);
+    // Spine rule 3: the bytes are copied into the new array before the
+    // caller's read ends; the array points nowhere into LMDB's memory.
     copy_out(py, h.nbytes, move || {
         let dst = dst;
         // SAFETY: the new array has exactly `nbytes` bytes in the header's
@@ -530,6 +532,8 @@ pub fn fill<'py>(
     let each = first.nbytes;
     let (shape, itemsize) = (first.shape, first.itemsize);
     let dst = Dest(ptr);
+    // Spine rule 3: every value is copied out inside the read (the slices
+    // never reach Python).
     copy_out(py, each * data.len(), move || {
         let dst = dst;
         for (i, (v, &(start, fortran))) in data.iter().zip(&layout).enumerate() {
