@@ -135,6 +135,17 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
     def put_many(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]]) -> None:
         """Commit the buffer, then write every pair in one transaction: all or nothing."""
 
+    # NumPy arrays (numpy is an optional dependency)
+
+    def put_array(self, key: _Key, arr: Any) -> None:
+        """Store an array in NumPy's ``.npy`` format (no pickle); buffered as ``put``."""
+
+    def get_array(self, key: _Key) -> Any:
+        """The array stored under ``key`` by ``put_array``, as a new array."""
+
+    def get_arrays(self, keys: Iterable[_Key], out: Any = None) -> Any:
+        """The arrays of ``keys`` in one ``(n, *shape)`` array (``out`` or a new one)."""
+
     def flush(self) -> None:
         """Commit the buffer in one write transaction."""
 

@@ -1306,6 +1306,52 @@ impl CoreHandle {
     }
 }
 
+impl Core {
+    /// Run `f` over the stored bytes of each of `keys` (`None`: no value),
+    /// buffer first, the rest from one read transaction: what `get_array`
+    /// and `get_arrays` copy from. `f` must not run code of the caller's
+    /// (it runs inside the read, which a fork would leave behind).
+    /// Spine rule 3: the slices are lent to `f` only, which copies them
+    /// before the read ends.
+    pub(crate) fn with_raw_values<T>(
+        &self,
+        py: Python<'_>,
+        keys: &[Cow<'_, [u8]>],
+        f: impl FnOnce(&[Option<&[u8]>]) -> PyResult<T>,
+    ) -> PyResult<T> {
+        let (lookups, dirty) = {
+            let b = self.buffered.lock();
+            let found: Vec<Lookup> = keys.iter().map(|k| b.buf.lookup(k)).collect();
+            (found, b.buf.active_len() > 0)
+        };
+        let need_db = lookups.iter().any(|l| matches!(l, Lookup::Unknown));
+        let from_buffer = |i: usize| match &lookups[i] {
+            Lookup::Value(v) => Some((**v).as_ref()),
+            _ => None,
+        };
+        if !need_db {
+            let values: Vec<Option<&[u8]>> = (0..keys.len()).map(from_buffer).collect();
+            return f(&values);
+        }
+        let failure = self.autoflush_for_read(py, dirty && self.autoflush_on_read);
+        let result = self.with_read(py, |txn| {
+            let mut values: Vec<Option<&[u8]>> = (0..keys.len()).map(from_buffer).collect();
+            // One cursor moving forward over the keys in order, as `read_many`.
+            let mut order: Vec<usize> = (0..keys.len())
+                .filter(|&i| matches!(lookups[i], Lookup::Unknown))
+                .collect();
+            order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
+            let mut lookup = txn.ascending().map_err(to_py)?;
+            for i in order {
+                values[i] = lookup.get(&keys[i]).map_err(to_py)?;
+            }
+            f(&values)
+        });
+        self.log_read_flush_failure(py, failure);
+        result
+    }
+}
+
 /// The entry `pop_first` removed, and the core the call ended on.
 pub(crate) struct Popped<'a, 'py> {
     pub(crate) core: CoreRef<'a>,

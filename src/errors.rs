@@ -2,7 +2,7 @@
 //! the engine's), and the single conversion from it to Python exceptions.
 
 use pyo3::exceptions::{
-    PyException, PyKeyError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
+    PyException, PyImportError, PyKeyError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -176,6 +176,26 @@ pub enum StoreError {
     UpdateKeywordsWithoutEncoding,
     /// The buffer lent to `pickle.loads` used after that call.
     NoLongerLent,
+    /// A stored `.npy` value that does not read (the cause of the
+    /// `UnpickleError` naming its key).
+    BadNpy { why: String },
+    /// A path argument (`copy(dest)`) that is not a path.
+    PathArgType { name: String, got: String },
+    /// A path argument that is empty, or holds a NUL byte (`shown`).
+    BadPath { name: String, why: String },
+    /// A NumPy method was called and numpy does not import.
+    NumpyMissing,
+    /// `put_array` of an array whose dtype holds Python objects (shown key,
+    /// dtype).
+    ArrayHoldsObjects { key: String, dtype: String },
+    /// `get_array`/`get_arrays` of a value that is not in `.npy` format
+    /// (shown key).
+    NotAnArray { key: String },
+    /// `get_arrays`: a key's array differs from the first key's (shown key,
+    /// what differs).
+    ArrayMismatch { key: String, why: String },
+    /// `get_arrays` was given an `out` it cannot fill (why).
+    BadOut { why: String, type_error: bool },
 }
 
 impl From<engine::Error> for StoreError {
@@ -266,9 +286,29 @@ impl std::fmt::Display for StoreError {
                 "update() keyword arguments are str keys: open the store with \
                  key_encoding='utf-8' to use them",
             ),
+            StoreError::PathArgType { name, got } => {
+                write!(f, "{name} must be str, bytes or os.PathLike, got {got}")
+            }
+            StoreError::BadPath { name, why } => write!(f, "{name} {why}"),
+            StoreError::BadNpy { why } => write!(f, "bad .npy value: {why}"),
             StoreError::NoLongerLent => f.write_str(
                 "the store's memory is no longer lent: it was valid only inside pickle.loads",
             ),
+            StoreError::NumpyMissing => f.write_str(
+                "NumPy arrays need numpy, which does not import: \
+                 pip install lmdb-object-store[numpy]",
+            ),
+            StoreError::ArrayHoldsObjects { key, dtype } => write!(
+                f,
+                "cannot store the array of key {key}: its dtype {dtype} holds Python \
+                 objects, which the .npy format keeps only as a pickle"
+            ),
+            StoreError::NotAnArray { key } => write!(
+                f,
+                "the value of key {key} is not an array stored by put_array (.npy format)"
+            ),
+            StoreError::ArrayMismatch { key, why } => write!(f, "get_arrays(): key {key} {why}"),
+            StoreError::BadOut { why, .. } => write!(f, "get_arrays(): out {why}"),
         }
     }
 }
@@ -306,19 +346,31 @@ impl StoreError {
             | StoreError::PopArguments { .. }
             | StoreError::PutManyItem { .. }
             | StoreError::UpdateElement { .. }
-            | StoreError::UpdateKeywordsWithoutEncoding => PyTypeError::new_err(text),
+            | StoreError::UpdateKeywordsWithoutEncoding
+            | StoreError::PathArgType { .. } => PyTypeError::new_err(text),
             StoreError::OutOfRange { .. }
             | StoreError::TooLarge { .. }
             | StoreError::BadProtocol { .. }
             | StoreError::BadNormalForm { .. }
             | StoreError::KeySize { .. }
             | StoreError::DecodeWithoutEncoding
-            | StoreError::NoLongerLent => PyValueError::new_err(text),
+            | StoreError::NoLongerLent
+            | StoreError::BadPath { .. }
+            | StoreError::BadNpy { .. } => PyValueError::new_err(text),
             StoreError::KeyNotFound { .. } | StoreError::EmptyStore => PyKeyError::new_err(text),
             StoreError::Engine(_)
             | StoreError::NotInitialised
             | StoreError::AlreadyOpen
             | StoreError::CommitPanicked { .. } => Error::new_err(text),
+            StoreError::NumpyMissing => PyImportError::new_err(text),
+            StoreError::ArrayHoldsObjects { .. }
+            | StoreError::NotAnArray { .. }
+            | StoreError::BadOut {
+                type_error: true, ..
+            } => PyTypeError::new_err(text),
+            StoreError::ArrayMismatch { .. } | StoreError::BadOut { .. } => {
+                PyValueError::new_err(text)
+            }
         }
     }
 }

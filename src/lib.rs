@@ -7,6 +7,7 @@ pub mod errors;
 pub mod exit;
 pub mod iter;
 pub mod keys;
+pub mod npy;
 pub mod options;
 mod pickle;
 pub mod store;

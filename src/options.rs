@@ -249,20 +249,26 @@ pub fn path_arg(py: Python<'_>, name: &str, v: &Bound<'_, PyAny>) -> PyResult<Pa
         if codec::passes_through(py, &e) {
             return e;
         }
-        PyTypeError::new_err(format!(
-            "{name} must be str, bytes or os.PathLike, got {}",
-            type_name(v)
-        ))
+        StoreError::PathArgType {
+            name: name.to_string(),
+            got: type_name(v),
+        }
+        .into()
     })?;
     let raw: Vec<u8> = os.call_method1("fsencode", (&fspath,))?.extract()?;
     if raw.is_empty() {
-        return Err(PyValueError::new_err(format!("{name} is an empty path")));
+        return Err(StoreError::BadPath {
+            name: name.to_string(),
+            why: "is an empty path".into(),
+        }
+        .into());
     }
     if raw.contains(&0) {
-        return Err(PyValueError::new_err(format!(
-            "{name} contains a NUL byte: {}",
-            fspath.repr()?
-        )));
+        return Err(StoreError::BadPath {
+            name: name.to_string(),
+            why: format!("contains a NUL byte: {}", fspath.repr()?),
+        }
+        .into());
     }
     Ok(PathBuf::from(std::ffi::OsString::from_vec(raw)))
 }

@@ -15,6 +15,7 @@ use crate::core::{add_note, held, report, CoreHandle, CoreRef};
 use crate::errors::StoreError;
 use crate::exit;
 use crate::iter::{Kind, StoreIterator};
+use crate::npy;
 use crate::options::{type_name, Settings, DEFAULT_MAX_BUFFER_BYTES};
 use crate::views::{self, View};
 
@@ -297,6 +298,67 @@ impl LmdbObjectStore {
                 .collect(),
         );
         c.put_many(py, &ops, bytes)
+    }
+
+    /// Store the array `arr` under `key` in NumPy's `.npy` format (no
+    /// pickle); buffered until the next flush, as `put`.
+    fn put_array(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        arr: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        npy::numpy(py)?;
+        let c = self.core()?;
+        c.check_writable("put_array")?;
+        let k = c.keys.to_write_bytes(key)?;
+        let stored = npy::encode(py, arr, || codec::display_key(key))?;
+        self.current(c)?.buffer_write(py, &k, Some(held(stored)))
+    }
+
+    /// The array stored under `key` by `put_array`, as a new array.
+    fn get_array<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        npy::numpy(py)?;
+        let c = self.open_core()?;
+        let k = [c.keys.to_bytes(key)?];
+        self.current(c)?
+            .with_raw_values(py, &k, |values| match values[0] {
+                None => Err(key_error(key)),
+                Some(v) if !v.starts_with(npy::MAGIC) => Err(StoreError::NotAnArray {
+                    key: codec::display_key(key),
+                }
+                .into()),
+                Some(v) => npy::load(py, v).map_err(|e| codec::unpickle_error(py, &k[0], "DB", e)),
+            })
+    }
+
+    /// The arrays of `keys` (one dtype, one shape), read in one transaction
+    /// into one `(n, *shape)` array: `out`, or a new one.
+    #[pyo3(signature = (keys, out=None))]
+    fn get_arrays<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+        out: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        npy::numpy(py)?;
+        let c = self.open_core()?;
+        let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<PyResult<_>>()?;
+        let normalised: Vec<Cow<'_, [u8]>> = given
+            .iter()
+            .map(|k| c.keys.to_bytes(k))
+            .collect::<PyResult<_>>()?;
+        let out = match out {
+            Some(o) if !o.is_none() => Some(npy::Out::check(py, o)?),
+            _ => None,
+        };
+        self.current(c)?.with_raw_values(py, &normalised, |values| {
+            npy::fill(py, &normalised, values, out, |i| key_error(&given[i]))
+        })
     }
 
     /// Write the buffer to LMDB in one transaction.
