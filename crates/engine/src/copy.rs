@@ -255,7 +255,7 @@ impl Env {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buffer::Batch;
+    use crate::buffer::Sorted;
     use crate::env::EnvOptions;
 
     fn tmp(name: &str) -> PathBuf {
@@ -275,16 +275,15 @@ mod tests {
     fn a_compacted_copy_leaves_out_the_free_pages() {
         let dir = tmp("compact");
         let env = Env::open(&dir.join("src"), &EnvOptions::default()).unwrap();
-        let mut batch = Batch::default();
-        for i in 0..500u32 {
-            batch.insert(format!("k{i:04}").as_bytes(), Some(vec![1u8; 8000]));
-        }
-        env.commit(&batch, None).unwrap();
-        let mut deletions = Batch::<Vec<u8>>::default();
-        for i in 1..500u32 {
-            deletions.insert(format!("k{i:04}").as_bytes(), None);
-        }
-        env.commit(&deletions, None).unwrap();
+        let keys: Vec<Vec<u8>> = (0..500u32)
+            .map(|i| format!("k{i:04}").into_bytes())
+            .collect();
+        let value = vec![1u8; 8000];
+        let puts = keys.iter().map(|k| (&k[..], Some(&value[..]))).collect();
+        env.commit(&Sorted::last_write_wins(puts), 0, None).unwrap();
+        let deletions = keys[1..].iter().map(|k| (&k[..], None)).collect();
+        env.commit(&Sorted::last_write_wins(deletions), 0, None)
+            .unwrap();
         env.copy(&dir.join("plain"), false).unwrap();
         env.copy(&dir.join("compact"), true).unwrap();
         let size = |name: &str| {
