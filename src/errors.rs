@@ -113,6 +113,16 @@ pub enum StoreError {
     /// A background commit of the store at `path` panicked (a bug): its
     /// batch is back in the buffer.
     CommitPanicked { path: String },
+    /// A snapshot used after its `with` block (or `close()`).
+    SnapshotEnded,
+    /// A snapshot used by a thread other than the one that opened it.
+    SnapshotThread,
+    /// `get_into` was given a buffer too small for the value (shown key).
+    BufferTooSmall {
+        key: String,
+        needed: usize,
+        given: usize,
+    },
 }
 
 impl From<engine::Error> for StoreError {
@@ -136,6 +146,17 @@ impl std::fmt::Display for StoreError {
                 f,
                 "the background commit of {path} panicked; its writes are still buffered"
             ),
+            StoreError::SnapshotEnded => f.write_str(
+                "this snapshot has ended (it lasts until the end of its with block or close())",
+            ),
+            StoreError::SnapshotThread => {
+                f.write_str("a snapshot is used only by the thread that opened it")
+            }
+            StoreError::BufferTooSmall { key, needed, given } => write!(
+                f,
+                "get_into: the value of key {key} is {needed} bytes, the buffer holds {given}; \
+                 nothing was written"
+            ),
         }
     }
 }
@@ -155,6 +176,9 @@ impl StoreError {
                 PyOSError::new_err((code, text, path))
             }
             StoreError::Readonly(_) => ReadonlyError::new_err(text),
+            StoreError::BufferTooSmall { .. } => {
+                pyo3::exceptions::PyValueError::new_err(text)
+            }
             _ => Error::new_err(text),
         }
     }

@@ -9,6 +9,7 @@ pub mod iter;
 pub mod keys;
 pub mod options;
 mod pickle;
+pub mod snapshot;
 pub mod store;
 pub mod views;
 
@@ -67,6 +68,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<views::KeysView>()?;
     m.add_class::<views::ValuesView>()?;
     m.add_class::<views::ItemsView>()?;
+    m.add_class::<snapshot::Snapshot>()?;
     m.add("Error", py.get_type::<errors::Error>())?;
     m.add("MapFullError", py.get_type::<errors::MapFullError>())?;
     m.add("ReadonlyError", py.get_type::<errors::ReadonlyError>())?;

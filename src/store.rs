@@ -261,6 +261,41 @@ impl LmdbObjectStore {
         Ok((found, not_found))
     }
 
+    /// A read-only mapping over the database as it is now, after this
+    /// store's buffer is committed: `with store.snapshot() as snap: ...`.
+    fn snapshot(&self, py: Python<'_>) -> PyResult<crate::snapshot::Snapshot> {
+        crate::snapshot::Snapshot::open(py, Arc::clone(&self.core))
+    }
+
+    /// Copy the stored (encoded) bytes of `key` into `buffer`, a writable
+    /// C-contiguous bytes-like object; returns how many bytes were written.
+    fn get_into(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        buffer: &Bound<'_, PyAny>,
+    ) -> PyResult<usize> {
+        let c = self.open_core()?;
+        let k = c.keys.to_bytes(key)?;
+        let mut out = crate::snapshot::WritableBuffer::get(buffer)?;
+        let c = self.current(c)?;
+        // SAFETY: `out` holds the buffer exported, writable and contiguous,
+        // until it drops at the end of this call; an exported buffer cannot
+        // be resized or freed meanwhile.
+        let dst = unsafe { out.as_mut_slice() };
+        let given = dst.len();
+        match c.copy_encoded(py, &k, dst)? {
+            None => Err(key_error(key)),
+            Some(Ok(n)) => Ok(n),
+            Some(Err(needed)) => Err(StoreError::BufferTooSmall {
+                key: codec::display_bytes(py, &k),
+                needed,
+                given,
+            }
+            .into()),
+        }
+    }
+
     /// Write every `(key, value)` of `items` in one transaction, after
     /// flushing the buffer: all or nothing.
     fn put_many(&self, py: Python<'_>, items: &Bound<'_, PyAny>) -> PyResult<()> {
