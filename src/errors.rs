@@ -176,9 +176,7 @@ impl StoreError {
                 PyOSError::new_err((code, text, path))
             }
             StoreError::Readonly(_) => ReadonlyError::new_err(text),
-            StoreError::BufferTooSmall { .. } => {
-                pyo3::exceptions::PyValueError::new_err(text)
-            }
+            StoreError::BufferTooSmall { .. } => pyo3::exceptions::PyValueError::new_err(text),
             _ => Error::new_err(text),
         }
     }

@@ -142,7 +142,11 @@ impl Snapshot {
             .map_err(|e| codec::unpickle_error(py, key, "DB", e))
     }
 
-    fn read<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         self.with(|txn, c| {
             let k = c.keys.to_bytes(key)?;
             match txn.get(&k).map_err(to_py)? {
@@ -409,9 +413,8 @@ impl WritableBuffer {
             return Err(err);
         }
         // SAFETY: filled by the successful call above.
-        Ok(WritableBuffer {
-            view: unsafe { view.assume_init() },
-        })
+        let view = unsafe { view.assume_init() };
+        Ok(WritableBuffer { view })
     }
 
     /// # Safety

@@ -16,6 +16,11 @@
 //! must never be unmapped after that, so the exclusive gate is refused
 //! (`Pinned`) rather than waited for.
 //!
+//! A snapshot holds the gate shared across calls (a long hold, `try_long`):
+//! it counts as held by the thread that took it, like a read in flight, but
+//! may be released on any thread, so it is kept in the gate, not in that
+//! thread's thread-local count.
+//!
 //! None of this touches Python: callers that hold the GIL try `try_shared`
 //! first and do any blocking wait with the GIL released.
 //!
@@ -118,10 +123,10 @@ pub fn forget_held_after_fork() {
     HELD.with(|h| h.borrow_mut().clear());
 }
 
-/// Proof of a shared hold; releases it when dropped. It must be dropped on
-/// the thread that took it (the re-entrancy check counts per thread); it is
-/// `Send` only so that a wait can run with the GIL released, which happens on
-/// the same thread.
+/// Proof of a shared hold; releases it when dropped. A short hold must be
+/// dropped on the thread that took it (the re-entrancy check counts per
+/// thread); it is `Send` only so that a wait can run with the GIL released,
+/// which happens on the same thread. A long hold may be dropped anywhere.
 pub struct SharedGuard<'a> {
     gate: &'a Gate,
     /// For a long hold (`try_long`, `wait_long`): the thread that took it.
