@@ -35,6 +35,10 @@ def test_a_snapshot_reads_like_a_mapping(make_store):
         assert snap.items(stop=b"b1", reverse=True) == [(b"a2", [2]), (b"a1", 1)]
         assert snap.get_many([b"a1", b"zz"]) == ({b"a1": 1}, [b"zz"])
         assert bytes(snap.view(b"a1")) == pickle.dumps(1, protocol=store.pickle_protocol)
+        with pytest.raises(KeyError):
+            snap.view(b"zz")
+        with pytest.raises(TypeError):
+            snap.view(b"a1")[0] = 0  # read-only
     assert snap.closed
 
 
