@@ -19,6 +19,7 @@ __all__ = [
     "KeysView",
     "ValuesView",
     "ItemsView",
+    "Snapshot",
     "Error",
     "MapFullError",
     "ReadonlyError",
@@ -175,6 +176,24 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
         >>> found, not_found = store.get_many([b"a", b"missing"])
         """
 
+    def get_into(self, key: _Key, buffer: Any) -> int:
+        """Copy the stored (encoded) bytes of ``key`` into ``buffer``; return their length.
+
+        ``buffer`` is a writable, C-contiguous bytes-like object (a ``bytearray``,
+        a ``memoryview`` of one, a NumPy array). A buffered value is copied from
+        the buffer. Too small a buffer raises ``ValueError`` and writes nothing;
+        a missing key raises ``KeyError``.
+
+        >>> n = store.get_into(b"k", buf)
+        """
+
+    def snapshot(self) -> Snapshot:
+        """A read-only mapping over the database as it is now (the buffer committed first).
+
+        >>> with store.snapshot() as snap:
+        ...     total = sum(snap.values(prefix=b"order:"))
+        """
+
     # Mapping and scans
 
     def __len__(self) -> int:
@@ -329,6 +348,71 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
     @property
     def key_encoding(self) -> str | None:
         """The codec of ``str`` keys, or ``None`` when only bytes-like keys are allowed."""
+
+@final
+class Snapshot:
+    """A read-only mapping over one consistent state of a store.
+
+    It holds one LMDB read transaction until its ``with`` block ends (or
+    ``close()``): writes made after ``store.snapshot()`` returned are invisible
+    to it. Used by the thread that opened it; after the block every method
+    raises ``Error``.
+    """
+
+    def get(self, key: _Key, default: Any = None) -> Any:
+        """The value of ``key`` in the snapshot, or ``default``."""
+
+    def __getitem__(self, key: _Key, /) -> Any: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def keys(
+        self,
+        *,
+        prefix: _Bound = None,
+        start: _Bound = None,
+        stop: _Bound = None,
+        reverse: bool = False,
+    ) -> list[Any]:
+        """The keys within the bounds, in key order."""
+
+    def values(
+        self,
+        *,
+        prefix: _Bound = None,
+        start: _Bound = None,
+        stop: _Bound = None,
+        reverse: bool = False,
+    ) -> list[Any]:
+        """The values within the bounds, in key order."""
+
+    def items(
+        self,
+        *,
+        prefix: _Bound = None,
+        start: _Bound = None,
+        stop: _Bound = None,
+        reverse: bool = False,
+    ) -> list[tuple[Any, Any]]:
+        """The ``(key, value)`` pairs within the bounds, in key order."""
+
+    def get_many(self, keys: Iterable[_Key]) -> tuple[dict[Any, Any], list[Any]]:
+        """``(found, not_found)`` for many keys."""
+
+    def view(self, key: _Key) -> memoryview:
+        """A read-only memoryview of the stored bytes of ``key``, valid until the snapshot ends."""
+
+    def close(self) -> None:
+        """End the snapshot (the ``with`` block does it on exit)."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the snapshot has ended."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self, exc_type: object = None, _exc: object = None, _tb: object = None
+    ) -> bool: ...
 
 @final
 class StoreIterator(Iterator[Any]):

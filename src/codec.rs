@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString};
+use pyo3::types::PyBytes;
 
-use crate::errors::{unpickle_error_type, StoreError};
+use crate::errors::StoreError;
 
-pub(crate) use crate::errors::passes_through;
+pub(crate) use crate::errors::{
+    display_bytes, display_key, key_error, passes_through, unpickle_error,
+};
 pub(crate) use crate::pickle::{pickle_fn, DUMPS, LOADS};
 
 /// `pickle.dumps(obj, protocol)`.
@@ -212,93 +214,6 @@ pub fn loads_borrowed<'py>(
     result
 }
 
-/// Wrap an unpickling failure: `UnpickleError` (an `Error` and a
-/// `RuntimeError`), with the original as `__cause__`.
-/// A `KeyboardInterrupt` or the like is returned as it is (see
-/// [`passes_through`]).
-pub fn unpickle_error(py: Python<'_>, key: &[u8], source: &str, cause: PyErr) -> PyErr {
-    if passes_through(py, &cause) {
-        return cause;
-    }
-    let shown = display_bytes(py, key);
-    let msg = format!(
-        "Failed to unpickle {source} key {shown}: {}",
-        cause.value(py)
-    );
-    match unpickle_error_type(py) {
-        Ok(ty) => {
-            let err = PyErr::from_type(ty.clone(), msg);
-            err.set_cause(py, Some(cause));
-            err
-        }
-        Err(e) => e,
-    }
-}
-
-fn is_printable(py: Python<'_>, s: &str) -> bool {
-    PyString::new(py, s)
-        .call_method0(pyo3::intern!(py, "isprintable"))
-        .and_then(|r| r.is_truthy())
-        .unwrap_or(false)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A key as error messages show it: printable UTF-8 quoted, binary as
-/// `0x…` hex, long keys cut.
-pub fn display_bytes(py: Python<'_>, key: &[u8]) -> String {
-    if let Ok(text) = std::str::from_utf8(key) {
-        if text.chars().count() <= 50 && is_printable(py, text) {
-            return format!("'{text}'");
-        }
-    }
-    if key.len() <= 16 {
-        format!("0x{}", hex(key))
-    } else {
-        format!("0x{}...({} bytes)", hex(&key[..8]), key.len())
-    }
-}
-
-/// The caller's key as error messages show it.
-pub fn display_key(key: &Bound<'_, PyAny>) -> String {
-    let py = key.py();
-    if let Ok(b) = key.cast::<PyBytes>() {
-        return display_bytes(py, b.as_bytes());
-    }
-    if let Ok(b) = key.cast::<PyByteArray>() {
-        return display_bytes(py, &b.to_vec());
-    }
-    if key.cast::<PyMemoryView>().is_ok() {
-        if let Ok(b) = key.call_method0("tobytes") {
-            if let Ok(b) = b.cast::<PyBytes>() {
-                return display_bytes(py, b.as_bytes());
-            }
-        }
-    }
-    let (text, quote) = match key.cast::<PyString>() {
-        Ok(s) => (s.to_string_lossy().into_owned(), true),
-        Err(_) => (
-            key.repr()
-                .map(|r| r.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "<key>".into()),
-            false,
-        ),
-    };
-    let short = text.chars().count() <= 50;
-    let body: String = if short {
-        text
-    } else {
-        text.chars().take(47).collect::<String>() + "..."
-    };
-    if quote {
-        format!("'{body}'")
-    } else {
-        body
-    }
-}
-
 /// The cyclic garbage collector, paused while many values are unpickled at
 /// once: everything they allocate stays reachable (it is returned), so the
 /// collections that the allocations would trigger find nothing to free, yet
@@ -331,15 +246,5 @@ impl Drop for GcPause {
             // that holds the GIL, and cannot leave that thread (not Send).
             unsafe { ffi::PyGC_Enable() };
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::hex;
-
-    #[test]
-    fn hex_is_lowercase_pairs() {
-        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
     }
 }

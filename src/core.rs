@@ -182,6 +182,10 @@ impl Core {
 /// with sync, 40% faster).
 const BACKGROUND_MIN_BATCH: usize = 256;
 
+/// `get_into` copies at least this many bytes with the GIL released: below
+/// it, handing the GIL over costs more than the copy.
+const BIG_COPY: usize = 64 * 1024;
+
 /// Every open store's core, so that a fork can flush them all first.
 static CORES: Mutex<Vec<std::sync::Weak<Core>>> = Mutex::new(Vec::new());
 
@@ -700,6 +704,64 @@ impl Core {
         });
         self.log_read_flush_failure(py, failure);
         result
+    }
+
+    /// A snapshot of the database: the buffer is committed first (a
+    /// failure is raised: the snapshot could not show this store's writes),
+    /// then one read transaction is held until the snapshot is dropped.
+    /// Spine rule 2: a wait for the gate (growth or close under way) happens
+    /// with the GIL released.
+    pub(crate) fn snapshot(&self, py: Python<'_>) -> PyResult<engine::Snapshot> {
+        let env = &self.env;
+        if env.generation != engine::fork_generation() {
+            return Err(to_py(engine::Error::Forked));
+        }
+        self.flush_for_read(py)?;
+        loop {
+            let guard = match env.gate.try_long() {
+                Some(g) => g,
+                None => py.detach(|| env.gate.wait_long()),
+            };
+            match engine::Snapshot::begin(env, guard) {
+                Ok(Some(snap)) => return Ok(snap),
+                Ok(None) => py
+                    .detach(|| env.adopt_resize())
+                    .map_err(|e| to_py(e.for_store(&self.path)))?,
+                Err(e) => return Err(to_py(e.for_store(&self.path))),
+            }
+        }
+    }
+
+    /// Copy the stored (encoded) bytes of `key` into `out`: the buffered
+    /// value if there is one, else the database's. `Ok(None)`: no such key;
+    /// `Ok(Some(Err(n)))`: the value is `n` bytes and does not fit (nothing
+    /// written). Large copies run with the GIL released.
+    pub(crate) fn copy_encoded(
+        &self,
+        py: Python<'_>,
+        key: &[u8],
+        out: &mut [u8],
+    ) -> PyResult<Option<Result<usize, usize>>> {
+        let copy = |py: Python<'_>, src: &[u8], out: &mut [u8]| {
+            if src.len() > out.len() {
+                return Err(src.len());
+            }
+            let dst = &mut out[..src.len()];
+            if src.len() >= BIG_COPY {
+                py.detach(|| dst.copy_from_slice(src));
+            } else {
+                dst.copy_from_slice(src);
+            }
+            Ok(src.len())
+        };
+        match self.buffered_lookup(key).0 {
+            Lookup::Value(v) => return Ok(Some(copy(py, (*v).as_ref(), out))),
+            Lookup::Deleted => return Ok(None),
+            Lookup::Unknown => {}
+        }
+        self.with_read(py, |txn| {
+            Ok(txn.get(key).map_err(to_py)?.map(|src| copy(py, src, out)))
+        })
     }
 
     pub(crate) fn contains(&self, py: Python<'_>, key: &[u8], flush: bool) -> PyResult<bool> {

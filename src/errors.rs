@@ -2,11 +2,12 @@
 //! the engine's), and the single conversion from it to Python exceptions.
 
 use pyo3::exceptions::{
-    PyException, PyImportError, PyKeyError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
+    PyBufferError, PyException, PyImportError, PyKeyError, PyOSError, PyRuntimeError, PyTypeError,
+    PyValueError,
 };
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple, PyType};
 
 pyo3::create_exception!(
     lmdb_object_store,
@@ -196,6 +197,20 @@ pub enum StoreError {
     ArrayMismatch { key: String, why: String },
     /// `get_arrays` was given an `out` it cannot fill (why).
     BadOut { why: String, type_error: bool },
+    /// A writable buffer asked of a snapshot's read-only view.
+    ReadOnlyBuffer,
+    /// `get_into` was given something that is not a writable, contiguous buffer.
+    NotAWritableBuffer { got: String },
+    /// A snapshot used after its `with` block (or `close()`).
+    SnapshotEnded,
+    /// A snapshot used by a thread other than the one that opened it.
+    SnapshotThread,
+    /// `get_into` was given a buffer too small for the value (shown key).
+    BufferTooSmall {
+        key: String,
+        needed: usize,
+        given: usize,
+    },
 }
 
 impl From<engine::Error> for StoreError {
@@ -309,6 +324,22 @@ impl std::fmt::Display for StoreError {
             ),
             StoreError::ArrayMismatch { key, why } => write!(f, "get_arrays(): key {key} {why}"),
             StoreError::BadOut { why, .. } => write!(f, "get_arrays(): out {why}"),
+            StoreError::SnapshotEnded => f.write_str(
+                "this snapshot has ended (it lasts until the end of its with block or close())",
+            ),
+            StoreError::SnapshotThread => {
+                f.write_str("a snapshot is used only by the thread that opened it")
+            }
+            StoreError::ReadOnlyBuffer => f.write_str("snapshot buffers are read-only"),
+            StoreError::NotAWritableBuffer { got } => write!(
+                f,
+                "get_into: buffer must be a writable, contiguous bytes-like object, not {got}"
+            ),
+            StoreError::BufferTooSmall { key, needed, given } => write!(
+                f,
+                "get_into: the value of key {key} is {needed} bytes, the buffer holds {given}; \
+                 nothing was written"
+            ),
         }
     }
 }
@@ -371,6 +402,10 @@ impl StoreError {
             StoreError::ArrayMismatch { .. } | StoreError::BadOut { .. } => {
                 PyValueError::new_err(text)
             }
+            StoreError::BufferTooSmall { .. } => PyValueError::new_err(text),
+            StoreError::ReadOnlyBuffer => PyBufferError::new_err(text),
+            StoreError::NotAWritableBuffer { .. } => PyTypeError::new_err(text),
+            StoreError::SnapshotEnded | StoreError::SnapshotThread => Error::new_err(text),
         }
     }
 }
@@ -384,4 +419,110 @@ impl From<StoreError> for PyErr {
 /// An engine failure as a Python exception (through [`StoreError`]).
 pub fn to_py(e: engine::Error) -> PyErr {
     StoreError::Engine(e).into_pyerr()
+}
+
+/// `KeyError` for a key that is not in the store, showing it as messages
+/// show keys.
+pub fn key_error(key: &Bound<'_, PyAny>) -> PyErr {
+    StoreError::KeyNotFound {
+        shown: display_key(key),
+    }
+    .into()
+}
+
+/// Wrap an unpickling failure: `UnpickleError` (an `Error` and a
+/// `RuntimeError`), with the original as `__cause__`.
+/// A `KeyboardInterrupt` or the like is returned as it is (see
+/// [`passes_through`]).
+pub fn unpickle_error(py: Python<'_>, key: &[u8], source: &str, cause: PyErr) -> PyErr {
+    if passes_through(py, &cause) {
+        return cause;
+    }
+    let shown = display_bytes(py, key);
+    let msg = format!(
+        "Failed to unpickle {source} key {shown}: {}",
+        cause.value(py)
+    );
+    match unpickle_error_type(py) {
+        Ok(ty) => {
+            let err = PyErr::from_type(ty.clone(), msg);
+            err.set_cause(py, Some(cause));
+            err
+        }
+        Err(e) => e,
+    }
+}
+
+fn is_printable(py: Python<'_>, s: &str) -> bool {
+    PyString::new(py, s)
+        .call_method0(pyo3::intern!(py, "isprintable"))
+        .and_then(|r| r.is_truthy())
+        .unwrap_or(false)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A key as error messages show it: printable UTF-8 quoted, binary as
+/// `0x…` hex, long keys cut.
+pub fn display_bytes(py: Python<'_>, key: &[u8]) -> String {
+    if let Ok(text) = std::str::from_utf8(key) {
+        if text.chars().count() <= 50 && is_printable(py, text) {
+            return format!("'{text}'");
+        }
+    }
+    if key.len() <= 16 {
+        format!("0x{}", hex(key))
+    } else {
+        format!("0x{}...({} bytes)", hex(&key[..8]), key.len())
+    }
+}
+
+/// The caller's key as error messages show it.
+pub fn display_key(key: &Bound<'_, PyAny>) -> String {
+    let py = key.py();
+    if let Ok(b) = key.cast::<PyBytes>() {
+        return display_bytes(py, b.as_bytes());
+    }
+    if let Ok(b) = key.cast::<PyByteArray>() {
+        return display_bytes(py, &b.to_vec());
+    }
+    if key.cast::<PyMemoryView>().is_ok() {
+        if let Ok(b) = key.call_method0("tobytes") {
+            if let Ok(b) = b.cast::<PyBytes>() {
+                return display_bytes(py, b.as_bytes());
+            }
+        }
+    }
+    let (text, quote) = match key.cast::<PyString>() {
+        Ok(s) => (s.to_string_lossy().into_owned(), true),
+        Err(_) => (
+            key.repr()
+                .map(|r| r.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "<key>".into()),
+            false,
+        ),
+    };
+    let short = text.chars().count() <= 50;
+    let body: String = if short {
+        text
+    } else {
+        text.chars().take(47).collect::<String>() + "..."
+    };
+    if quote {
+        format!("'{body}'")
+    } else {
+        body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hex;
+
+    #[test]
+    fn hex_is_lowercase_pairs() {
+        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
+    }
 }

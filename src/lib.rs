@@ -10,6 +10,7 @@ pub mod keys;
 pub mod npy;
 pub mod options;
 mod pickle;
+pub mod snapshot;
 pub mod store;
 pub mod views;
 
@@ -68,6 +69,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<views::KeysView>()?;
     m.add_class::<views::ValuesView>()?;
     m.add_class::<views::ItemsView>()?;
+    m.add_class::<snapshot::Snapshot>()?;
     m.add("Error", py.get_type::<errors::Error>())?;
     m.add("MapFullError", py.get_type::<errors::MapFullError>())?;
     m.add("ReadonlyError", py.get_type::<errors::ReadonlyError>())?;

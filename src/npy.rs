@@ -462,12 +462,12 @@ pub fn fill<'py>(
             None => return Err(missing(i)),
         }
     }
-    let shown = |i: usize| crate::codec::display_bytes(py, &keys[i]);
+    let shown = |i: usize| crate::errors::display_bytes(py, &keys[i]);
     let header = |i: usize| -> PyResult<Header<'py>> {
         if !data[i].starts_with(MAGIC) {
             return Err(StoreError::NotAnArray { key: shown(i) }.into());
         }
-        parse_header(py, data[i]).map_err(|e| crate::codec::unpickle_error(py, &keys[i], "DB", e))
+        parse_header(py, data[i]).map_err(|e| crate::errors::unpickle_error(py, &keys[i], "DB", e))
     };
     let Some(&first_data) = data.first() else {
         return match out {

@@ -143,7 +143,7 @@ impl LmdbObjectStore {
         let k = c.keys.to_bytes(key)?;
         let c = self.current(c)?;
         if !engine::key_len_ok(k.len()) || !c.contains(py, &k, false)? {
-            return Err(key_error(key));
+            return Err(codec::key_error(key));
         }
         c.buffer_write(py, &k, None)
     }
@@ -173,7 +173,7 @@ impl LmdbObjectStore {
         let k = c.keys.to_bytes(key)?;
         self.current(c)?
             .get_value(py, &k)?
-            .ok_or_else(|| key_error(key))
+            .ok_or_else(|| codec::key_error(key))
     }
 
     /// Whether `key` has a value; `flush=None` follows `autoflush_on_read`.
@@ -260,6 +260,41 @@ impl LmdbObjectStore {
         Ok((found, not_found))
     }
 
+    /// A read-only mapping over the database as it is now, after this
+    /// store's buffer is committed: `with store.snapshot() as snap: ...`.
+    fn snapshot(&self, py: Python<'_>) -> PyResult<crate::snapshot::Snapshot> {
+        crate::snapshot::Snapshot::open(py, Arc::clone(&self.core))
+    }
+
+    /// Copy the stored (encoded) bytes of `key` into `buffer`, a writable
+    /// C-contiguous bytes-like object; returns how many bytes were written.
+    fn get_into(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        buffer: &Bound<'_, PyAny>,
+    ) -> PyResult<usize> {
+        let c = self.open_core()?;
+        let k = c.keys.to_bytes(key)?;
+        let mut out = crate::snapshot::WritableBuffer::get(buffer)?;
+        let c = self.current(c)?;
+        // SAFETY: `out` holds the buffer exported, writable and contiguous,
+        // until it drops at the end of this call; an exported buffer cannot
+        // be resized or freed meanwhile.
+        let dst = unsafe { out.as_mut_slice() };
+        let given = dst.len();
+        match c.copy_encoded(py, &k, dst)? {
+            None => Err(codec::key_error(key)),
+            Some(Ok(n)) => Ok(n),
+            Some(Err(needed)) => Err(StoreError::BufferTooSmall {
+                key: codec::display_bytes(py, &k),
+                needed,
+                given,
+            }
+            .into()),
+        }
+    }
+
     /// Write every `(key, value)` of `items` in one transaction, after
     /// flushing the buffer: all or nothing.
     fn put_many(&self, py: Python<'_>, items: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -327,7 +362,7 @@ impl LmdbObjectStore {
         let k = [c.keys.to_bytes(key)?];
         self.current(c)?
             .with_raw_values(py, &k, |values| match values[0] {
-                None => Err(key_error(key)),
+                None => Err(codec::key_error(key)),
                 Some(v) if !v.starts_with(npy::MAGIC) => Err(StoreError::NotAnArray {
                     key: codec::display_key(key),
                 }
@@ -357,7 +392,9 @@ impl LmdbObjectStore {
             _ => None,
         };
         self.current(c)?.with_raw_values(py, &normalised, |values| {
-            npy::fill(py, &normalised, values, out, |i| key_error(&given[i]))
+            npy::fill(py, &normalised, values, out, |i| {
+                codec::key_error(&given[i])
+            })
         })
     }
 
@@ -540,7 +577,7 @@ impl LmdbObjectStore {
             }
             None => match default.get_item(0) {
                 Ok(d) => Ok(d),
-                Err(_) => Err(key_error(key)),
+                Err(_) => Err(codec::key_error(key)),
             },
         }
     }
@@ -823,11 +860,4 @@ fn key_value_pair<'py>(item: &Bound<'py, PyAny>) -> PyResult<Result<Pair<'py>, S
         (Some(k), Some(v)) => Ok((k, v)),
         _ => Err(format!("has length {n}; 2 is required")),
     })
-}
-
-fn key_error(key: &Bound<'_, PyAny>) -> PyErr {
-    StoreError::KeyNotFound {
-        shown: codec::display_key(key),
-    }
-    .into()
 }

@@ -1601,6 +1601,9 @@ impl Drop for ReadTxn<'_> {
         let mut pool = self.env.pool.lock();
         if pool.len() < POOL_MAX {
             pool.push(RawTxn(self.txn));
+            // Before the gate goes: its release may run work put off until
+            // now (a close), which takes the pool lock.
+            drop(pool);
         } else {
             drop(pool);
             // SAFETY: reset txn of an open env (the gate is still held).

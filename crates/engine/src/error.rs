@@ -106,8 +106,8 @@ impl fmt::Display for Error {
             ),
             Error::WouldDeadlock(what) => write!(
                 f,
-                "{what} would wait for a read held by this same thread (called from code run \
-                 while unpickling a value); do it after the read returns"
+                "{what} would wait for a read held by this same thread (an open snapshot, or \
+                 code run while unpickling a value); do it after the snapshot or the read ends"
             ),
             Error::Pinned(what) => write!(
                 f,

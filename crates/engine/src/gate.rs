@@ -16,6 +16,11 @@
 //! must never be unmapped after that, so the exclusive gate is refused
 //! (`Pinned`) rather than waited for.
 //!
+//! A snapshot holds the gate shared across calls (a long hold, `try_long`):
+//! it counts as held by the thread that took it, like a read in flight, but
+//! may be released on any thread, so it is kept in the gate, not in that
+//! thread's thread-local count.
+//!
 //! None of this touches Python: callers that hold the GIL try `try_shared`
 //! first and do any blocking wait with the GIL released.
 //!
@@ -24,6 +29,7 @@
 //! `after_shared`: it runs on this thread as soon as its shared hold ends.
 
 use std::cell::RefCell;
+use std::thread::ThreadId;
 
 use parking_lot::{Condvar, Mutex};
 
@@ -42,6 +48,10 @@ struct State {
 pub struct Gate {
     state: Mutex<State>,
     cond: Condvar,
+    /// The thread that took each long hold (a snapshot's) still held. Kept
+    /// here, not in the taker's thread-local count, because a long hold may
+    /// be released on any thread. Locked after `state`, never before it.
+    long: Mutex<Vec<ThreadId>>,
 }
 
 /// Work put off until this thread's shared hold of a gate ends.
@@ -55,14 +65,17 @@ thread_local! {
     static AFTER_SHARED: RefCell<Vec<(usize, Deferred)>> = const { RefCell::new(Vec::new()) };
 }
 
+/// This thread's holds of `gate`: its reads, plus the long holds it took.
 fn held_depth(gate: &Gate) -> usize {
     let id = gate as *const Gate as usize;
-    HELD.with(|h| {
+    let short = HELD.with(|h| {
         h.borrow()
             .iter()
             .find(|(g, _)| *g == id)
             .map_or(0, |(_, d)| *d)
-    })
+    });
+    let me = std::thread::current().id();
+    short + gate.long.lock().iter().filter(|t| **t == me).count()
 }
 
 /// Change this thread's depth of `gate` by `delta`; returns the new depth.
@@ -110,12 +123,15 @@ pub fn forget_held_after_fork() {
     HELD.with(|h| h.borrow_mut().clear());
 }
 
-/// Proof of a shared hold; releases it when dropped. It must be dropped on
-/// the thread that took it (the re-entrancy check counts per thread); it is
-/// `Send` only so that a wait can run with the GIL released, which happens on
-/// the same thread.
+/// Proof of a shared hold; releases it when dropped. A short hold must be
+/// dropped on the thread that took it (the re-entrancy check counts per
+/// thread); it is `Send` only so that a wait can run with the GIL released,
+/// which happens on the same thread. A long hold may be dropped anywhere.
 pub struct SharedGuard<'a> {
     gate: &'a Gate,
+    /// For a long hold (`try_long`, `wait_long`): the thread that took it.
+    /// Such a hold may be dropped on any thread.
+    long: Option<ThreadId>,
 }
 
 /// Proof of the exclusive hold.
@@ -150,7 +166,45 @@ impl Gate {
     fn grant_shared(&self, s: &mut State) -> SharedGuard<'_> {
         s.shared += 1;
         note_held(self, 1);
-        SharedGuard { gate: self }
+        SharedGuard {
+            gate: self,
+            long: None,
+        }
+    }
+
+    fn grant_long(&self, s: &mut State) -> SharedGuard<'_> {
+        s.shared += 1;
+        let me = std::thread::current().id();
+        self.long.lock().push(me);
+        SharedGuard {
+            gate: self,
+            long: Some(me),
+        }
+    }
+
+    /// `try_shared` for a hold that outlives the call (a snapshot): it
+    /// counts as held by this thread (so this thread's own growth or close
+    /// is refused with `WouldDeadlock` rather than waiting for it, and its
+    /// reads are let in while growth waits), and it may be released on any
+    /// thread.
+    pub fn try_long(&self) -> Option<SharedGuard<'_>> {
+        let mut s = self.state.lock();
+        if (!s.exclusive && s.exclusive_waiting == 0) || held_depth(self) > 0 {
+            Some(self.grant_long(&mut s))
+        } else {
+            None
+        }
+    }
+
+    /// `wait_shared` for a long hold (see `try_long`). Call without the GIL.
+    pub fn wait_long(&self) -> SharedGuard<'_> {
+        let mut s = self.state.lock();
+        if held_depth(self) == 0 {
+            while s.exclusive || s.exclusive_waiting > 0 {
+                self.cond.wait(&mut s);
+            }
+        }
+        self.grant_long(&mut s)
     }
 
     /// Take the gate shared without blocking, if no growth is under way or
@@ -213,7 +267,19 @@ impl SharedGuard<'_> {
 
 impl Drop for SharedGuard<'_> {
     fn drop(&mut self) {
-        let depth = note_held(self.gate, -1);
+        let mine = match self.long {
+            None => {
+                note_held(self.gate, -1);
+                true
+            }
+            Some(owner) => {
+                let mut long = self.gate.long.lock();
+                if let Some(i) = long.iter().position(|t| *t == owner) {
+                    long.swap_remove(i);
+                }
+                owner == std::thread::current().id()
+            }
+        };
         {
             let mut s = self.gate.state.lock();
             s.shared -= 1;
@@ -221,7 +287,9 @@ impl Drop for SharedGuard<'_> {
                 self.gate.cond.notify_all();
             }
         }
-        if depth == 0 {
+        // Work put off by this thread runs when its last hold ends; a long
+        // hold released elsewhere leaves it to the taker's next release.
+        if mine && held_depth(self.gate) == 0 {
             run_deferred(self.gate);
         }
     }

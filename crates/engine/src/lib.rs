@@ -14,6 +14,7 @@ mod env;
 pub mod error;
 pub mod files;
 pub mod gate;
+mod snapshot;
 
 pub use bounds::Bounds;
 pub use env::{
@@ -21,6 +22,7 @@ pub use env::{
     DbStat, Env, EnvInfo, EnvOptions, Growth, ReadTxn, GROWTH_STEP,
 };
 pub use error::{strerror, Error, Result};
+pub use snapshot::Snapshot;
 
 /// LMDB's compile-time key limit (`mdb_env_get_maxkeysize` with the default
 /// `MDB_MAXKEYSIZE`); the binding checks it against the library at load.
