@@ -31,7 +31,20 @@ pyo3::create_exception!(
     "The store is closed (or closing): open a new one to go on."
 );
 
-/// `UnpickleError` subclasses both `Error` and `RuntimeError` (0.1.0 raised a
+pyo3::create_exception!(
+    lmdb_object_store,
+    DecodeError,
+    Error,
+    "A stored or buffered value does not decode with the store's serializer; the original \
+     error is __cause__."
+);
+
+/// `DecodeError`, as the value pipeline raises it.
+pub fn decode_error_type(py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
+    Ok(py.get_type::<DecodeError>())
+}
+
+/// `UnpickleError` subclasses both `DecodeError` and `RuntimeError` (0.1.0 raised a
 /// plain `RuntimeError`), which `create_exception!` cannot express, so it is
 /// made once with `type()`.
 static UNPICKLE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -40,7 +53,10 @@ pub fn unpickle_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     let ty = UNPICKLE_ERROR.get_or_try_init(py, || -> PyResult<Py<PyType>> {
         let bases = PyTuple::new(
             py,
-            [py.get_type::<Error>(), py.get_type::<PyRuntimeError>()],
+            [
+                py.get_type::<DecodeError>(),
+                py.get_type::<PyRuntimeError>(),
+            ],
         )?;
         let ns = PyDict::new(py);
         ns.set_item("__module__", "lmdb_object_store")?;
