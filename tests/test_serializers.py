@@ -432,5 +432,8 @@ def test_msgpack_missing_names_the_extra(tmp_path):
     assert "lmdb-object-store[msgpack]" in out
 
 
-def test_the_default_is_pickle(make_store):
+def test_the_default_is_pickle_and_the_property_outlives_close(make_store, tmp_path):
     assert make_store().serializer == "pickle"
+    store = make_store(str(tmp_path / "j"), serializer="json")
+    store.close()
+    assert store.serializer == "json"
