@@ -15,6 +15,7 @@ from collections import abc as _abc
 from . import _native
 from ._native import (
     ClosedError,
+    DecodeError,
     Error,
     LmdbObjectStore,
     MapFullError,
@@ -62,6 +63,7 @@ def _reopen(cls, path, kwargs):
 
 __all__ = [
     "ClosedError",
+    "DecodeError",
     "Error",
     "LmdbObjectStore",
     "MapFullError",

@@ -24,6 +24,7 @@ __all__ = [
     "MapFullError",
     "ReadonlyError",
     "ClosedError",
+    "DecodeError",
     "UnpickleError",
     "UnsafeValueError",
     "lmdb_version",
@@ -45,6 +46,8 @@ _Key: TypeAlias = bytes | bytearray | memoryview | str
 #: A range bound of ``keys()``, ``values()``, ``items()`` and ``scan()``.
 _Bound: TypeAlias = bytes | bytearray | memoryview | str | None
 _Path: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+# A serializer's name, or an object with dumps(obj) -> bytes and loads(buffer) -> obj.
+_Serializer: TypeAlias = Literal["pickle", "safe", "raw", "json", "msgpack"] | Any
 _T = TypeVar("_T")
 
 class Error(Exception):
@@ -59,7 +62,11 @@ class ReadonlyError(Error):
 class ClosedError(Error):
     """The store is closed (or closing): open a new one to go on."""
 
-class UnpickleError(Error, RuntimeError):
+class DecodeError(Error):
+    """A stored or buffered value does not decode with the store's serializer; the
+    original error is ``__cause__``."""
+
+class UnpickleError(DecodeError, RuntimeError):
     """A stored or buffered value does not unpickle; the original error is ``__cause__``."""
 
 class UnsafeValueError(Error):
@@ -101,6 +108,8 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
         max_map_size: int | None = None,
         max_buffer_bytes: int = 67108864,
         pickle_protocol: int | None = None,
+        serializer: _Serializer = "pickle",
+        allowed: Iterable[str] | None = None,
         map_size: int = 10485760,
         subdir: bool = True,
         readonly: bool = False,
@@ -117,8 +126,11 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
     ) -> None:
         """Open (or create) the store at ``db_path``.
 
-        The keywords after ``pickle_protocol`` are those of py-lmdb's ``lmdb.open()``.
-        ``pickle_protocol=None`` means ``pickle.HIGHEST_PROTOCOL``.
+        The keywords after ``allowed`` are those of py-lmdb's ``lmdb.open()``.
+        ``pickle_protocol=None`` means ``pickle.HIGHEST_PROTOCOL``. ``serializer`` is
+        ``"pickle"``, ``"safe"``, ``"raw"``, ``"json"``, ``"msgpack"`` or an object with
+        ``dumps(obj) -> bytes`` and ``loads(buffer) -> obj``; ``allowed`` (safe only)
+        names the extra ``"module.qualname"`` globals a safe read may use.
         """
 
     # Writes
@@ -344,6 +356,10 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
     @property
     def pickle_protocol(self) -> int:
         """The pickle protocol values are stored with."""
+
+    @property
+    def serializer(self) -> _Serializer:
+        """The serializer's name, or the object given as ``serializer=``."""
 
     @property
     def key_encoding(self) -> str | None:

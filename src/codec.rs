@@ -182,11 +182,6 @@ pub fn loads_borrowed<'py>(
     data: &[u8],
     pin: impl FnOnce(),
 ) -> PyResult<Bound<'py, PyAny>> {
-    // An array stored by `put_array` comes back as an array, whatever the
-    // serializer (no pickle starts with the `.npy` magic).
-    if let Some(value) = crate::npy::detect_and_load(py, data)? {
-        return Ok(value);
-    }
     if let Some(value) = crate::pickle::loads(py, data)? {
         return Ok(value);
     }

@@ -22,11 +22,11 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use crate::codec;
 use crate::errors::{to_py, StoreError};
 use crate::exit;
 use crate::keys::KeyPolicy;
 use crate::options::Settings;
+use crate::values::{self, Serializer};
 
 /// The `bytes` object `pickle.dumps` returned, held by the buffer as it is:
 /// no copy, whatever the size. Commits read it with the GIL released, which
@@ -102,6 +102,7 @@ pub struct Core {
     pub(crate) autoflush_on_read: bool,
     pub(crate) max_map_size: Option<usize>,
     pub(crate) protocol: i32,
+    pub(crate) serializer: Serializer,
     pub(crate) readonly: bool,
     pub(crate) path: String,
     pub(crate) fs_path: PathBuf,
@@ -140,6 +141,7 @@ impl Core {
             autoflush_on_read: s.autoflush_on_read,
             max_map_size: s.max_map_size,
             protocol: s.protocol,
+            serializer: s.serializer,
             readonly: s.options.readonly,
             path: s.path,
             fs_path: s.fs_path,
@@ -161,6 +163,7 @@ impl Core {
             autoflush_on_read: self.autoflush_on_read,
             max_map_size: self.max_map_size,
             protocol: self.protocol,
+            serializer: self.serializer.clone_ref(py),
             keys: self.keys.clone(),
             options: self.options.clone(),
             init_kwargs: self.init_kwargs.clone_ref(py),
@@ -677,8 +680,30 @@ impl Core {
         key: &[u8],
         v: &Bytes,
     ) -> PyResult<Bound<'py, PyAny>> {
-        codec::loads_borrowed(py, (**v).as_ref(), || pin_bytes(v))
-            .map_err(|e| codec::unpickle_error(py, key, "buffered", e))
+        let data = (**v).as_ref();
+        values::decode(
+            py,
+            &self.serializer,
+            &self.keys,
+            key,
+            "buffered",
+            data,
+            || pin_bytes(v),
+        )
+    }
+
+    /// Decode a value read from the database in `txn`; `txn` is pinned if
+    /// the bytes were lent to Python code that kept them.
+    pub(crate) fn decode_db<'py>(
+        &self,
+        py: Python<'py>,
+        key: &[u8],
+        data: &[u8],
+        txn: &engine::ReadTxn<'_>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        values::decode(py, &self.serializer, &self.keys, key, "DB", data, || {
+            self.pin_txn(txn)
+        })
     }
 
     /// The value of `key` or `None`; buffer first, then (after the autoflush)
@@ -698,9 +723,7 @@ impl Core {
         let failure = self.autoflush_for_read(py, dirty && self.autoflush_on_read);
         let result = self.with_read(py, |txn| match txn.get(key).map_err(to_py)? {
             None => Ok(None),
-            Some(data) => codec::loads_borrowed(py, data, || self.pin_txn(txn))
-                .map(Some)
-                .map_err(|e| codec::unpickle_error(py, key, "DB", e)),
+            Some(data) => self.decode_db(py, key, data, txn).map(Some),
         });
         self.log_read_flush_failure(py, failure);
         result
@@ -1264,8 +1287,15 @@ impl CoreHandle {
             // Shared, so that a buffer over it that outlives `loads` can
             // keep it alive.
             let raw: Bytes = Arc::new(raw);
-            let value = codec::loads_borrowed(py, (*raw).as_ref(), || pin_bytes(&raw))
-                .map_err(|e| codec::unpickle_error(py, &k, "DB", e))?;
+            let value = values::decode(
+                py,
+                &c.serializer,
+                &c.keys,
+                &k,
+                "DB",
+                (*raw).as_ref(),
+                || pin_bytes(&raw),
+            )?;
             let raw: &[u8] = (*raw).as_ref();
             // Unpickling ran Python code: a forked child deletes in its own
             // environment.
@@ -1344,8 +1374,7 @@ impl CoreHandle {
                         }
                         prev = Some((head, k, i));
                         if let Some(data) = lookups.get(k).map_err(to_py)? {
-                            let obj = codec::loads_borrowed(py, data, || reader.pin_txn(txn))
-                                .map_err(|e| codec::unpickle_error(py, k, "DB", e))?;
+                            let obj = reader.decode_db(py, k, data, txn)?;
                             from_db[i] = Some(obj);
                             if engine::fork_generation() != generation {
                                 break;

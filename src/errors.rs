@@ -34,7 +34,20 @@ pyo3::create_exception!(
     "The store is closed (or closing): open a new one to go on."
 );
 
-/// `UnpickleError` subclasses both `Error` and `RuntimeError` (0.1.0 raised a
+pyo3::create_exception!(
+    lmdb_object_store,
+    DecodeError,
+    Error,
+    "A stored or buffered value does not decode with the store's serializer; the original \
+     error is __cause__."
+);
+
+/// `DecodeError`, as the value pipeline raises it.
+pub fn decode_error_type(py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
+    Ok(py.get_type::<DecodeError>())
+}
+
+/// `UnpickleError` subclasses both `DecodeError` and `RuntimeError` (0.1.0 raised a
 /// plain `RuntimeError`), which `create_exception!` cannot express, so it is
 /// made once with `type()`.
 static UNPICKLE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -43,7 +56,10 @@ pub fn unpickle_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     let ty = UNPICKLE_ERROR.get_or_try_init(py, || -> PyResult<Py<PyType>> {
         let bases = PyTuple::new(
             py,
-            [py.get_type::<Error>(), py.get_type::<PyRuntimeError>()],
+            [
+                py.get_type::<DecodeError>(),
+                py.get_type::<PyRuntimeError>(),
+            ],
         )?;
         let ns = PyDict::new(py);
         ns.set_item("__module__", "lmdb_object_store")?;
@@ -177,6 +193,22 @@ pub enum StoreError {
     UpdateKeywordsWithoutEncoding,
     /// The buffer lent to `pickle.loads` used after that call.
     NoLongerLent,
+    /// A `serializer=` name that is not one (`valid` lists the names).
+    UnknownSerializer { name: String, valid: &'static str },
+    /// A `serializer=` object without a callable `dumps`/`loads`.
+    NotASerializer {
+        valid: &'static str,
+        shown: String,
+        method: String,
+    },
+    /// `allowed=` given with a serializer other than "safe".
+    AllowedWithoutSafe { serializer: String },
+    /// `serializer='msgpack'` without the msgpack package.
+    MsgpackMissing,
+    /// A value of the wrong type for the serializer ("raw": bytes-like).
+    WrongValueType { wanted: String, got: String },
+    /// A stored JSON value that is not UTF-8 text.
+    NotUtf8 { why: String },
     /// A stored `.npy` value that does not read (the cause of the
     /// `UnpickleError` naming its key).
     BadNpy { why: String },
@@ -306,6 +338,30 @@ impl std::fmt::Display for StoreError {
             }
             StoreError::BadPath { name, why } => write!(f, "{name} {why}"),
             StoreError::BadNpy { why } => write!(f, "bad .npy value: {why}"),
+            StoreError::UnknownSerializer { name, valid } => write!(
+                f,
+                "serializer='{name}' is not a serializer: use one of {valid}, \
+                 or an object with dumps(obj) -> bytes and loads(buffer) -> obj"
+            ),
+            StoreError::NotASerializer {
+                valid,
+                shown,
+                method,
+            } => write!(
+                f,
+                "serializer= must be one of {valid}, or an object with dumps(obj) -> bytes \
+                 and loads(buffer) -> obj; {shown} has no callable {method}"
+            ),
+            StoreError::AllowedWithoutSafe { serializer } => write!(
+                f,
+                "allowed= is only for serializer='safe', not serializer={serializer}"
+            ),
+            StoreError::MsgpackMissing => f.write_str(
+                "serializer='msgpack' needs the msgpack package: \
+                 pip install 'lmdb-object-store[msgpack]'",
+            ),
+            StoreError::WrongValueType { wanted, got } => write!(f, "wanted {wanted}, got {got}"),
+            StoreError::NotUtf8 { why } => write!(f, "not UTF-8 text: {why}"),
             StoreError::NoLongerLent => f.write_str(
                 "the store's memory is no longer lent: it was valid only inside pickle.loads",
             ),
@@ -387,7 +443,14 @@ impl StoreError {
             | StoreError::DecodeWithoutEncoding
             | StoreError::NoLongerLent
             | StoreError::BadPath { .. }
-            | StoreError::BadNpy { .. } => PyValueError::new_err(text),
+            | StoreError::BadNpy { .. }
+            | StoreError::UnknownSerializer { .. }
+            | StoreError::AllowedWithoutSafe { .. }
+            | StoreError::NotUtf8 { .. } => PyValueError::new_err(text),
+            StoreError::NotASerializer { .. } | StoreError::WrongValueType { .. } => {
+                PyTypeError::new_err(text)
+            }
+            StoreError::MsgpackMissing => PyImportError::new_err(text),
             StoreError::KeyNotFound { .. } | StoreError::EmptyStore => PyKeyError::new_err(text),
             StoreError::Engine(_)
             | StoreError::NotInitialised

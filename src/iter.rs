@@ -210,8 +210,7 @@ fn make_item(
 ) -> PyResult<Py<PyAny>> {
     let decoded = || core.keys.decode(py, key);
     let loaded = || match value {
-        Source::Db(data, txn) => codec::loads_borrowed(py, data, || core.pin_txn(txn))
-            .map_err(|e| codec::unpickle_error(py, key, "DB", e)),
+        Source::Db(data, txn) => core.decode_db(py, key, data, txn),
         Source::Buffered(bytes) => core.unpickle_buffered(py, key, bytes),
     };
     Ok(match kind {

@@ -12,6 +12,7 @@ pub mod options;
 mod pickle;
 pub mod snapshot;
 pub mod store;
+pub mod values;
 pub mod views;
 
 use pyo3::prelude::*;
@@ -74,6 +75,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MapFullError", py.get_type::<errors::MapFullError>())?;
     m.add("ReadonlyError", py.get_type::<errors::ReadonlyError>())?;
     m.add("ClosedError", py.get_type::<errors::ClosedError>())?;
+    m.add("DecodeError", py.get_type::<errors::DecodeError>())?;
     m.add("UnpickleError", errors::unpickle_error_type(py)?)?;
     m.add("UnsafeValueError", errors::unsafe_value_error_type(py)?)?;
     m.add_function(wrap_pyfunction!(lmdb_version, m)?)?;

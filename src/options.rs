@@ -12,6 +12,7 @@ use pyo3::types::PyDict;
 use crate::codec;
 use crate::errors::StoreError;
 use crate::keys::KeyPolicy;
+use crate::values::Serializer;
 
 pub const DEFAULT_MAX_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
@@ -26,6 +27,7 @@ pub struct Settings {
     pub autoflush_on_read: bool,
     pub max_map_size: Option<usize>,
     pub protocol: i32,
+    pub serializer: Serializer,
     pub keys: KeyPolicy,
     pub options: EnvOptions,
     /// The constructor's keyword arguments, for pickling the store.
@@ -47,6 +49,8 @@ impl Settings {
         max_map_size: Option<&Bound<'_, PyAny>>,
         max_buffer_bytes: i64,
         pickle_protocol: Option<i32>,
+        serializer: Option<&Bound<'_, PyAny>>,
+        allowed: Option<&Bound<'_, PyAny>>,
         lmdb_options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         // Any truthy value, as 0.1.0 took it; None (not given) means True.
@@ -116,6 +120,7 @@ impl Settings {
             }
             .into()
         })?;
+        let serializer = Serializer::parse(py, serializer, allowed)?;
         let keys = KeyPolicy::new(py, key_encoding, key_errors, str_normalize)?;
         let options = parse_lmdb_options(lmdb_options)?;
         let init_kwargs = PyDict::new(py);
@@ -127,6 +132,7 @@ impl Settings {
         init_kwargs.set_item("max_map_size", max_map_size)?;
         init_kwargs.set_item("max_buffer_bytes", max_buffer_bytes)?;
         init_kwargs.set_item("pickle_protocol", protocol)?;
+        serializer.add_kwargs(py, &init_kwargs)?;
         if let Some(extra) = lmdb_options {
             init_kwargs.update(extra.as_mapping())?;
         }
@@ -138,6 +144,7 @@ impl Settings {
             autoflush_on_read,
             max_map_size,
             protocol,
+            serializer,
             keys,
             options,
             init_kwargs: init_kwargs.unbind(),

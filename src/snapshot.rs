@@ -136,8 +136,7 @@ impl Snapshot {
         key: &[u8],
         data: &[u8],
     ) -> PyResult<Bound<'py, PyAny>> {
-        codec::loads_borrowed(py, data, || c.pin_txn(txn))
-            .map_err(|e| codec::unpickle_error(py, key, "DB", e))
+        c.decode_db(py, key, data, txn)
     }
 
     fn read<'py>(

@@ -17,6 +17,7 @@ use crate::exit;
 use crate::iter::{Kind, StoreIterator};
 use crate::npy;
 use crate::options::{type_name, Settings, DEFAULT_MAX_BUFFER_BYTES};
+use crate::values;
 use crate::views::{self, View};
 
 /// A persistent, thread-safe, dict-like store of Python objects on LMDB.
@@ -63,7 +64,8 @@ impl LmdbObjectStore {
         text_signature = "(db_path, batch_size=1000, *, autoflush_on_read=True, \
                           key_encoding=None, key_errors='strict', str_normalize=None, \
                           max_map_size=None, max_buffer_bytes=67108864, \
-                          pickle_protocol=None, **lmdb_options)"
+                          pickle_protocol=None, serializer='pickle', allowed=None, \
+                          **lmdb_options)"
     )]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         LmdbObjectStore {
@@ -74,7 +76,8 @@ impl LmdbObjectStore {
     #[pyo3(signature = (
         db_path, batch_size=1000, *, autoflush_on_read=None, key_encoding=None,
         key_errors="strict".to_string(), str_normalize=None, max_map_size=None,
-        max_buffer_bytes=DEFAULT_MAX_BUFFER_BYTES as i64, pickle_protocol=None, **lmdb_options
+        max_buffer_bytes=DEFAULT_MAX_BUFFER_BYTES as i64, pickle_protocol=None, serializer=None,
+        allowed=None, **lmdb_options
     ))]
     #[allow(clippy::too_many_arguments)]
     fn __init__(
@@ -89,6 +92,8 @@ impl LmdbObjectStore {
         max_map_size: Option<&Bound<'_, PyAny>>,
         max_buffer_bytes: i64,
         pickle_protocol: Option<i32>,
+        serializer: Option<&Bound<'_, PyAny>>,
+        allowed: Option<&Bound<'_, PyAny>>,
         lmdb_options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         let _inside = exit::enter();
@@ -106,6 +111,8 @@ impl LmdbObjectStore {
             max_map_size,
             max_buffer_bytes,
             pickle_protocol,
+            serializer,
+            allowed,
             lmdb_options,
         )?;
         self.core.open(py, settings)
@@ -116,7 +123,7 @@ impl LmdbObjectStore {
         let c = self.core()?;
         c.check_writable("put")?;
         let k = c.keys.to_write_bytes(key)?;
-        let pickled = codec::dumps(py, obj, c.protocol)?;
+        let pickled = values::encode(py, &c.serializer, obj, c.protocol, key)?;
         self.current(c)?.buffer_write(py, &k, Some(held(pickled)))
     }
 
@@ -320,7 +327,7 @@ impl LmdbObjectStore {
                 })
             })?;
             let kb = c.keys.to_write_bytes(&k)?.into_owned();
-            let pickled = codec::dumps(py, &v, c.protocol)?;
+            let pickled = values::encode(py, &c.serializer, &v, c.protocol, &k)?;
             bytes += kb.len() + pickled.as_bytes().len();
             keys.push(kb);
             pickles.push(pickled);
@@ -609,7 +616,7 @@ impl LmdbObjectStore {
             return Ok(v);
         }
         let d = default.unwrap_or_else(|| py.None().into_bound(py));
-        let pickled = codec::dumps(py, &d, c.protocol)?;
+        let pickled = values::encode(py, &c.serializer, &d, c.protocol, key)?;
         self.current(c)?.buffer_write(py, &k, Some(held(pickled)))?;
         Ok(d)
     }
@@ -629,7 +636,7 @@ impl LmdbObjectStore {
         let mut staged: Vec<(Vec<u8>, Bytes)> = Vec::new();
         let mut stage = |k: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> PyResult<()> {
             let kb = c.keys.to_write_bytes(k)?.into_owned();
-            let pickled = codec::dumps(py, v, c.protocol)?;
+            let pickled = values::encode(py, &c.serializer, v, c.protocol, k)?;
             staged.push((kb, held(pickled)));
             Ok(())
         };
@@ -797,6 +804,12 @@ impl LmdbObjectStore {
     #[getter]
     fn pickle_protocol(&self) -> PyResult<i32> {
         Ok(self.core()?.protocol)
+    }
+
+    /// The serializer's name, or the object given as `serializer=`.
+    #[getter]
+    fn serializer<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(self.core()?.serializer.to_object(py))
     }
 
     #[getter]

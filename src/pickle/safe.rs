@@ -100,6 +100,18 @@ impl AllowList {
             extra: Arc::new(extra),
         })
     }
+
+    /// No global beyond the fixed set.
+    pub fn is_empty(&self) -> bool {
+        self.extra.is_empty()
+    }
+
+    /// The globals named by `allowed=`, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.extra.iter().cloned().collect();
+        names.sort();
+        names
+    }
 }
 
 /// Read a pickle as the safe serializer does: the native decoder for the
