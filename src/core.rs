@@ -20,9 +20,9 @@ use engine::{Bounds, DbStat, Env, EnvInfo, EnvOptions};
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict};
 
-use crate::errors::{to_py, StoreError};
+use crate::errors::{add_note, to_py, StoreError};
 use crate::exit;
 use crate::keys::KeyPolicy;
 use crate::options::Settings;
@@ -1636,30 +1636,5 @@ fn log(py: Python<'_>, level: &str, message: String) {
         .and_then(|m| m.call_method1("getLogger", ("lmdb_object_store",)));
     if let Ok(logger) = logger {
         let _ = logger.call_method1(level, ("%s", message));
-    }
-}
-
-/// Add a note to an exception (PEP 678). Python 3.10 has no `add_note` and
-/// does not print notes: there the note goes into `__notes__` and, so that
-/// a traceback shows it, onto the end of the message.
-pub(crate) fn add_note(exc: &Bound<'_, pyo3::exceptions::PyBaseException>, note: String) {
-    let py = exc.py();
-    if exc.hasattr(pyo3::intern!(py, "add_note")).unwrap_or(false) {
-        let _ = exc.call_method1(pyo3::intern!(py, "add_note"), (note,));
-        return;
-    }
-    let notes = match exc.getattr(pyo3::intern!(py, "__notes__")) {
-        Ok(list) => list,
-        Err(_) => PyList::empty(py).into_any(),
-    };
-    if notes
-        .call_method1(pyo3::intern!(py, "append"), (&note,))
-        .is_ok()
-    {
-        let _ = exc.setattr(pyo3::intern!(py, "__notes__"), notes);
-    }
-    let args = exc.getattr(pyo3::intern!(py, "args"));
-    if let Ok(Ok((message,))) = args.map(|a| a.extract::<(String,)>()) {
-        let _ = exc.setattr(pyo3::intern!(py, "args"), (format!("{message}\n{note}"),));
     }
 }

@@ -580,6 +580,39 @@ pub fn display_key(key: &Bound<'_, PyAny>) -> String {
     }
 }
 
+/// Add a note to an exception (PEP 678). Python 3.10 has no `add_note` and
+/// does not print notes: there the note goes into `__notes__` and, so that
+/// a traceback shows it, onto the end of the message.
+pub fn add_note(exc: &Bound<'_, pyo3::exceptions::PyBaseException>, note: String) {
+    let py = exc.py();
+    if exc.hasattr(pyo3::intern!(py, "add_note")).unwrap_or(false) {
+        let _ = exc.call_method1(pyo3::intern!(py, "add_note"), (note,));
+        return;
+    }
+    let notes = match exc.getattr(pyo3::intern!(py, "__notes__")) {
+        Ok(list) => list,
+        Err(_) => pyo3::types::PyList::empty(py).into_any(),
+    };
+    if notes
+        .call_method1(pyo3::intern!(py, "append"), (&note,))
+        .is_ok()
+    {
+        let _ = exc.setattr(pyo3::intern!(py, "__notes__"), notes);
+    }
+    let args = exc.getattr(pyo3::intern!(py, "args"));
+    if let Ok(Ok((message,))) = args.map(|a| a.extract::<(String,)>()) {
+        let _ = exc.setattr(pyo3::intern!(py, "args"), (format!("{message}\n{note}"),));
+    }
+}
+
+/// The type of `v` by name, as messages show it.
+pub fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::hex;

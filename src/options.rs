@@ -188,12 +188,7 @@ fn out_of_range(name: &str, rule: &str, got: Option<i128>) -> PyErr {
     .into()
 }
 
-pub fn type_name(v: &Bound<'_, PyAny>) -> String {
-    v.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into())
-}
+pub(crate) use crate::errors::type_name;
 
 fn parse_lmdb_options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<EnvOptions> {
     let mut o = EnvOptions::default();

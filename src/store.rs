@@ -11,7 +11,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::codec;
-use crate::core::{add_note, held, report, CoreHandle, CoreRef};
+use crate::core::{held, report, CoreHandle, CoreRef};
+use crate::errors::add_note;
 use crate::errors::StoreError;
 use crate::exit;
 use crate::iter::{Kind, StoreIterator};

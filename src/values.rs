@@ -7,8 +7,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::codec;
-use crate::core::add_note;
-use crate::errors::{decode_error_type, unpickle_error_type, unsafe_value_error_type, StoreError};
+use crate::errors::{
+    add_note, decode_error_type, unpickle_error_type, unsafe_value_error_type, StoreError,
+};
 use crate::keys::KeyPolicy;
 use crate::pickle::safe::{self, AllowList};
 
@@ -89,7 +90,7 @@ impl Serializer {
             Serializer::Raw => "raw".into(),
             Serializer::Json { .. } => "json".into(),
             Serializer::Msgpack { .. } => "msgpack".into(),
-            Serializer::Custom { obj, .. } => crate::options::type_name(obj.bind(py)),
+            Serializer::Custom { obj, .. } => crate::errors::type_name(obj.bind(py)),
         }
     }
 
@@ -261,7 +262,7 @@ fn bytes_like<'py>(obj: &Bound<'py, PyAny>, wanted: &str) -> PyResult<Bound<'py,
     let not_bytes = || {
         PyErr::from(StoreError::WrongValueType {
             wanted: wanted.to_string(),
-            got: crate::options::type_name(obj),
+            got: crate::errors::type_name(obj),
         })
     };
     let buffer = pyo3::buffer::PyBuffer::<u8>::get(obj).map_err(|_| not_bytes())?;
