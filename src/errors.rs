@@ -2,8 +2,8 @@
 //! the engine's), and the single conversion from it to Python exceptions.
 
 use pyo3::exceptions::{
-    PyBufferError, PyException, PyImportError, PyKeyError, PyOSError, PyRuntimeError, PyTypeError,
-    PyValueError,
+    PyBufferError, PyException, PyImportError, PyKeyError, PyMemoryError, PyOSError,
+    PyRuntimeError, PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -193,6 +193,16 @@ pub enum StoreError {
     UpdateKeywordsWithoutEncoding,
     /// The buffer lent to `pickle.loads` used after that call.
     NoLongerLent,
+    /// `allowed=` given as one string instead of an iterable of them.
+    AllowedIsOneString,
+    /// An item of `allowed=` that is not a string (its repr).
+    AllowedItemType { shown: String },
+    /// An item of `allowed=` that is not a "module.qualname".
+    AllowedItemName { name: String },
+    /// The pickler could not allocate its output.
+    OutOfMemory,
+    /// A buffer handed to the codec's test hooks that is not contiguous.
+    NotContiguous,
     /// A `serializer=` name that is not one (`valid` lists the names).
     UnknownSerializer { name: String, valid: &'static str },
     /// A `serializer=` object without a callable `dumps`/`loads`.
@@ -356,6 +366,23 @@ impl std::fmt::Display for StoreError {
                 f,
                 "allowed= is only for serializer='safe', not serializer={serializer}"
             ),
+            StoreError::AllowedIsOneString => f.write_str(
+                "allowed= must be an iterable of \"module.qualname\" strings, not one string \
+                 (write allowed={\"collections.OrderedDict\"})",
+            ),
+            StoreError::AllowedItemType { shown } => {
+                write!(
+                    f,
+                    "allowed= holds {shown}, not a \"module.qualname\" string"
+                )
+            }
+            StoreError::AllowedItemName { name } => write!(
+                f,
+                "allowed= holds {name:?}: a global is named \"module.qualname\", \
+                 e.g. \"collections.OrderedDict\""
+            ),
+            StoreError::OutOfMemory => f.write_str("out of memory while pickling"),
+            StoreError::NotContiguous => f.write_str("data must be a contiguous buffer"),
             StoreError::MsgpackMissing => f.write_str(
                 "serializer='msgpack' needs the msgpack package: \
                  pip install 'lmdb-object-store[msgpack]'",
@@ -451,6 +478,13 @@ impl StoreError {
                 PyTypeError::new_err(text)
             }
             StoreError::MsgpackMissing => PyImportError::new_err(text),
+            StoreError::AllowedIsOneString | StoreError::AllowedItemType { .. } => {
+                PyTypeError::new_err(text)
+            }
+            StoreError::AllowedItemName { .. } | StoreError::NotContiguous => {
+                PyValueError::new_err(text)
+            }
+            StoreError::OutOfMemory => PyMemoryError::new_err(text),
             StoreError::KeyNotFound { .. } | StoreError::EmptyStore => PyKeyError::new_err(text),
             StoreError::Engine(_)
             | StoreError::NotInitialised

@@ -7,6 +7,7 @@ use pyo3::types::PyBytes;
 
 use super::op;
 use super::pyapi::{IntValue, Obj, OutBytes, View};
+use crate::errors::StoreError;
 
 /// CPython's pickler commits a frame once it holds this much.
 const FRAME_SIZE_TARGET: usize = 64 * 1024;
@@ -39,9 +40,7 @@ pub fn dumps<'py>(
         return Ok(None);
     }
     let Some(out) = OutBytes::new(py) else {
-        return Err(pyo3::exceptions::PyMemoryError::new_err(
-            "out of memory while pickling",
-        ));
+        return Err(StoreError::OutOfMemory.into());
     };
     let mut enc = Encoder {
         out,
@@ -60,9 +59,9 @@ pub fn dumps<'py>(
     match enc.dump(root) {
         Ok(()) => Ok(Some(enc.out.finish(py)?)),
         Err(Abort::Fallback) => Ok(None),
-        Err(Abort::NoMemory) => Err(PyErr::take(py).unwrap_or_else(|| {
-            pyo3::exceptions::PyMemoryError::new_err("out of memory while pickling")
-        })),
+        Err(Abort::NoMemory) => {
+            Err(PyErr::take(py).unwrap_or_else(|| StoreError::OutOfMemory.into()))
+        }
     }
 }
 

@@ -11,7 +11,6 @@ mod encode;
 mod pyapi;
 pub mod safe;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyTuple};
@@ -135,7 +134,7 @@ fn _codec_dumps<'py>(
 fn _codec_loads<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
     let buffer = pyo3::buffer::PyBuffer::<u8>::get(data)?;
     if !buffer.is_c_contiguous() {
-        return Err(PyValueError::new_err("data must be a contiguous buffer"));
+        return Err(crate::errors::StoreError::NotContiguous.into());
     }
     // SAFETY: the buffer is C-contiguous, of `len_bytes()` bytes, and stays
     // exported (so alive and unmoved) until `buffer` drops at the end of this

@@ -14,14 +14,13 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString, PyTuple, PyType};
 
 use super::decode::MAX_HASHED_TUPLE_DEPTH;
 use super::{op, HIGHEST_PROTOCOL};
-use crate::errors::{unsafe_value_error, unsafe_value_error_type};
+use crate::errors::{unsafe_value_error, unsafe_value_error_type, StoreError};
 
 /// The opcodes the native decoder leaves to CPython (names as in
 /// `pickletools`).
@@ -73,26 +72,23 @@ impl AllowList {
             return Ok(Self::default());
         };
         if allowed.is_instance_of::<PyString>() {
-            return Err(PyTypeError::new_err(
-                "allowed= must be an iterable of \"module.qualname\" strings, not one string \
-                 (write allowed={\"collections.OrderedDict\"})",
-            ));
+            return Err(StoreError::AllowedIsOneString.into());
         }
         let mut extra = HashSet::new();
         for item in allowed.try_iter()? {
             let item = item?;
             let Ok(name) = item.cast::<PyString>() else {
-                return Err(PyTypeError::new_err(format!(
-                    "allowed= holds {}, not a \"module.qualname\" string",
-                    item.repr()?
-                )));
+                return Err(StoreError::AllowedItemType {
+                    shown: item.repr()?.to_string(),
+                }
+                .into());
             };
             let name = name.to_str()?;
             if name.split('.').count() < 2 || name.split('.').any(str::is_empty) {
-                return Err(PyValueError::new_err(format!(
-                    "allowed= holds {name:?}: a global is named \"module.qualname\", \
-                     e.g. \"collections.OrderedDict\""
-                )));
+                return Err(StoreError::AllowedItemName {
+                    name: name.to_string(),
+                }
+                .into());
             }
             extra.insert(name.to_owned());
         }
