@@ -395,6 +395,22 @@ fn open_lmdb(
     Err(main_db(ffi::MDB_MAP_RESIZED))
 }
 
+/// The directory store whose data file `path` is, when opening it with
+/// `subdir=False` would give that store a second lock file: `path` is named
+/// `data.mdb`, its directory holds `lock.mdb`, and `<path>-lock` does not
+/// exist yet (a single-file store of that name, opened before, keeps its own).
+fn directory_store_of<'p>(path: &'p Path, options: &EnvOptions) -> Option<&'p Path> {
+    if options.subdir || !options.lock || path.file_name()? != "data.mdb" {
+        return None;
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let own_lock = EnvPaths::new(path, false).lock;
+    (dir.join("lock.mdb").exists() && !own_lock.exists()).then_some(dir)
+}
+
 impl Env {
     pub fn open(path: &Path, options: &EnvOptions) -> Result<Env> {
         let shown = path.display();
@@ -413,6 +429,22 @@ impl Env {
                         libc::EISDIR,
                         format!(
                             "cannot open {shown}: it is a directory and subdir=False wants a file"
+                        ),
+                    ));
+                }
+                if let Some(dir) = directory_store_of(path, options) {
+                    // LMDB would make `<path>-lock` beside it: a second lock
+                    // file, whose readers the store's writers (on lock.mdb)
+                    // never see, so they could reuse pages being read.
+                    return Err(open_err(
+                        path,
+                        0,
+                        format!(
+                            "cannot open {shown} with subdir=False: it is the data file of the \
+                             store in {dir}, whose lock file is {lock}; open {dir} (subdir=True) \
+                             instead",
+                            dir = dir.display(),
+                            lock = dir.join("lock.mdb").display(),
                         ),
                     ));
                 }
