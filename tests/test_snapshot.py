@@ -59,6 +59,7 @@ def test_one_state_against_writer_threads(make_store):
     store = make_store(batch_size=50)
     store.put_many({b"k%04d" % i: 0 for i in range(500)})
     stop = threading.Event()
+    committed = threading.Event()
 
     def writer(n):
         def run():
@@ -66,20 +67,27 @@ def test_one_state_against_writer_threads(make_store):
             while not stop.is_set():
                 rounds += 1
                 store.put_many({b"k%04d" % i: rounds for i in range(n, 500, 4)})
+                store.flush()
+                committed.set()
             return rounds
 
         return run
 
-    t, _ = start_thread(lambda: run_threads([writer(i) for i in range(3)], timeout=30))
-    try:
-        with store.snapshot() as snap:
-            for _ in range(20):
+    with store.snapshot() as snap:
+        t, _ = start_thread(lambda: run_threads([writer(i) for i in range(3)], timeout=30))
+        try:
+            checks = 0
+            # Keep reading until the writers have committed at least once while
+            # the snapshot was open (a fast machine may finish 20 reads first).
+            while checks < 20 or not committed.wait(0.01):
+                checks += 1
+                assert checks < 10_000, "the writers never committed"
                 assert set(snap.values()) == {0}
                 found, _ = snap.get_many([b"k%04d" % i for i in range(500)])
                 assert set(found.values()) == {0}
-    finally:
-        stop.set()
-        join_or_fail(t, 30)
+        finally:
+            stop.set()
+            join_or_fail(t, 30)
     assert set(store.values()) != {0}
 
 

@@ -705,6 +705,7 @@ mod tests {
     //! size), and checked on the limits it enforces.
 
     use super::*;
+    use crate::pickle::test_rng::Rng;
     use std::cell::RefCell;
     use std::rc::Rc;
 
@@ -1031,20 +1032,6 @@ mod tests {
             b"\x80\x04\x95\x14\x00\x00\x00\x00\x00\x00\x00\x8c\x08builtins\x8c\x03len\x93.";
         assert!(matches!(read(global), Outcome::Fallback));
         assert!(matches!(read(b"I1\n."), Outcome::Fallback));
-    }
-
-    /// xorshift64*: a fixed-seed generator for the fuzz cases.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
     }
 
     /// Opcodes this reader handles, to make random streams that get far.

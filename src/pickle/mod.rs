@@ -78,6 +78,32 @@ pub(crate) mod op {
     pub const MEMOIZE: u8 = 0x94;
     pub const FRAME: u8 = 0x95;
     pub const BYTEARRAY8: u8 = 0x96;
+    // Read only by the safe decoder's opcode walk; the native decoder
+    // hands streams holding them to CPython.
+    pub const FLOAT: u8 = b'F';
+    pub const INT: u8 = b'I';
+    pub const LONG: u8 = b'L';
+    pub const PERSID: u8 = b'P';
+    pub const BINPERSID: u8 = b'Q';
+    pub const REDUCE: u8 = b'R';
+    pub const STRING: u8 = b'S';
+    pub const BINSTRING: u8 = b'T';
+    pub const SHORT_BINSTRING: u8 = b'U';
+    pub const UNICODE: u8 = b'V';
+    pub const BUILD: u8 = b'b';
+    pub const GLOBAL: u8 = b'c';
+    pub const GET: u8 = b'g';
+    pub const INST: u8 = b'i';
+    pub const OBJ: u8 = b'o';
+    pub const PUT: u8 = b'p';
+    pub const NEWOBJ: u8 = 0x81;
+    pub const EXT1: u8 = 0x82;
+    pub const EXT2: u8 = 0x83;
+    pub const EXT4: u8 = 0x84;
+    pub const NEWOBJ_EX: u8 = 0x92;
+    pub const STACK_GLOBAL: u8 = 0x93;
+    pub const NEXT_BUFFER: u8 = 0x97;
+    pub const READONLY_BUFFER: u8 = 0x98;
 }
 
 /// The highest protocol this codec (and CPython's pickle) writes and reads.
@@ -187,4 +213,23 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_loads, m)?)?;
     safe::register(m)?;
     Ok(())
+}
+
+/// xorshift64*: a fixed-seed generator for the codec's fuzz tests.
+#[cfg(test)]
+pub(crate) mod test_rng {
+    pub struct Rng(pub u64);
+
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        pub fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
 }

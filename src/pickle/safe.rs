@@ -22,35 +22,6 @@ use super::decode::MAX_HASHED_TUPLE_DEPTH;
 use super::{op, HIGHEST_PROTOCOL};
 use crate::errors::{unsafe_value_error, unsafe_value_error_type, StoreError};
 
-/// The opcodes the native decoder leaves to CPython (names as in
-/// `pickletools`).
-mod xop {
-    pub const FLOAT: u8 = b'F';
-    pub const INT: u8 = b'I';
-    pub const LONG: u8 = b'L';
-    pub const PERSID: u8 = b'P';
-    pub const BINPERSID: u8 = b'Q';
-    pub const REDUCE: u8 = b'R';
-    pub const STRING: u8 = b'S';
-    pub const BINSTRING: u8 = b'T';
-    pub const SHORT_BINSTRING: u8 = b'U';
-    pub const UNICODE: u8 = b'V';
-    pub const BUILD: u8 = b'b';
-    pub const GLOBAL: u8 = b'c';
-    pub const GET: u8 = b'g';
-    pub const INST: u8 = b'i';
-    pub const OBJ: u8 = b'o';
-    pub const PUT: u8 = b'p';
-    pub const NEWOBJ: u8 = 0x81;
-    pub const EXT1: u8 = 0x82;
-    pub const EXT2: u8 = 0x83;
-    pub const EXT4: u8 = 0x84;
-    pub const NEWOBJ_EX: u8 = 0x92;
-    pub const STACK_GLOBAL: u8 = 0x93;
-    pub const NEXT_BUFFER: u8 = 0x97;
-    pub const READONLY_BUFFER: u8 = 0x98;
-}
-
 /// A `BUILD` state (what `__setstate__` gets) nested deeper than this is
 /// refused. The object it lands in may already sit inside tuples that were
 /// measured before it got the state, so its hash can recurse through this
@@ -491,11 +462,11 @@ impl<'d> Scanner<'d> {
                 op::BININT1 => self.push_atom(1)?,
                 op::BININT2 => self.push_atom(2)?,
                 op::BINFLOAT => self.push_atom(8)?,
-                xop::INT | xop::LONG | xop::FLOAT | xop::STRING | xop::UNICODE => {
+                op::INT | op::LONG | op::FLOAT | op::STRING | op::UNICODE => {
                     self.line()?;
                     self.stack.push(0);
                 }
-                op::LONG1 | op::SHORT_BINBYTES | op::SHORT_BINUNICODE | xop::SHORT_BINSTRING => {
+                op::LONG1 | op::SHORT_BINBYTES | op::SHORT_BINUNICODE | op::SHORT_BINSTRING => {
                     let [n] = self.array()?;
                     self.take(u64::from(n))?;
                     self.stack.push(0);
@@ -504,7 +475,7 @@ impl<'d> Scanner<'d> {
                     self.signed_counted("LONG")?;
                     self.stack.push(0);
                 }
-                xop::BINSTRING => {
+                op::BINSTRING => {
                     self.signed_counted("BINSTRING")?;
                     self.stack.push(0);
                 }
@@ -578,7 +549,7 @@ impl<'d> Scanner<'d> {
                     let index = u32::from_le_bytes(self.array()?);
                     self.memo_put(u64::from(index))?;
                 }
-                xop::PUT => {
+                op::PUT => {
                     let index = Self::text_index(self.line()?)?;
                     self.memo_put(index)?;
                 }
@@ -590,37 +561,37 @@ impl<'d> Scanner<'d> {
                     let index = u32::from_le_bytes(self.array()?);
                     self.memo_get(u64::from(index))?;
                 }
-                xop::GET => {
+                op::GET => {
                     let index = Self::text_index(self.line()?)?;
                     self.memo_get(index)?;
                 }
 
                 // Globals and calls: the restricted unpickler checks each
                 // global by name and each helper's arguments.
-                xop::GLOBAL => {
+                op::GLOBAL => {
                     self.line()?;
                     self.line()?;
                     self.global_looked_up()?;
                 }
-                xop::STACK_GLOBAL => {
+                op::STACK_GLOBAL => {
                     self.pop()?;
                     self.pop()?;
                     self.global_looked_up()?;
                 }
-                xop::REDUCE | xop::NEWOBJ => {
+                op::REDUCE | op::NEWOBJ => {
                     let args = self.pop()?;
                     self.pop()?;
                     let depth = self.current_depth(args);
                     self.push_call_result(depth)?;
                 }
-                xop::NEWOBJ_EX => {
+                op::NEWOBJ_EX => {
                     let kwargs = self.pop()?;
                     let args = self.pop()?;
                     self.pop()?;
                     let depth = self.current_depth(args).max(self.current_depth(kwargs));
                     self.push_call_result(depth)?;
                 }
-                xop::INST => {
+                op::INST => {
                     let m = self.pop_mark()?;
                     self.line()?;
                     self.line()?;
@@ -631,7 +602,7 @@ impl<'d> Scanner<'d> {
                     self.stack.truncate(m);
                     self.push_call_result(depth)?;
                 }
-                xop::OBJ => {
+                op::OBJ => {
                     let m = self.pop_mark()?;
                     if self.stack.len() <= m {
                         return Err(Refusal::Malformed(UNDERFLOW.into()));
@@ -640,7 +611,7 @@ impl<'d> Scanner<'d> {
                     self.stack.truncate(m);
                     self.push_call_result(depth)?;
                 }
-                xop::BUILD => {
+                op::BUILD => {
                     let state = self.pop()?;
                     let target = self.top()? as usize;
                     match self.nodes[target].kind {
@@ -671,17 +642,17 @@ impl<'d> Scanner<'d> {
                 }
 
                 // Never needed by an allowed value.
-                xop::PERSID | xop::BINPERSID => {
+                op::PERSID | op::BINPERSID => {
                     return Err(Refusal::Unsafe(
                         "a persistent id (PERSID / BINPERSID) is not allowed by the safe \
                          serializer"
                             .into(),
                     ));
                 }
-                xop::EXT1 | xop::EXT2 | xop::EXT4 => {
+                op::EXT1 | op::EXT2 | op::EXT4 => {
                     let code = match code {
-                        xop::EXT1 => u32::from(self.array::<1>()?[0]),
-                        xop::EXT2 => u32::from(u16::from_le_bytes(self.array()?)),
+                        op::EXT1 => u32::from(self.array::<1>()?[0]),
+                        op::EXT2 => u32::from(u16::from_le_bytes(self.array()?)),
                         _ => u32::from_le_bytes(self.array()?),
                     };
                     return Err(Refusal::Unsafe(format!(
@@ -689,7 +660,7 @@ impl<'d> Scanner<'d> {
                          serializer"
                     )));
                 }
-                xop::NEXT_BUFFER | xop::READONLY_BUFFER => {
+                op::NEXT_BUFFER | op::READONLY_BUFFER => {
                     return Err(Refusal::Unsafe(
                         "out-of-band buffers (NEXT_BUFFER / READONLY_BUFFER) are not allowed by \
                          the safe serializer"
@@ -1163,6 +1134,7 @@ mod tests {
     //! lets through, and that no input makes it panic.
 
     use super::*;
+    use crate::pickle::test_rng::Rng;
 
     fn unsafe_refusal(data: &[u8]) -> bool {
         matches!(Scanner::scan(data), Err(Refusal::Unsafe(_)))
@@ -1260,20 +1232,6 @@ mod tests {
             for cut in 0..sample.len() - 1 {
                 assert!(malformed(&sample[..cut]), "cut at {cut}");
             }
-        }
-    }
-
-    /// xorshift64*: fixed-seed streams for the fuzz case.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
         }
     }
 
