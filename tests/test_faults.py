@@ -192,6 +192,25 @@ def test_a_single_file_store_named_data_mdb_still_opens(tmp_path):
         assert store[b"k"] == 1
 
 
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_single_file_store_is_not_opened_as_a_directory_store(tmp_path, readonly):
+    """The other direction: a directory whose data.mdb is a single-file store
+    (data.mdb-lock beside it) opened as a directory store would make lock.mdb."""
+    path = tmp_path / "db"
+    path.mkdir()
+    with LmdbObjectStore(str(path / "data.mdb"), subdir=False) as store:
+        store[b"k"] = 1
+    before = sorted(os.listdir(path))
+    with pytest.raises(Error) as caught:
+        LmdbObjectStore(str(path), readonly=readonly)
+    message = str(caught.value)
+    assert "subdir=False" in message and str(path / "data.mdb") in message, message
+    assert "data.mdb-lock" in message, message
+    assert sorted(os.listdir(path)) == before  # no lock.mdb
+    with LmdbObjectStore(str(path / "data.mdb"), subdir=False, readonly=True) as store:
+        assert store[b"k"] == 1
+
+
 def test_a_directory_where_a_file_is_wanted(tmp_path):
     path = tmp_path / "db"
     path.mkdir()
