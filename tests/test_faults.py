@@ -163,6 +163,54 @@ def test_a_regular_file_where_a_directory_is_wanted(tmp_path):
     assert path.read_bytes() == b"not a directory"
 
 
+@pytest.mark.parametrize("readonly", [False, True])
+def test_the_data_file_of_a_directory_store_is_not_opened_as_a_single_file(tmp_path, readonly):
+    """subdir=False on a directory store's data.mdb would make data.mdb-lock, a
+    second lock file whose readers the store's writers never see."""
+    path = tmp_path / "db"
+    with LmdbObjectStore(str(path)) as store:
+        store[b"k"] = 1
+    before = sorted(os.listdir(path))
+    with pytest.raises(Error) as caught:
+        LmdbObjectStore(str(path / "data.mdb"), subdir=False, readonly=readonly)
+    message = str(caught.value)
+    assert "subdir=False" in message and str(path) in message, message
+    assert "lock.mdb" in message, message
+    assert sorted(os.listdir(path)) == before  # no data.mdb-lock
+    with LmdbObjectStore(str(path), readonly=True) as store:
+        assert store[b"k"] == 1
+
+
+def test_a_single_file_store_named_data_mdb_still_opens(tmp_path):
+    path = tmp_path / "data.mdb"
+    with LmdbObjectStore(str(path), subdir=False) as store:
+        store[b"k"] = 1
+    # Its own lock file exists now: reopening it is the same store, even if
+    # a lock.mdb appears beside it later.
+    (tmp_path / "lock.mdb").write_bytes(b"")
+    with LmdbObjectStore(str(path), subdir=False) as store:
+        assert store[b"k"] == 1
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_single_file_store_is_not_opened_as_a_directory_store(tmp_path, readonly):
+    """The other direction: a directory whose data.mdb is a single-file store
+    (data.mdb-lock beside it) opened as a directory store would make lock.mdb."""
+    path = tmp_path / "db"
+    path.mkdir()
+    with LmdbObjectStore(str(path / "data.mdb"), subdir=False) as store:
+        store[b"k"] = 1
+    before = sorted(os.listdir(path))
+    with pytest.raises(Error) as caught:
+        LmdbObjectStore(str(path), readonly=readonly)
+    message = str(caught.value)
+    assert "subdir=False" in message and str(path / "data.mdb") in message, message
+    assert "data.mdb-lock" in message, message
+    assert sorted(os.listdir(path)) == before  # no lock.mdb
+    with LmdbObjectStore(str(path / "data.mdb"), subdir=False, readonly=True) as store:
+        assert store[b"k"] == 1
+
+
 def test_a_directory_where_a_file_is_wanted(tmp_path):
     path = tmp_path / "db"
     path.mkdir()

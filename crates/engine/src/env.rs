@@ -395,6 +395,54 @@ fn open_lmdb(
     Err(main_db(ffi::MDB_MAP_RESIZED))
 }
 
+/// The lock file another store keeps for the data file this open would use,
+/// when opening it this way would give that data file a second lock file,
+/// with the message to refuse it with. LMDB names the lock file after how the
+/// store is opened (`lock.mdb` in the directory, or `<file>-lock` beside a
+/// single file), so one data file opened both ways has two lock tables, and
+/// the writers of one never see the readers of the other: they could reuse
+/// pages still being read. A lock file of this open's own spelling already
+/// there means both spellings were used before; that is left alone.
+fn second_lock_file(path: &Path, options: &EnvOptions) -> Option<String> {
+    if !options.lock {
+        return None;
+    }
+    let own_lock = EnvPaths::new(path, options.subdir).lock;
+    if own_lock.exists() {
+        return None;
+    }
+    let shown = path.display();
+    if options.subdir {
+        let data = path.join("data.mdb");
+        let other = EnvPaths::new(&data, false).lock;
+        return other.exists().then(|| {
+            format!(
+                "cannot open {shown} as a directory store (subdir=True): its data file \
+                 {data} is a single-file store whose lock file is {other}; open {data} with \
+                 subdir=False instead",
+                data = data.display(),
+                other = other.display(),
+            )
+        });
+    }
+    if path.file_name()? != "data.mdb" {
+        return None;
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let other = dir.join("lock.mdb");
+    other.exists().then(|| {
+        format!(
+            "cannot open {shown} with subdir=False: it is the data file of the store in \
+             {dir}, whose lock file is {other}; open {dir} (subdir=True) instead",
+            dir = dir.display(),
+            other = other.display(),
+        )
+    })
+}
+
 impl Env {
     pub fn open(path: &Path, options: &EnvOptions) -> Result<Env> {
         let shown = path.display();
@@ -415,6 +463,9 @@ impl Env {
                             "cannot open {shown}: it is a directory and subdir=False wants a file"
                         ),
                     ));
+                }
+                if let Some(message) = second_lock_file(path, options) {
+                    return Err(open_err(path, 0, message));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
