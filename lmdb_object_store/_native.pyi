@@ -412,8 +412,14 @@ class Snapshot:
     ) -> list[tuple[Any, Any]]:
         """The ``(key, value)`` pairs within the bounds, in key order."""
 
-    def get_many(self, keys: Iterable[_Key]) -> tuple[dict[Any, Any], list[Any]]:
-        """``(found, not_found)`` for many keys."""
+    def get_many(
+        self,
+        keys: Iterable[_Key],
+        *,
+        decode_keys: bool = False,
+        decode_not_found: bool | None = None,
+    ) -> tuple[dict[Any, Any], list[Any]]:
+        """``(found, not_found)`` for many keys, as ``LmdbObjectStore.get_many`` gives them."""
 
     def view(self, key: _Key) -> memoryview:
         """A read-only memoryview of the stored bytes of ``key``, valid until the snapshot ends."""

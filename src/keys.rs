@@ -225,6 +225,54 @@ impl KeyPolicy {
             }
         }
     }
+
+    /// `get_many`'s choice of how to decode: `decode_not_found` follows
+    /// `decode_keys` unless given; either needs a key encoding.
+    pub fn many_options(
+        &self,
+        decode_keys: bool,
+        decode_not_found: Option<bool>,
+    ) -> PyResult<(bool, bool)> {
+        if (decode_keys || decode_not_found == Some(true)) && self.encoding.is_none() {
+            return Err(StoreError::DecodeWithoutEncoding.into());
+        }
+        Ok((decode_keys, decode_not_found.unwrap_or(decode_keys)))
+    }
+
+    /// A key of `get_many`'s found dict: decoded with `decode_keys`, else the
+    /// caller's own object when it is already the stored bytes (its hash is
+    /// cached), else new bytes.
+    pub fn found_key<'py>(
+        &self,
+        py: Python<'py>,
+        given: &Bound<'py, PyAny>,
+        stored: &[u8],
+        decode_keys: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if decode_keys {
+            self.decode(py, stored)
+        } else if given.is_exact_instance_of::<PyBytes>() {
+            Ok(given.clone())
+        } else {
+            Ok(PyBytes::new(py, stored).into_any())
+        }
+    }
+
+    /// An entry of `get_many`'s not-found list: the caller's key, or its
+    /// decoded form with `decode_not_found` when the caller gave bytes.
+    pub fn not_found_key<'py>(
+        &self,
+        py: Python<'py>,
+        given: &Bound<'py, PyAny>,
+        stored: &[u8],
+        decode_not_found: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if decode_not_found && given.cast::<PyString>().is_err() {
+            self.decode(py, stored)
+        } else {
+            Ok(given.clone())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::thread::ThreadId;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use engine::ReadTxn;
 
@@ -296,13 +296,18 @@ impl Snapshot {
     }
 
     /// `(found, not_found)` for many keys, as `store.get_many` returns them.
+    #[pyo3(signature = (keys, *, decode_keys=false, decode_not_found=None))]
     fn get_many<'py>(
         &self,
         py: Python<'py>,
         keys: &Bound<'py, PyAny>,
+        decode_keys: bool,
+        decode_not_found: Option<bool>,
     ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
         let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<PyResult<_>>()?;
         self.with(|txn, c| {
+            let (decode_keys, decode_not_found) =
+                c.keys.many_options(decode_keys, decode_not_found)?;
             let found = PyDict::new(py);
             let not_found = PyList::empty(py);
             for k in given {
@@ -310,16 +315,11 @@ impl Snapshot {
                 match txn.get(&b).map_err(to_py)? {
                     Some(data) => {
                         let v = Self::decode_value(py, c, txn, &b, data)?;
-                        let dict_key = if k.is_exact_instance_of::<PyBytes>()
-                            || k.is_exact_instance_of::<PyString>()
-                        {
-                            k
-                        } else {
-                            PyBytes::new(py, &b).into_any()
-                        };
-                        found.set_item(dict_key, v)?;
+                        found.set_item(c.keys.found_key(py, &k, &b, decode_keys)?, v)?;
                     }
-                    None => not_found.append(k)?,
+                    None => {
+                        not_found.append(c.keys.not_found_key(py, &k, &b, decode_not_found)?)?
+                    }
                 }
             }
             Ok((found, not_found))

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use engine::buffer::{Bytes, Lookup, Sorted};
 use engine::Bounds;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::codec;
 use crate::core::{held, report, CoreHandle, CoreRef};
@@ -214,10 +214,7 @@ impl LmdbObjectStore {
         decode_not_found: Option<bool>,
     ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
         let c = self.open_core()?;
-        if (decode_keys || decode_not_found == Some(true)) && c.keys.encoding.is_none() {
-            return Err(StoreError::DecodeWithoutEncoding.into());
-        }
-        let decode_not_found = decode_not_found.unwrap_or(decode_keys);
+        let (decode_keys, decode_not_found) = c.keys.many_options(decode_keys, decode_not_found)?;
         let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<PyResult<_>>()?;
         let normalised: Vec<Cow<'_, [u8]>> = given
             .iter()
@@ -230,17 +227,6 @@ impl LmdbObjectStore {
 
         let found = PyDict::new(py);
         let mut hit = vec![false; normalised.len()];
-        // The dict key: the caller's own object when it already is the
-        // normalised bytes (its hash is cached), else a new one.
-        let key_obj = |i: usize, k: &[u8]| -> PyResult<Bound<'py, PyAny>> {
-            if decode_keys {
-                c.keys.decode(py, k)
-            } else if given[i].is_exact_instance_of::<PyBytes>() {
-                Ok(given[i].clone())
-            } else {
-                Ok(PyBytes::new(py, k).into_any())
-            }
-        };
         for (i, (k, l)) in normalised.iter().zip(&from_buffer).enumerate() {
             let obj = match l {
                 Some(Lookup::Value(v)) => c.unpickle_buffered(py, k, v)?,
@@ -250,7 +236,7 @@ impl LmdbObjectStore {
                 },
                 _ => continue,
             };
-            found.set_item(key_obj(i, k)?, obj)?;
+            found.set_item(c.keys.found_key(py, &given[i], k, decode_keys)?, obj)?;
             hit[i] = true;
         }
         let not_found = PyList::empty(py);
@@ -258,11 +244,10 @@ impl LmdbObjectStore {
             if hit[i] {
                 continue;
             }
-            if decode_not_found && k.cast::<PyString>().is_err() {
-                not_found.append(c.keys.decode(py, &normalised[i])?)?;
-            } else {
-                not_found.append(k)?;
-            }
+            not_found.append(
+                c.keys
+                    .not_found_key(py, k, &normalised[i], decode_not_found)?,
+            )?;
         }
         c.log_read_flush_failure(py, many.failure);
         Ok((found, not_found))

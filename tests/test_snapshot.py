@@ -42,6 +42,39 @@ def test_a_snapshot_reads_like_a_mapping(make_store):
     assert snap.closed
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"decode_keys": True},
+        {"decode_not_found": True},
+        {"decode_keys": True, "decode_not_found": False},
+    ],
+)
+def test_get_many_answers_as_the_store_does(make_store, options):
+    store = make_store(key_encoding="utf-8")
+    store.update({"a": 1, "b": 2})
+    store.flush()
+    keys = ["a", b"b", "zz", b"yy", bytearray(b"a")]
+    expected = store.get_many(keys, **options)
+    with store.snapshot() as snap:
+        got = snap.get_many(keys, **options)
+    assert got == expected
+    assert [type(k) for k in got[0]] == [type(k) for k in expected[0]]
+    assert [type(k) for k in got[1]] == [type(k) for k in expected[1]]
+
+
+def test_get_many_decoding_needs_a_key_encoding(make_store):
+    store = make_store()
+    store[b"a"] = 1
+    with store.snapshot() as snap:
+        with pytest.raises(ValueError) as caught:
+            snap.get_many([b"a"], decode_keys=True)
+    with pytest.raises(ValueError) as expected:
+        store.get_many([b"a"], decode_keys=True)
+    assert str(caught.value) == str(expected.value)
+
+
 def test_it_sees_the_buffer_committed_first_and_nothing_written_after(make_store):
     store = make_store(batch_size=1000)
     store[b"k"] = "buffered"
