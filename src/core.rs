@@ -777,14 +777,20 @@ impl Core {
             }
             Ok(src.len())
         };
-        match self.buffered_lookup(key).0 {
+        let (found, dirty) = self.buffered_lookup(key);
+        match found {
             Lookup::Value(v) => return Ok(Some(copy(py, (*v).as_ref(), out))),
             Lookup::Deleted => return Ok(None),
             Lookup::Unknown => {}
         }
-        self.with_read(py, |txn| {
+        // As `get` does: a read that goes to the database commits the buffer
+        // first with `autoflush_on_read`.
+        let failure = self.autoflush_for_read(py, dirty && self.autoflush_on_read);
+        let result = self.with_read(py, |txn| {
             Ok(txn.get(key).map_err(to_py)?.map(|src| copy(py, src, out)))
-        })
+        });
+        self.log_read_flush_failure(py, failure);
+        result
     }
 
     pub(crate) fn contains(&self, py: Python<'_>, key: &[u8], flush: bool) -> PyResult<bool> {

@@ -367,6 +367,20 @@ def test_get_into_serves_buffered_values_from_the_buffer(make_store):
         store.get_into(b"k", buf)
 
 
+@pytest.mark.parametrize("autoflush", [True, False])
+def test_get_into_commits_the_buffer_first_as_get_does(make_store, autoflush):
+    store = make_store(batch_size=1000, autoflush_on_read=autoflush)
+    store[b"on-disk"] = 1
+    store.flush()
+    store[b"buffered"] = 2
+    buf = bytearray(100)
+    store.get_into(b"on-disk", buf)
+    got_into = store.pending
+    store[b"buffered"] = 3
+    store.get(b"on-disk")
+    assert got_into == store.pending == (0 if autoflush else 1)
+
+
 def test_get_into_bad_input_writes_nothing(make_store):
     store = make_store()
     store[b"key1"] = b"v" * 100
