@@ -522,6 +522,38 @@ impl ValueFile {
         Ok(out)
     }
 
+    /// Read up to and including the next newline (at most `size` bytes
+    /// when `size` >= 0); `b""` at the end. For `pickle.load` and the like.
+    #[pyo3(signature = (size=-1))]
+    fn readline<'py>(&self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        let (held, pos) = self.held()?;
+        let limit = match size {
+            Some(s) if s >= 0 => s as u64,
+            _ => u64::MAX,
+        };
+        let mut line = Vec::new();
+        let mut piece = [0u8; 8192];
+        while (line.len() as u64) < limit {
+            let want = (limit - line.len() as u64).min(piece.len() as u64) as usize;
+            let n = held
+                .value
+                .read_at(pos + line.len() as u64, &mut piece[..want])
+                .map_err(to_py)?;
+            if n == 0 {
+                break;
+            }
+            match piece[..n].iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    line.extend_from_slice(&piece[..=i]);
+                    break;
+                }
+                None => line.extend_from_slice(&piece[..n]),
+            }
+        }
+        self.advance(pos, line.len());
+        Ok(PyBytes::new(py, &line))
+    }
+
     /// Read the rest of the value.
     fn readall<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         self.read(py, None)
