@@ -13,9 +13,8 @@ import threading
 import lmdb
 import pytest
 
-from lmdb_object_store import ClosedError, Error, LmdbObjectStore, ReadonlyError
-
 from helpers import run_python
+from lmdb_object_store import ClosedError, LmdbObjectStore, ReadonlyError
 
 MiB = 1 << 20
 
