@@ -265,3 +265,118 @@ fn file_offset(at: usize, len: usize, psize: usize, map_size: usize) -> Option<u
     let start = pgno.checked_mul(psize)?.checked_add(at - page)?;
     (start.checked_add(len)? <= map_size).then_some(start as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::{Env, EnvOptions};
+    use std::sync::Arc;
+
+    fn tempdir(name: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "engine-stream-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    fn open(dir: &std::path::Path, writemap: bool) -> Arc<Env> {
+        let options = EnvOptions {
+            writemap,
+            map_size: 1 << 20,
+            ..EnvOptions::default()
+        };
+        Env::acquire(dir, &options).unwrap()
+    }
+
+    fn stored(env: &Env, key: &[u8]) -> Option<Vec<u8>> {
+        let txn = env.begin_read(env.gate.wait_shared()).unwrap().unwrap();
+        txn.get(key).unwrap().map(<[u8]>::to_vec)
+    }
+
+    fn source<'a>(file: &'a File, offset: u64, len: u64) -> Source<'a> {
+        Source {
+            file,
+            offset,
+            len,
+            head: b"<",
+            tail: b">",
+            name: "the test file",
+        }
+    }
+
+    #[test]
+    fn writes_the_file_between_its_framing_and_reads_it_back_from_the_file() {
+        for writemap in [false, true] {
+            let dir = tempdir("round");
+            let data: Vec<u8> = (0..(9 << 20) + 5).map(|i| (i % 251) as u8).collect();
+            let path = dir.join("src");
+            std::fs::write(&path, &data).unwrap();
+            let file = File::open(&path).unwrap();
+            let env = open(&dir, writemap);
+            env.put_stream(b"k", &source(&file, 3, data.len() as u64 - 3), None)
+                .unwrap();
+            let got = stored(&env, b"k").unwrap();
+            assert_eq!(got.len(), data.len() - 3 + 2);
+            assert!(got[0] == b'<' && got[got.len() - 1] == b'>');
+            assert!(got[1..got.len() - 1] == data[3..], "writemap={writemap}");
+            {
+                let txn = env.begin_read(env.gate.wait_shared()).unwrap().unwrap();
+                let v = txn.get(b"k").unwrap().unwrap();
+                let value = StoredValue::locate(&txn, &v[1..v.len() - 1]).unwrap();
+                assert!(matches!(value.place, Place::File { .. }));
+                let mut out = vec![0u8; 1 << 20];
+                let n = value.read_at(5 << 20, &mut out).unwrap();
+                assert_eq!(out[..n], data[3 + (5 << 20)..3 + (6 << 20)]);
+            }
+            // A small value lives inside a leaf page: found there too.
+            let small = dir.join("small");
+            std::fs::write(&small, b"0123456789").unwrap();
+            let small = File::open(&small).unwrap();
+            env.put_stream(b"s", &source(&small, 2, 8), None).unwrap();
+            {
+                let txn = env.begin_read(env.gate.wait_shared()).unwrap().unwrap();
+                let v = txn.get(b"s").unwrap().unwrap();
+                assert_eq!(v, b"<23456789>");
+                let value = StoredValue::locate(&txn, &v[1..9]).unwrap();
+                assert!(matches!(value.place, Place::File { .. }));
+                let mut out = [0u8; 16];
+                assert_eq!(value.read_at(1, &mut out).unwrap(), 7);
+                assert_eq!(&out[..7], b"3456789");
+            }
+            env.release().unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_source_shorter_or_longer_than_announced_writes_nothing() {
+        let dir = tempdir("short");
+        let path = dir.join("src");
+        std::fs::write(&path, vec![7u8; 100_000]).unwrap();
+        let file = File::open(&path).unwrap();
+        let env = open(&dir, false);
+        let short = env
+            .put_stream(b"k", &source(&file, 0, 100_001), None)
+            .unwrap_err();
+        assert!(
+            matches!(&short, Error::Source { code: 0, what } if what.contains("ended after 100000 of the 100001")),
+            "{short}"
+        );
+        let long = env
+            .put_stream(b"k", &source(&file, 0, 99_999), None)
+            .unwrap_err();
+        assert!(
+            matches!(&long, Error::Source { code: 0, what } if what.contains("holds more than the 99999")),
+            "{long}"
+        );
+        assert_eq!(stored(&env, b"k"), None);
+        env.put_stream(b"k", &source(&file, 1, 99_999), None)
+            .unwrap();
+        assert_eq!(stored(&env, b"k").unwrap().len(), 100_001);
+        env.release().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
