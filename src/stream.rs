@@ -504,7 +504,7 @@ impl ValueFile {
 impl ValueFile {
     /// Read up to `size` bytes (all the rest when `size` is negative or
     /// None); `b""` at the end.
-    #[pyo3(signature = (size=-1))]
+    #[pyo3(signature = (size=-1), text_signature = "(self, /, size=-1)")]
     fn read<'py>(&self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
         let (held, pos) = self.held()?;
         let remain = self.len.saturating_sub(pos);
@@ -524,7 +524,7 @@ impl ValueFile {
 
     /// Read up to and including the next newline (at most `size` bytes
     /// when `size` >= 0); `b""` at the end. For `pickle.load` and the like.
-    #[pyo3(signature = (size=-1))]
+    #[pyo3(signature = (size=-1), text_signature = "(self, /, size=-1)")]
     fn readline<'py>(&self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
         let (held, pos) = self.held()?;
         let limit = match size {
