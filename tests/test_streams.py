@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 import subprocess
 import threading
 
@@ -86,7 +87,8 @@ def test_a_raw_store_keeps_the_bytes_as_they_are(tmp_path, src):
 
 
 def test_a_msgpack_store_writes_bin32(tmp_path):
-    msgpack = pytest.importorskip("msgpack")
+    import msgpack
+
     data = blob(200_000)
     (tmp_path / "f").write_bytes(data)
     db = tmp_path / "db"
@@ -216,6 +218,26 @@ def test_open_of_other_values_gives_their_stored_bytes(tmp_path):
         s[b"j"] = {"x": 1}
         with s.open(b"j") as f:
             assert json.loads(f.read()) == {"x": 1}
+
+
+def test_open_works_with_file_consumers(tmp_path, src):
+    path, data = src
+    with LmdbObjectStore(str(tmp_path / "db")) as s:
+        s.put_file(b"k", path)
+        out = io.BytesIO()
+        with s.open(b"k") as f:
+            shutil.copyfileobj(f, out, 100_000)
+        assert out.getvalue() == data
+        s[b"lines"] = b"one\ntwo\nthree"
+        with s.open(b"lines") as f:
+            assert f.readline() == b"one\n" and f.readline(2) == b"tw"
+            assert f.readline() == b"o\n" and f.readline() == b"three" and f.readline() == b""
+        import numpy as np
+
+        arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+        s.put_array(b"arr", arr)
+        with s.open(b"arr") as f:
+            assert (np.load(f) == arr).all()
 
 
 def test_open_sees_one_version_against_concurrent_overwrites(tmp_path):
