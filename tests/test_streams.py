@@ -269,6 +269,73 @@ def test_open_sees_one_version_against_concurrent_overwrites(tmp_path):
             assert f.read() == old
 
 
+def test_growth_while_a_file_is_open(tmp_path):
+    """Another process grows the map while a file is open: the file reads on.
+    A writer thread of this process that needs growth waits for the file to
+    close, then goes on."""
+    old = blob(2 * MiB, 3)
+    db = tmp_path / "db"
+    s = LmdbObjectStore(str(db), map_size=4 * MiB)
+    s[b"k"] = old
+    s.flush()
+    f = s.open(b"k")
+    first = f.read(MiB)
+    map_size = s.info()["map_size"]
+    run_python(
+        """
+        import sys
+        from lmdb_object_store import LmdbObjectStore
+        with LmdbObjectStore(sys.argv[1]) as other:
+            other[b"k"] = b"overwritten"
+            other[b"big"] = bytes(24 << 20)
+        """,
+        str(db),
+    )
+    assert f.read() == old[MiB:] and first == old[:MiB]
+    done = []
+
+    def write_big():
+        s[b"big2"] = bytes(64 * MiB)
+        s.flush()
+        done.append(True)
+
+    t = threading.Thread(target=write_big, daemon=True)
+    t.start()
+    f.seek(0)
+    assert f.read() == old
+    f.close()
+    t.join(60)
+    assert done, "the writer did not finish after the file closed"
+    assert s.info()["map_size"] > map_size
+    assert s[b"k"] == b"overwritten" and len(s[b"big2"]) == 64 * MiB
+    s.close()
+
+
+def test_a_file_inherited_across_fork_refuses_reads(tmp_path):
+    out = run_python(
+        """
+        import os, sys
+        from lmdb_object_store import Error, LmdbObjectStore
+        s = LmdbObjectStore(sys.argv[1])
+        s[b"k"] = b"value"
+        f = s.open(b"k")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                f.read()
+            except Error as e:
+                os._exit(3 if "fork" in str(e) else 4)
+            os._exit(5)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), f.read())
+        f.close()
+        s.close()
+        """,
+        str(tmp_path / "db"),
+    )
+    assert out.split() == ["3", "b'value'"]
+
+
 def test_open_a_value_written_in_this_buffer_commits_it_first(tmp_path):
     with LmdbObjectStore(str(tmp_path / "db"), batch_size=1000) as s:
         s[b"k"] = b"buffered"
