@@ -23,6 +23,7 @@ from ._native import (
     Snapshot,
     UnpickleError,
     UnsafeValueError,
+    ValueFile,
     __version__,
     _after_fork_child,
     _after_fork_parent,
@@ -71,6 +72,7 @@ __all__ = [
     "Snapshot",
     "UnpickleError",
     "UnsafeValueError",
+    "ValueFile",
     "__version__",
     "lmdb_version",
 ]

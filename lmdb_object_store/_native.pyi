@@ -27,6 +27,7 @@ __all__ = [
     "DecodeError",
     "UnpickleError",
     "UnsafeValueError",
+    "ValueFile",
     "lmdb_version",
     "_flush_all",
     "_before_fork",
@@ -197,6 +198,23 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
         a missing key raises ``KeyError``.
 
         >>> n = store.get_into(b"k", buf)
+        """
+
+    def put_file(
+        self, key: _Key, file_or_path: str | os.PathLike[str] | Any, size: int | None = None
+    ) -> None:
+        """Store the bytes of a file under ``key`` without a ``bytes`` of them in memory.
+
+        ``file_or_path`` is a path or a binary file object (read from its current
+        position). Committed at once, after the buffer; ``size``, if given, must be
+        what the source holds. On a pickle store the value reads back as ``bytes``.
+        """
+
+    def open(self, key: _Key) -> ValueFile:
+        """A read-only binary file over the value of ``key`` as it is now.
+
+        >>> with store.open(b"video") as f:
+        ...     head = f.read(1024)
         """
 
     def snapshot(self) -> Snapshot:
@@ -434,6 +452,50 @@ class Snapshot:
     def __enter__(self) -> Self: ...
     def __exit__(
         self, exc_type: object = None, _exc: object = None, _tb: object = None
+    ) -> bool: ...
+
+@final
+class ValueFile:
+    """A read-only binary file over one stored value, as ``store.open(key)`` saw it.
+
+    It holds a snapshot until ``close()`` (or the end of its ``with`` block):
+    writes made after ``open()`` are invisible to it. After ``close()`` every
+    method but ``close`` raises ``ValueError``.
+    """
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (the rest when negative or None); ``b""`` at the end."""
+
+    def readall(self) -> bytes:
+        """The rest of the value."""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """Up to and including the next newline."""
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` (writable, contiguous); return how many bytes were read."""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Move to ``offset`` from the start, the position or the end; return the position."""
+
+    def tell(self) -> int: ...
+    def readable(self) -> bool: ...
+    def seekable(self) -> bool: ...
+    def writable(self) -> bool: ...
+    def isatty(self) -> bool: ...
+    def flush(self) -> None: ...
+    def close(self) -> None:
+        """End the snapshot the file reads from."""
+
+    @property
+    def size(self) -> int:
+        """The value's length in bytes."""
+
+    @property
+    def closed(self) -> bool: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self, _exc_type: object = None, _exc: object = None, _tb: object = None
     ) -> bool: ...
 
 @final

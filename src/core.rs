@@ -966,6 +966,32 @@ impl Core {
         result
     }
 
+    /// Commit the buffer, then write one value of `src` under `key` in one
+    /// more write transaction (`Env::put_stream`), so that older buffered
+    /// writes cannot land after it. The value never enters the buffer.
+    pub(crate) fn put_stream(
+        &self,
+        py: Python<'_>,
+        key: &[u8],
+        src: &engine::Source<'_>,
+    ) -> PyResult<()> {
+        let result = (|| -> PyResult<()> {
+            // Spine rule 2: the commit lock is waited for with the GIL released.
+            let _commit = self.lock_detached(py, &self.commit_lock)?;
+            if self.is_closing() {
+                return Err(self.closed_error());
+            }
+            self.commit_buffer_locked(py)?;
+            let env = &*self.env;
+            let cap = self.max_map_size;
+            // Spine rule 1: the write transaction, and the file reads inside
+            // it, run in the engine with the GIL released.
+            py.detach(|| env.put_stream(key, src, cap)).map_err(to_py)
+        })();
+        self.log_growth(py);
+        result
+    }
+
     /// fsync the data file, with the GIL released.
     pub(crate) fn sync(&self, py: Python<'_>, force: bool) -> PyResult<()> {
         let env = &*self.env;

@@ -253,6 +253,32 @@ pub enum StoreError {
         needed: usize,
         given: usize,
     },
+    /// `put_file` was given neither a path nor a binary file object.
+    PutFileSource { got: String },
+    /// `put_file` was given a text file (shown key).
+    PutFileText { key: String },
+    /// `put_file` of a source that is not a regular file (`source` names it).
+    PutFileNotRegular { source: String },
+    /// `put_file` with `size=` that is not what the source holds (`source`
+    /// names it and the key; `found` what it holds from its position, or
+    /// `None` when it holds more than `size`).
+    SizeMismatch {
+        source: String,
+        size: u64,
+        found: Option<u64>,
+    },
+    /// `put_file` on a store whose serializer cannot hold bytes (shown key).
+    StreamSerializer { key: String, serializer: String },
+    /// `put_file` of a value larger than the serializer's framing holds.
+    StreamTooLarge {
+        key: String,
+        serializer: String,
+        max: u64,
+    },
+    /// A value file (`store.open()`) used after `close()`.
+    FileClosed,
+    /// A bad `seek()` of a value file: what was wrong.
+    BadSeek { why: String },
 }
 
 impl From<engine::Error> for StoreError {
@@ -423,6 +449,54 @@ impl std::fmt::Display for StoreError {
                 "get_into: the value of key {key} is {needed} bytes, the buffer holds {given}; \
                  nothing was written"
             ),
+            StoreError::PutFileSource { got } => write!(
+                f,
+                "put_file: file_or_path must be a path (str or os.PathLike) or a binary file \
+                 object with read(), not {got}"
+            ),
+            StoreError::PutFileText { key } => write!(
+                f,
+                "put_file: the file object for key {key} is a text file; open it in binary \
+                 mode ('rb')"
+            ),
+            StoreError::PutFileNotRegular { source } => write!(
+                f,
+                "put_file: {source} is not a regular file; nothing was written"
+            ),
+            StoreError::SizeMismatch {
+                source,
+                size,
+                found: Some(found),
+            } => write!(
+                f,
+                "put_file: size={size} but {source} holds {found} bytes from its position; \
+                 nothing was written"
+            ),
+            StoreError::SizeMismatch {
+                source,
+                size,
+                found: None,
+            } => write!(
+                f,
+                "put_file: size={size} but {source} holds more bytes; nothing was written"
+            ),
+            StoreError::StreamSerializer { key, serializer } => write!(
+                f,
+                "put_file: cannot store key {key} with serializer {serializer}: it has no form \
+                 for a stream of bytes (put_file works with 'pickle', 'safe', 'raw' and \
+                 'msgpack'); nothing was written"
+            ),
+            StoreError::StreamTooLarge {
+                key,
+                serializer,
+                max,
+            } => write!(
+                f,
+                "put_file: the value of key {key} is too large for serializer {serializer} \
+                 (at most {max} bytes); nothing was written"
+            ),
+            StoreError::FileClosed => f.write_str("I/O operation on closed file."),
+            StoreError::BadSeek { why } => f.write_str(why),
         }
     }
 }
@@ -446,6 +520,10 @@ impl StoreError {
                 // own subclass otherwise; `filename` is the destination.
                 PyOSError::new_err((code, text, path))
             }
+            StoreError::Engine(E::Source { code, .. }) if code > 0 => {
+                PyOSError::new_err((code, text))
+            }
+            StoreError::Engine(E::Source { .. }) => PyValueError::new_err(text),
             StoreError::Readonly(_) => ReadonlyError::new_err(text),
             StoreError::FinalFlushFailed { .. } => PyRuntimeError::new_err(text),
             StoreError::PathType { .. }
@@ -503,6 +581,14 @@ impl StoreError {
             StoreError::ReadOnlyBuffer => PyBufferError::new_err(text),
             StoreError::NotAWritableBuffer { .. } => PyTypeError::new_err(text),
             StoreError::SnapshotEnded | StoreError::SnapshotThread => Error::new_err(text),
+            StoreError::PutFileSource { .. }
+            | StoreError::PutFileText { .. }
+            | StoreError::StreamSerializer { .. } => PyTypeError::new_err(text),
+            StoreError::PutFileNotRegular { .. }
+            | StoreError::SizeMismatch { .. }
+            | StoreError::StreamTooLarge { .. }
+            | StoreError::FileClosed
+            | StoreError::BadSeek { .. } => PyValueError::new_err(text),
         }
     }
 }

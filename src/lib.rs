@@ -12,6 +12,7 @@ pub mod options;
 mod pickle;
 pub mod snapshot;
 pub mod store;
+pub mod stream;
 pub mod values;
 pub mod views;
 
@@ -71,6 +72,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<views::ValuesView>()?;
     m.add_class::<views::ItemsView>()?;
     m.add_class::<snapshot::Snapshot>()?;
+    m.add_class::<stream::ValueFile>()?;
     m.add("Error", py.get_type::<errors::Error>())?;
     m.add("MapFullError", py.get_type::<errors::MapFullError>())?;
     m.add("ReadonlyError", py.get_type::<errors::ReadonlyError>())?;

@@ -391,6 +391,43 @@ impl LmdbObjectStore {
         })
     }
 
+    /// Store the bytes of a file (a path, or a binary file object from its
+    /// current position) under `key` without reading them into a Python
+    /// object: committed at once, after the buffer. `size`, if given, must
+    /// be what the file holds.
+    #[pyo3(signature = (key, file_or_path, size=None))]
+    fn put_file(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        file_or_path: &Bound<'_, PyAny>,
+        size: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let c = self.core()?;
+        c.check_writable("put_file")?;
+        let k = c.keys.to_write_bytes(key)?.into_owned();
+        let dir = if c.fs_path.is_dir() {
+            c.fs_path.clone()
+        } else {
+            c.fs_path
+                .parent()
+                .map_or_else(|| ".".into(), |p| p.to_path_buf())
+        };
+        let prepared = crate::stream::prepare(py, &c.serializer, key, file_or_path, size, &dir)?;
+        self.current(c)?.put_stream(py, &k, &prepared.source())?;
+        prepared.finish();
+        Ok(())
+    }
+
+    /// A read-only binary file over the value of `key` as it is now (a
+    /// snapshot is held until the file is closed).
+    fn open(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<crate::stream::ValueFile> {
+        let c = self.open_core()?;
+        let k = c.keys.to_bytes(key)?;
+        let c = self.current(c)?;
+        crate::stream::ValueFile::open(py, &c, key, &k)
+    }
+
     /// Write the buffer to LMDB in one transaction.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         let c = self.core()?;

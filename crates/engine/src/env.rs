@@ -29,6 +29,7 @@ use crate::buffer::{Op, Sorted};
 use crate::error::{Error, Result};
 use crate::files::{self, EnvPaths};
 use crate::gate::{ExclusiveGuard, Gate, SharedGuard};
+use crate::stream::Source;
 
 /// Growth step floor: `max(2 × current, current + 64 MiB)`.
 pub const GROWTH_STEP: usize = 64 * 1024 * 1024;
@@ -869,6 +870,34 @@ impl Env {
         })
     }
 
+    /// Write one value under `key` from `src` in one write transaction:
+    /// LMDB reserves the value's space (`MDB_RESERVE`) and the source is
+    /// read straight into it, so no other copy of the value exists (with
+    /// writemap the space is the map itself, given back as it is written).
+    /// The map grows first so that the value fits. A source that fails or
+    /// does not hold `src.len` bytes aborts the transaction: nothing is
+    /// written. Call without the GIL.
+    pub fn put_stream(&self, key: &[u8], src: &Source<'_>, cap: Option<usize>) -> Result<()> {
+        let total = src.total()?;
+        let _writer = self.lock_writer()?;
+        self.reserve_locked(total + key.len(), cap)?;
+        let in_map = self.options.writemap;
+        let mut failed: Option<Error> = None;
+        // Spine rule 1: the body reads a file with plain Rust I/O; it is
+        // replayed from the start if the map has to grow.
+        let result = self.write_locked(cap, &mut |txn, db| {
+            let space = txn.reserve(db, &key, total, lmdb::WriteFlags::empty())?;
+            src.fill(space, in_map).map_err(|e| {
+                failed = Some(e);
+                lmdb::Error::Other(libc::ECANCELED)
+            })
+        });
+        match (result, failed) {
+            (Err(_), Some(e)) => Err(e),
+            (result, _) => result,
+        }
+    }
+
     /// Run `body` in one write transaction and commit it, growing the map on
     /// MDB_MAP_FULL (up to `cap`) and adopting another process's growth on
     /// MDB_MAP_RESIZED, replaying `body` from the start each time. Growths
@@ -1412,6 +1441,32 @@ impl<'a> ReadTxn<'a> {
         if !self.pinned.replace(true) {
             std::mem::forget(env.clone());
         }
+    }
+
+    /// The page size, the map's size and the data file's descriptor, for
+    /// locating a value of this transaction in the file (`StoredValue`).
+    pub(crate) fn layout(&self) -> Result<(usize, usize, c_int)> {
+        let env = self.env.lmdb_shared(&self.guard)?.env();
+        let mut info = std::mem::MaybeUninit::<ffi::MDB_envinfo>::zeroed();
+        let mut stat = std::mem::MaybeUninit::<ffi::MDB_stat>::zeroed();
+        let mut fd: ffi::mdb_filehandle_t = -1;
+        // SAFETY: the environment is open while this transaction holds the
+        // gate; the calls only fill the out-parameters given.
+        let rc = unsafe {
+            match ffi::mdb_env_info(env, info.as_mut_ptr()) {
+                0 => match ffi::mdb_env_stat(env, stat.as_mut_ptr()) {
+                    0 => ffi::mdb_env_get_fd(env, &mut fd),
+                    rc => rc,
+                },
+                rc => rc,
+            }
+        };
+        if rc != 0 {
+            return Err(Error::lmdb(rc, self.env.what("locate a value")));
+        }
+        // SAFETY: filled by the successful calls above.
+        let (info, stat) = unsafe { (info.assume_init(), stat.assume_init()) };
+        Ok((stat.ms_psize as usize, info.me_mapsize, fd))
     }
 
     /// The stored bytes of `key`; the slice points into the map and lives as

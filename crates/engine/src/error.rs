@@ -47,6 +47,10 @@ pub enum Error {
         what: String,
         path: String,
     },
+    /// Reading the source of a streamed value failed (`code` an errno), or
+    /// the source did not hold the bytes announced (`code` 0). `what` names
+    /// the source and the key.
+    Source { code: c_int, what: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -129,6 +133,10 @@ impl fmt::Display for Error {
             }
             Error::Open { code: 0, what, .. } => f.write_str(what),
             Error::Open { code, what, .. } => write!(f, "{what}: {}", strerror(*code)),
+            Error::Source { code: 0, what } => f.write_str(what),
+            Error::Source { code, what } => {
+                write!(f, "{what}: {}; nothing was written", strerror(*code))
+            }
             Error::Copy { code, what, .. } => {
                 let text = strerror(*code);
                 match (*code, copy_failure_hint(*code)) {
