@@ -335,6 +335,11 @@ impl Core {
         if let Some(g) = m.try_lock() {
             return Ok(g);
         }
+        if engine::txn::open_in_this_thread(&self.env) {
+            // The holder may be a commit waiting for this thread's own
+            // transaction: never wait for it here.
+            return Err(to_py(engine::Error::InTransaction));
+        }
         let gate = &self.env.gate;
         let nested = gate.held_by_current_thread();
         py.detach(|| {
@@ -753,6 +758,36 @@ impl Core {
                 Err(e) => return Err(to_py(e.for_store(&self.path))),
             }
         }
+    }
+
+    /// Begin a transaction: commit the buffer first (so that the writes
+    /// buffered before it are what it reads, and can never land after it),
+    /// then begin the engine's write transaction.
+    /// Spine rule 2: the commit lock, the writer lock and LMDB's writer
+    /// mutex are waited for with the GIL released.
+    pub(crate) fn begin_transaction(&self, py: Python<'_>) -> PyResult<engine::WriteTxn> {
+        self.check_writable("transaction")?;
+        let env = &self.env;
+        if env.generation != engine::fork_generation() {
+            return Err(to_py(engine::Error::Forked));
+        }
+        if engine::txn::open_in_this_thread(env) {
+            return Err(to_py(engine::Error::InTransaction));
+        }
+        let result = (|| {
+            let _commit = self.lock_detached(py, &self.commit_lock)?;
+            self.commit_buffer_locked(py)?;
+            let cap = self.max_map_size;
+            py.detach(|| engine::WriteTxn::begin(env, cap))
+                .map_err(|e| to_py(e.for_store(&self.path)))
+        })();
+        self.log_growth(py);
+        result
+    }
+
+    /// The database a transaction on this store writes.
+    pub(crate) fn txn_dbi(&self) -> engine::txn::Dbi {
+        self.env.main_dbi()
     }
 
     /// Copy the stored (encoded) bytes of `key` into `out`: the buffered
@@ -1517,6 +1552,11 @@ impl LostFlush {
 pub(crate) fn close_core(py: Python<'_>, c: &Core) -> PyResult<Option<LostFlush>> {
     if c.env.gate.held_by_current_thread() {
         return Err(to_py(engine::Error::WouldDeadlock("close()")));
+    }
+    if engine::txn::open_in_this_thread(&c.env) {
+        // The close would wait for this thread's own transaction: refused,
+        // with the store left open. Another thread's close waits for it.
+        return Err(to_py(engine::Error::InTransaction));
     }
     {
         // Under the buffer mutex: see `CloseState::started`.

@@ -33,6 +33,13 @@ pyo3::create_exception!(
     Error,
     "The store is closed (or closing): open a new one to go on."
 );
+pyo3::create_exception!(
+    lmdb_object_store,
+    TransactionConflictError,
+    Error,
+    "A transaction was undone (the map had to grow) and another writer changed what it had \
+     read meanwhile: nothing of it was written; run it again."
+);
 
 pyo3::create_exception!(
     lmdb_object_store,
@@ -247,6 +254,15 @@ pub enum StoreError {
     SnapshotEnded,
     /// A snapshot used by a thread other than the one that opened it.
     SnapshotThread,
+    /// A transaction used before its `with` block began it.
+    TransactionNotStarted,
+    /// A transaction used after its `with` block.
+    TransactionEnded,
+    /// A transaction used (or its block ending) after one of its calls
+    /// failed, which ended it with nothing written.
+    TransactionFailed,
+    /// A transaction entered a second time.
+    TransactionReentered,
     /// `get_into` was given a buffer too small for the value (shown key).
     BufferTooSmall {
         key: String,
@@ -414,6 +430,20 @@ impl std::fmt::Display for StoreError {
                 f.write_str("a snapshot is used only by the thread that opened it")
             }
             StoreError::ReadOnlyBuffer => f.write_str("snapshot buffers are read-only"),
+            StoreError::TransactionNotStarted => f.write_str(
+                "this transaction has not begun: use it inside `with store.transaction() as t:`",
+            ),
+            StoreError::TransactionEnded => f.write_str(
+                "this transaction has ended (it lasts until the end of its with block); begin a \
+                 new one with store.transaction()",
+            ),
+            StoreError::TransactionFailed => f.write_str(
+                "this transaction failed earlier (see the error it raised then) and was rolled \
+                 back: nothing of it was written",
+            ),
+            StoreError::TransactionReentered => {
+                f.write_str("a transaction's with block can be entered only once")
+            }
             StoreError::NotAWritableBuffer { got } => write!(
                 f,
                 "get_into: buffer must be a writable, contiguous bytes-like object, not {got}"
@@ -436,6 +466,7 @@ impl StoreError {
         match self {
             StoreError::Engine(E::Closed { .. }) => ClosedError::new_err(text),
             StoreError::Engine(E::MapFull { .. }) => MapFullError::new_err(text),
+            StoreError::Engine(E::Conflict) => TransactionConflictError::new_err(text),
             StoreError::Engine(E::Open { code, path, .. }) if code > 0 => {
                 // Python's OSError subclass for the errno (FileNotFoundError,
                 // PermissionError, ...), with the path attached.
@@ -503,6 +534,10 @@ impl StoreError {
             StoreError::ReadOnlyBuffer => PyBufferError::new_err(text),
             StoreError::NotAWritableBuffer { .. } => PyTypeError::new_err(text),
             StoreError::SnapshotEnded | StoreError::SnapshotThread => Error::new_err(text),
+            StoreError::TransactionNotStarted
+            | StoreError::TransactionEnded
+            | StoreError::TransactionFailed
+            | StoreError::TransactionReentered => Error::new_err(text),
         }
     }
 }

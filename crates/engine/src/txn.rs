@@ -164,8 +164,9 @@ impl WriteTxn {
         }
     }
 
-    /// Refuse a child after fork() and any thread but the owner.
-    fn check(&self) -> Result<()> {
+    /// Refuse a child after fork(), any thread but the owner, and an ended
+    /// transaction.
+    pub fn check(&self) -> Result<()> {
         if self.env.generation != fork_generation() {
             return Err(Error::TxnForked);
         }
