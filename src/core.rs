@@ -335,9 +335,9 @@ impl Core {
         if let Some(g) = m.try_lock() {
             return Ok(g);
         }
+        // Spine rule 2: the holder may be a commit waiting for this thread's
+        // own transaction, which waits for this thread: refused, not waited.
         if engine::txn::open_in_this_thread(&self.env) {
-            // The holder may be a commit waiting for this thread's own
-            // transaction: never wait for it here.
             return Err(to_py(engine::Error::InTransaction));
         }
         let gate = &self.env.gate;

@@ -63,9 +63,7 @@ impl Transaction {
     fn check_owner(&self) -> PyResult<()> {
         match *self.owner.lock() {
             None => Err(StoreError::TransactionNotStarted.into()),
-            Some((_, g)) if g != engine::fork_generation() => {
-                Err(to_py(engine::Error::TxnForked))
-            }
+            Some((_, g)) if g != engine::fork_generation() => Err(to_py(engine::Error::TxnForked)),
             Some((t, _)) if t == std::thread::current().id() => Ok(()),
             Some(_) => Err(to_py(engine::Error::TxnThread)),
         }
@@ -89,11 +87,7 @@ impl Transaction {
             State::Failed => return Err(StoreError::TransactionFailed.into()),
             State::Ended => return Err(StoreError::TransactionEnded.into()),
         };
-        let result = if detach {
-            py.detach(|| f(txn))
-        } else {
-            f(txn)
-        };
+        let result = if detach { py.detach(|| f(txn)) } else { f(txn) };
         match result {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -128,9 +122,7 @@ impl Transaction {
         data: Vec<u8>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut keep = false;
-        let out = values::decode(py, &c.serializer, &c.keys, key, "DB", &data, || {
-            keep = true
-        });
+        let out = values::decode(py, &c.serializer, &c.keys, key, "DB", &data, || keep = true);
         if keep {
             // A buffer over these bytes outlived the call: they stay.
             std::mem::forget(data);

@@ -805,9 +805,9 @@ impl Env {
             // before fork() begins in the child.
             return Err(Error::Forked);
         }
+        // Spine rule 1 (transactions): this thread's transaction holds the
+        // writer lock between its calls; waiting for it would wait forever.
         if crate::txn::open_in_this_thread(self) {
-            // This thread's transaction holds the writer lock: waiting for
-            // it would wait for ourselves.
             return Err(Error::InTransaction);
         }
         if !self.gate.held_by_current_thread() {

@@ -174,7 +174,10 @@ impl WriteTxn {
             return Err(Error::TxnThread);
         }
         if self.raw.is_null() {
-            return Err(Error::lmdb(libc::EINVAL, self.env.what("use an ended transaction")));
+            return Err(Error::lmdb(
+                libc::EINVAL,
+                self.env.what("use an ended transaction"),
+            ));
         }
         Ok(())
     }
@@ -215,6 +218,7 @@ impl WriteTxn {
     /// The value of `key` in `db` (a copy), or `None`.
     pub fn get(&mut self, db: Dbi, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.check()?;
+        // Spine rule 3: a copy; no LMDB memory leaves this call.
         let found = self.raw_get(db, key).map_err(|e| self.fail(e))?;
         let k = (db, key.to_vec());
         if !self.written.contains(&k) {
@@ -441,9 +445,7 @@ impl Drop for WriteTxn {
     /// parent's), nor on a thread other than the owner (LMDB's writer mutex
     /// belongs to the owner thread): both are left as they are.
     fn drop(&mut self) {
-        if self.env.generation != fork_generation()
-            || std::thread::current().id() != self.owner
-        {
+        if self.env.generation != fork_generation() || std::thread::current().id() != self.owner {
             return;
         }
         self.abort_raw();
