@@ -280,7 +280,17 @@ pub fn flush_at_exit(py: Python<'_>) {
         if c.generation != engine::fork_generation() || c.readonly || c.is_closing() {
             continue;
         }
-        if let Err(error) = c.flush(py) {
+        let flushed = if engine::txn::open_in_any_thread(&c.env)
+            && !engine::txn::open_in_this_thread(&c.env)
+            && c.buffered.lock().buf.pending() > 0
+        {
+            // A thread stuck inside a transaction block holds the writer:
+            // the commit would wait for it forever.
+            Err(StoreError::TransactionOpenAtExit.into_pyerr())
+        } else {
+            c.flush(py)
+        };
+        if let Err(error) = flushed {
             let lost = LostFlush {
                 unsaved: c.buffered.lock().buf.pending(),
                 error,

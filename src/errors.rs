@@ -263,6 +263,9 @@ pub enum StoreError {
     TransactionFailed,
     /// A transaction entered a second time.
     TransactionReentered,
+    /// At interpreter exit, another thread's transaction block still held
+    /// the writer, so the buffer could not be committed.
+    TransactionOpenAtExit,
     /// `get_into` was given a buffer too small for the value (shown key).
     BufferTooSmall {
         key: String,
@@ -441,6 +444,10 @@ impl std::fmt::Display for StoreError {
                 "this transaction failed earlier (see the error it raised then) and was rolled \
                  back: nothing of it was written",
             ),
+            StoreError::TransactionOpenAtExit => f.write_str(
+                "another thread was still inside a transaction block, which holds the store's \
+                 writer, when the interpreter exited",
+            ),
             StoreError::TransactionReentered => {
                 f.write_str("a transaction's with block can be entered only once")
             }
@@ -537,7 +544,8 @@ impl StoreError {
             StoreError::TransactionNotStarted
             | StoreError::TransactionEnded
             | StoreError::TransactionFailed
-            | StoreError::TransactionReentered => Error::new_err(text),
+            | StoreError::TransactionReentered
+            | StoreError::TransactionOpenAtExit => Error::new_err(text),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! is that thread's). Other threads are refused before anything is locked,
 //! so the state mutex is only ever taken by the owner.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::ThreadId;
 
@@ -25,6 +26,7 @@ use engine::WriteTxn;
 use crate::codec;
 use crate::core::{Core, CoreHandle};
 use crate::errors::{to_py, StoreError};
+use crate::exit;
 use crate::iter::Kind;
 use crate::values;
 
@@ -48,6 +50,9 @@ pub struct Transaction {
     owner: Mutex<Option<(ThreadId, u64)>>,
     /// Locked only by the owner thread, never across Python code.
     state: Mutex<State>,
+    /// The block is counted as a store call (`exit::enter_block`) on the
+    /// owner thread.
+    counted: AtomicBool,
 }
 
 impl Transaction {
@@ -56,6 +61,7 @@ impl Transaction {
             core,
             owner: Mutex::new(None),
             state: Mutex::new(State::New),
+            counted: AtomicBool::new(false),
         }
     }
 
@@ -198,6 +204,21 @@ impl Transaction {
             }
             Ok(out)
         })
+    }
+}
+
+impl Drop for Transaction {
+    /// A block never exited (the object dropped instead): on the owner
+    /// thread the engine transaction aborts as it drops, and the block's
+    /// count ends. On another thread both are left as they are (see
+    /// `engine::WriteTxn`).
+    fn drop(&mut self) {
+        let mine = self.owner.get_mut().is_some_and(|(t, g)| {
+            t == std::thread::current().id() && g == engine::fork_generation()
+        });
+        if mine && *self.counted.get_mut() {
+            exit::leave_block();
+        }
     }
 }
 
@@ -466,7 +487,14 @@ impl Transaction {
             c.begin_transaction(py)
         };
         match began {
-            Ok(t) => *me.state.lock() = State::Open(Box::new(t)),
+            Ok(t) => {
+                // The block counts as one store call for the exit hook: a
+                // thread inside it holds the writer, so the hook waits for
+                // the block (bounded) before it commits the buffers.
+                exit::enter_block();
+                me.counted.store(true, Ordering::Relaxed);
+                *me.state.lock() = State::Open(Box::new(t));
+            }
             Err(e) => {
                 *me.state.lock() = State::Failed;
                 return Err(e);
@@ -487,11 +515,22 @@ impl Transaction {
     ) -> PyResult<bool> {
         self.check_owner()?;
         let raised = exc_type.is_some_and(|t| !t.is_none());
+        // Counted as inside a store call until the commit is done; the
+        // block's own count ends here.
+        let c = self.core.get();
+        if self.counted.swap(false, Ordering::Relaxed) {
+            exit::leave_block();
+        }
         let previous = std::mem::replace(&mut *self.state.lock(), State::Ended);
+        let failed = matches!(previous, State::Failed);
         let txn = match previous {
             State::Open(t) => t,
-            State::Failed if !raised => return Err(StoreError::TransactionFailed.into()),
-            State::New | State::Failed | State::Ended => return Ok(false),
+            State::New | State::Failed | State::Ended => {
+                return match failed && !raised {
+                    true => Err(StoreError::TransactionFailed.into()),
+                    false => Ok(false),
+                };
+            }
         };
         if raised {
             drop(txn);
@@ -500,7 +539,7 @@ impl Transaction {
         // Spine rule 2: the commit (fsync, growth) runs with the GIL
         // released.
         let result = py.detach(|| txn.commit());
-        if let Ok(c) = self.core.get() {
+        if let Ok(c) = c {
             c.log_growth(py);
         }
         result.map(|()| false).map_err(to_py)

@@ -424,9 +424,10 @@ def test_a_fork_child_cannot_use_the_parents_transaction(tmp_path):
         pid = os.fork()
         if pid == 0:
             child(box["t"], 1)
+        # The child runs while the transaction is still open.
+        _, status = os.waitpid(pid, 0)
         forked.set()
         th.join(20)
-        _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0, status
         assert s[b"k"] == 2
         s.close()
@@ -440,3 +441,65 @@ def test_a_fork_child_cannot_use_the_parents_transaction(tmp_path):
 
 def test_a_conflict_is_its_own_error_class():
     assert issubclass(TransactionConflictError, Error)
+
+
+def test_interpreter_exit_waits_for_a_transaction_block_of_another_thread(tmp_path):
+    """The exit hook commits buffers; a daemon thread inside a transaction
+    block holds the writer, so the hook lets the block finish first."""
+    path = str(tmp_path / "db")
+    run_python(
+        """
+        import sys, threading, time
+        from lmdb_object_store import LmdbObjectStore
+        s = LmdbObjectStore(sys.argv[1])
+        inside = threading.Event()
+        def block():
+            with s.transaction() as t:
+                inside.set()
+                time.sleep(0.3)
+                t[b"from-block"] = 1
+        threading.Thread(target=block, daemon=True).start()
+        assert inside.wait(20)
+        s[b"buffered"] = 2
+        """,
+        path,
+        timeout=60,
+    )
+    with LmdbObjectStore(path) as s:
+        assert s[b"from-block"] == 1
+        assert s[b"buffered"] == 2
+
+
+def test_interpreter_exit_with_a_stuck_transaction_block_does_not_hang(tmp_path):
+    path = str(tmp_path / "db")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+                import sys, threading
+                from lmdb_object_store import LmdbObjectStore
+                s = LmdbObjectStore(sys.argv[1])
+                inside = threading.Event()
+                def block():
+                    with s.transaction() as t:
+                        t[b"from-block"] = 1
+                        inside.set()
+                        threading.Event().wait()
+                threading.Thread(target=block, daemon=True).start()
+                assert inside.wait(20)
+                s[b"buffered"] = 2
+                """
+            ),
+            path,
+        ],
+        env={"PYTHONPATH": str(Path(lmdb_object_store.__file__).resolve().parent.parent)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "transaction block" in proc.stderr
+    with LmdbObjectStore(path) as s:
+        assert b"from-block" not in s and b"buffered" not in s

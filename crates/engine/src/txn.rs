@@ -45,6 +45,14 @@ thread_local! {
     static OPEN: RefCell<Vec<(usize, u64)>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The environments on which any thread has a transaction open.
+static OPEN_ANYWHERE: parking_lot::Mutex<Vec<(usize, u64)>> = parking_lot::Mutex::new(Vec::new());
+
+/// Whether any thread of this process has a transaction open on `env`.
+pub fn open_in_any_thread(env: &Env) -> bool {
+    OPEN_ANYWHERE.lock().contains(&mark(env))
+}
+
 fn mark(env: &Env) -> (usize, u64) {
     (std::ptr::from_ref(env) as usize, env.generation)
 }
@@ -125,6 +133,7 @@ impl WriteTxn {
         // Held until the transaction ends, across calls: released in `Drop`.
         std::mem::forget(writer);
         OPEN.with(|o| o.borrow_mut().push(mark(env)));
+        OPEN_ANYWHERE.lock().push(mark(env));
         let mut txn = WriteTxn {
             env: Arc::clone(env),
             raw: ptr::null_mut(),
@@ -458,6 +467,11 @@ impl Drop for WriteTxn {
                     o.swap_remove(i);
                 }
             });
+            let mut anywhere = OPEN_ANYWHERE.lock();
+            if let Some(i) = anywhere.iter().position(|m| *m == me) {
+                anywhere.swap_remove(i);
+            }
+            drop(anywhere);
             // SAFETY: `begin` locked the writer mutex through `lock_writer`
             // and forgot the guard; this is the one unlock.
             unsafe { self.env.unlock_writer() };
