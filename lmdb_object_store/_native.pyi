@@ -20,11 +20,13 @@ __all__ = [
     "ValuesView",
     "ItemsView",
     "Snapshot",
+    "Transaction",
     "Error",
     "MapFullError",
     "ReadonlyError",
     "ClosedError",
     "DecodeError",
+    "TransactionConflictError",
     "UnpickleError",
     "UnsafeValueError",
     "ValueFile",
@@ -62,6 +64,10 @@ class ReadonlyError(Error):
 
 class ClosedError(Error):
     """The store is closed (or closing): open a new one to go on."""
+
+class TransactionConflictError(Error):
+    """A transaction was undone (the map had to grow) and another writer changed what it
+    had read meanwhile: nothing of it was written; run it again."""
 
 class DecodeError(Error):
     """A stored or buffered value does not decode with the store's serializer; the
@@ -215,6 +221,14 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
 
         >>> with store.open(b"video") as f:
         ...     head = f.read(1024)
+        """
+
+    def transaction(self) -> Transaction:
+        """A read-write transaction: every write of its ``with`` block commits at the
+        end, or none if the block raises.
+
+        >>> with store.transaction() as t:
+        ...     t[b"n"] = t.get(b"n", 0) + 1
         """
 
     def snapshot(self) -> Snapshot:
@@ -496,6 +510,77 @@ class ValueFile:
     def __enter__(self) -> Self: ...
     def __exit__(
         self, _exc_type: object = None, _exc: object = None, _tb: object = None
+    ) -> bool: ...
+
+@final
+class Transaction:
+    """A read-write mapping over one LMDB write transaction of a store.
+
+    It begins when its ``with`` block starts (after committing the store's
+    buffer) and commits at the block's end, or rolls back if the block raises.
+    Its reads see one state plus its own writes; no other writer, thread or
+    process, commits in between. Used by the thread that began it; after the
+    block every method raises ``Error``.
+    """
+
+    def get(self, key: _Key, default: Any = None) -> Any:
+        """The value of ``key`` (this transaction's writes included), or ``default``."""
+
+    def __getitem__(self, key: _Key, /) -> Any: ...
+    def __setitem__(self, key: _Key, value: Any, /) -> None: ...
+    def __delitem__(self, key: _Key, /) -> None: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def pop(self, key: _Key, *default: Any) -> Any:
+        """Remove ``key`` and return its value (or ``default``, else ``KeyError``)."""
+
+    def setdefault(self, key: _Key, default: Any = None) -> Any:
+        """The value of ``key``; if missing, store ``default`` and return it."""
+
+    def update(self, other: Any = None, /, **kwargs: Any) -> None:
+        """Like ``dict.update``; every key and value is checked before anything is written."""
+
+    def get_many(self, keys: Iterable[_Key]) -> tuple[dict[Any, Any], list[Any]]:
+        """``(found, not_found)`` for many keys."""
+
+    def keys(
+        self,
+        *,
+        prefix: _Bound = None,
+        start: _Bound = None,
+        stop: _Bound = None,
+        reverse: bool = False,
+    ) -> list[Any]:
+        """The keys within the bounds, in key order."""
+
+    def values(
+        self,
+        *,
+        prefix: _Bound = None,
+        start: _Bound = None,
+        stop: _Bound = None,
+        reverse: bool = False,
+    ) -> list[Any]:
+        """The values within the bounds, in key order."""
+
+    def items(
+        self,
+        *,
+        prefix: _Bound = None,
+        start: _Bound = None,
+        stop: _Bound = None,
+        reverse: bool = False,
+    ) -> list[tuple[Any, Any]]:
+        """The ``(key, value)`` pairs within the bounds, in key order."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the transaction has ended (committed, rolled back or failed)."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self, exc_type: object = None, _exc: object = None, _tb: object = None
     ) -> bool: ...
 
 @final

@@ -280,7 +280,17 @@ pub fn flush_at_exit(py: Python<'_>) {
         if c.generation != engine::fork_generation() || c.readonly || c.is_closing() {
             continue;
         }
-        if let Err(error) = c.flush(py) {
+        let flushed = if engine::txn::open_in_any_thread(&c.env)
+            && !engine::txn::open_in_this_thread(&c.env)
+            && c.buffered.lock().buf.pending() > 0
+        {
+            // A thread stuck inside a transaction block holds the writer:
+            // the commit would wait for it forever.
+            Err(StoreError::TransactionOpenAtExit.into_pyerr())
+        } else {
+            c.flush(py)
+        };
+        if let Err(error) = flushed {
             let lost = LostFlush {
                 unsaved: c.buffered.lock().buf.pending(),
                 error,
@@ -334,6 +344,11 @@ impl Core {
     ) -> PyResult<MutexGuard<'a, T>> {
         if let Some(g) = m.try_lock() {
             return Ok(g);
+        }
+        // Spine rule 2: the holder may be a commit waiting for this thread's
+        // own transaction, which waits for this thread: refused, not waited.
+        if engine::txn::open_in_this_thread(&self.env) {
+            return Err(to_py(engine::Error::InTransaction));
         }
         let gate = &self.env.gate;
         let nested = gate.held_by_current_thread();
@@ -753,6 +768,36 @@ impl Core {
                 Err(e) => return Err(to_py(e.for_store(&self.path))),
             }
         }
+    }
+
+    /// Begin a transaction: commit the buffer first (so that the writes
+    /// buffered before it are what it reads, and can never land after it),
+    /// then begin the engine's write transaction.
+    /// Spine rule 2: the commit lock, the writer lock and LMDB's writer
+    /// mutex are waited for with the GIL released.
+    pub(crate) fn begin_transaction(&self, py: Python<'_>) -> PyResult<engine::WriteTxn> {
+        self.check_writable("transaction")?;
+        let env = &self.env;
+        if env.generation != engine::fork_generation() {
+            return Err(to_py(engine::Error::Forked));
+        }
+        if engine::txn::open_in_this_thread(env) {
+            return Err(to_py(engine::Error::InTransaction));
+        }
+        let result = (|| {
+            let _commit = self.lock_detached(py, &self.commit_lock)?;
+            self.commit_buffer_locked(py)?;
+            let cap = self.max_map_size;
+            py.detach(|| engine::WriteTxn::begin(env, cap))
+                .map_err(|e| to_py(e.for_store(&self.path)))
+        })();
+        self.log_growth(py);
+        result
+    }
+
+    /// The database a transaction on this store writes.
+    pub(crate) fn txn_dbi(&self) -> engine::txn::Dbi {
+        self.env.main_dbi()
     }
 
     /// Copy the stored (encoded) bytes of `key` into `out`: the buffered
@@ -1549,6 +1594,11 @@ impl LostFlush {
 pub(crate) fn close_core(py: Python<'_>, c: &Core) -> PyResult<Option<LostFlush>> {
     if c.env.gate.held_by_current_thread() {
         return Err(to_py(engine::Error::WouldDeadlock("close()")));
+    }
+    if engine::txn::open_in_this_thread(&c.env) {
+        // The close would wait for this thread's own transaction: refused,
+        // with the store left open. Another thread's close waits for it.
+        return Err(to_py(engine::Error::InTransaction));
     }
     {
         // Under the buffer mutex: see `CloseState::started`.

@@ -33,6 +33,13 @@ pyo3::create_exception!(
     Error,
     "The store is closed (or closing): open a new one to go on."
 );
+pyo3::create_exception!(
+    lmdb_object_store,
+    TransactionConflictError,
+    Error,
+    "A transaction was undone (the map had to grow) and another writer changed what it had \
+     read meanwhile: nothing of it was written; run it again."
+);
 
 pyo3::create_exception!(
     lmdb_object_store,
@@ -247,6 +254,18 @@ pub enum StoreError {
     SnapshotEnded,
     /// A snapshot used by a thread other than the one that opened it.
     SnapshotThread,
+    /// A transaction used before its `with` block began it.
+    TransactionNotStarted,
+    /// A transaction used after its `with` block.
+    TransactionEnded,
+    /// A transaction used (or its block ending) after one of its calls
+    /// failed, which ended it with nothing written.
+    TransactionFailed,
+    /// A transaction entered a second time.
+    TransactionReentered,
+    /// At interpreter exit, another thread's transaction block still held
+    /// the writer, so the buffer could not be committed.
+    TransactionOpenAtExit,
     /// `get_into` was given a buffer too small for the value (shown key).
     BufferTooSmall {
         key: String,
@@ -440,6 +459,24 @@ impl std::fmt::Display for StoreError {
                 f.write_str("a snapshot is used only by the thread that opened it")
             }
             StoreError::ReadOnlyBuffer => f.write_str("snapshot buffers are read-only"),
+            StoreError::TransactionNotStarted => f.write_str(
+                "this transaction has not begun: use it inside `with store.transaction() as t:`",
+            ),
+            StoreError::TransactionEnded => f.write_str(
+                "this transaction has ended (it lasts until the end of its with block); begin a \
+                 new one with store.transaction()",
+            ),
+            StoreError::TransactionFailed => f.write_str(
+                "this transaction failed earlier (see the error it raised then) and was rolled \
+                 back: nothing of it was written",
+            ),
+            StoreError::TransactionOpenAtExit => f.write_str(
+                "another thread was still inside a transaction block, which holds the store's \
+                 writer, when the interpreter exited",
+            ),
+            StoreError::TransactionReentered => {
+                f.write_str("a transaction's with block can be entered only once")
+            }
             StoreError::NotAWritableBuffer { got } => write!(
                 f,
                 "get_into: buffer must be a writable, contiguous bytes-like object, not {got}"
@@ -510,6 +547,7 @@ impl StoreError {
         match self {
             StoreError::Engine(E::Closed { .. }) => ClosedError::new_err(text),
             StoreError::Engine(E::MapFull { .. }) => MapFullError::new_err(text),
+            StoreError::Engine(E::Conflict) => TransactionConflictError::new_err(text),
             StoreError::Engine(E::Open { code, path, .. }) if code > 0 => {
                 // Python's OSError subclass for the errno (FileNotFoundError,
                 // PermissionError, ...), with the path attached.
@@ -589,6 +627,11 @@ impl StoreError {
             | StoreError::StreamTooLarge { .. }
             | StoreError::FileClosed
             | StoreError::BadSeek { .. } => PyValueError::new_err(text),
+            StoreError::TransactionNotStarted
+            | StoreError::TransactionEnded
+            | StoreError::TransactionFailed
+            | StoreError::TransactionReentered
+            | StoreError::TransactionOpenAtExit => Error::new_err(text),
         }
     }
 }

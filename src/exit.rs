@@ -83,6 +83,20 @@ impl Drop for Inside {
     }
 }
 
+/// Enter a store call that lasts for a whole `with` block (a transaction,
+/// which holds the writer between its calls): `enter()`, with the proof
+/// kept by the block. Pair with `leave_block` on the same thread.
+pub fn enter_block() {
+    std::mem::forget(enter());
+}
+
+/// The end of a block `enter_block` began, on the thread that began it.
+pub fn leave_block() {
+    drop(Inside {
+        _same_thread: PhantomData,
+    });
+}
+
 /// A daemon thread of a process that is exiting: release the GIL and never
 /// come back, so that no finalization-time unwind can cross our frames.
 #[cold]

@@ -13,6 +13,7 @@ mod pickle;
 pub mod snapshot;
 pub mod store;
 pub mod stream;
+pub mod transaction;
 pub mod values;
 pub mod views;
 
@@ -73,11 +74,16 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<views::ItemsView>()?;
     m.add_class::<snapshot::Snapshot>()?;
     m.add_class::<stream::ValueFile>()?;
+    m.add_class::<transaction::Transaction>()?;
     m.add("Error", py.get_type::<errors::Error>())?;
     m.add("MapFullError", py.get_type::<errors::MapFullError>())?;
     m.add("ReadonlyError", py.get_type::<errors::ReadonlyError>())?;
     m.add("ClosedError", py.get_type::<errors::ClosedError>())?;
     m.add("DecodeError", py.get_type::<errors::DecodeError>())?;
+    m.add(
+        "TransactionConflictError",
+        py.get_type::<errors::TransactionConflictError>(),
+    )?;
     m.add("UnpickleError", errors::unpickle_error_type(py)?)?;
     m.add("UnsafeValueError", errors::unsafe_value_error_type(py)?)?;
     m.add_function(wrap_pyfunction!(lmdb_version, m)?)?;

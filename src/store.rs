@@ -253,6 +253,13 @@ impl LmdbObjectStore {
         Ok((found, not_found))
     }
 
+    /// A read-write transaction: `with store.transaction() as t: ...`
+    /// commits every write of the block at its end, or none if it raises.
+    fn transaction(&self) -> PyResult<crate::transaction::Transaction> {
+        self.open_core()?;
+        Ok(crate::transaction::Transaction::new(Arc::clone(&self.core)))
+    }
+
     /// A read-only mapping over the database as it is now, after this
     /// store's buffer is committed: `with store.snapshot() as snap: ...`.
     fn snapshot(&self, py: Python<'_>) -> PyResult<crate::snapshot::Snapshot> {

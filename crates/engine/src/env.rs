@@ -816,14 +816,51 @@ impl Env {
         }
     }
 
+    /// The main database's number, for write transactions that address
+    /// databases by number (`WriteTxn`).
+    pub fn main_dbi(&self) -> ffi::MDB_dbi {
+        self.db.dbi()
+    }
+
+    /// LMDB's environment handle, for a caller that holds the writer lock:
+    /// the handle is only replaced (close, a failed resize) with that lock
+    /// held, so it stays valid while the caller keeps it.
+    ///
+    /// # Safety
+    /// The caller holds the writer lock (`lock_writer`) for as long as it
+    /// uses the handle.
+    pub(crate) unsafe fn raw_env_writer(&self) -> Result<*mut ffi::MDB_env> {
+        // SAFETY: per the function contract, nothing replaces `lmdb` now.
+        unsafe { (*self.lmdb.get()).as_ref() }
+            .map(|e| e.env())
+            .ok_or_else(|| self.gone())
+    }
+
+    /// Unlock the writer mutex that a `lock_writer` guard, forgotten, left
+    /// locked (a write transaction held across calls).
+    ///
+    /// # Safety
+    /// The caller locked it through `lock_writer` and forgot the guard, and
+    /// unlocks it once.
+    pub(crate) unsafe fn unlock_writer(&self) {
+        // SAFETY: per the function contract; parking_lot allows the unlock
+        // from any thread (the `send_guard` feature).
+        unsafe { self.write_lock.force_unlock() }
+    }
+
     /// Lock the writer mutex. When this thread is inside a read (a nested
     /// call from unpickling), a writer that waits for the gate exclusively
     /// would wait for us forever: give up with `WouldDeadlock` then.
-    fn lock_writer(&self) -> Result<MutexGuard<'_, ()>> {
+    pub(crate) fn lock_writer(&self) -> Result<MutexGuard<'_, ()>> {
         if self.generation != fork_generation() {
             // LMDB's rule: no write transaction of an environment opened
             // before fork() begins in the child.
             return Err(Error::Forked);
+        }
+        // Spine rule 1 (transactions): this thread's transaction holds the
+        // writer lock between its calls; waiting for it would wait forever.
+        if crate::txn::open_in_this_thread(self) {
+            return Err(Error::InTransaction);
         }
         if !self.gate.held_by_current_thread() {
             return Ok(self.write_lock.lock());
@@ -949,7 +986,7 @@ impl Env {
         }
     }
 
-    fn what(&self, op: &str) -> String {
+    pub(crate) fn what(&self, op: &str) -> String {
         format!("{op} in {}", self.path.display())
     }
 
@@ -958,7 +995,7 @@ impl Env {
     /// a page of a sparse file that cannot get a block on a full disk kills
     /// the process with SIGBUS instead of failing. One comparison, except
     /// after the map grew. Caller holds the write lock.
-    fn allocate_map(&self) -> Result<()> {
+    pub(crate) fn allocate_map(&self) -> Result<()> {
         let Some(file) = &self.data_file else {
             return Ok(());
         };
@@ -986,7 +1023,7 @@ impl Env {
     }
 
     /// Grow the map one step and record it. Caller holds the write lock.
-    fn grow_locked(&self, cap: Option<usize>) -> Result<()> {
+    pub(crate) fn grow_locked(&self, cap: Option<usize>) -> Result<()> {
         let x = self.gate.exclusive("growing the map")?;
         let from = current_map_size(self.lmdb_exclusive(&x)?);
         let to = next_map_size(from, cap).ok_or(Error::MapFull {
@@ -1021,7 +1058,7 @@ impl Env {
 
     /// Another process grew the map: take the size it wrote. Caller holds the
     /// write lock.
-    fn adopt_locked(&self) -> Result<()> {
+    pub(crate) fn adopt_locked(&self) -> Result<()> {
         let x = self.gate.exclusive("adopting a map resize")?;
         self.resize_locked(&x, None, "adopt the map size")
     }

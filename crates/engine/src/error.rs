@@ -39,6 +39,16 @@ pub enum Error {
         what: String,
         path: String,
     },
+    /// The call would wait for the writer lock that this thread's own open
+    /// transaction holds.
+    InTransaction,
+    /// A transaction was undone to grow the map, and another writer changed
+    /// what it had read before it could be redone.
+    Conflict,
+    /// A transaction used in a child after `fork()`: it is the parent's.
+    TxnForked,
+    /// A transaction used by a thread other than the one that began it.
+    TxnThread,
     /// Writing a copy of the environment to `path` failed: an OS error
     /// (`code` > 0, an errno, `EEXIST` for a destination that exists) or an
     /// LMDB error (`code` < 0). `what` names the source and the destination.
@@ -124,6 +134,23 @@ impl fmt::Display for Error {
                  the store opens its own in this process on its next call",
             ),
             Error::Unusable(text) => f.write_str(text),
+            Error::InTransaction => f.write_str(
+                "this thread has a transaction open on this store's file, and this call would \
+                 wait for it to end (it commits, flushes or grows the map); do it after the \
+                 with block, or through the transaction",
+            ),
+            Error::Conflict => f.write_str(
+                "transaction conflict: the map had to grow, which undoes and redoes the \
+                 transaction, and another writer changed what it had read in between; nothing \
+                 of it was written: run the transaction again",
+            ),
+            Error::TxnForked => f.write_str(
+                "this transaction belongs to the process that began it, before fork(); the \
+                 child cannot use it (begin a new one on the store)",
+            ),
+            Error::TxnThread => {
+                f.write_str("a transaction is used only by the thread that began it")
+            }
             Error::Lmdb { code, what } => {
                 let text = strerror(*code);
                 match write_failure_hint(*code) {

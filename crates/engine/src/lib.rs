@@ -16,6 +16,7 @@ pub mod files;
 pub mod gate;
 mod snapshot;
 pub mod stream;
+pub mod txn;
 
 pub use bounds::Bounds;
 pub use env::{
@@ -25,6 +26,7 @@ pub use env::{
 pub use error::{strerror, Error, Result};
 pub use snapshot::Snapshot;
 pub use stream::{Source, StoredValue};
+pub use txn::WriteTxn;
 
 /// LMDB's compile-time key limit (`mdb_env_get_maxkeysize` with the default
 /// `MDB_MAXKEYSIZE`); the binding checks it against the library at load.
