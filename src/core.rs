@@ -409,9 +409,11 @@ impl Core {
         let result = py.detach(|| env.commit(&batch.sorted(), batch.bytes(), cap));
         drop(batch);
         let mut b = self.buffered.lock();
-        b.buf.end_commit(result.is_ok());
+        let done = b.buf.end_commit(result.is_ok());
         b.read_flush_logged &= result.is_err();
         drop(b);
+        // Freed with the buffer unlocked (see `WriteBuffer::end_commit`).
+        drop(done);
         result.map_err(to_py)
     }
 
@@ -489,11 +491,14 @@ impl Core {
     /// the error for the next write. No Python here.
     pub(crate) fn end_background_commit(&self, result: Result<(), StoreError>) {
         let mut b = self.buffered.lock();
-        b.buf.end_commit(result.is_ok());
+        let done = b.buf.end_commit(result.is_ok());
         b.read_flush_logged &= result.is_err();
         if let Err(e) = result {
             b.failed = Some(e);
         }
+        drop(b);
+        // Freed with the buffer unlocked (see `WriteBuffer::end_commit`).
+        drop(done);
     }
 
     /// Scans read the database alone: commit what is buffered first. On

@@ -326,18 +326,23 @@ impl WriteBuffer {
     }
 
     /// The commit of the in-flight batch ended: forget the batch if it is in
-    /// the database, else put it back (see `commit_failed`).
-    pub fn end_commit(&mut self, succeeded: bool) {
+    /// the database, else put it back (see `commit_failed`). The batch
+    /// forgotten is returned, so that the caller can free it after letting
+    /// go of the lock it keeps this buffer under: freeing a batch's entries
+    /// takes as long as many writes, which would wait for it.
+    pub fn end_commit(&mut self, succeeded: bool) -> Option<Arc<Batch>> {
         if succeeded {
-            self.commit_succeeded();
+            self.commit_succeeded()
         } else {
             self.commit_failed();
+            None
         }
     }
 
-    /// The in-flight batch is in the database: forget it.
-    pub fn commit_succeeded(&mut self) {
-        self.inflight = None;
+    /// The in-flight batch is in the database: forget it (returned, as in
+    /// `end_commit`).
+    pub fn commit_succeeded(&mut self) -> Option<Arc<Batch>> {
+        self.inflight.take()
     }
 
     /// The in-flight batch was not written: put it back under the writes that
