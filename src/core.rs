@@ -424,9 +424,11 @@ impl Core {
         let result = py.detach(|| env.commit(&batch.sorted(), batch.bytes(), cap));
         drop(batch);
         let mut b = self.buffered.lock();
-        b.buf.end_commit(result.is_ok());
+        let done = b.buf.end_commit(result.is_ok());
         b.read_flush_logged &= result.is_err();
         drop(b);
+        // Freed with the buffer unlocked (see `WriteBuffer::end_commit`).
+        drop(done);
         result.map_err(to_py)
     }
 
@@ -504,11 +506,14 @@ impl Core {
     /// the error for the next write. No Python here.
     pub(crate) fn end_background_commit(&self, result: Result<(), StoreError>) {
         let mut b = self.buffered.lock();
-        b.buf.end_commit(result.is_ok());
+        let done = b.buf.end_commit(result.is_ok());
         b.read_flush_logged &= result.is_err();
         if let Err(e) = result {
             b.failed = Some(e);
         }
+        drop(b);
+        // Freed with the buffer unlocked (see `WriteBuffer::end_commit`).
+        drop(done);
     }
 
     /// Scans read the database alone: commit what is buffered first. On
@@ -1428,9 +1433,9 @@ impl CoreHandle {
             // compares these and reads the keys themselves only on a tie.
             let mut order: Vec<(u128, &[u8], usize)> = (0..keys.len())
                 .filter(|&i| matches!(from_buffer[i], Some(Lookup::Unknown)))
-                .map(|i| (key_head(&keys[i]), &*keys[i], i))
+                .map(|i| (engine::order::key_head(&keys[i]), &*keys[i], i))
                 .collect();
-            order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+            engine::order::sort_by_key(&mut order);
             from_db.resize_with(keys.len(), || None);
             let mut next = 0;
             let mut prev: Option<(u128, &[u8], usize)> = None;
@@ -1536,16 +1541,6 @@ pub(crate) struct Many<'py> {
     pub(crate) from_db: Vec<Option<Bound<'py, PyAny>>>,
     /// The commit before the read failed: log it once the call is done.
     pub(crate) failure: Option<PyErr>,
-}
-
-/// A key's first 16 bytes, zero-padded, as a big-endian number: ordering
-/// these orders the keys, except that keys equal here may still differ
-/// (beyond byte 16, or by trailing zero bytes) and need a full comparison.
-fn key_head(key: &[u8]) -> u128 {
-    let mut head = [0u8; 16];
-    let n = key.len().min(16);
-    head[..n].copy_from_slice(&key[..n]);
-    u128::from_be_bytes(head)
 }
 
 fn acquire_env(py: Python<'_>, path: &std::path::Path, options: &EnvOptions) -> PyResult<Arc<Env>> {

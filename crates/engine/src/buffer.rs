@@ -79,12 +79,75 @@ impl<'a> Sorted<'a> {
 /// degrade to a linear scan.
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// Bytes of a key kept inside its entry: keys up to this long (most keys)
+/// cost no allocation of their own when a write is buffered, and none to
+/// free when the batch is dropped, which happens on the committing thread.
+const INLINE_KEY: usize = 30;
+
+/// A buffered key, inside the entry when short, else in an allocation of
+/// its own. Hashes and compares as its bytes, so the map is searched with a
+/// plain `&[u8]`.
+#[derive(Clone)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    fn new(key: &[u8]) -> Self {
+        if key.len() <= INLINE_KEY {
+            let mut bytes = [0u8; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key);
+            Key::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            Key::Heap(key.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(b) => b,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `[u8]` hashes: `Borrow` requires the same hash.
+        self.as_slice().hash(state);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_slice().fmt(f)
+    }
+}
+
 /// One batch of writes, one entry per key (the last write wins). Each key
 /// remembers when it first arrived, so a batch written in key order (the
 /// common case) comes out sorted without a sort.
 #[derive(Default, Debug)]
 pub struct Batch {
-    map: FastMap<Box<[u8]>, (u32, Value)>,
+    map: FastMap<Key, (u32, Value)>,
     next_seq: u32,
     /// Key and value bytes: what a commit writes.
     bytes: usize,
@@ -93,12 +156,12 @@ pub struct Batch {
 }
 
 /// Memory an entry costs beyond its key and value bytes: the key's own
-/// allocation, its slot in the hash table (whose load stays between half and
+/// allocation (when it is not inline), its slot in the hash table (whose load stays between half and
 /// seven eighths), and for a value the shared handle to it and the header of
 /// the Python `bytes` object that holds it. Small entries are mostly this:
 /// counting payload alone let two million 20-byte entries hold over 400 MiB
 /// while the buffer believed it held 40 MB.
-const KEY_COST: usize = 16 + 2 * (std::mem::size_of::<(Box<[u8]>, (u32, Value))>() + 1);
+const KEY_COST: usize = 16 + 2 * (std::mem::size_of::<(Key, (u32, Value))>() + 1);
 const VALUE_COST: usize = 48 + 48;
 
 fn entry_memory(key_len: usize, value: &Value) -> usize {
@@ -155,7 +218,7 @@ impl Batch {
             None => {
                 self.bytes += key.len() + add;
                 self.memory += add_memory;
-                self.map.insert(key.into(), (self.next_seq, value));
+                self.map.insert(Key::new(key), (self.next_seq, value));
                 self.next_seq += 1;
             }
         }
@@ -167,13 +230,13 @@ impl Batch {
         // then a sort only if that is not already key order.
         let mut slots: Vec<Option<Op<'_>>> = vec![None; self.next_seq as usize];
         for (k, (seq, v)) in &self.map {
-            slots[*seq as usize] = Some((&k[..], v.as_ref().map(|v| (**v).as_ref())));
+            slots[*seq as usize] = Some((k.as_slice(), v.as_ref().map(|v| (**v).as_ref())));
         }
         Sorted::from_unique(slots.into_iter().flatten().collect())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Value)> {
-        self.map.iter().map(|(k, (_, v))| (&k[..], v))
+        self.map.iter().map(|(k, (_, v))| (k.as_slice(), v))
     }
 }
 
@@ -263,18 +326,23 @@ impl WriteBuffer {
     }
 
     /// The commit of the in-flight batch ended: forget the batch if it is in
-    /// the database, else put it back (see `commit_failed`).
-    pub fn end_commit(&mut self, succeeded: bool) {
+    /// the database, else put it back (see `commit_failed`). The batch
+    /// forgotten is returned, so that the caller can free it after letting
+    /// go of the lock it keeps this buffer under: freeing a batch's entries
+    /// takes as long as many writes, which would wait for it.
+    pub fn end_commit(&mut self, succeeded: bool) -> Option<Arc<Batch>> {
         if succeeded {
-            self.commit_succeeded();
+            self.commit_succeeded()
         } else {
             self.commit_failed();
+            None
         }
     }
 
-    /// The in-flight batch is in the database: forget it.
-    pub fn commit_succeeded(&mut self) {
-        self.inflight = None;
+    /// The in-flight batch is in the database: forget it (returned, as in
+    /// `end_commit`).
+    pub fn commit_succeeded(&mut self) -> Option<Arc<Batch>> {
+        self.inflight.take()
     }
 
     /// The in-flight batch was not written: put it back under the writes that
@@ -437,6 +505,36 @@ mod tests {
                 seen.len()
             );
         }
+    }
+
+    /// Keys on both sides of the inline limit, and ones that differ only
+    /// by trailing zero bytes, are found, replaced and sorted as bytes.
+    #[test]
+    fn short_and_long_keys_alike() {
+        let mut b = Batch::default();
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for len in [1, 2, INLINE_KEY - 1, INLINE_KEY, INLINE_KEY + 1, 200, 511] {
+            keys.push(vec![b'k'; len]);
+            let mut zeros = vec![b'k'; len];
+            zeros.push(0);
+            keys.push(zeros);
+        }
+        for (i, k) in keys.iter().enumerate() {
+            b.insert(k, val(&format!("old{i}")));
+        }
+        for (i, k) in keys.iter().enumerate() {
+            b.insert(k, val(&format!("v{i}")));
+        }
+        assert_eq!(b.len(), keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            let got = b.get(k).and_then(|v| v.as_ref()).map(|v| (**v).as_ref());
+            assert_eq!(got, Some(format!("v{i}").as_bytes()));
+        }
+        assert!(b.get(&[b'k'; 3]).is_none());
+        let sorted: Vec<&[u8]> = b.sorted().ops().iter().map(|(k, _)| *k).collect();
+        let mut want: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+        want.sort();
+        assert_eq!(sorted, want);
     }
 
     #[test]

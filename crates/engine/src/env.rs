@@ -1390,15 +1390,15 @@ impl Drop for Env {
 
 /// Apply sorted, unique operations (a value, or `None` to delete). Keys past
 /// the database's last key are appended (MDB_APPEND: no tree search, full
-/// pages), which is what sequential keys make common.
+/// pages), which is what sequential keys make common. All go through one
+/// cursor: LMDB starts each write from the page the cursor stands on, so a
+/// key next to the last one written needs no search from the root.
 fn apply_sorted(txn: &mut RwTransaction<'_>, db: Database, ops: &[Op<'_>]) -> lmdb::Result<()> {
-    let last: Option<Vec<u8>> = {
-        let cursor = txn.open_ro_cursor(db)?;
-        match cursor.get(None, None, ffi::MDB_LAST) {
-            Ok((k, _)) => k.map(|k| k.to_vec()),
-            Err(lmdb::Error::NotFound) => None,
-            Err(e) => return Err(e),
-        }
+    let mut cursor = txn.open_rw_cursor(db)?;
+    let last: Option<Vec<u8>> = match cursor.get(None, None, ffi::MDB_LAST) {
+        Ok((k, _)) => k.map(|k| k.to_vec()),
+        Err(lmdb::Error::NotFound) => None,
+        Err(e) => return Err(e),
     };
     let split = match &last {
         Some(last) => ops.partition_point(|(k, _)| *k <= &last[..]),
@@ -1406,9 +1406,10 @@ fn apply_sorted(txn: &mut RwTransaction<'_>, db: Database, ops: &[Op<'_>]) -> lm
     };
     for (k, v) in &ops[..split] {
         match v {
-            Some(v) => txn.put(db, k, v, lmdb::WriteFlags::empty())?,
-            None => match txn.del(db, k, None) {
-                Ok(()) | Err(lmdb::Error::NotFound) => {}
+            Some(v) => cursor.put(k, v, lmdb::WriteFlags::empty())?,
+            None => match cursor.get(Some(k), None, ffi::MDB_SET) {
+                Ok(_) => cursor.del(lmdb::WriteFlags::empty())?,
+                Err(lmdb::Error::NotFound) => {}
                 Err(e) => return Err(e),
             },
         }
@@ -1416,7 +1417,7 @@ fn apply_sorted(txn: &mut RwTransaction<'_>, db: Database, ops: &[Op<'_>]) -> lm
     for (k, v) in &ops[split..] {
         // A deletion past the last key has nothing to delete.
         if let Some(v) = v {
-            txn.put(db, k, v, lmdb::WriteFlags::APPEND)?;
+            cursor.put(k, v, lmdb::WriteFlags::APPEND)?;
         }
     }
     Ok(())

@@ -29,6 +29,7 @@
 //! `after_shared`: it runs on this thread as soon as its shared hold ends.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::ThreadId;
 
 use parking_lot::{Condvar, Mutex};
@@ -52,6 +53,8 @@ pub struct Gate {
     /// here, not in the taker's thread-local count, because a long hold may
     /// be released on any thread. Locked after `state`, never before it.
     long: Mutex<Vec<ThreadId>>,
+    /// `long.len()`, changed under its lock, read without it.
+    long_count: AtomicUsize,
 }
 
 /// Work put off until this thread's shared hold of a gate ends.
@@ -74,8 +77,19 @@ fn held_depth(gate: &Gate) -> usize {
             .find(|(g, _)| *g == id)
             .map_or(0, |(_, d)| *d)
     });
+    short + long_held(gate)
+}
+
+/// This thread's long holds of `gate`. Reads check this on every hold, so
+/// the common case, no long hold at all, costs one load: a hold this thread
+/// took is counted before it returns, and one released elsewhere at worst
+/// leaves a stale count, which only sends this thread to the list.
+fn long_held(gate: &Gate) -> usize {
+    if gate.long_count.load(Ordering::Acquire) == 0 {
+        return 0;
+    }
     let me = std::thread::current().id();
-    short + gate.long.lock().iter().filter(|t| **t == me).count()
+    gate.long.lock().iter().filter(|t| **t == me).count()
 }
 
 /// Change this thread's depth of `gate` by `delta`; returns the new depth.
@@ -175,7 +189,9 @@ impl Gate {
     fn grant_long(&self, s: &mut State) -> SharedGuard<'_> {
         s.shared += 1;
         let me = std::thread::current().id();
-        self.long.lock().push(me);
+        let mut long = self.long.lock();
+        long.push(me);
+        self.long_count.store(long.len(), Ordering::Release);
         SharedGuard {
             gate: self,
             long: Some(me),
@@ -267,17 +283,18 @@ impl SharedGuard<'_> {
 
 impl Drop for SharedGuard<'_> {
     fn drop(&mut self) {
-        let mine = match self.long {
-            None => {
-                note_held(self.gate, -1);
-                true
-            }
+        // Whether this thread's last hold of the gate ended.
+        let last = match self.long {
+            None => note_held(self.gate, -1) == 0 && long_held(self.gate) == 0,
             Some(owner) => {
-                let mut long = self.gate.long.lock();
-                if let Some(i) = long.iter().position(|t| *t == owner) {
-                    long.swap_remove(i);
+                {
+                    let mut long = self.gate.long.lock();
+                    if let Some(i) = long.iter().position(|t| *t == owner) {
+                        long.swap_remove(i);
+                    }
+                    self.gate.long_count.store(long.len(), Ordering::Release);
                 }
-                owner == std::thread::current().id()
+                owner == std::thread::current().id() && held_depth(self.gate) == 0
             }
         };
         {
@@ -289,7 +306,7 @@ impl Drop for SharedGuard<'_> {
         }
         // Work put off by this thread runs when its last hold ends; a long
         // hold released elsewhere leaves it to the taker's next release.
-        if mine && held_depth(self.gate) == 0 {
+        if last {
             run_deferred(self.gate);
         }
     }

@@ -14,6 +14,7 @@ mod env;
 pub mod error;
 pub mod files;
 pub mod gate;
+pub mod order;
 mod snapshot;
 pub mod stream;
 pub mod txn;
