@@ -12,6 +12,7 @@
 //! frame, so that every value it wrote reads back as written.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::io::Read;
 
 use pyo3::prelude::*;
@@ -204,7 +205,7 @@ pub fn frame_method(data: &[u8]) -> Option<Method> {
 pub fn compress(method: Method, data: &[u8]) -> Option<Vec<u8>> {
     let payload = match method {
         Method::Stored => return None,
-        Method::Zstd => zstd::bulk::compress(data, ZSTD_LEVEL).ok()?,
+        Method::Zstd => zstd_compress(data)?,
         Method::Lz4 => lz4_blocks(data),
     };
     // A frame that a read would refuse as impossible is never written.
@@ -213,6 +214,25 @@ pub fn compress(method: Method, data: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     Some(frame(method, &payload, data.len()))
+}
+
+thread_local! {
+    // A zstd context costs more to make than a small value costs to
+    // compress: each thread keeps one of each kind.
+    static ZSTD_COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { RefCell::new(None) };
+    static ZSTD_DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+fn zstd_compress(data: &[u8]) -> Option<Vec<u8>> {
+    ZSTD_COMPRESSOR.with(|cell| {
+        let mut slot = cell.try_borrow_mut().ok()?;
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?);
+        }
+        slot.as_mut()?.compress(data).ok()
+    })
 }
 
 fn frame(method: Method, payload: &[u8], plain_len: usize) -> Vec<u8> {
@@ -295,6 +315,30 @@ fn reserve(declared: usize) -> Result<Vec<u8>, String> {
 
 fn unzstd(payload: &[u8], declared: usize) -> Result<Vec<u8>, String> {
     let mut out = reserve(declared)?;
+    if declared <= RESERVE_AHEAD {
+        // All of it reserved: one call, into the buffer, with this thread's
+        // context; more output than `declared` is an error, not a growth.
+        let done = ZSTD_DECOMPRESSOR.with(|cell| -> Option<Result<usize, String>> {
+            let mut slot = cell.try_borrow_mut().ok()?;
+            if slot.is_none() {
+                *slot = Some(zstd::bulk::Decompressor::new().ok()?);
+            }
+            Some(
+                slot.as_mut()?
+                    .decompress_to_buffer(payload, &mut out)
+                    .map_err(|e| format!("zstd: {e}")),
+            )
+        });
+        if let Some(done) = done {
+            let got = done?;
+            if got != declared {
+                return Err(format!(
+                    "zstd: the frame declares {declared} plain bytes and holds {got}"
+                ));
+            }
+            return Ok(out);
+        }
+    }
     let decoder = zstd::stream::read::Decoder::with_buffer(payload)
         .map_err(|e| format!("zstd: {e}"))?
         .single_frame();
