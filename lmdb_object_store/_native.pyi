@@ -117,6 +117,8 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
         pickle_protocol: int | None = None,
         serializer: _Serializer = "pickle",
         allowed: Iterable[str] | None = None,
+        compression: Literal["zstd", "lz4"] | None = None,
+        compression_threshold: int | None = None,
         map_size: int = 10485760,
         subdir: bool = True,
         readonly: bool = False,
@@ -133,11 +135,14 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
     ) -> None:
         """Open (or create) the store at ``db_path``.
 
-        The keywords after ``allowed`` are those of py-lmdb's ``lmdb.open()``.
+        The keywords after ``compression_threshold`` are those of py-lmdb's
+        ``lmdb.open()``.
         ``pickle_protocol=None`` means ``pickle.HIGHEST_PROTOCOL``. ``serializer`` is
         ``"pickle"``, ``"safe"``, ``"raw"``, ``"json"``, ``"msgpack"`` or an object with
         ``dumps(obj) -> bytes`` and ``loads(buffer) -> obj``; ``allowed`` (safe only)
         names the extra ``"module.qualname"`` globals a safe read may use.
+        ``compression`` (``"zstd"`` or ``"lz4"``) compresses each encoded value of at
+        least ``compression_threshold`` bytes (default 1024) when that makes it smaller.
         """
 
     # Writes
@@ -396,6 +401,14 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
     @property
     def key_encoding(self) -> str | None:
         """The codec of ``str`` keys, or ``None`` when only bytes-like keys are allowed."""
+
+    @property
+    def compression(self) -> Literal["zstd", "lz4"] | None:
+        """``"zstd"``, ``"lz4"``, or ``None`` (values are written as they are)."""
+
+    @property
+    def compression_threshold(self) -> int:
+        """Values at least this many bytes (encoded) are compressed."""
 
 @final
 class Snapshot:

@@ -22,6 +22,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+use crate::compress::Compression;
 use crate::errors::{add_note, to_py, StoreError};
 use crate::exit;
 use crate::keys::KeyPolicy;
@@ -103,6 +104,7 @@ pub struct Core {
     pub(crate) max_map_size: Option<usize>,
     pub(crate) protocol: i32,
     pub(crate) serializer: Serializer,
+    pub(crate) compression: Compression,
     pub(crate) readonly: bool,
     pub(crate) path: String,
     pub(crate) fs_path: PathBuf,
@@ -142,6 +144,7 @@ impl Core {
             max_map_size: s.max_map_size,
             protocol: s.protocol,
             serializer: s.serializer,
+            compression: s.compression,
             readonly: s.options.readonly,
             path: s.path,
             fs_path: s.fs_path,
@@ -164,6 +167,7 @@ impl Core {
             max_map_size: self.max_map_size,
             protocol: self.protocol,
             serializer: self.serializer.clone_ref(py),
+            compression: self.compression,
             keys: self.keys.clone(),
             options: self.options.clone(),
             init_kwargs: self.init_kwargs.clone_ref(py),
@@ -704,6 +708,7 @@ impl Core {
         values::decode(
             py,
             &self.serializer,
+            &self.compression,
             &self.keys,
             key,
             "buffered",
@@ -721,9 +726,16 @@ impl Core {
         data: &[u8],
         txn: &engine::ReadTxn<'_>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        values::decode(py, &self.serializer, &self.keys, key, "DB", data, || {
-            self.pin_txn(txn)
-        })
+        values::decode(
+            py,
+            &self.serializer,
+            &self.compression,
+            &self.keys,
+            key,
+            "DB",
+            data,
+            || self.pin_txn(txn),
+        )
     }
 
     /// The value of `key` or `None`; buffer first, then (after the autoflush)
@@ -1372,6 +1384,7 @@ impl CoreHandle {
             let value = values::decode(
                 py,
                 &c.serializer,
+                &c.compression,
                 &c.keys,
                 &k,
                 "DB",

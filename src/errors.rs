@@ -266,6 +266,24 @@ pub enum StoreError {
     /// At interpreter exit, another thread's transaction block still held
     /// the writer, so the buffer could not be committed.
     TransactionOpenAtExit,
+    /// A `compression=` that is not one (its repr; `valid` lists the names).
+    UnknownCompression { shown: String, valid: &'static str },
+    /// `compression_threshold=` given without `compression=`.
+    ThresholdWithoutCompression,
+    /// A compressed value whose frame does not read (source, shown key,
+    /// why).
+    BadFrame {
+        source: String,
+        key: String,
+        why: String,
+    },
+    /// A compressed value read by a store opened without `compression=`
+    /// (source, shown key, the frame's method).
+    CompressedValue {
+        source: String,
+        key: String,
+        method: &'static str,
+    },
     /// `get_into` was given a buffer too small for the value (shown key).
     BufferTooSmall {
         key: String,
@@ -534,6 +552,26 @@ impl std::fmt::Display for StoreError {
             ),
             StoreError::FileClosed => f.write_str("I/O operation on closed file."),
             StoreError::BadSeek { why } => f.write_str(why),
+            StoreError::UnknownCompression { shown, valid } => {
+                write!(f, "compression={shown}: must be one of {valid}")
+            }
+            StoreError::ThresholdWithoutCompression => f.write_str(
+                "compression_threshold= is only for compression='zstd' or 'lz4', \
+                 not compression=None",
+            ),
+            StoreError::BadFrame { source, key, why } => {
+                write!(f, "Failed to decompress {source} key {key}: {why}")
+            }
+            StoreError::CompressedValue {
+                source,
+                key,
+                method,
+            } => write!(
+                f,
+                "{source} key {key} holds a value compressed with {method}, and this store \
+                 was opened without compression=: open it with compression='zstd' or 'lz4' \
+                 (either reads both)"
+            ),
         }
     }
 }
@@ -632,6 +670,12 @@ impl StoreError {
             | StoreError::TransactionFailed
             | StoreError::TransactionReentered
             | StoreError::TransactionOpenAtExit => Error::new_err(text),
+            StoreError::UnknownCompression { .. } | StoreError::ThresholdWithoutCompression => {
+                PyValueError::new_err(text)
+            }
+            StoreError::BadFrame { .. } | StoreError::CompressedValue { .. } => {
+                DecodeError::new_err(text)
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! exceptions and the version; the rooms of the crate are below.
 
 pub mod codec;
+pub mod compress;
 pub mod core;
 pub mod errors;
 pub mod exit;

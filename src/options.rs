@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::codec;
+use crate::compress::Compression;
 use crate::errors::StoreError;
 use crate::keys::KeyPolicy;
 use crate::values::Serializer;
@@ -28,6 +29,7 @@ pub struct Settings {
     pub max_map_size: Option<usize>,
     pub protocol: i32,
     pub serializer: Serializer,
+    pub compression: Compression,
     pub keys: KeyPolicy,
     pub options: EnvOptions,
     /// The constructor's keyword arguments, for pickling the store.
@@ -51,6 +53,8 @@ impl Settings {
         pickle_protocol: Option<i32>,
         serializer: Option<&Bound<'_, PyAny>>,
         allowed: Option<&Bound<'_, PyAny>>,
+        compression: Option<&Bound<'_, PyAny>>,
+        compression_threshold: Option<&Bound<'_, PyAny>>,
         lmdb_options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         // Any truthy value, as 0.1.0 took it; None (not given) means True.
@@ -121,6 +125,7 @@ impl Settings {
             .into()
         })?;
         let serializer = Serializer::parse(py, serializer, allowed)?;
+        let compression = Compression::parse(compression, threshold_opt(compression_threshold)?)?;
         let keys = KeyPolicy::new(py, key_encoding, key_errors, str_normalize)?;
         let options = parse_lmdb_options(lmdb_options)?;
         let init_kwargs = PyDict::new(py);
@@ -133,6 +138,7 @@ impl Settings {
         init_kwargs.set_item("max_buffer_bytes", max_buffer_bytes)?;
         init_kwargs.set_item("pickle_protocol", protocol)?;
         serializer.add_kwargs(py, &init_kwargs)?;
+        compression.add_kwargs(&init_kwargs)?;
         if let Some(extra) = lmdb_options {
             init_kwargs.update(extra.as_mapping())?;
         }
@@ -145,10 +151,26 @@ impl Settings {
             max_map_size,
             protocol,
             serializer,
+            compression,
             keys,
             options,
             init_kwargs: init_kwargs.unbind(),
         })
+    }
+}
+
+/// `compression_threshold=`: None (not given) or a size in bytes; a bool
+/// is refused, though Python counts it as an int.
+fn threshold_opt(v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
+    match v {
+        None => Ok(None),
+        Some(v) if v.is_none() => Ok(None),
+        Some(v) if v.is_instance_of::<pyo3::types::PyBool>() => Err(StoreError::NotAnInt {
+            name: "compression_threshold".into(),
+            got: "bool".into(),
+        }
+        .into()),
+        Some(v) => usize_opt("compression_threshold", v).map(Some),
     }
 }
 

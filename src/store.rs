@@ -66,7 +66,7 @@ impl LmdbObjectStore {
                           key_encoding=None, key_errors='strict', str_normalize=None, \
                           max_map_size=None, max_buffer_bytes=67108864, \
                           pickle_protocol=None, serializer='pickle', allowed=None, \
-                          **lmdb_options)"
+                          compression=None, compression_threshold=None, **lmdb_options)"
     )]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         LmdbObjectStore {
@@ -78,7 +78,7 @@ impl LmdbObjectStore {
         db_path, batch_size=1000, *, autoflush_on_read=None, key_encoding=None,
         key_errors="strict".to_string(), str_normalize=None, max_map_size=None,
         max_buffer_bytes=DEFAULT_MAX_BUFFER_BYTES as i64, pickle_protocol=None, serializer=None,
-        allowed=None, **lmdb_options
+        allowed=None, compression=None, compression_threshold=None, **lmdb_options
     ))]
     #[allow(clippy::too_many_arguments)]
     fn __init__(
@@ -95,6 +95,8 @@ impl LmdbObjectStore {
         pickle_protocol: Option<i32>,
         serializer: Option<&Bound<'_, PyAny>>,
         allowed: Option<&Bound<'_, PyAny>>,
+        compression: Option<&Bound<'_, PyAny>>,
+        compression_threshold: Option<&Bound<'_, PyAny>>,
         lmdb_options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         let _inside = exit::enter();
@@ -114,6 +116,8 @@ impl LmdbObjectStore {
             pickle_protocol,
             serializer,
             allowed,
+            compression,
+            compression_threshold,
             lmdb_options,
         )?;
         self.core.open(py, settings)
@@ -124,7 +128,7 @@ impl LmdbObjectStore {
         let c = self.core()?;
         c.check_writable("put")?;
         let k = c.keys.to_write_bytes(key)?;
-        let pickled = values::encode(py, &c.serializer, obj, c.protocol, key)?;
+        let pickled = values::encode(py, &c.serializer, &c.compression, obj, c.protocol, key)?;
         self.current(c)?.buffer_write(py, &k, Some(held(pickled)))
     }
 
@@ -320,7 +324,7 @@ impl LmdbObjectStore {
                 })
             })?;
             let kb = c.keys.to_write_bytes(&k)?.into_owned();
-            let pickled = values::encode(py, &c.serializer, &v, c.protocol, &k)?;
+            let pickled = values::encode(py, &c.serializer, &c.compression, &v, c.protocol, &k)?;
             bytes += kb.len() + pickled.as_bytes().len();
             keys.push(kb);
             pickles.push(pickled);
@@ -420,7 +424,15 @@ impl LmdbObjectStore {
                 .parent()
                 .map_or_else(|| ".".into(), |p| p.to_path_buf())
         };
-        let prepared = crate::stream::prepare(py, &c.serializer, key, file_or_path, size, &dir)?;
+        let prepared = crate::stream::prepare(
+            py,
+            &c.serializer,
+            &c.compression,
+            key,
+            file_or_path,
+            size,
+            &dir,
+        )?;
         self.current(c)?.put_stream(py, &k, &prepared.source())?;
         prepared.finish();
         Ok(())
@@ -646,7 +658,7 @@ impl LmdbObjectStore {
             return Ok(v);
         }
         let d = default.unwrap_or_else(|| py.None().into_bound(py));
-        let pickled = values::encode(py, &c.serializer, &d, c.protocol, key)?;
+        let pickled = values::encode(py, &c.serializer, &c.compression, &d, c.protocol, key)?;
         self.current(c)?.buffer_write(py, &k, Some(held(pickled)))?;
         Ok(d)
     }
@@ -666,7 +678,7 @@ impl LmdbObjectStore {
         let mut staged: Vec<(Vec<u8>, Bytes)> = Vec::new();
         let mut stage = |k: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> PyResult<()> {
             let kb = c.keys.to_write_bytes(k)?.into_owned();
-            let pickled = values::encode(py, &c.serializer, v, c.protocol, k)?;
+            let pickled = values::encode(py, &c.serializer, &c.compression, v, c.protocol, k)?;
             staged.push((kb, held(pickled)));
             Ok(())
         };
@@ -845,6 +857,18 @@ impl LmdbObjectStore {
     #[getter]
     fn key_encoding(&self) -> PyResult<Option<String>> {
         Ok(self.core()?.keys.encoding.clone())
+    }
+
+    /// `'zstd'`, `'lz4'`, or None (values are written as they are).
+    #[getter]
+    fn compression(&self) -> PyResult<Option<&'static str>> {
+        Ok(self.core()?.compression.name())
+    }
+
+    /// Values at least this many bytes (encoded) are compressed.
+    #[getter]
+    fn compression_threshold(&self) -> PyResult<usize> {
+        Ok(self.core()?.compression.threshold())
     }
 }
 

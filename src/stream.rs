@@ -3,6 +3,7 @@
 //! serializer's framing around it) and `ValueFile`, the read-only file object
 //! `store.open(key)` returns over one value of a held snapshot.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::Write;
 use std::os::raw::c_int;
@@ -15,6 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
 use crate::codec;
+use crate::compress::Compression;
 use crate::core::Core;
 use crate::errors::{to_py, type_name, StoreError};
 use crate::snapshot::WritableBuffer;
@@ -30,10 +32,12 @@ const BINBYTES_MAX: u64 = u32::MAX as u64;
 /// The serializer's framing around a payload of `len` bytes, so the stored
 /// value decodes as `bytes`: a protocol-4 pickle of one `bytes` object
 /// (unframed: `pickle.loads` reads it), msgpack's `bin 32`, or nothing on a
-/// raw store. JSON and custom serializers have no form for it.
+/// raw store (inside a `Stored` frame on a store with compression, which
+/// reads frames). JSON and custom serializers have no form for it.
 fn framing(
     py: Python<'_>,
     ser: &Serializer,
+    comp: &Compression,
     key: &Bound<'_, PyAny>,
     len: u64,
 ) -> PyResult<(Vec<u8>, Vec<u8>)> {
@@ -49,7 +53,7 @@ fn framing(
             }
             Ok((head, vec![b'.']))
         }
-        Serializer::Raw => Ok((Vec::new(), Vec::new())),
+        Serializer::Raw => Ok((comp.stored_header(len).unwrap_or_default(), Vec::new())),
         Serializer::Msgpack { .. } if len > u32::MAX as u64 => Err(StoreError::StreamTooLarge {
             key: codec::display_key(key),
             serializer: format!("'{}'", ser.name(py)),
@@ -210,6 +214,7 @@ fn parse_size(size: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
 pub(crate) fn prepare<'py>(
     py: Python<'py>,
     ser: &Serializer,
+    comp: &Compression,
     key: &Bound<'py, PyAny>,
     source: &Bound<'py, PyAny>,
     size: Option<&Bound<'py, PyAny>>,
@@ -265,7 +270,7 @@ pub(crate) fn prepare<'py>(
         }
         (None, None) => unreachable!("a spool without size= reads to the end"),
     };
-    let (head, tail) = framing(py, ser, key, len)?;
+    let (head, tail) = framing(py, ser, comp, key, len)?;
     Ok(Prepared {
         file,
         offset,
@@ -415,8 +420,40 @@ fn spool(
 struct Held {
     /// Never used after `open`: only kept, then dropped (on any thread).
     _snap: engine::Snapshot,
-    value: engine::StoredValue,
+    value: Body,
     generation: u64,
+}
+
+/// Where a `ValueFile` reads from: the value's place in the data file, or,
+/// for a compressed value, its plain bytes decompressed once at `open`.
+enum Body {
+    InFile(engine::StoredValue),
+    Decompressed {
+        plain: Vec<u8>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl Body {
+    fn len(&self) -> u64 {
+        match self {
+            Body::InFile(v) => v.len(),
+            Body::Decompressed { len, .. } => *len as u64,
+        }
+    }
+
+    fn read_at(&self, pos: u64, out: &mut [u8]) -> engine::Result<usize> {
+        match self {
+            Body::InFile(v) => v.read_at(pos, out),
+            Body::Decompressed { plain, start, len } => {
+                let from = usize::try_from(pos).unwrap_or(usize::MAX).min(*len);
+                let n = out.len().min(len - from);
+                out[..n].copy_from_slice(&plain[start + from..start + from + n]);
+                Ok(n)
+            }
+        }
+    }
 }
 
 // SAFETY: `_snap` is only kept alive and dropped, which `engine::Snapshot`
@@ -456,7 +493,26 @@ impl ValueFile {
             match txn.get(k).map_err(to_py)? {
                 None => return Err(codec::key_error(key)),
                 Some(v) => {
-                    engine::StoredValue::locate(txn, payload(&c.serializer, v)).map_err(to_py)?
+                    let plain = c.compression.unpack(py, v).map_err(|why| {
+                        PyErr::from(StoreError::BadFrame {
+                            source: "DB".into(),
+                            key: codec::display_bytes(py, k),
+                            why,
+                        })
+                    })?;
+                    match plain {
+                        // Not compressed (or a stored frame): read in place.
+                        Cow::Borrowed(v) => Body::InFile(
+                            engine::StoredValue::locate(txn, payload(&c.serializer, v))
+                                .map_err(to_py)?,
+                        ),
+                        Cow::Owned(plain) => {
+                            let inner = payload(&c.serializer, &plain);
+                            let start = inner.as_ptr() as usize - plain.as_ptr() as usize;
+                            let len = inner.len();
+                            Body::Decompressed { plain, start, len }
+                        }
+                    }
                 }
             }
         };

@@ -128,7 +128,16 @@ impl Transaction {
         data: Vec<u8>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut keep = false;
-        let out = values::decode(py, &c.serializer, &c.keys, key, "DB", &data, || keep = true);
+        let out = values::decode(
+            py,
+            &c.serializer,
+            &c.compression,
+            &c.keys,
+            key,
+            "DB",
+            &data,
+            || keep = true,
+        );
         if keep {
             // A buffer over these bytes outlived the call: they stay.
             std::mem::forget(data);
@@ -160,7 +169,10 @@ impl Transaction {
         let mut staged: Vec<(Vec<u8>, Bound<'_, PyBytes>)> = Vec::with_capacity(pairs.len());
         for (k, v) in pairs {
             let kb = c.keys.to_write_bytes(k)?.into_owned();
-            staged.push((kb, values::encode(py, &c.serializer, v, c.protocol, k)?));
+            staged.push((
+                kb,
+                values::encode(py, &c.serializer, &c.compression, v, c.protocol, k)?,
+            ));
         }
         let writes: Vec<(&[u8], &[u8])> = staged
             .iter()

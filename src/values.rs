@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::codec;
+use crate::compress::{self, Compression};
 use crate::errors::{
     add_note, decode_error_type, unpickle_error_type, unsafe_value_error_type, StoreError,
 };
@@ -206,13 +207,14 @@ fn custom(obj: &Bound<'_, PyAny>) -> PyResult<Serializer> {
 }
 
 /// The bytes to store for `obj` under `key` (`key` as the caller gave it,
-/// for the message). A failure is the serializer's own exception with a
-/// note naming the key and the serializer (`UnsafeValueError` also gets
-/// its `key`); nothing was buffered.
+/// for the message), compressed as `comp` says. A failure is the
+/// serializer's own exception with a note naming the key and the serializer
+/// (`UnsafeValueError` also gets its `key`); nothing was buffered.
 #[inline]
 pub fn encode<'py>(
     py: Python<'py>,
     ser: &Serializer,
+    comp: &Compression,
     obj: &Bound<'py, PyAny>,
     protocol: i32,
     key: &Bound<'py, PyAny>,
@@ -222,7 +224,8 @@ pub fn encode<'py>(
         Serializer::Pickle => codec::dumps(py, obj, protocol),
         _ => encode_other(py, ser, obj, protocol),
     };
-    out.map_err(|e| encode_failed(py, ser, key, e))
+    out.map(|b| comp.pack(py, b))
+        .map_err(|e| encode_failed(py, ser, key, e))
 }
 
 fn encode_other<'py>(
@@ -302,13 +305,75 @@ fn keyed_unsafe(py: Python<'_>, err: PyErr, key: &Bound<'_, PyAny>, shown: &str)
 }
 
 /// The value stored as `data` under `key` (from `source`: "DB" or
-/// "buffered"). `pin` is called if the bytes were lent to Python code that
-/// kept them (see [`codec::loads_borrowed`]). A failure raises the typed
-/// error naming the key and the serializer: `UnpickleError` for the pickle
-/// serializers, `UnsafeValueError` for a refused global, `DecodeError` for
-/// the others.
+/// "buffered"), decompressed first when the store reads frames (`comp`).
+/// `pin` is called if the bytes were lent to Python code that kept them
+/// (see [`codec::loads_borrowed`]). A failure raises the typed error naming
+/// the key and the serializer: `UnpickleError` for the pickle serializers,
+/// `UnsafeValueError` for a refused global, `DecodeError` for the others
+/// and for a compressed value that does not decompress.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn decode<'py>(
+    py: Python<'py>,
+    ser: &Serializer,
+    comp: &Compression,
+    keys: &KeyPolicy,
+    key: &[u8],
+    source: &str,
+    data: &[u8],
+    pin: impl FnOnce(),
+) -> PyResult<Bound<'py, PyAny>> {
+    let plain = comp.unpack(py, data).map_err(|why| {
+        PyErr::from(StoreError::BadFrame {
+            source: source.to_string(),
+            key: codec::display_bytes(py, key),
+            why,
+        })
+    })?;
+    match plain {
+        std::borrow::Cow::Borrowed(plain) => decode_plain(py, ser, keys, key, source, plain, pin)
+            .map_err(|e| compressed_without_compression(py, comp, key, source, data, e)),
+        std::borrow::Cow::Owned(plain) => {
+            let mut kept = false;
+            let out = decode_plain(py, ser, keys, key, source, &plain, || kept = true);
+            if kept {
+                // Spine rule 3: pickle kept a buffer over these bytes, so
+                // they stay where they are for the rest of the process.
+                std::mem::forget(plain);
+            }
+            out
+        }
+    }
+}
+
+/// A value that fails to decode in a store without compression, and is a
+/// compressed frame, gets an error that says so (the serializer's failure
+/// as its `__cause__`).
+#[cold]
+fn compressed_without_compression(
+    py: Python<'_>,
+    comp: &Compression,
+    key: &[u8],
+    source: &str,
+    data: &[u8],
+    err: PyErr,
+) -> PyErr {
+    let method = match compress::frame_method(data) {
+        Some(m) if comp.name().is_none() && !codec::passes_through(py, &err) => m,
+        _ => return err,
+    };
+    let wrapped = PyErr::from(StoreError::CompressedValue {
+        source: source.to_string(),
+        key: codec::display_bytes(py, key),
+        method: method.name(),
+    });
+    wrapped.set_cause(py, Some(err));
+    wrapped
+}
+
+/// [`decode`] of bytes that are not a frame.
+#[inline]
+fn decode_plain<'py>(
     py: Python<'py>,
     ser: &Serializer,
     keys: &KeyPolicy,

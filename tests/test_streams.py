@@ -599,3 +599,68 @@ def test_memory_of_a_256_mib_value(tmp_path, writemap, what):
     )
     limit = 64 if writemap or what == "read" else 256 + 64
     assert grown < limit, f"peak RSS grew by {grown} MiB"
+
+
+# --------------------------------------------------------------------------
+# With compression
+# --------------------------------------------------------------------------
+
+FRAME_MAGIC = b"\xc1LOS"
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4"])
+@pytest.mark.parametrize("head", [b"", FRAME_MAGIC], ids=["plain", "frame-look-alike"])
+def test_put_file_on_a_raw_store_with_compression_reads_back_as_written(
+    tmp_path, compression, head
+):
+    data = head + blob(2 * MiB)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    with LmdbObjectStore(str(tmp_path / "db"), serializer="raw", compression=compression) as s:
+        s.put_file(b"k", path)
+        assert s[b"k"] == data
+        with s.open(b"k") as f:
+            assert f.size == len(data) and f.read() == data
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4"])
+def test_open_reads_a_compressed_value_as_its_plain_bytes(tmp_path, compression):
+    text = b"a line that repeats itself\n" * 200_000
+    records = [{"id": i, "tags": ["x", "y"]} for i in range(5000)]
+    db = tmp_path / "db"
+    with LmdbObjectStore(str(db), compression=compression) as s:
+        s[b"text"] = text
+        s[b"records"] = records
+    assert len(raw_value(db, b"text")) < len(text) // 4, "stored compressed"
+    with LmdbObjectStore(str(db), compression=compression) as s:
+        with s.open(b"text") as f:
+            assert f.size == len(text)
+            f.seek(len(text) - 10)
+            assert f.read() == text[-10:]
+            f.seek(0)
+            buf = bytearray(1 << 20)
+            got = bytearray()
+            while n := f.readinto(buf):
+                got += buf[:n]
+            assert bytes(got) == text
+            assert f.readline() == b""
+        with s.open(b"records") as f:
+            assert pickle.load(f) == records
+
+
+def test_open_of_a_damaged_compressed_value_names_the_key(tmp_path):
+    from lmdb_object_store import DecodeError
+
+    db = tmp_path / "db"
+    with LmdbObjectStore(str(db), compression="zstd") as s:
+        s[b"text"] = b"abc" * 100_000
+    stored = raw_value(db, b"text")
+    env = lmdb.open(str(db))
+    with env.begin(write=True) as txn:
+        txn.put(b"text", stored[:-50])
+    env.close()
+    with LmdbObjectStore(str(db), compression="zstd") as s:
+        with pytest.raises(DecodeError, match="text"):
+            s.open(b"text")
+        s[b"after"] = 1  # the store goes on
+        assert s[b"after"] == 1
