@@ -29,6 +29,7 @@ from ._native import (
     _before_fork,
     _flush_all,
     lmdb_version,
+    tables,
 )
 
 _abc.MutableMapping.register(LmdbObjectStore)
@@ -73,4 +74,5 @@ __all__ = [
     "UnsafeValueError",
     "__version__",
     "lmdb_version",
+    "tables",
 ]

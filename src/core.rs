@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine::buffer::{Bytes, Lookup, Sorted, Value, WriteBuffer};
-use engine::{Bounds, DbStat, Env, EnvInfo, EnvOptions};
+use engine::{Bounds, DbStat, Env, EnvInfo, EnvOptions, Table};
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -111,6 +111,8 @@ pub struct Core {
     pub(crate) init_kwargs: Py<PyDict>,
     /// Fork generation this core belongs to (see `engine::fork_generation`).
     generation: u64,
+    /// The table this store reads and commits: the main one, or `table=`.
+    table: Table,
 }
 
 /// Where a store is in its close, in one place.
@@ -129,6 +131,15 @@ impl Core {
     /// Open the environment and build the core (its buffer empty).
     pub(crate) fn open(py: Python<'_>, s: Settings) -> PyResult<Arc<Core>> {
         let env = acquire_env(py, &s.fs_path, &s.options)?;
+        let table = match open_table(py, &env, s.table.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                // The open failed: this store never counts as one of the
+                // environment's.
+                let _ = py.detach(|| env.release());
+                return Err(e);
+            }
+        };
         let core = Arc::new_cyclic(|me| Core {
             me: me.clone(),
             env,
@@ -148,6 +159,7 @@ impl Core {
             options: s.options,
             init_kwargs: s.init_kwargs,
             generation: engine::fork_generation(),
+            table,
         });
         register_core(&core);
         Ok(core)
@@ -167,6 +179,7 @@ impl Core {
             keys: self.keys.clone(),
             options: self.options.clone(),
             init_kwargs: self.init_kwargs.clone_ref(py),
+            table: self.table.name().map(str::to_owned),
         }
     }
 
@@ -188,6 +201,32 @@ const BACKGROUND_MIN_BATCH: usize = 256;
 /// `get_into` copies at least this many bytes with the GIL released: below
 /// it, handing the GIL over costs more than the copy.
 const BIG_COPY: usize = 64 * 1024;
+
+/// The table a store opens: `name`, or the main one (refused on a file that
+/// has tables). Spine rule 1: a table is created in the engine, with the GIL
+/// released.
+fn open_table(py: Python<'_>, env: &Env, name: Option<&str>) -> PyResult<Table> {
+    match name {
+        Some(name) => py.detach(|| env.open_table(name)).map_err(to_py),
+        None => {
+            py.detach(|| env.check_main()).map_err(to_py)?;
+            Ok(Table::main())
+        }
+    }
+}
+
+/// `lmdb_object_store.tables(path)`: the table names of the file, through
+/// this process's environment of it if one is open, else a read-only open
+/// that creates nothing. Spine rule 2: the open and the read wait with the
+/// GIL released.
+pub fn list_tables(py: Python<'_>, path: &std::path::Path, options: &EnvOptions) -> PyResult<Vec<String>> {
+    let env = acquire_env(py, path, options)?;
+    let names = py.detach(|| env.list_tables());
+    let released = py.detach(|| env.release());
+    let names = names.map_err(to_py)?;
+    released.map_err(to_py)?;
+    Ok(names)
+}
 
 /// Every open store's core, so that a fork can flush them all first.
 static CORES: Mutex<Vec<std::sync::Weak<Core>>> = Mutex::new(Vec::new());
@@ -406,7 +445,8 @@ impl Core {
         let cap = self.max_map_size;
         // Spine rule 1: the write transaction runs in the engine, with the
         // GIL released; growth is logged after it.
-        let result = py.detach(|| env.commit(&batch.sorted(), batch.bytes(), cap));
+        let table = &self.table;
+        let result = py.detach(|| env.commit_in(table, &batch.sorted(), batch.bytes(), cap));
         drop(batch);
         let mut b = self.buffered.lock();
         b.buf.end_commit(result.is_ok());
@@ -442,8 +482,12 @@ impl Core {
             let batch = batch.clone();
             move || {
                 let commit = std::panic::AssertUnwindSafe(|| {
-                    core.env
-                        .commit(&batch.sorted(), batch.bytes(), core.max_map_size)
+                    core.env.commit_in(
+                        &core.table,
+                        &batch.sorted(),
+                        batch.bytes(),
+                        core.max_map_size,
+                    )
                 });
                 let result = match std::panic::catch_unwind(commit) {
                     Ok(result) => result.map_err(StoreError::from),
@@ -657,7 +701,11 @@ impl Core {
         loop {
             let guard = shared_guard(py, env);
             match env.begin_read(guard) {
-                Ok(Some(txn)) => return f(&txn),
+                Ok(Some(txn)) => {
+                    txn.set_table(&self.table)
+                        .map_err(|e| to_py(e.for_store(&self.path)))?;
+                    return f(&txn);
+                }
                 Ok(None) => py
                     .detach(|| env.adopt_resize())
                     .map_err(|e| to_py(e.for_store(&self.path)))?,
@@ -746,7 +794,11 @@ impl Core {
                 None => py.detach(|| env.gate.wait_long()),
             };
             match engine::Snapshot::begin(env, guard) {
-                Ok(Some(snap)) => return Ok(snap),
+                Ok(Some(snap)) => {
+                    snap.set_table(&self.table)
+                        .map_err(|e| to_py(e.for_store(&self.path)))?;
+                    return Ok(snap);
+                }
                 Ok(None) => py
                     .detach(|| env.adopt_resize())
                     .map_err(|e| to_py(e.for_store(&self.path)))?,
@@ -952,7 +1004,9 @@ impl Core {
             if !ops.is_empty() {
                 // Spine rule 1: the write transaction runs in the engine,
                 // with the GIL released.
-                py.detach(|| env.commit(ops, bytes, cap)).map_err(to_py)?;
+                let table = &self.table;
+                py.detach(|| env.commit_in(table, ops, bytes, cap))
+                    .map_err(to_py)?;
             }
             Ok(())
         })();
@@ -967,9 +1021,12 @@ impl Core {
             .map_err(|e| self.map_closed(e))
     }
 
-    /// `mdb_stat` of the main database (committed data only).
+    /// `mdb_stat` of the store's table (committed data only).
     pub(crate) fn stat(&self, py: Python<'_>) -> PyResult<DbStat> {
         let env = &*self.env;
+        if self.table.name().is_some() {
+            return self.with_read(py, |txn| env.table_stat(txn).map_err(to_py));
+        }
         let g = shared_guard(py, env);
         env.stat_shared(&g).map_err(|e| self.map_closed(e))
     }
@@ -1008,7 +1065,8 @@ impl Core {
             let cap = self.max_map_size;
             // Spine rule 1: the write transaction runs in the engine, with
             // the GIL released.
-            let r = py.detach(|| env.clear(cap));
+            let table = &self.table;
+            let r = py.detach(|| env.clear_in(table, cap));
             let mut b = self.buffered.lock();
             if batch.is_some() {
                 b.buf.end_commit(r.is_ok());
@@ -1077,9 +1135,46 @@ impl Core {
             .map_err(|e| self.map_closed(e))
     }
 
+    /// The table's name (`table=`); `None` for the main one.
+    pub(crate) fn table_name(&self) -> Option<&str> {
+        self.table.name()
+    }
+
     /// `close()`: see [`close_core`].
     pub(crate) fn close(&self, py: Python<'_>) -> PyResult<Option<LostFlush>> {
         close_core(py, self)
+    }
+
+    /// `drop_table()`: remove the store's table and everything in it in one
+    /// write transaction, this store's buffered writes included, then close
+    /// the store. Other stores of the table are told it was dropped.
+    pub(crate) fn drop_table(&self, py: Python<'_>) -> PyResult<()> {
+        let result = (|| -> PyResult<()> {
+            // Spine rule 2: the commit lock is waited for with the GIL released.
+            let _commit = self.lock_detached(py, &self.commit_lock)?;
+            if self.is_closing() {
+                return Err(self.closed_error());
+            }
+            let batch = {
+                let mut b = self.buffered.lock();
+                b.failed = None;
+                b.buf.begin_commit()
+            };
+            let env = &*self.env;
+            let table = &self.table;
+            let cap = self.max_map_size;
+            // Spine rule 1: the write transaction runs in the engine, with
+            // the GIL released.
+            let r = py.detach(|| env.drop_table(table, cap));
+            if batch.is_some() {
+                // Dropped: the buffered writes went with the table.
+                self.buffered.lock().buf.end_commit(r.is_ok());
+            }
+            r.map_err(|e| to_py(e.for_store(&self.path)))
+        })();
+        self.log_growth(py);
+        result?;
+        close_core(py, self).map(drop)
     }
 }
 
@@ -1305,7 +1400,10 @@ impl CoreHandle {
             // Delete only if nobody changed the entry since we read it.
             // Spine rule 1: the write transaction runs in the engine, with
             // the GIL released.
-            let result = py.detach(|| env.remove_if(&k, raw, cap)).map_err(to_py);
+            let table = &c.table;
+            let result = py
+                .detach(|| env.remove_if_in(table, &k, raw, cap))
+                .map_err(to_py);
             c.log_growth(py);
             if result? {
                 return Ok(Some(Popped {

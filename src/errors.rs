@@ -158,6 +158,10 @@ pub enum StoreError {
     TooLarge { name: String, got: Option<i128> },
     /// A keyword the constructor does not take.
     UnknownOption { name: String },
+    /// `table=` that is neither `str` nor `None`.
+    TableType { got: String },
+    /// `table=` that LMDB cannot take as a name; `shown` is its repr.
+    BadTableName { shown: String, why: String },
     /// A `pickle_protocol` that `pickle` refuses, with its reason.
     BadProtocol { protocol: i32, why: String },
     /// A `str_normalize` that is not a Unicode normal form.
@@ -291,6 +295,12 @@ impl std::fmt::Display for StoreError {
                 Some(got) => write!(f, "{name} is too large: {got}"),
                 None => write!(f, "{name} is too large"),
             },
+            StoreError::TableType { got } => {
+                write!(f, "table must be a str or None, got {got}")
+            }
+            StoreError::BadTableName { shown, why } => {
+                write!(f, "table={shown} is not a usable table name: it {why}")
+            }
             StoreError::UnknownOption { name } => write!(
                 f,
                 "LmdbObjectStore() got an unexpected keyword argument '{name}'"
@@ -451,6 +461,7 @@ impl StoreError {
             StoreError::PathType { .. }
             | StoreError::NotAnInt { .. }
             | StoreError::UnknownOption { .. }
+            | StoreError::TableType { .. }
             | StoreError::NoneKey
             | StoreError::KeyType { .. }
             | StoreError::KeyNotContiguous
@@ -466,6 +477,8 @@ impl StoreError {
             | StoreError::TooLarge { .. }
             | StoreError::BadProtocol { .. }
             | StoreError::BadNormalForm { .. }
+            | StoreError::BadTableName { .. }
+            | StoreError::Engine(E::BadTable { .. })
             | StoreError::KeySize { .. }
             | StoreError::DecodeWithoutEncoding
             | StoreError::NoLongerLent

@@ -29,6 +29,7 @@ use crate::buffer::{Op, Sorted};
 use crate::error::{Error, Result};
 use crate::files::{self, EnvPaths};
 use crate::gate::{ExclusiveGuard, Gate, SharedGuard};
+use crate::tables::{self, MainKind, Table};
 
 /// Growth step floor: `max(2 × current, current + 64 MiB)`.
 pub const GROWTH_STEP: usize = 64 * 1024 * 1024;
@@ -51,6 +52,9 @@ pub struct EnvOptions {
     pub meminit: bool,
     pub max_readers: u32,
     pub lock: bool,
+    /// The cap on growth (`max_map_size`): file-wide, so checked to agree
+    /// between the stores of a file in one process; `None`: no cap.
+    pub max_map_size: Option<usize>,
 }
 
 impl Default for EnvOptions {
@@ -69,6 +73,7 @@ impl Default for EnvOptions {
             meminit: true,
             max_readers: 1024,
             lock: true,
+            max_map_size: None,
         }
     }
 }
@@ -226,6 +231,8 @@ pub struct Env {
     allocated: AtomicUsize,
     /// Set when the map was lost for good: what to tell every caller.
     lost: OnceLock<String>,
+    /// The named tables this process opened on the environment.
+    tables: tables::Registry,
 }
 
 // SAFETY: every access to `lmdb` follows the gate protocol above, the raw
@@ -350,6 +357,7 @@ fn open_lmdb(
     builder
         .set_flags(options.flags())
         .set_max_readers(options.max_readers as c_uint)
+        .set_max_dbs(tables::MAX_TABLES)
         .set_map_size(map_size);
     let env = builder
         .open_with_permissions(path, options.mode)
@@ -566,6 +574,7 @@ impl Env {
             map_size: AtomicUsize::new(map_size),
             allocated: AtomicUsize::new(0),
             lost: OnceLock::new(),
+            tables: tables::Registry::default(),
         })
     }
 
@@ -669,6 +678,38 @@ impl Env {
         }
         if mine.writemap != o.writemap {
             return Err(clash(format!("writemap={}", py_bool(o.writemap))));
+        }
+        // The settings of writers: a read-only open never writes, so they
+        // mean nothing to it.
+        if !mine.readonly && !o.readonly {
+            let flags = [
+                ("sync", mine.sync, o.sync),
+                ("metasync", mine.metasync, o.metasync),
+                ("map_async", mine.map_async, o.map_async),
+            ];
+            for (name, theirs, asked) in flags {
+                if theirs != asked {
+                    return Err(clash(format!(
+                        "{name}={} (it is open with {name}={})",
+                        py_bool(asked),
+                        py_bool(theirs)
+                    )));
+                }
+            }
+            if mine.max_map_size != o.max_map_size {
+                let shown = |v: Option<usize>| v.map_or("None".to_string(), |n| n.to_string());
+                return Err(clash(format!(
+                    "max_map_size={} (it is open with max_map_size={})",
+                    shown(o.max_map_size),
+                    shown(mine.max_map_size)
+                )));
+            }
+            if mine.max_readers != o.max_readers {
+                return Err(clash(format!(
+                    "max_readers={} (it is open with max_readers={})",
+                    o.max_readers, mine.max_readers
+                )));
+            }
         }
         Ok(())
     }
@@ -1004,7 +1045,9 @@ impl Env {
             return Err(self.give_up_locked(x, rc, op, false));
         }
         match open_lmdb(&self.path, &self.options, map_size, self.data_file.as_ref()) {
-            Ok(opened) if opened.db.dbi() == self.db.dbi() => {
+            // Named tables' handles closed with the environment, and the
+            // stores holding them cannot be told new ones: give up then.
+            Ok(opened) if opened.db.dbi() == self.db.dbi() && !self.tables.any_live() => {
                 self.map_size
                     .store(current_map_size(&opened.lmdb), Ordering::Relaxed);
                 *slot = Some(opened.lmdb);
@@ -1099,6 +1142,7 @@ impl Env {
             txn,
             guard: ManuallyDrop::new(guard),
             pinned: Cell::new(false),
+            dbi: Cell::new(self.db.dbi()),
         }))
     }
 
@@ -1261,6 +1305,370 @@ impl Env {
     }
 }
 
+/// Named tables (see `tables.rs`): every write transaction they need is
+/// here, in `write_locked`, like the others.
+impl Env {
+    /// Open the table `name`, creating it if the environment is writable
+    /// and was opened with `create`. Refused while the main database holds
+    /// a main store's entries. Call without the GIL.
+    pub fn open_table(&self, name: &str) -> Result<Table> {
+        if let Some(why) = tables::name_problem(name) {
+            return Err(Error::BadTable {
+                name: name.into(),
+                why,
+            });
+        }
+        let found = if self.options.readonly {
+            self.open_table_readonly(name)
+        } else {
+            self.open_table_writable(name)
+        };
+        found.map_err(|e| self.table_error(e, name))
+    }
+
+    fn open_table_writable(&self, name: &str) -> Result<Table> {
+        let create = self.options.create;
+        let _writer = self.lock_writer()?;
+        let _open = self.tables.open_lock.lock();
+        let refused = Cell::new(false);
+        let db = self.write_locked(self.options.max_map_size, &mut |txn, main| {
+            if tables::main_kind_rw(txn, main)? == MainKind::Entries {
+                refused.set(true);
+                return Err(lmdb::Error::Incompatible);
+            }
+            // SAFETY: `open_lock` is held until this transaction has ended,
+            // so no other `mdb_dbi_open` runs in this process meanwhile.
+            unsafe {
+                if create {
+                    txn.create_db(Some(name), lmdb::DatabaseFlags::empty())
+                } else {
+                    txn.open_db(Some(name))
+                }
+            }
+        });
+        match db {
+            Ok(db) => Ok(self.tables.give(name, db)),
+            Err(_) if refused.get() => Err(Error::MainHoldsEntries {
+                name: name.into(),
+                path: self.path.display().to_string(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A read-only environment cannot write: the table is opened in a read
+    /// transaction, committed so that its handle stays open.
+    fn open_table_readonly(&self, name: &str) -> Result<Table> {
+        loop {
+            let _open = self.tables.open_lock.lock();
+            let g = self.gate.wait_shared();
+            let env = self.lmdb_shared(&g)?;
+            let txn = match env.begin_ro_txn() {
+                Ok(t) => t,
+                Err(lmdb::Error::MapResized) => {
+                    drop(g);
+                    drop(_open);
+                    self.adopt_resize()?;
+                    continue;
+                }
+                Err(e) => return Err(Error::from_lmdb(e, self.what("begin a read"))),
+            };
+            // SAFETY: `open_lock` is held until `txn` has ended.
+            let db = unsafe { txn.open_db(Some(name)) };
+            let db = match db {
+                Ok(db) => {
+                    txn.commit()
+                        .map_err(|e| Error::from_lmdb(e, self.what("open a table")))?;
+                    db
+                }
+                Err(e) => return Err(Error::from_lmdb(e, self.what("open a table"))),
+            };
+            return Ok(self.tables.give(name, db));
+        }
+    }
+
+    /// The words for a failed table open.
+    fn table_error(&self, e: Error, name: &str) -> Error {
+        let path = self.path.display().to_string();
+        match e {
+            Error::Lmdb { code, .. } if code == ffi::MDB_NOTFOUND => Error::NoTable {
+                name: name.into(),
+                path,
+                readonly: self.options.readonly,
+            },
+            Error::Lmdb { code, .. } if code == ffi::MDB_INCOMPATIBLE => {
+                Error::MainHoldsEntries {
+                    name: name.into(),
+                    path,
+                }
+            }
+            Error::Lmdb { code, .. } if code == ffi::MDB_DBS_FULL => Error::TooManyTables {
+                name: name.into(),
+                path,
+            },
+            e => e,
+        }
+    }
+
+    /// Refuse the main store of a file whose main database holds table
+    /// records (its reads would show them as entries). Call without the GIL.
+    pub fn check_main(&self) -> Result<()> {
+        loop {
+            let _open = self.tables.open_lock.lock();
+            let g = self.gate.wait_shared();
+            let env = self.lmdb_shared(&g)?;
+            let txn = match env.begin_ro_txn() {
+                Ok(t) => t,
+                Err(lmdb::Error::MapResized) => {
+                    drop(g);
+                    drop(_open);
+                    self.adopt_resize()?;
+                    continue;
+                }
+                Err(e) => return Err(Error::from_lmdb(e, self.what("begin a read"))),
+            };
+            // SAFETY: `open_lock` is held until `txn` ends (aborted below,
+            // which closes a handle the check opened).
+            let kind = unsafe { tables::main_kind_ro(&txn, self.db) }
+                .map_err(|e| Error::from_lmdb(e, self.what("read")))?;
+            drop(txn);
+            if kind == MainKind::Tables {
+                self.tables.mark_present(true);
+                return Err(self.has_tables());
+            }
+            return Ok(());
+        }
+    }
+
+    fn has_tables(&self) -> Error {
+        Error::HasTables {
+            path: self.path.display().to_string(),
+        }
+    }
+
+    /// A main-database write refused by LMDB because a key is a table
+    /// record's, in the words of `HasTables`.
+    fn main_write_error(&self, e: Error) -> Error {
+        match e {
+            Error::Lmdb { code, .. } if code == ffi::MDB_INCOMPATIBLE => {
+                self.tables.mark_present(true);
+                self.has_tables()
+            }
+            e => e,
+        }
+    }
+
+    /// Why `table` cannot be used now: the main store of a file with
+    /// tables, or a table that was dropped.
+    fn table_unusable(&self, table: &Table) -> Option<Error> {
+        match &table.named {
+            None if self.tables.has_tables() => Some(self.has_tables()),
+            None => None,
+            Some(n) if self.tables.is_live(n) => None,
+            Some(n) => Some(Error::TableDropped {
+                name: n.name.to_string(),
+                path: self.path.display().to_string(),
+            }),
+        }
+    }
+
+    /// `commit` into `table`. A write to the main database whose first key
+    /// is a table record's, or that would overwrite one, is refused
+    /// (`HasTables`), so table records and entries never mix.
+    pub fn commit_in(
+        &self,
+        table: &Table,
+        ops: &Sorted<'_>,
+        bytes: usize,
+        cap: Option<usize>,
+    ) -> Result<()> {
+        let Some(named) = &table.named else {
+            if let Some(e) = self.table_unusable(table) {
+                return Err(e);
+            }
+            let _writer = self.lock_writer()?;
+            self.reserve_locked(bytes, cap)?;
+            return self
+                .write_locked(cap, &mut |txn, db| {
+                    if tables::main_kind_rw(txn, db)? == MainKind::Tables {
+                        return Err(lmdb::Error::Incompatible);
+                    }
+                    apply_sorted(txn, db, ops.ops())
+                })
+                .map_err(|e| self.main_write_error(e));
+        };
+        let _writer = self.lock_writer()?;
+        // A drop takes the writer lock too: the table stays while it is held.
+        if let Some(e) = self.table_unusable(table) {
+            return Err(e);
+        }
+        self.reserve_locked(bytes, cap)?;
+        self.write_locked(cap, &mut |txn, _| apply_sorted(txn, named.db, ops.ops()))
+    }
+
+    /// `clear` of `table`; for the main database, refused when it holds
+    /// table records (emptying it would lose every table).
+    pub fn clear_in(&self, table: &Table, cap: Option<usize>) -> Result<()> {
+        let _writer = self.lock_writer()?;
+        if let Some(e) = self.table_unusable(table) {
+            return Err(e);
+        }
+        match &table.named {
+            None => self
+                .write_locked(cap, &mut |txn, db| {
+                    if tables::main_kind_rw(txn, db)? == MainKind::Tables {
+                        return Err(lmdb::Error::Incompatible);
+                    }
+                    txn.clear_db(db)
+                })
+                .map_err(|e| self.main_write_error(e)),
+            Some(n) => self.write_locked(cap, &mut |txn, _| txn.clear_db(n.db)),
+        }
+    }
+
+    /// `remove_if` in `table`.
+    pub fn remove_if_in(
+        &self,
+        table: &Table,
+        key: &[u8],
+        expected: &[u8],
+        cap: Option<usize>,
+    ) -> Result<bool> {
+        let _writer = self.lock_writer()?;
+        if let Some(e) = self.table_unusable(table) {
+            return Err(e);
+        }
+        let db = table.named.as_ref().map_or(self.db, |n| n.db);
+        self.write_locked(cap, &mut |txn, _| match txn.get(db, &key) {
+            Ok(current) if current == expected => {
+                txn.del(db, &key, None)?;
+                Ok(true)
+            }
+            Ok(_) | Err(lmdb::Error::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        })
+        .map_err(|e| self.main_write_error(e))
+    }
+
+    /// Remove `table` and everything in it, in one write transaction. Every
+    /// handle of it in this process is dead afterwards: a store using one
+    /// is told the table was dropped. Call without the GIL.
+    pub fn drop_table(&self, table: &Table, cap: Option<usize>) -> Result<()> {
+        let Some(named) = &table.named else {
+            return Err(Error::DropMain {
+                path: self.path.display().to_string(),
+            });
+        };
+        let _writer = self.lock_writer()?;
+        let _open = self.tables.open_lock.lock();
+        if let Some(e) = self.table_unusable(table) {
+            return Err(e);
+        }
+        let closed = Cell::new(None);
+        let result = self.write_locked(cap, &mut |txn, main| {
+            // By name: an attempt that failed closed the handle (LMDB
+            // closes it at the drop, before the commit).
+            // SAFETY: `open_lock` is held until this transaction ends.
+            let db = unsafe { txn.open_db(Some(&named.name)) }?;
+            closed.set(Some(db.dbi()));
+            // SAFETY: as above; no cursor of this handle is open here, and
+            // the handle is never used again once dropped (retired below).
+            unsafe { txn.drop_db(db) }?;
+            let cursor = txn.open_ro_cursor(main)?;
+            Ok(cursor.get(None, None, ffi::MDB_FIRST).is_err())
+        });
+        // The old handle and whichever one a drop closed are dead, failed
+        // commit or not.
+        self.tables.retire(named.db.dbi());
+        if let Some(dbi) = closed.get() {
+            self.tables.retire(dbi);
+        }
+        let main_empty = result?;
+        if main_empty {
+            self.tables.mark_present(false);
+        }
+        Ok(())
+    }
+
+    /// The names of the tables in the file, in sorted order. Reads only.
+    /// Call without the GIL.
+    pub fn list_tables(&self) -> Result<Vec<String>> {
+        loop {
+            let _open = self.tables.open_lock.lock();
+            let g = self.gate.wait_shared();
+            let env = self.lmdb_shared(&g)?;
+            let Some(scan) = self.begin_ro(env)? else {
+                drop(g);
+                drop(_open);
+                self.adopt_resize()?;
+                continue;
+            };
+            let read = |e| Error::from_lmdb(e, self.what("read the table names"));
+            let mut names = Vec::new();
+            let mut resized = false;
+            {
+                let mut cursor = scan.open_ro_cursor(self.db).map_err(read)?;
+                for entry in cursor.iter_start() {
+                    let (key, value) = entry.map_err(read)?;
+                    let Some(name) = tables::candidate(key, value.len()) else {
+                        continue;
+                    };
+                    // One short read per name: its abort closes the handle
+                    // it opened, so listing many tables takes no slots.
+                    let Some(probe) = self.begin_ro(env)? else {
+                        resized = true;
+                        break;
+                    };
+                    // SAFETY: `open_lock` is held until `probe` has ended.
+                    match unsafe { probe.open_db(Some(name)) } {
+                        Ok(_) => names.push(name.to_string()),
+                        Err(lmdb::Error::Incompatible) => {}
+                        Err(e) => return Err(read(e)),
+                    }
+                }
+            }
+            if resized {
+                drop(scan);
+                drop(g);
+                drop(_open);
+                self.adopt_resize()?;
+                continue;
+            }
+            return Ok(names);
+        }
+    }
+
+    /// A read transaction of the lmdb crate; `None`: another process grew
+    /// the map (adopt it and retry).
+    fn begin_ro<'e>(&self, env: &'e Environment) -> Result<Option<lmdb::RoTransaction<'e>>> {
+        match env.begin_ro_txn() {
+            Ok(t) => Ok(Some(t)),
+            Err(lmdb::Error::MapResized) => Ok(None),
+            Err(e) => Err(Error::from_lmdb(e, self.what("begin a read"))),
+        }
+    }
+
+    /// `stat` of the database `table` addresses, in the transaction `txn`.
+    pub fn table_stat(&self, txn: &ReadTxn<'_>) -> Result<DbStat> {
+        let mut st = std::mem::MaybeUninit::<ffi::MDB_stat>::zeroed();
+        // SAFETY: live txn and dbi; mdb_stat fills the struct.
+        let rc = unsafe { ffi::mdb_stat(txn.txn, txn.dbi.get(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(Error::lmdb(rc, self.what("stat")));
+        }
+        // SAFETY: filled above.
+        let s = unsafe { st.assume_init() };
+        Ok(DbStat {
+            psize: s.ms_psize,
+            depth: s.ms_depth,
+            branch_pages: s.ms_branch_pages,
+            leaf_pages: s.ms_leaf_pages,
+            overflow_pages: s.ms_overflow_pages,
+            entries: s.ms_entries,
+        })
+    }
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
         for RawTxn(t) in self.pool.get_mut().drain(..) {
@@ -1316,6 +1724,8 @@ pub struct ReadTxn<'a> {
     guard: ManuallyDrop<SharedGuard<'a>>,
     /// A buffer over this transaction's pages outlives the read.
     pinned: Cell<bool>,
+    /// The database its reads address: the main one unless `set_table`.
+    dbi: Cell<ffi::MDB_dbi>,
 }
 
 fn to_val(bytes: &[u8]) -> ffi::MDB_val {
@@ -1345,6 +1755,17 @@ pub(crate) enum Seek {
 }
 
 impl<'a> ReadTxn<'a> {
+    /// Address `table` with the reads of this transaction: refused for a
+    /// dropped table, and for the main store of a file with tables.
+    pub fn set_table(&self, table: &Table) -> Result<()> {
+        if let Some(e) = self.env.table_unusable(table) {
+            return Err(e);
+        }
+        self.dbi
+            .set(table.named.as_ref().map_or(self.env.db.dbi(), |n| n.db.dbi()));
+        Ok(())
+    }
+
     /// Keep this transaction's pages readable, where they are, for the rest
     /// of the process: a buffer over them outlives the read and cannot be
     /// revoked. The transaction is never reset (so LMDB never reuses its
@@ -1375,7 +1796,7 @@ impl<'a> ReadTxn<'a> {
             mv_data: ptr::null_mut(),
         };
         // SAFETY: live read txn and dbi of this env; k points to `key`.
-        let rc = unsafe { ffi::mdb_get(self.txn, self.env.db.dbi(), &mut k, &mut v) };
+        let rc = unsafe { ffi::mdb_get(self.txn, self.dbi.get(), &mut k, &mut v) };
         match rc {
             0 => {
                 // SAFETY: `v` was filled by mdb_get inside `self`.
@@ -1390,7 +1811,7 @@ impl<'a> ReadTxn<'a> {
     pub fn entries(&self) -> Result<usize> {
         let mut st = std::mem::MaybeUninit::<ffi::MDB_stat>::zeroed();
         // SAFETY: live txn and dbi; mdb_stat fills the struct.
-        let rc = unsafe { ffi::mdb_stat(self.txn, self.env.db.dbi(), st.as_mut_ptr()) };
+        let rc = unsafe { ffi::mdb_stat(self.txn, self.dbi.get(), st.as_mut_ptr()) };
         if rc != 0 {
             return Err(Error::lmdb(rc, self.env.what("stat")));
         }
@@ -1403,7 +1824,7 @@ impl<'a> ReadTxn<'a> {
         let mut raw: *mut ffi::MDB_cursor = ptr::null_mut();
         // SAFETY: live txn and dbi; `Cursor` closes it before the txn ends
         // (it borrows `self`).
-        let rc = unsafe { ffi::mdb_cursor_open(self.txn, self.env.db.dbi(), &mut raw) };
+        let rc = unsafe { ffi::mdb_cursor_open(self.txn, self.dbi.get(), &mut raw) };
         if rc != 0 {
             return Err(Error::lmdb(rc, self.env.what("open a cursor")));
         }

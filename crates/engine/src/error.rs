@@ -47,6 +47,25 @@ pub enum Error {
         what: String,
         path: String,
     },
+    /// A table name LMDB cannot take (`why` says how it is wrong).
+    BadTable { name: String, why: String },
+    /// The table does not exist and this open may not create it.
+    NoTable {
+        name: String,
+        path: String,
+        readonly: bool,
+    },
+    /// A table cannot be made: the main database holds a main store's
+    /// entries, beside which LMDB would keep the table's record.
+    MainHoldsEntries { name: String, path: String },
+    /// Every database handle of the environment is taken.
+    TooManyTables { name: String, path: String },
+    /// The main store of a file whose main database holds table records.
+    HasTables { path: String },
+    /// The table this store uses was dropped.
+    TableDropped { name: String, path: String },
+    /// `drop_table()` of the main store.
+    DropMain { path: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -120,6 +139,55 @@ impl fmt::Display for Error {
                  the store opens its own in this process on its next call",
             ),
             Error::Unusable(text) => f.write_str(text),
+            Error::BadTable { name, why } => {
+                write!(f, "table={name:?} is not a usable table name: it {why}")
+            }
+            Error::NoTable {
+                name,
+                path,
+                readonly,
+            } => {
+                let why = if *readonly {
+                    "readonly=True"
+                } else {
+                    "create=False"
+                };
+                write!(
+                    f,
+                    "{path} has no table {name:?}, and {why} does not create one \
+                     (lmdb_object_store.tables(path) lists the tables it has)"
+                )
+            }
+            Error::MainHoldsEntries { name, path } => write!(
+                f,
+                "cannot open table {name:?} of {path}: the file holds the entries of a store \
+                 opened without table=, and LMDB keeps the records of named tables in that same \
+                 main table, so one file holds either such entries or named tables; put the \
+                 tables in another file, or move the entries into a table first"
+            ),
+            Error::TooManyTables { name, path } => write!(
+                f,
+                "cannot open table {name:?} of {path}: this process already has {} tables of \
+                 the file open, the most LMDB allows; close stores of other tables first",
+                crate::tables::MAX_TABLES - 2
+            ),
+            Error::HasTables { path } => write!(
+                f,
+                "{path} holds named tables, whose records LMDB keeps in the main table: a store \
+                 opened without table= cannot use that file (its entries would mix with the \
+                 records); open a table with table=NAME (lmdb_object_store.tables(path) lists \
+                 them)"
+            ),
+            Error::TableDropped { name, path } => write!(
+                f,
+                "table {name:?} of {path} was dropped (drop_table()); this store cannot be \
+                 used any more: open the table again to create it anew"
+            ),
+            Error::DropMain { path } => write!(
+                f,
+                "drop_table() drops a named table; this store of {path} was opened without \
+                 table= (its main table cannot be dropped; clear() empties it)"
+            ),
             Error::Lmdb { code, what } => {
                 let text = strerror(*code);
                 match write_failure_hint(*code) {

@@ -15,6 +15,7 @@ pub mod error;
 pub mod files;
 pub mod gate;
 mod snapshot;
+pub mod tables;
 
 pub use bounds::Bounds;
 pub use env::{
@@ -23,6 +24,7 @@ pub use env::{
 };
 pub use error::{strerror, Error, Result};
 pub use snapshot::Snapshot;
+pub use tables::Table;
 
 /// LMDB's compile-time key limit (`mdb_env_get_maxkeysize` with the default
 /// `MDB_MAXKEYSIZE`); the binding checks it against the library at load.
