@@ -131,7 +131,8 @@ impl Core {
     /// Open the environment and build the core (its buffer empty).
     pub(crate) fn open(py: Python<'_>, s: Settings) -> PyResult<Arc<Core>> {
         let env = acquire_env(py, &s.fs_path, &s.options)?;
-        let table = match open_table(py, &env, s.table.as_deref()) {
+        let create = s.options.create && !s.options.readonly;
+        let table = match open_table(py, &env, s.table.as_deref(), create) {
             Ok(t) => t,
             Err(e) => {
                 // The open failed: this store never counts as one of the
@@ -205,9 +206,9 @@ const BIG_COPY: usize = 64 * 1024;
 /// The table a store opens: `name`, or the main one (refused on a file that
 /// has tables). Spine rule 1: a table is created in the engine, with the GIL
 /// released.
-fn open_table(py: Python<'_>, env: &Env, name: Option<&str>) -> PyResult<Table> {
+fn open_table(py: Python<'_>, env: &Env, name: Option<&str>, create: bool) -> PyResult<Table> {
     match name {
-        Some(name) => py.detach(|| env.open_table(name)).map_err(to_py),
+        Some(name) => py.detach(|| env.open_table(name, create)).map_err(to_py),
         None => {
             py.detach(|| env.check_main()).map_err(to_py)?;
             Ok(Table::main())
@@ -215,17 +216,11 @@ fn open_table(py: Python<'_>, env: &Env, name: Option<&str>) -> PyResult<Table> 
     }
 }
 
-/// `lmdb_object_store.tables(path)`: the table names of the file, through
-/// this process's environment of it if one is open, else a read-only open
-/// that creates nothing. Spine rule 2: the open and the read wait with the
-/// GIL released.
+/// `lmdb_object_store.tables(path)`: the table names of the file (see
+/// `Env::tables_at`). Spine rule 2: the open and the read wait with the GIL
+/// released.
 pub fn list_tables(py: Python<'_>, path: &std::path::Path, options: &EnvOptions) -> PyResult<Vec<String>> {
-    let env = acquire_env(py, path, options)?;
-    let names = py.detach(|| env.list_tables());
-    let released = py.detach(|| env.release());
-    let names = names.map_err(to_py)?;
-    released.map_err(to_py)?;
-    Ok(names)
+    py.detach(|| Env::tables_at(path, options)).map_err(to_py)
 }
 
 /// Every open store's core, so that a fork can flush them all first.
@@ -1024,11 +1019,9 @@ impl Core {
     /// `mdb_stat` of the store's table (committed data only).
     pub(crate) fn stat(&self, py: Python<'_>) -> PyResult<DbStat> {
         let env = &*self.env;
-        if self.table.name().is_some() {
-            return self.with_read(py, |txn| env.table_stat(txn).map_err(to_py));
-        }
-        let g = shared_guard(py, env);
-        env.stat_shared(&g).map_err(|e| self.map_closed(e))
+        // Through a read of the store's table, which refuses a dropped table
+        // and the main store of a file with tables.
+        self.with_read(py, |txn| env.table_stat(txn).map_err(to_py))
     }
 
     /// Number of keys within `bounds`, the buffer included.

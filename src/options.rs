@@ -192,13 +192,10 @@ fn shorten(repr: &str) -> String {
     }
 }
 
-/// The options of `lmdb_object_store.tables(path, **options)`: those of the
-/// file's open, which is read-only and never creates anything.
+/// The options of `lmdb_object_store.tables(path, **options)`: those of an
+/// open of the file (the engine makes it read-only).
 pub fn listing_options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<EnvOptions> {
-    let mut o = parse_lmdb_options(kwargs)?;
-    o.readonly = true;
-    o.create = false;
-    Ok(o)
+    parse_lmdb_options(kwargs)
 }
 
 fn bool_opt(v: &Bound<'_, PyAny>) -> PyResult<bool> {

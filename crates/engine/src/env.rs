@@ -645,6 +645,51 @@ impl Env {
         Ok(env)
     }
 
+    /// The table names of the file at `path` (see `list_tables`): through
+    /// the environment this process has open on it, whatever its settings,
+    /// or else through a read-only open (`options`, made read-only) that
+    /// creates nothing and is closed again. Call without the GIL.
+    pub fn tables_at(path: &Path, options: &EnvOptions) -> Result<Vec<String>> {
+        let options = EnvOptions {
+            readonly: true,
+            create: false,
+            ..options.clone()
+        };
+        let open = {
+            let registry = REGISTRY.lock();
+            let generation = fork_generation();
+            data_file_id(path, options.subdir).ok().and_then(|id| {
+                registry
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .find(|e| e.file_id == id && e.generation == generation)
+            })
+        };
+        let env = match open {
+            Some(env) => {
+                let mut handles = env.handles.lock();
+                if *handles == 0 {
+                    // Closing: open it anew below, read-only.
+                    None
+                } else {
+                    *handles += 1;
+                    drop(handles);
+                    Some(env)
+                }
+            }
+            None => None,
+        };
+        let env = match env {
+            Some(env) => env,
+            None => Env::acquire(path, &options)?,
+        };
+        let names = env.list_tables();
+        let released = env.release();
+        let names = names?;
+        released?;
+        Ok(names)
+    }
+
     fn check_compatible(&self, path: &Path, o: &EnvOptions) -> Result<()> {
         let mine = &self.options;
         let clash = |what: String| {
@@ -1308,10 +1353,10 @@ impl Env {
 /// Named tables (see `tables.rs`): every write transaction they need is
 /// here, in `write_locked`, like the others.
 impl Env {
-    /// Open the table `name`, creating it if the environment is writable
-    /// and was opened with `create`. Refused while the main database holds
-    /// a main store's entries. Call without the GIL.
-    pub fn open_table(&self, name: &str) -> Result<Table> {
+    /// Open the table `name`, creating it if `create` (and the environment
+    /// is writable). Refused while the main database holds a main store's
+    /// entries. Call without the GIL.
+    pub fn open_table(&self, name: &str, create: bool) -> Result<Table> {
         if let Some(why) = tables::name_problem(name) {
             return Err(Error::BadTable {
                 name: name.into(),
@@ -1321,13 +1366,12 @@ impl Env {
         let found = if self.options.readonly {
             self.open_table_readonly(name)
         } else {
-            self.open_table_writable(name)
+            self.open_table_writable(name, create)
         };
         found.map_err(|e| self.table_error(e, name))
     }
 
-    fn open_table_writable(&self, name: &str) -> Result<Table> {
-        let create = self.options.create;
+    fn open_table_writable(&self, name: &str, create: bool) -> Result<Table> {
         let _writer = self.lock_writer()?;
         let _open = self.tables.open_lock.lock();
         let refused = Cell::new(false);
@@ -1394,7 +1438,6 @@ impl Env {
             Error::Lmdb { code, .. } if code == ffi::MDB_NOTFOUND => Error::NoTable {
                 name: name.into(),
                 path,
-                readonly: self.options.readonly,
             },
             Error::Lmdb { code, .. } if code == ffi::MDB_INCOMPATIBLE => {
                 Error::MainHoldsEntries {

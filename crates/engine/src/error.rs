@@ -50,11 +50,7 @@ pub enum Error {
     /// A table name LMDB cannot take (`why` says how it is wrong).
     BadTable { name: String, why: String },
     /// The table does not exist and this open may not create it.
-    NoTable {
-        name: String,
-        path: String,
-        readonly: bool,
-    },
+    NoTable { name: String, path: String },
     /// A table cannot be made: the main database holds a main store's
     /// entries, beside which LMDB would keep the table's record.
     MainHoldsEntries { name: String, path: String },
@@ -69,6 +65,11 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A name as Python's `repr` of a `str` shows most names: in single quotes.
+fn quoted(name: &str) -> String {
+    format!("'{}'", name.replace('\\', "\\\\").replace('\'', "\\'"))
+}
 
 /// LMDB's own text for an error code (also covers errno values).
 pub fn strerror(code: c_int) -> String {
@@ -140,36 +141,28 @@ impl fmt::Display for Error {
             ),
             Error::Unusable(text) => f.write_str(text),
             Error::BadTable { name, why } => {
-                write!(f, "table={name:?} is not a usable table name: it {why}")
+                write!(f, "table={q} is not a usable table name: it {why}", q = quoted(name))
             }
-            Error::NoTable {
-                name,
-                path,
-                readonly,
-            } => {
-                let why = if *readonly {
-                    "readonly=True"
-                } else {
-                    "create=False"
-                };
-                write!(
-                    f,
-                    "{path} has no table {name:?}, and {why} does not create one \
-                     (lmdb_object_store.tables(path) lists the tables it has)"
-                )
-            }
+            Error::NoTable { name, path } => write!(
+                f,
+                "{path} has no table {q}, and an open with readonly=True or create=False \
+                 does not create one (lmdb_object_store.tables(path) lists the tables it has)",
+                q = quoted(name)
+            ),
             Error::MainHoldsEntries { name, path } => write!(
                 f,
-                "cannot open table {name:?} of {path}: the file holds the entries of a store \
+                "cannot open table {q} of {path}: the file holds the entries of a store \
                  opened without table=, and LMDB keeps the records of named tables in that same \
                  main table, so one file holds either such entries or named tables; put the \
-                 tables in another file, or move the entries into a table first"
+                 tables in another file, or move the entries into a table first",
+                q = quoted(name)
             ),
             Error::TooManyTables { name, path } => write!(
                 f,
-                "cannot open table {name:?} of {path}: this process already has {} tables of \
+                "cannot open table {q} of {path}: this process already has {} tables of \
                  the file open, the most LMDB allows; close stores of other tables first",
-                crate::tables::MAX_TABLES - 2
+                crate::tables::MAX_TABLES - 2,
+                q = quoted(name)
             ),
             Error::HasTables { path } => write!(
                 f,
@@ -180,8 +173,9 @@ impl fmt::Display for Error {
             ),
             Error::TableDropped { name, path } => write!(
                 f,
-                "table {name:?} of {path} was dropped (drop_table()); this store cannot be \
-                 used any more: open the table again to create it anew"
+                "table {q} of {path} was dropped (drop_table()); this store cannot be \
+                 used any more: open the table again to create it anew",
+                q = quoted(name)
             ),
             Error::DropMain { path } => write!(
                 f,
