@@ -242,9 +242,7 @@ def open_readonly(
     named tables opens through its first table (for the commands that are file-wide)."""
     location = locate_store(path)
     try:
-        store = LmdbObjectStore(
-            location.path, readonly=True, subdir=location.subdir, table=table
-        )
+        store = LmdbObjectStore(location.path, readonly=True, subdir=location.subdir, table=table)
     except Error:
         names = tables(location.path, subdir=location.subdir) if table is None else []
         if not names:

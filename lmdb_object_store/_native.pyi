@@ -28,6 +28,7 @@ __all__ = [
     "UnpickleError",
     "UnsafeValueError",
     "lmdb_version",
+    "tables",
     "_flush_all",
     "_before_fork",
     "_after_fork_parent",
@@ -539,9 +540,7 @@ class ItemsView(abc.ItemsView[Any, Any]):
     @classmethod
     def __class_getitem__(cls, item: Any) -> GenericAlias: ...
 
-def tables(
-    path: str | bytes | os.PathLike[str] | os.PathLike[bytes], **options: Any
-) -> list[str]:
+def tables(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], **options: Any) -> list[str]:
     """The names of the named tables of the store at ``path``, sorted (the main
     table is not among them). ``options`` are the file's open options (``subdir``,
     ``lock``, ...). Read-only: creates nothing."""

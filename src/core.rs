@@ -219,7 +219,11 @@ fn open_table(py: Python<'_>, env: &Env, name: Option<&str>, create: bool) -> Py
 /// `lmdb_object_store.tables(path)`: the table names of the file (see
 /// `Env::tables_at`). Spine rule 2: the open and the read wait with the GIL
 /// released.
-pub fn list_tables(py: Python<'_>, path: &std::path::Path, options: &EnvOptions) -> PyResult<Vec<String>> {
+pub fn list_tables(
+    py: Python<'_>,
+    path: &std::path::Path,
+    options: &EnvOptions,
+) -> PyResult<Vec<String>> {
     py.detach(|| Env::tables_at(path, options)).map_err(to_py)
 }
 

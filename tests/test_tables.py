@@ -427,3 +427,20 @@ def test_a_main_store_of_another_process_cannot_overwrite_table_records(make_sto
             call()
     assert tables(db_path) == ["t"]
     assert make_store(table="t")[b"k"] == 1
+
+
+def test_a_table_dropped_by_another_process(make_store, db_path):
+    """The store of this process is not told at once, but never crashes, never
+    brings the table back, and its writes say that the table was dropped."""
+    store = make_store(table="t")
+    store.put_many({b"k": 1})
+    run_python(
+        f"""
+        from lmdb_object_store import LmdbObjectStore
+        LmdbObjectStore({db_path!r}, table="t").drop_table()
+        """
+    )
+    assert store.get(b"k") is None
+    with pytest.raises(Error, match="'t' .* was dropped"):
+        store.put_many({b"x": 2})
+    assert tables(db_path) == []

@@ -1363,10 +1363,15 @@ impl Env {
                 why,
             });
         }
-        let found = if self.options.readonly {
-            self.open_table_readonly(name)
-        } else {
-            self.open_table_writable(name, create)
+        // An existing table opens in a read: opening writes nothing (a fork
+        // child reopening its tables, a reader process).
+        let found = match self.open_table_existing(name) {
+            Err(Error::Lmdb { code, .. })
+                if code == ffi::MDB_NOTFOUND && create && !self.options.readonly =>
+            {
+                self.open_table_writable(name, create)
+            }
+            found => found,
         };
         found.map_err(|e| self.table_error(e, name))
     }
@@ -1400,9 +1405,9 @@ impl Env {
         }
     }
 
-    /// A read-only environment cannot write: the table is opened in a read
-    /// transaction, committed so that its handle stays open.
-    fn open_table_readonly(&self, name: &str) -> Result<Table> {
+    /// Open an existing table in a read transaction, committed so that its
+    /// handle stays open.
+    fn open_table_existing(&self, name: &str) -> Result<Table> {
         loop {
             let _open = self.tables.open_lock.lock();
             let g = self.gate.wait_shared();
@@ -1439,12 +1444,10 @@ impl Env {
                 name: name.into(),
                 path,
             },
-            Error::Lmdb { code, .. } if code == ffi::MDB_INCOMPATIBLE => {
-                Error::MainHoldsEntries {
-                    name: name.into(),
-                    path,
-                }
-            }
+            Error::Lmdb { code, .. } if code == ffi::MDB_INCOMPATIBLE => Error::MainHoldsEntries {
+                name: name.into(),
+                path,
+            },
             Error::Lmdb { code, .. } if code == ffi::MDB_DBS_FULL => Error::TooManyTables {
                 name: name.into(),
                 path,
@@ -1547,6 +1550,15 @@ impl Env {
         }
         self.reserve_locked(bytes, cap)?;
         self.write_locked(cap, &mut |txn, _| apply_sorted(txn, named.db, ops.ops()))
+            .map_err(|e| match e {
+                // Another process dropped the table: LMDB no longer finds
+                // its record.
+                Error::Lmdb { code, .. } if code == ffi::MDB_NOTFOUND => Error::TableDropped {
+                    name: named.name.to_string(),
+                    path: self.path.display().to_string(),
+                },
+                e => e,
+            })
     }
 
     /// `clear` of `table`; for the main database, refused when it holds
@@ -1804,8 +1816,12 @@ impl<'a> ReadTxn<'a> {
         if let Some(e) = self.env.table_unusable(table) {
             return Err(e);
         }
-        self.dbi
-            .set(table.named.as_ref().map_or(self.env.db.dbi(), |n| n.db.dbi()));
+        self.dbi.set(
+            table
+                .named
+                .as_ref()
+                .map_or(self.env.db.dbi(), |n| n.db.dbi()),
+        );
         Ok(())
     }
 

@@ -141,7 +141,11 @@ impl fmt::Display for Error {
             ),
             Error::Unusable(text) => f.write_str(text),
             Error::BadTable { name, why } => {
-                write!(f, "table={q} is not a usable table name: it {why}", q = quoted(name))
+                write!(
+                    f,
+                    "table={q} is not a usable table name: it {why}",
+                    q = quoted(name)
+                )
             }
             Error::NoTable { name, path } => write!(
                 f,
@@ -161,7 +165,7 @@ impl fmt::Display for Error {
                 f,
                 "cannot open table {q} of {path}: this process already has {} tables of \
                  the file open, the most LMDB allows; close stores of other tables first",
-                crate::tables::MAX_TABLES - 2,
+                crate::tables::MAX_TABLES,
                 q = quoted(name)
             ),
             Error::HasTables { path } => write!(

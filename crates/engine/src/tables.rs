@@ -22,8 +22,10 @@ use std::sync::Arc;
 use lmdb::{Cursor as _, Database, RoTransaction, RwTransaction, Transaction, WriteFlags};
 use parking_lot::Mutex;
 
-/// Database handles the environment may have open at once
+/// Named databases the environment may have open at once
 /// (`mdb_env_set_maxdbs`); each table open in this process takes one.
+/// LMDB sizes some arrays of every transaction by it (about 64 bytes per
+/// table), so it stays modest.
 pub const MAX_TABLES: u32 = 128;
 
 /// The longest table name, in bytes of UTF-8: a name is a key of the main
@@ -170,7 +172,10 @@ pub(crate) fn candidate(key: &[u8], value_len: usize) -> Option<&str> {
     name_problem(name).is_none().then_some(name)
 }
 
-fn first_entry<T: Transaction>(txn: &T, main: Database) -> lmdb::Result<Option<(Vec<u8>, Vec<u8>)>> {
+fn first_entry<T: Transaction>(
+    txn: &T,
+    main: Database,
+) -> lmdb::Result<Option<(Vec<u8>, Vec<u8>)>> {
     let cursor = txn.open_ro_cursor(main)?;
     match cursor.get(None, None, lmdb_sys::MDB_FIRST) {
         Ok((Some(k), v)) => Ok(Some((k.to_vec(), v.to_vec()))),
@@ -202,7 +207,10 @@ pub(crate) fn main_kind_rw(txn: &mut RwTransaction<'_>, main: Database) -> lmdb:
 ///
 /// # Safety
 /// The caller holds `Registry::open_lock` until `txn` has ended.
-pub(crate) unsafe fn main_kind_ro(txn: &RoTransaction<'_>, main: Database) -> lmdb::Result<MainKind> {
+pub(crate) unsafe fn main_kind_ro(
+    txn: &RoTransaction<'_>,
+    main: Database,
+) -> lmdb::Result<MainKind> {
     let Some((key, value)) = first_entry(txn, main)? else {
         return Ok(MainKind::Empty);
     };
@@ -231,6 +239,81 @@ mod tests {
         assert!(name_problem(&"x".repeat(MAX_NAME_BYTES + 1)).is_some());
         // Bytes, not characters, count.
         assert!(name_problem(&"é".repeat(MAX_NAME_BYTES / 2 + 1)).is_some());
+    }
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("los-tables-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        p
+    }
+
+    fn put(env: &crate::Env, table: &Table, key: &[u8], value: &[u8]) -> crate::Result<()> {
+        let ops = crate::buffer::Sorted::last_write_wins(vec![(key, Some(value))]);
+        env.commit_in(table, &ops, 0, None)
+    }
+
+    fn get(env: &crate::Env, table: &Table, key: &[u8]) -> crate::Result<Option<Vec<u8>>> {
+        let txn = env.begin_read(env.gate.try_shared().unwrap())?.unwrap();
+        txn.set_table(table)?;
+        Ok(txn.get(key)?.map(<[u8]>::to_vec))
+    }
+
+    #[test]
+    fn tables_hold_keys_apart_and_dropped_handles_stay_dead() {
+        let p = tmp("apart");
+        let env = crate::Env::open(&p, &crate::EnvOptions::default()).unwrap();
+        let a = env.open_table("a", true).unwrap();
+        let b = env.open_table("b", true).unwrap();
+        put(&env, &a, b"k", b"in a").unwrap();
+        put(&env, &b, b"k", b"in b").unwrap();
+        assert_eq!(get(&env, &a, b"k").unwrap().unwrap(), b"in a");
+        assert_eq!(get(&env, &b, b"k").unwrap().unwrap(), b"in b");
+        assert_eq!(env.list_tables().unwrap(), ["a", "b"]);
+        // The main table holds the records: its store is refused.
+        assert!(matches!(
+            env.check_main(),
+            Err(crate::Error::HasTables { .. })
+        ));
+        assert!(matches!(
+            put(&env, &Table::main(), b"x", b"y"),
+            Err(crate::Error::HasTables { .. })
+        ));
+        let stale = a.clone();
+        env.drop_table(&a, None).unwrap();
+        // LMDB hands the freed slot to the next table: the stale handle
+        // must not reach it.
+        let c = env.open_table("c", true).unwrap();
+        put(&env, &c, b"k", b"in c").unwrap();
+        assert!(matches!(
+            get(&env, &stale, b"k"),
+            Err(crate::Error::TableDropped { .. })
+        ));
+        assert!(matches!(
+            put(&env, &stale, b"k", b"v"),
+            Err(crate::Error::TableDropped { .. })
+        ));
+        assert_eq!(env.list_tables().unwrap(), ["b", "c"]);
+        assert!(matches!(
+            env.open_table("", true),
+            Err(crate::Error::BadTable { .. })
+        ));
+        drop(env);
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
+    #[test]
+    fn a_table_is_refused_beside_main_entries() {
+        let p = tmp("beside");
+        let env = crate::Env::open(&p, &crate::EnvOptions::default()).unwrap();
+        put(&env, &Table::main(), b"entry", b"value").unwrap();
+        assert!(matches!(
+            env.open_table("t", true),
+            Err(crate::Error::MainHoldsEntries { .. })
+        ));
+        assert!(env.list_tables().unwrap().is_empty());
+        env.check_main().unwrap();
+        drop(env);
+        let _ = std::fs::remove_dir_all(&p);
     }
 
     #[test]
