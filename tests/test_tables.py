@@ -444,3 +444,16 @@ def test_a_table_dropped_by_another_process(make_store, db_path):
     with pytest.raises(Error, match="'t' .* was dropped"):
         store.put_many({b"x": 2})
     assert tables(db_path) == []
+
+
+def test_a_table_opened_inside_a_snapshot_of_the_file(make_store, db_path):
+    """Opening (and creating) a table while this thread holds a snapshot of the file
+    works, and never waits for that snapshot."""
+    a = make_store(table="a")
+    a.put_many({b"k": 1})
+    with a.snapshot() as snap:
+        b = make_store(table="b")
+        b.put_many({b"k": 2})
+        assert tables(db_path) == ["a", "b"]
+        assert snap[b"k"] == 1
+    assert b[b"k"] == 2

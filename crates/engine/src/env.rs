@@ -1378,7 +1378,7 @@ impl Env {
 
     fn open_table_writable(&self, name: &str, create: bool) -> Result<Table> {
         let _writer = self.lock_writer()?;
-        let _open = self.tables.open_lock.lock();
+        let _open = self.lock_open()?;
         let refused = Cell::new(false);
         let db = self.write_locked(self.options.max_map_size, &mut |txn, main| {
             if tables::main_kind_rw(txn, main)? == MainKind::Entries {
@@ -1409,7 +1409,7 @@ impl Env {
     /// handle stays open.
     fn open_table_existing(&self, name: &str) -> Result<Table> {
         loop {
-            let _open = self.tables.open_lock.lock();
+            let _open = self.lock_open()?;
             let g = self.gate.wait_shared();
             let env = self.lmdb_shared(&g)?;
             let txn = match env.begin_ro_txn() {
@@ -1460,7 +1460,7 @@ impl Env {
     /// records (its reads would show them as entries). Call without the GIL.
     pub fn check_main(&self) -> Result<()> {
         loop {
-            let _open = self.tables.open_lock.lock();
+            let _open = self.lock_open()?;
             let g = self.gate.wait_shared();
             let env = self.lmdb_shared(&g)?;
             let txn = match env.begin_ro_txn() {
@@ -1483,6 +1483,24 @@ impl Env {
                 return Err(self.has_tables());
             }
             return Ok(());
+        }
+    }
+
+    /// Lock `open_lock` (see `tables::Registry`). Its holder may wait for
+    /// the gate, or grow the map and so wait for every read: a thread inside
+    /// a read (a snapshot, code run while unpickling) gives up with
+    /// `WouldDeadlock` rather than wait for it while growth is under way.
+    fn lock_open(&self) -> Result<MutexGuard<'_, ()>> {
+        if !self.gate.held_by_current_thread() {
+            return Ok(self.tables.open_lock.lock());
+        }
+        loop {
+            if let Some(g) = self.tables.open_lock.try_lock_for(Duration::from_millis(2)) {
+                return Ok(g);
+            }
+            if self.gate.exclusive_pending() {
+                return Err(Error::WouldDeadlock("opening a table"));
+            }
         }
     }
 
@@ -1615,7 +1633,7 @@ impl Env {
             });
         };
         let _writer = self.lock_writer()?;
-        let _open = self.tables.open_lock.lock();
+        let _open = self.lock_open()?;
         if let Some(e) = self.table_unusable(table) {
             return Err(e);
         }
@@ -1649,7 +1667,7 @@ impl Env {
     /// Call without the GIL.
     pub fn list_tables(&self) -> Result<Vec<String>> {
         loop {
-            let _open = self.tables.open_lock.lock();
+            let _open = self.lock_open()?;
             let g = self.gate.wait_shared();
             let env = self.lmdb_shared(&g)?;
             let Some(scan) = self.begin_ro(env)? else {
