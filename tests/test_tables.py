@@ -457,3 +457,12 @@ def test_a_table_opened_inside_a_snapshot_of_the_file(make_store, db_path):
         assert tables(db_path) == ["a", "b"]
         assert snap[b"k"] == 1
     assert b[b"k"] == 2
+
+
+def test_one_table_too_many(make_store, db_path):
+    opened = [make_store(table=f"t{i:03d}", sync=False) for i in range(128)]
+    with pytest.raises(Error, match="opened 128 tables"):
+        LmdbObjectStore(db_path, table="one-more", sync=False)
+    opened[0].put_many({b"k": 1})
+    assert opened[0][b"k"] == 1
+    assert len(tables(db_path)) == 128

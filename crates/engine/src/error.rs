@@ -163,8 +163,9 @@ impl fmt::Display for Error {
             ),
             Error::TooManyTables { name, path } => write!(
                 f,
-                "cannot open table {q} of {path}: this process already has {} tables of \
-                 the file open, the most LMDB allows; close stores of other tables first",
+                "cannot open table {q} of {path}: this process has opened {} tables of the \
+                 file, the most it may have open at once; they stay open until every store \
+                 of the file in this process is closed",
                 crate::tables::MAX_TABLES,
                 q = quoted(name)
             ),
