@@ -32,6 +32,7 @@ from ._native import (
     _before_fork,
     _flush_all,
     lmdb_version,
+    tables,
 )
 
 _abc.MutableMapping.register(LmdbObjectStore)
@@ -79,4 +80,5 @@ __all__ = [
     "ValueFile",
     "__version__",
     "lmdb_version",
+    "tables",
 ]

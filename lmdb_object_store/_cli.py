@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from lmdb_object_store import LmdbObjectStore, UnpickleError, __version__
+from lmdb_object_store import Error, LmdbObjectStore, UnpickleError, __version__, tables
 
 PROG = "lmdb-object-store"
 
@@ -234,16 +234,35 @@ def locate_store(path: str) -> Location:
     raise CliError(f"no store at {path}: it does not exist")
 
 
-def open_readonly(path: str) -> tuple[LmdbObjectStore, Location]:
-    """The store at ``path`` opened read-only: LMDB then never writes its data file."""
+def open_readonly(
+    path: str, table: str | None = None, *, any_table: bool = False
+) -> tuple[LmdbObjectStore, Location]:
+    """The store at ``path`` (its table ``table``; ``None``: the main one) opened
+    read-only: LMDB then never writes its data file. With ``any_table``, a file of
+    named tables opens through its first table (for the commands that are file-wide)."""
     location = locate_store(path)
-    store = LmdbObjectStore(location.path, readonly=True, subdir=location.subdir)
+    try:
+        store = LmdbObjectStore(location.path, readonly=True, subdir=location.subdir, table=table)
+    except Error:
+        names = tables(location.path, subdir=location.subdir) if table is None else []
+        if not names:
+            raise
+        if any_table:
+            table = names[0]
+            store = LmdbObjectStore(
+                location.path, readonly=True, subdir=location.subdir, table=table
+            )
+            return store, location
+        raise CliError(
+            f"{path} holds named tables ({', '.join(names)}): name one with --table NAME"
+        ) from None
     return store, location
 
 
 @contextlib.contextmanager
-def open_for_writing(path: str) -> Iterator[LmdbObjectStore]:
-    """The store at ``path`` opened for writing, created (a directory) if it is missing.
+def open_for_writing(path: str, table: str | None = None) -> Iterator[LmdbObjectStore]:
+    """The store at ``path`` (its table ``table``; ``None``: the main one) opened for
+    writing, created (a directory) if it is missing.
     A store created here is removed again if the block raises, so that a failed write
     command leaves the path as it found it."""
     if _exists(path):
@@ -259,7 +278,7 @@ def open_for_writing(path: str) -> Iterator[LmdbObjectStore]:
             location, made_dir, created = locate_store(path), False, False
     else:
         location, made_dir, created = Location(path, subdir=True), True, True
-    store = LmdbObjectStore(location.path, subdir=location.subdir)
+    store = LmdbObjectStore(location.path, subdir=location.subdir, table=table)
     try:
         with store:
             yield store
@@ -307,11 +326,12 @@ def _binary(out: IO[str]) -> IO[bytes]:
 
 
 def cmd_stat(args: argparse.Namespace, out: IO[str]) -> int:
-    store, location = open_readonly(args.store)
+    store, location = open_readonly(args.store, args.table)
     with store:
         stat, info = store.stat(), store.info()
     fields: dict[str, Any] = {
         "path": args.store,
+        **({"table": args.table} if args.table is not None else {}),
         "layout": "directory" if location.subdir else "file",
         "data_file": location.data_file,
         "data_file_bytes": os.path.getsize(location.data_file),
@@ -335,11 +355,18 @@ def cmd_stat(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def cmd_tables(args: argparse.Namespace, out: IO[str]) -> int:
+    location = locate_store(args.store)
+    for name in tables(location.path, subdir=location.subdir):
+        _emit(out, name)
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace, out: IO[str]) -> int:
     key_text = _key_text(args)
     prefix = key_text.parse(args.prefix, "--prefix") if args.prefix is not None else None
     encoding = _stream_encoding(out)
-    store, _ = open_readonly(args.store)
+    store, _ = open_readonly(args.store, args.table)
     with store:
         keys: Iterable[bytes] = store.keys(prefix=prefix)
         if args.limit is not None:
@@ -352,7 +379,7 @@ def cmd_keys(args: argparse.Namespace, out: IO[str]) -> int:
 def cmd_count(args: argparse.Namespace, out: IO[str]) -> int:
     key_text = _key_text(args)
     prefix = key_text.parse(args.prefix, "--prefix") if args.prefix is not None else None
-    store, _ = open_readonly(args.store)
+    store, _ = open_readonly(args.store, args.table)
     with store:
         count = len(store.keys(prefix=prefix)) if prefix else len(store)
     _emit(out, str(count))
@@ -366,7 +393,7 @@ def cmd_get(args: argparse.Namespace, out: IO[str]) -> int:
     key_text = _key_text(args)
     key = key_text.parse(args.key)
     shown = f"'{key_text.show(key)}'"
-    store, _ = open_readonly(args.store)
+    store, _ = open_readonly(args.store, args.table)
     with store:
         try:
             value = store.get(key, _MISSING)
@@ -398,7 +425,7 @@ def cmd_get(args: argparse.Namespace, out: IO[str]) -> int:
 def cmd_verify(args: argparse.Namespace, out: IO[str]) -> int:
     key_text = _key_text(args)
     encoding = _stream_encoding(out)
-    store, _ = open_readonly(args.store)
+    store, _ = open_readonly(args.store, args.table)
     checked = failed = 0
     with store:
         keys = iter(store.keys())
@@ -444,7 +471,7 @@ def _describe(exc: BaseException) -> str:
 def cmd_copy(args: argparse.Namespace, out: IO[str]) -> int:
     if _exists(args.dest):
         raise CliError(f"{args.dest} already exists: copy never replaces anything; name a new path")
-    store, location = open_readonly(args.store)
+    store, location = open_readonly(args.store, any_table=True)
     with store:
         try:
             store.copy(args.dest, compact=args.compact)
@@ -501,7 +528,7 @@ def write_dump(store: LmdbObjectStore, stream: IO[bytes]) -> int:
 
 
 def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
-    store, location = open_readonly(args.store)
+    store, location = open_readonly(args.store, args.table)
     with store:
         if args.output == "-":
             stream = _binary(out)
@@ -632,7 +659,7 @@ def cmd_load(args: argparse.Namespace, out: IO[str]) -> int:
         else:
             source = stack.enter_context(open(args.input, "rb"))
             name = args.input
-        store = stack.enter_context(open_for_writing(args.store))
+        store = stack.enter_context(open_for_writing(args.store, args.table))
         # One transaction: put_many takes every pair (so reads the whole dump, up to
         # its end record) before it writes, and writes nothing if reading raises.
         store.put_many(counter.count(read_dump(source, name)))
@@ -953,8 +980,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
-    def store_argument(sub: argparse.ArgumentParser) -> None:
+    def store_argument(sub: argparse.ArgumentParser, table: bool = True) -> None:
         sub.add_argument("store", metavar="STORE", help="the store: its directory, or its file")
+        if table:
+            sub.add_argument(
+                "--table",
+                metavar="NAME",
+                help="a named table of the store (default: the main one; see 'tables')",
+            )
 
     read_only = "Opens the store read-only: its data file is never changed."
 
@@ -967,6 +1000,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     store_argument(sub)
     sub.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub = command(
+        "tables",
+        cmd_tables,
+        "list the named tables",
+        "Print the names of the named tables of a store, sorted, one a line (the main"
+        f" table is not among them). {read_only}",
+    )
+    store_argument(sub, table=False)
 
     sub = command(
         "keys",
@@ -1038,7 +1080,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         " only once it is complete; a copy that fails leaves nothing there. Other processes"
         f" may go on writing STORE meanwhile. {read_only}",
     )
-    store_argument(sub)
+    store_argument(sub, table=False)
     sub.add_argument("dest", metavar="DEST", help="the new path")
     sub.add_argument(
         "--compact",
@@ -1084,7 +1126,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="the encoding of str keys (default: utf-8)",
     )
     sub.add_argument("source", metavar="SOURCE", help="the file or directory to import")
-    store_argument(sub)
+    store_argument(sub, table=False)
     return parser
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "UnsafeValueError",
     "ValueFile",
     "lmdb_version",
+    "tables",
     "_flush_all",
     "_before_fork",
     "_after_fork_parent",
@@ -119,6 +120,7 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
         allowed: Iterable[str] | None = None,
         compression: Literal["zstd", "lz4"] | None = None,
         compression_threshold: int | None = None,
+        table: str | None = None,
         map_size: int = 10485760,
         subdir: bool = True,
         readonly: bool = False,
@@ -135,8 +137,8 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
     ) -> None:
         """Open (or create) the store at ``db_path``.
 
-        The keywords after ``compression_threshold`` are those of py-lmdb's
-        ``lmdb.open()``.
+        ``table`` names a table of the file (created if missing); ``None`` is the
+        main one. The keywords after ``table`` are those of py-lmdb's ``lmdb.open()``.
         ``pickle_protocol=None`` means ``pickle.HIGHEST_PROTOCOL``. ``serializer`` is
         ``"pickle"``, ``"safe"``, ``"raw"``, ``"json"``, ``"msgpack"`` or an object with
         ``dumps(obj) -> bytes`` and ``loads(buffer) -> obj``; ``allowed`` (safe only)
@@ -312,6 +314,11 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
     def clear(self) -> None:
         """Delete every entry, buffer included, in one write transaction."""
 
+    def drop_table(self) -> None:
+        """Remove this store's table and its entries (buffered ones included) in one
+        write transaction, then close the store; other stores of the table raise
+        ``Error`` from then on. ``Error`` for a store opened without ``table=``."""
+
     def __eq__(self, value: object, /) -> bool: ...
 
     # Lifecycle and maintenance
@@ -365,6 +372,10 @@ class LmdbObjectStore(MutableMapping[Any, Any]):
     @property
     def readonly(self) -> bool:
         """Whether the store was opened with ``readonly=True``."""
+
+    @property
+    def table(self) -> str | None:
+        """The table the store uses (``table=``); ``None`` for the main one."""
 
     @property
     def closed(self) -> bool:
@@ -536,6 +547,10 @@ class Transaction:
     block every method raises ``Error``.
     """
 
+    def table(self, name: str) -> Transaction:
+        """Another table of the file, in this same transaction (it must have been open
+        in this process when the transaction began)."""
+
     def get(self, key: _Key, default: Any = None) -> Any:
         """The value of ``key`` (this transaction's writes included), or ``default``."""
 
@@ -693,6 +708,11 @@ class ItemsView(abc.ItemsView[Any, Any]):
     def __reduce__(self) -> tuple[Any, ...]: ...
     @classmethod
     def __class_getitem__(cls, item: Any) -> GenericAlias: ...
+
+def tables(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], **options: Any) -> list[str]:
+    """The names of the named tables of the store at ``path``, sorted (the main
+    table is not among them). ``options`` are the file's open options (``subdir``,
+    ``lock``, ...). Read-only: creates nothing."""
 
 def lmdb_version() -> tuple[int, int, int]:
     """The bundled LMDB's version as ``(major, minor, patch)``."""

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine::buffer::{Bytes, Lookup, Sorted, Value, WriteBuffer};
-use engine::{Bounds, DbStat, Env, EnvInfo, EnvOptions};
+use engine::{Bounds, DbStat, Env, EnvInfo, EnvOptions, Table};
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -113,6 +113,8 @@ pub struct Core {
     pub(crate) init_kwargs: Py<PyDict>,
     /// Fork generation this core belongs to (see `engine::fork_generation`).
     generation: u64,
+    /// The table this store reads and commits: the main one, or `table=`.
+    table: Table,
 }
 
 /// Where a store is in its close, in one place.
@@ -131,6 +133,16 @@ impl Core {
     /// Open the environment and build the core (its buffer empty).
     pub(crate) fn open(py: Python<'_>, s: Settings) -> PyResult<Arc<Core>> {
         let env = acquire_env(py, &s.fs_path, &s.options)?;
+        let create = s.options.create && !s.options.readonly;
+        let table = match open_table(py, &env, s.table.as_deref(), create) {
+            Ok(t) => t,
+            Err(e) => {
+                // The open failed: this store never counts as one of the
+                // environment's.
+                let _ = py.detach(|| env.release());
+                return Err(e);
+            }
+        };
         let core = Arc::new_cyclic(|me| Core {
             me: me.clone(),
             env,
@@ -151,6 +163,7 @@ impl Core {
             options: s.options,
             init_kwargs: s.init_kwargs,
             generation: engine::fork_generation(),
+            table,
         });
         register_core(&core);
         Ok(core)
@@ -171,6 +184,7 @@ impl Core {
             keys: self.keys.clone(),
             options: self.options.clone(),
             init_kwargs: self.init_kwargs.clone_ref(py),
+            table: self.table.name().map(str::to_owned),
         }
     }
 
@@ -192,6 +206,30 @@ const BACKGROUND_MIN_BATCH: usize = 256;
 /// `get_into` copies at least this many bytes with the GIL released: below
 /// it, handing the GIL over costs more than the copy.
 const BIG_COPY: usize = 64 * 1024;
+
+/// The table a store opens: `name`, or the main one (refused on a file that
+/// has tables). Spine rule 1: a table is created in the engine, with the GIL
+/// released.
+fn open_table(py: Python<'_>, env: &Env, name: Option<&str>, create: bool) -> PyResult<Table> {
+    match name {
+        Some(name) => py.detach(|| env.open_table(name, create)).map_err(to_py),
+        None => {
+            py.detach(|| env.check_main()).map_err(to_py)?;
+            Ok(Table::main())
+        }
+    }
+}
+
+/// `lmdb_object_store.tables(path)`: the table names of the file (see
+/// `Env::tables_at`). Spine rule 2: the open and the read wait with the GIL
+/// released.
+pub fn list_tables(
+    py: Python<'_>,
+    path: &std::path::Path,
+    options: &EnvOptions,
+) -> PyResult<Vec<String>> {
+    py.detach(|| Env::tables_at(path, options)).map_err(to_py)
+}
 
 /// Every open store's core, so that a fork can flush them all first.
 static CORES: Mutex<Vec<std::sync::Weak<Core>>> = Mutex::new(Vec::new());
@@ -425,7 +463,8 @@ impl Core {
         let cap = self.max_map_size;
         // Spine rule 1: the write transaction runs in the engine, with the
         // GIL released; growth is logged after it.
-        let result = py.detach(|| env.commit(&batch.sorted(), batch.bytes(), cap));
+        let table = &self.table;
+        let result = py.detach(|| env.commit_in(table, &batch.sorted(), batch.bytes(), cap));
         drop(batch);
         let mut b = self.buffered.lock();
         let done = b.buf.end_commit(result.is_ok());
@@ -463,8 +502,12 @@ impl Core {
             let batch = batch.clone();
             move || {
                 let commit = std::panic::AssertUnwindSafe(|| {
-                    core.env
-                        .commit(&batch.sorted(), batch.bytes(), core.max_map_size)
+                    core.env.commit_in(
+                        &core.table,
+                        &batch.sorted(),
+                        batch.bytes(),
+                        core.max_map_size,
+                    )
                 });
                 let result = match std::panic::catch_unwind(commit) {
                     Ok(result) => result.map_err(StoreError::from),
@@ -681,7 +724,11 @@ impl Core {
         loop {
             let guard = shared_guard(py, env);
             match env.begin_read(guard) {
-                Ok(Some(txn)) => return f(&txn),
+                Ok(Some(txn)) => {
+                    txn.set_table(&self.table)
+                        .map_err(|e| to_py(e.for_store(&self.path)))?;
+                    return f(&txn);
+                }
                 Ok(None) => py
                     .detach(|| env.adopt_resize())
                     .map_err(|e| to_py(e.for_store(&self.path)))?,
@@ -778,7 +825,11 @@ impl Core {
                 None => py.detach(|| env.gate.wait_long()),
             };
             match engine::Snapshot::begin(env, guard) {
-                Ok(Some(snap)) => return Ok(snap),
+                Ok(Some(snap)) => {
+                    snap.set_table(&self.table)
+                        .map_err(|e| to_py(e.for_store(&self.path)))?;
+                    return Ok(snap);
+                }
                 Ok(None) => py
                     .detach(|| env.adopt_resize())
                     .map_err(|e| to_py(e.for_store(&self.path)))?,
@@ -801,6 +852,22 @@ impl Core {
         if engine::txn::open_in_this_thread(env) {
             return Err(to_py(engine::Error::InTransaction));
         }
+        // The other stores of the file in this process (other tables, which
+        // `t.table()` reaches, or other objects of this table) commit their
+        // buffers first too, so that no write buffered before the block can
+        // land after it.
+        let others: Vec<Arc<Core>> = CORES
+            .lock()
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .filter(|o| !std::ptr::eq(&**o, self) && Arc::ptr_eq(&o.env, &self.env))
+            .collect();
+        for o in others {
+            if o.readonly || o.is_closing() || o.generation != engine::fork_generation() {
+                continue;
+            }
+            o.flush(py)?;
+        }
         let result = (|| {
             let _commit = self.lock_detached(py, &self.commit_lock)?;
             self.commit_buffer_locked(py)?;
@@ -812,9 +879,25 @@ impl Core {
         result
     }
 
-    /// The database a transaction on this store writes.
-    pub(crate) fn txn_dbi(&self) -> engine::txn::Dbi {
-        self.env.main_dbi()
+    /// The database a transaction on this store writes: its table's.
+    pub(crate) fn txn_dbi(&self) -> PyResult<engine::txn::Dbi> {
+        self.table_dbi(&self.table)
+    }
+
+    /// The count of table handles this process has given out (see
+    /// `Env::tables_given`).
+    pub(crate) fn tables_given(&self) -> u64 {
+        self.env.tables_given()
+    }
+
+    /// The table `name` if this process had it open at `before`.
+    pub(crate) fn open_table_before(&self, name: &str, before: u64) -> Option<engine::Table> {
+        self.env.open_table_before(name, before)
+    }
+
+    /// The database a transaction uses for `table`, refused if it was dropped.
+    pub(crate) fn table_dbi(&self, table: &engine::Table) -> PyResult<engine::txn::Dbi> {
+        self.env.table_dbi(table).map_err(to_py)
     }
 
     /// Copy the stored (encoded) bytes of `key` into `out`: the buffered
@@ -1020,7 +1103,9 @@ impl Core {
             if !ops.is_empty() {
                 // Spine rule 1: the write transaction runs in the engine,
                 // with the GIL released.
-                py.detach(|| env.commit(ops, bytes, cap)).map_err(to_py)?;
+                let table = &self.table;
+                py.detach(|| env.commit_in(table, ops, bytes, cap))
+                    .map_err(to_py)?;
             }
             Ok(())
         })();
@@ -1046,9 +1131,11 @@ impl Core {
             self.commit_buffer_locked(py)?;
             let env = &*self.env;
             let cap = self.max_map_size;
+            let table = &self.table;
             // Spine rule 1: the write transaction, and the file reads inside
             // it, run in the engine with the GIL released.
-            py.detach(|| env.put_stream(key, src, cap)).map_err(to_py)
+            py.detach(|| env.put_stream(table, key, src, cap))
+                .map_err(to_py)
         })();
         self.log_growth(py);
         result
@@ -1061,11 +1148,12 @@ impl Core {
             .map_err(|e| self.map_closed(e))
     }
 
-    /// `mdb_stat` of the main database (committed data only).
+    /// `mdb_stat` of the store's table (committed data only).
     pub(crate) fn stat(&self, py: Python<'_>) -> PyResult<DbStat> {
         let env = &*self.env;
-        let g = shared_guard(py, env);
-        env.stat_shared(&g).map_err(|e| self.map_closed(e))
+        // Through a read of the store's table, which refuses a dropped table
+        // and the main store of a file with tables.
+        self.with_read(py, |txn| env.table_stat(txn).map_err(to_py))
     }
 
     /// Number of keys within `bounds`, the buffer included.
@@ -1102,7 +1190,8 @@ impl Core {
             let cap = self.max_map_size;
             // Spine rule 1: the write transaction runs in the engine, with
             // the GIL released.
-            let r = py.detach(|| env.clear(cap));
+            let table = &self.table;
+            let r = py.detach(|| env.clear_in(table, cap));
             let mut b = self.buffered.lock();
             if batch.is_some() {
                 b.buf.end_commit(r.is_ok());
@@ -1171,9 +1260,46 @@ impl Core {
             .map_err(|e| self.map_closed(e))
     }
 
+    /// The table's name (`table=`); `None` for the main one.
+    pub(crate) fn table_name(&self) -> Option<&str> {
+        self.table.name()
+    }
+
     /// `close()`: see [`close_core`].
     pub(crate) fn close(&self, py: Python<'_>) -> PyResult<Option<LostFlush>> {
         close_core(py, self)
+    }
+
+    /// `drop_table()`: remove the store's table and everything in it in one
+    /// write transaction, this store's buffered writes included, then close
+    /// the store. Other stores of the table are told it was dropped.
+    pub(crate) fn drop_table(&self, py: Python<'_>) -> PyResult<()> {
+        let result = (|| -> PyResult<()> {
+            // Spine rule 2: the commit lock is waited for with the GIL released.
+            let _commit = self.lock_detached(py, &self.commit_lock)?;
+            if self.is_closing() {
+                return Err(self.closed_error());
+            }
+            let batch = {
+                let mut b = self.buffered.lock();
+                b.failed = None;
+                b.buf.begin_commit()
+            };
+            let env = &*self.env;
+            let table = &self.table;
+            let cap = self.max_map_size;
+            // Spine rule 1: the write transaction runs in the engine, with
+            // the GIL released.
+            let r = py.detach(|| env.drop_table(table, cap));
+            if batch.is_some() {
+                // Dropped: the buffered writes went with the table.
+                self.buffered.lock().buf.end_commit(r.is_ok());
+            }
+            r.map_err(|e| to_py(e.for_store(&self.path)))
+        })();
+        self.log_growth(py);
+        result?;
+        close_core(py, self).map(drop)
     }
 }
 
@@ -1400,7 +1526,10 @@ impl CoreHandle {
             // Delete only if nobody changed the entry since we read it.
             // Spine rule 1: the write transaction runs in the engine, with
             // the GIL released.
-            let result = py.detach(|| env.remove_if(&k, raw, cap)).map_err(to_py);
+            let table = &c.table;
+            let result = py
+                .detach(|| env.remove_if_in(table, &k, raw, cap))
+                .map_err(to_py);
             c.log_growth(py);
             if result? {
                 return Ok(Some(Popped {

@@ -165,6 +165,10 @@ pub enum StoreError {
     TooLarge { name: String, got: Option<i128> },
     /// A keyword the constructor does not take.
     UnknownOption { name: String },
+    /// `table=` that is neither `str` nor `None`.
+    TableType { got: String },
+    /// `table=` that LMDB cannot take as a name; `shown` is its repr.
+    BadTableName { shown: String, why: String },
     /// A `pickle_protocol` that `pickle` refuses, with its reason.
     BadProtocol { protocol: i32, why: String },
     /// A `str_normalize` that is not a Unicode normal form.
@@ -263,6 +267,9 @@ pub enum StoreError {
     TransactionFailed,
     /// A transaction entered a second time.
     TransactionReentered,
+    /// `t.table(name)` of a table this process did not have open when the
+    /// transaction began.
+    TableNotInTransaction { name: String },
     /// At interpreter exit, another thread's transaction block still held
     /// the writer, so the buffer could not be committed.
     TransactionOpenAtExit,
@@ -354,6 +361,12 @@ impl std::fmt::Display for StoreError {
                 Some(got) => write!(f, "{name} is too large: {got}"),
                 None => write!(f, "{name} is too large"),
             },
+            StoreError::TableType { got } => {
+                write!(f, "table must be a str or None, got {got}")
+            }
+            StoreError::BadTableName { shown, why } => {
+                write!(f, "table={shown} is not a usable table name: it {why}")
+            }
             StoreError::UnknownOption { name } => write!(
                 f,
                 "LmdbObjectStore() got an unexpected keyword argument '{name}'"
@@ -492,6 +505,12 @@ impl std::fmt::Display for StoreError {
                 "another thread was still inside a transaction block, which holds the store's \
                  writer, when the interpreter exited",
             ),
+            StoreError::TableNotInTransaction { name } => write!(
+                f,
+                "t.table('{name}'): no store of table '{name}' of this file was open in this \
+                 process when the transaction began, and a write transaction can only reach the \
+                 tables open by then; open it first (LmdbObjectStore(path, table='{name}'))"
+            ),
             StoreError::TransactionReentered => {
                 f.write_str("a transaction's with block can be entered only once")
             }
@@ -605,6 +624,7 @@ impl StoreError {
             StoreError::PathType { .. }
             | StoreError::NotAnInt { .. }
             | StoreError::UnknownOption { .. }
+            | StoreError::TableType { .. }
             | StoreError::NoneKey
             | StoreError::KeyType { .. }
             | StoreError::KeyNotContiguous
@@ -620,6 +640,8 @@ impl StoreError {
             | StoreError::TooLarge { .. }
             | StoreError::BadProtocol { .. }
             | StoreError::BadNormalForm { .. }
+            | StoreError::BadTableName { .. }
+            | StoreError::Engine(E::BadTable { .. })
             | StoreError::KeySize { .. }
             | StoreError::DecodeWithoutEncoding
             | StoreError::NoLongerLent
@@ -669,6 +691,7 @@ impl StoreError {
             | StoreError::TransactionEnded
             | StoreError::TransactionFailed
             | StoreError::TransactionReentered
+            | StoreError::TableNotInTransaction { .. }
             | StoreError::TransactionOpenAtExit => Error::new_err(text),
             StoreError::UnknownCompression { .. } | StoreError::ThresholdWithoutCompression => {
                 PyValueError::new_err(text)

@@ -60,6 +60,22 @@ fn _after_fork_child() {
 
 /// The module relies on the GIL (see docs/free-threading.md): a free-threaded
 /// interpreter turns the GIL on when it imports it.
+/// The names of the named tables of the store at `path`, sorted; the main
+/// table is not among them. Opens nothing for writing and creates nothing.
+///
+/// >>> lmdb_object_store.tables("/data/db")
+#[pyfunction]
+#[pyo3(signature = (path, **options))]
+fn tables(
+    py: Python<'_>,
+    path: &Bound<'_, PyAny>,
+    options: Option<&Bound<'_, pyo3::types::PyDict>>,
+) -> PyResult<Vec<String>> {
+    let path = options::path_arg(py, "path", path)?;
+    let options = options::listing_options(options)?;
+    core::list_tables(py, &path, &options)
+}
+
 #[pymodule(gil_used = true)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -88,6 +104,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UnpickleError", errors::unpickle_error_type(py)?)?;
     m.add("UnsafeValueError", errors::unsafe_value_error_type(py)?)?;
     m.add_function(wrap_pyfunction!(lmdb_version, m)?)?;
+    m.add_function(wrap_pyfunction!(tables, m)?)?;
     m.add_function(wrap_pyfunction!(_flush_all, m)?)?;
     m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;

@@ -34,6 +34,8 @@ pub struct Settings {
     pub options: EnvOptions,
     /// The constructor's keyword arguments, for pickling the store.
     pub init_kwargs: Py<PyDict>,
+    /// `table=`: a named table of the file; `None`: the main one.
+    pub table: Option<String>,
 }
 
 impl Settings {
@@ -55,6 +57,7 @@ impl Settings {
         allowed: Option<&Bound<'_, PyAny>>,
         compression: Option<&Bound<'_, PyAny>>,
         compression_threshold: Option<&Bound<'_, PyAny>>,
+        table: Option<&Bound<'_, PyAny>>,
         lmdb_options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         // Any truthy value, as 0.1.0 took it; None (not given) means True.
@@ -127,7 +130,9 @@ impl Settings {
         let serializer = Serializer::parse(py, serializer, allowed)?;
         let compression = Compression::parse(compression, threshold_opt(compression_threshold)?)?;
         let keys = KeyPolicy::new(py, key_encoding, key_errors, str_normalize)?;
-        let options = parse_lmdb_options(lmdb_options)?;
+        let table = table_name(table)?;
+        let mut options = parse_lmdb_options(lmdb_options)?;
+        options.max_map_size = max_map_size;
         let init_kwargs = PyDict::new(py);
         init_kwargs.set_item("batch_size", batch_size)?;
         init_kwargs.set_item("autoflush_on_read", autoflush_on_read)?;
@@ -139,6 +144,9 @@ impl Settings {
         init_kwargs.set_item("pickle_protocol", protocol)?;
         serializer.add_kwargs(py, &init_kwargs)?;
         compression.add_kwargs(&init_kwargs)?;
+        if table.is_some() {
+            init_kwargs.set_item("table", table.as_deref())?;
+        }
         if let Some(extra) = lmdb_options {
             init_kwargs.update(extra.as_mapping())?;
         }
@@ -155,6 +163,7 @@ impl Settings {
             keys,
             options,
             init_kwargs: init_kwargs.unbind(),
+            table,
         })
     }
 }
@@ -172,6 +181,43 @@ fn threshold_opt(v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
         .into()),
         Some(v) => usize_opt("compression_threshold", v).map(Some),
     }
+}
+
+/// `table=`: `None`, or a `str` that LMDB can take as a table name.
+fn table_name(v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
+    let Some(v) = v.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let Ok(name) = v.cast::<pyo3::types::PyString>() else {
+        return Err(StoreError::TableType { got: type_name(v) }.into());
+    };
+    let name = name.to_str().map_err(|_| StoreError::BadTableName {
+        shown: v.repr().map(|r| r.to_string()).unwrap_or_default(),
+        why: "is not valid Unicode (it has surrogates)".into(),
+    })?;
+    match engine::tables::name_problem(name) {
+        None => Ok(Some(name.to_owned())),
+        Some(why) => Err(StoreError::BadTableName {
+            shown: shorten(&v.repr()?.to_string()),
+            why,
+        }
+        .into()),
+    }
+}
+
+/// A value's repr cut to a length a message can carry.
+fn shorten(repr: &str) -> String {
+    const MAX: usize = 60;
+    match repr.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}...", &repr[..at]),
+        None => repr.to_owned(),
+    }
+}
+
+/// The options of `lmdb_object_store.tables(path, **options)`: those of an
+/// open of the file (the engine makes it read-only).
+pub fn listing_options(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<EnvOptions> {
+    parse_lmdb_options(kwargs)
 }
 
 fn bool_opt(v: &Bound<'_, PyAny>) -> PyResult<bool> {

@@ -66,7 +66,8 @@ impl LmdbObjectStore {
                           key_encoding=None, key_errors='strict', str_normalize=None, \
                           max_map_size=None, max_buffer_bytes=67108864, \
                           pickle_protocol=None, serializer='pickle', allowed=None, \
-                          compression=None, compression_threshold=None, **lmdb_options)"
+                          compression=None, compression_threshold=None, table=None, \
+                          **lmdb_options)"
     )]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         LmdbObjectStore {
@@ -78,7 +79,7 @@ impl LmdbObjectStore {
         db_path, batch_size=1000, *, autoflush_on_read=None, key_encoding=None,
         key_errors="strict".to_string(), str_normalize=None, max_map_size=None,
         max_buffer_bytes=DEFAULT_MAX_BUFFER_BYTES as i64, pickle_protocol=None, serializer=None,
-        allowed=None, compression=None, compression_threshold=None, **lmdb_options
+        allowed=None, compression=None, compression_threshold=None, table=None, **lmdb_options
     ))]
     #[allow(clippy::too_many_arguments)]
     fn __init__(
@@ -97,6 +98,7 @@ impl LmdbObjectStore {
         allowed: Option<&Bound<'_, PyAny>>,
         compression: Option<&Bound<'_, PyAny>>,
         compression_threshold: Option<&Bound<'_, PyAny>>,
+        table: Option<&Bound<'_, PyAny>>,
         lmdb_options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         let _inside = exit::enter();
@@ -118,6 +120,7 @@ impl LmdbObjectStore {
             allowed,
             compression,
             compression_threshold,
+            table,
             lmdb_options,
         )?;
         self.core.open(py, settings)
@@ -710,6 +713,17 @@ impl LmdbObjectStore {
             .buffer_writes(py, staged.into_iter().map(|(k, v)| (k, Some(v))))
     }
 
+    /// Remove this store's table (`table=`) and everything in it, buffered
+    /// writes included, in one write transaction, and close this store.
+    /// Other stores of the table raise `Error` from then on.
+    ///
+    /// >>> LmdbObjectStore(path, table="old").drop_table()
+    fn drop_table(&self, py: Python<'_>) -> PyResult<()> {
+        let c = self.core()?;
+        c.check_writable("drop_table")?;
+        c.drop_table(py)
+    }
+
     /// Delete everything, buffer included, in one write transaction (LMDB
     /// empties the database in place).
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
@@ -811,6 +825,12 @@ impl LmdbObjectStore {
     #[getter]
     fn path(&self) -> PyResult<String> {
         Ok(self.core()?.path.clone())
+    }
+
+    /// The table this store uses (`table=`); `None` for the main one.
+    #[getter]
+    fn table(&self) -> PyResult<Option<String>> {
+        Ok(self.core()?.table_name().map(str::to_owned))
     }
 
     #[getter]

@@ -12,7 +12,7 @@
 //! is that thread's). Other threads are refused before anything is locked,
 //! so the state mutex is only ever taken by the owner.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::ThreadId;
 
@@ -41,10 +41,19 @@ enum State {
     Ended,
 }
 
-/// A read-write mapping over one write transaction of the store.
+/// A read-write mapping over one write transaction of the store, or, made
+/// by `t.table(name)`, over another table of the file in the same write
+/// transaction.
 #[pyclass(module = "lmdb_object_store._native", name = "Transaction", frozen)]
 pub struct Transaction {
     core: Arc<CoreHandle>,
+    /// `None`: the store's own table; else the table `t.table(name)` named.
+    table: Option<engine::Table>,
+    shared: Arc<Shared>,
+}
+
+/// What a transaction and the other tables reached through it share.
+struct Shared {
     /// The thread that entered the block, and the fork generation it did
     /// so in; locked only briefly.
     owner: Mutex<Option<(ThreadId, u64)>>,
@@ -53,21 +62,37 @@ pub struct Transaction {
     /// The block is counted as a store call (`exit::enter_block`) on the
     /// owner thread.
     counted: AtomicBool,
+    /// The tables given out by this process up to the moment the write
+    /// transaction began: LMDB lets a write transaction use only the
+    /// handles that were open when it began.
+    tables_before: AtomicU64,
 }
 
 impl Transaction {
     pub(crate) fn new(core: Arc<CoreHandle>) -> Transaction {
         Transaction {
             core,
-            owner: Mutex::new(None),
-            state: Mutex::new(State::New),
-            counted: AtomicBool::new(false),
+            table: None,
+            shared: Arc::new(Shared {
+                owner: Mutex::new(None),
+                state: Mutex::new(State::New),
+                counted: AtomicBool::new(false),
+                tables_before: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The database this mapping reads and writes.
+    fn dbi(&self, c: &Core) -> PyResult<Dbi> {
+        match &self.table {
+            None => c.txn_dbi(),
+            Some(t) => c.table_dbi(t),
         }
     }
 
     /// Refuse any thread but the owner, before the state is touched.
     fn check_owner(&self) -> PyResult<()> {
-        match *self.owner.lock() {
+        match *self.shared.owner.lock() {
             None => Err(StoreError::TransactionNotStarted.into()),
             Some((_, g)) if g != engine::fork_generation() => Err(to_py(engine::Error::TxnForked)),
             Some((t, _)) if t == std::thread::current().id() => Ok(()),
@@ -86,7 +111,7 @@ impl Transaction {
         f: impl FnOnce(&mut WriteTxn) -> engine::Result<T> + Send,
     ) -> PyResult<T> {
         self.check_owner()?;
-        let mut state = self.state.lock();
+        let mut state = self.shared.state.lock();
         let txn = match &mut *state {
             State::Open(t) => t,
             State::New => return Err(StoreError::TransactionNotStarted.into()),
@@ -156,7 +181,7 @@ impl Transaction {
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         self.with_core(py, |c| {
             let k = c.keys.to_bytes(key)?;
-            match self.read_bytes(py, c.txn_dbi(), &k)? {
+            match self.read_bytes(py, self.dbi(c)?, &k)? {
                 Some(data) => Self::decode(py, c, &k, data).map(Some),
                 None => Ok(None),
             }
@@ -178,7 +203,7 @@ impl Transaction {
             .iter()
             .map(|(k, v)| (k.as_slice(), v.as_bytes()))
             .collect();
-        let dbi = c.txn_dbi();
+        let dbi = self.dbi(c)?;
         // Spine rule 1: the engine only copies these bytes into LMDB (and
         // grows the map if it must); the encoding ran before.
         self.run(py, true, |t| {
@@ -200,7 +225,7 @@ impl Transaction {
     ) -> PyResult<Bound<'py, PyList>> {
         self.with_core(py, |c| {
             let bounds = c.bounds(prefix, start, stop)?;
-            let dbi = c.txn_dbi();
+            let dbi = self.dbi(c)?;
             let found = self.run(py, false, |t| t.range(dbi, &bounds, reverse))?;
             let out = PyList::empty(py);
             for (k, v) in found {
@@ -219,7 +244,7 @@ impl Transaction {
     }
 }
 
-impl Drop for Transaction {
+impl Drop for Shared {
     /// A block never exited (the object dropped instead): on the owner
     /// thread the engine transaction aborts as it drops, and the block's
     /// count ends. On another thread both are left as they are (see
@@ -281,7 +306,7 @@ impl Transaction {
                 Err(e) if codec::passes_through(py, &e) => return Err(e),
                 Err(_) => return Ok(false),
             };
-            Ok(self.read_bytes(py, c.txn_dbi(), &k)?.is_some())
+            Ok(self.read_bytes(py, self.dbi(c)?, &k)?.is_some())
         })
     }
 
@@ -299,7 +324,7 @@ impl Transaction {
     fn __delitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
         self.with_core(py, |c| {
             let k = c.keys.to_bytes(key)?;
-            let dbi = c.txn_dbi();
+            let dbi = self.dbi(c)?;
             match self.run(py, true, |t| t.delete(dbi, &k))? {
                 true => Ok(()),
                 false => Err(codec::key_error(key)),
@@ -323,7 +348,7 @@ impl Transaction {
         }
         self.with_core(py, |c| {
             let k = c.keys.to_bytes(key)?;
-            let dbi = c.txn_dbi();
+            let dbi = self.dbi(c)?;
             match self.read_bytes(py, dbi, &k)? {
                 Some(data) => {
                     let v = Self::decode(py, c, &k, data)?;
@@ -345,7 +370,7 @@ impl Transaction {
     ) -> PyResult<Bound<'py, PyAny>> {
         self.with_core(py, |c| {
             let k = c.keys.to_write_bytes(key)?;
-            if let Some(data) = self.read_bytes(py, c.txn_dbi(), &k)? {
+            if let Some(data) = self.read_bytes(py, self.dbi(c)?, &k)? {
                 return Self::decode(py, c, &k, data);
             }
             let d = default.unwrap_or_else(|| py.None().into_bound(py));
@@ -404,7 +429,7 @@ impl Transaction {
             let not_found = PyList::empty(py);
             for k in given {
                 let b = c.keys.to_bytes(&k)?.into_owned();
-                match self.read_bytes(py, c.txn_dbi(), &b)? {
+                match self.read_bytes(py, self.dbi(c)?, &b)? {
                     Some(data) => {
                         let v = Self::decode(py, c, &b, data)?;
                         let dict_key = if k.is_exact_instance_of::<PyBytes>()
@@ -425,7 +450,7 @@ impl Transaction {
 
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
         self.with_core(py, |c| {
-            let dbi = c.txn_dbi();
+            let dbi = self.dbi(c)?;
             self.run(py, false, |t| t.entries(dbi))
         })
     }
@@ -476,10 +501,28 @@ impl Transaction {
         self.list(py, Kind::Items, prefix, start, stop, reverse)
     }
 
+    /// Another table of the same file, in this same transaction: a mapping
+    /// like this one over table `name`, whose keys and values use this
+    /// store's key options and serializer. The table must have been open
+    /// in this process (by any store of it) when the transaction began.
+    fn table(&self, py: Python<'_>, name: &str) -> PyResult<Transaction> {
+        self.with_core(py, |c| {
+            let before = self.shared.tables_before.load(Ordering::Relaxed);
+            let table = c
+                .open_table_before(name, before)
+                .ok_or_else(|| StoreError::TableNotInTransaction { name: name.into() })?;
+            Ok(Transaction {
+                core: Arc::clone(&self.core),
+                table: Some(table),
+                shared: Arc::clone(&self.shared),
+            })
+        })
+    }
+
     /// Whether the transaction has ended (committed, rolled back or failed).
     #[getter]
     fn closed(&self) -> bool {
-        matches!(*self.state.lock(), State::Failed | State::Ended)
+        matches!(*self.shared.state.lock(), State::Failed | State::Ended)
     }
 
     /// Begin: commit the store's buffer, then wait (GIL released) for the
@@ -488,7 +531,7 @@ impl Transaction {
         let py = slf.py();
         let me = slf.get();
         {
-            let mut owner = me.owner.lock();
+            let mut owner = me.shared.owner.lock();
             if owner.is_some() {
                 return Err(StoreError::TransactionReentered.into());
             }
@@ -496,6 +539,11 @@ impl Transaction {
         }
         let began = {
             let c = me.core.open_core()?;
+            // Read before the write transaction begins: the tables open by
+            // then are the ones it can use (`table()`).
+            me.shared
+                .tables_before
+                .store(c.tables_given(), Ordering::Relaxed);
             c.begin_transaction(py)
         };
         match began {
@@ -504,11 +552,11 @@ impl Transaction {
                 // thread inside it holds the writer, so the hook waits for
                 // the block (bounded) before it commits the buffers.
                 exit::enter_block();
-                me.counted.store(true, Ordering::Relaxed);
-                *me.state.lock() = State::Open(Box::new(t));
+                me.shared.counted.store(true, Ordering::Relaxed);
+                *me.shared.state.lock() = State::Open(Box::new(t));
             }
             Err(e) => {
-                *me.state.lock() = State::Failed;
+                *me.shared.state.lock() = State::Failed;
                 return Err(e);
             }
         }
@@ -530,10 +578,10 @@ impl Transaction {
         // Counted as inside a store call until the commit is done; the
         // block's own count ends here.
         let c = self.core.get();
-        if self.counted.swap(false, Ordering::Relaxed) {
+        if self.shared.counted.swap(false, Ordering::Relaxed) {
             exit::leave_block();
         }
-        let previous = std::mem::replace(&mut *self.state.lock(), State::Ended);
+        let previous = std::mem::replace(&mut *self.shared.state.lock(), State::Ended);
         let failed = matches!(previous, State::Failed);
         let txn = match previous {
             State::Open(t) => t,

@@ -130,15 +130,26 @@ def db_path(tmp_path):
 
 
 @pytest.fixture
-def make_store(db_path):
+def table():
+    """The ``table=`` that ``make_store`` opens stores with: ``None``, the main
+    table. A test parametrised over ``table`` (``@pytest.mark.parametrize("table",
+    [None, "t"])``) runs with a named table of the file as well."""
+    return None
+
+
+@pytest.fixture
+def make_store(db_path, table):
     """Factory: ``make_store(path=None, *args, **kwargs)`` opens a store.
 
+    Stores open the ``table`` fixture's table unless ``table=`` is given.
     Every store opened through the factory is closed at teardown (errors at that
     point are ignored: some tests leave a buffer that cannot be flushed).
     """
     opened: list[LmdbObjectStore] = []
 
     def factory(path=None, *args, **kwargs):
+        if table is not None:
+            kwargs.setdefault("table", table)
         store = LmdbObjectStore(db_path if path is None else path, *args, **kwargs)
         opened.append(store)
         return store

@@ -32,7 +32,7 @@ from lmdb_object_store._cli import CliError, KeyText, main
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_PARENT = str(Path(lmdb_object_store.__file__).resolve().parent.parent)
 
-COMMANDS = ["stat", "keys", "get", "count", "verify", "dump", "load", "import"]
+COMMANDS = ["stat", "tables", "keys", "get", "count", "verify", "dump", "load", "import"]
 
 ENTRIES: dict[bytes, object] = {
     b"user:ada": {"name": "Ada", "langs": ["python", "rust"]},
@@ -1065,3 +1065,84 @@ def test_the_command_line_examples_of_usage_md_run_as_written(tmp_path):
                 timeout=60,
             )
             assert proc.stdout == expected, command
+
+
+# Named tables: the tables command and --table
+
+
+@pytest.fixture
+def tabled(tmp_path) -> str:
+    """A store whose file holds two named tables (and so no main-store entries)."""
+    path = str(tmp_path / "tabled")
+    make_store(path, {b"k": "in users", b"user:ada": 1}, table="users")
+    make_store(path, {b"k": "in orders"}, table="orders")
+    return path
+
+
+def test_tables_lists_the_named_tables(capsys, tabled, demo, tmp_path):
+    assert cli(capsys, "tables", tabled) == (0, "orders\nusers\n", "")
+    assert cli(capsys, "tables", demo) == (0, "", "")
+    status, _, err = cli(capsys, "tables", tmp_path / "missing")
+    assert status == 1 and "does not exist" in err
+    assert not (tmp_path / "missing").exists()
+
+
+def test_table_option_of_the_read_commands(capsys, tabled, tmp_path):
+    assert cli(capsys, "keys", tabled, "--table", "users") == (0, "k\nuser:ada\n", "")
+    assert cli(capsys, "get", tabled, "k", "--table", "orders") == (0, "'in orders'\n", "")
+    assert cli(capsys, "count", tabled, "--table", "users") == (0, "2\n", "")
+    assert cli(capsys, "count", tabled, "--table", "users", "--prefix", "user:")[1] == "1\n"
+    status, out, _ = cli(capsys, "stat", tabled, "--table", "users", "--json")
+    assert status == 0
+    stat = json.loads(out)
+    assert (stat["table"], stat["entries"]) == ("users", 2)
+    status, _, _ = cli(capsys, "verify", tabled, "--table", "orders")
+    assert status == 0
+    dump = tmp_path / "users.dump"
+    assert cli(capsys, "dump", tabled, str(dump), "--table", "users")[0] == 0
+    target = str(tmp_path / "target")
+    assert cli(capsys, "load", str(dump), target, "--table", "copied")[0] == 0
+    assert lmdb_object_store.tables(target) == ["copied"]
+    assert contents(target, table="copied") == {b"k": "in users", b"user:ada": 1}
+
+
+def test_commands_on_a_file_of_tables_without_table_name_them(capsys, tabled):
+    for command in (["keys", tabled], ["count", tabled], ["stat", tabled]):
+        status, out, err = cli(capsys, *command)
+        assert status == 1 and out == ""
+        assert "--table" in err and "orders, users" in err, err
+
+
+def test_a_missing_table_is_an_error_and_is_not_created(capsys, tabled):
+    status, _, err = cli(capsys, "keys", tabled, "--table", "nope")
+    assert status == 1 and "has no table 'nope'" in err
+    assert lmdb_object_store.tables(tabled) == ["orders", "users"]
+
+
+def test_copy_of_a_file_of_tables_copies_every_table(capsys, tabled, tmp_path):
+    dest = tmp_path / "copy"
+    status, _, _ = cli(capsys, "copy", tabled, dest)
+    assert status == 0
+    assert lmdb_object_store.tables(dest) == ["orders", "users"]
+    assert contents(dest, table="orders") == {b"k": "in orders"}
+
+
+def test_table_commands_never_change_the_store(tabled, tmp_path):
+    data_file = os.path.join(tabled, "data.mdb")
+    age(data_file)
+    before = os.stat(data_file).st_mtime_ns, Path(data_file).read_bytes()
+    names = sorted(os.listdir(tabled))
+    (tmp_path / "elsewhere").mkdir()
+    for args in [
+        ["tables", tabled],
+        ["stat", tabled, "--table", "users"],
+        ["keys", tabled, "--table", "users"],
+        ["get", tabled, "k", "--table", "users"],
+        ["count", tabled, "--table", "orders"],
+        ["verify", tabled, "--table", "users"],
+        ["dump", tabled, str(tmp_path / "elsewhere" / "d"), "--table", "users"],
+    ]:
+        proc = run_cli(*args)
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert (os.stat(data_file).st_mtime_ns, Path(data_file).read_bytes()) == before, args
+        assert sorted(os.listdir(tabled)) == names, args

@@ -20,6 +20,9 @@ from helpers import KiB, MiB, join_or_fail, last_txnid, start_thread
 from lmdb_object_store import ClosedError, LmdbObjectStore, ReadonlyError
 from proc_workers import fork_child, wait_child, wait_readable
 
+# Also run with a named table of the file (conftest.py, `table`).
+TABLES = pytest.mark.parametrize("table", [None, "t"])
+
 
 def _fill(store, flushed: int, buffered: int) -> dict:
     """Write ``flushed`` committed and ``buffered`` pending samples; return them all."""
@@ -40,6 +43,7 @@ def _fill(store, flushed: int, buffered: int) -> dict:
 # --------------------------------------------------------------------------
 
 
+@TABLES
 def test_forked_workers_read_everything_including_buffered_writes(make_store):
     store = make_store(batch_size=100_000)
     expected = _fill(store, flushed=300, buffered=100)
@@ -125,6 +129,7 @@ def test_fork_flushes_every_open_store(make_store, tmp_path):
 # --------------------------------------------------------------------------
 
 
+@TABLES
 @pytest.mark.parametrize("publish", ["flush", "close", "with", "batch"])
 def test_a_child_writes_and_the_parent_sees_it(make_store, publish):
     store = make_store(batch_size=10)
@@ -163,6 +168,7 @@ def test_a_child_writes_and_the_parent_sees_it(make_store, publish):
     assert store.stat()["entries"] == 11
 
 
+@TABLES
 def test_the_child_never_replays_the_parents_buffer(make_store):
     store = make_store(batch_size=1000)
     store.put(b"k", "buffered before fork")
@@ -252,6 +258,7 @@ def test_a_closed_store_stays_closed_in_the_child(make_store):
 # --------------------------------------------------------------------------
 
 
+@TABLES
 def test_fork_while_another_thread_holds_a_read(make_store, hooked):
     """Locks and reads inherited in a held state do not block the child."""
     store = make_store(map_size=1 * MiB, batch_size=1000)

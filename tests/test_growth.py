@@ -23,7 +23,11 @@ from helpers import (
 )
 from lmdb_object_store import Error, LmdbObjectStore, MapFullError
 
+# Also run with a named table of the file (conftest.py, `table`).
+TABLES = pytest.mark.parametrize("table", [None, "t"])
 
+
+@TABLES
 def test_flush_grows_a_full_map(make_store, package_logs):
     store = make_store(map_size=1 * MiB, batch_size=1_000_000)
     assert store.info()["map_size"] == 1 * MiB
@@ -52,6 +56,7 @@ def test_growth_follows_the_formula_for_small_flushes(make_store):
     assert store.stat()["entries"] == 48
 
 
+@TABLES
 def test_growth_is_capped_by_max_map_size(make_store):
     store = make_store(map_size=1 * MiB, max_map_size=3 * MiB, batch_size=4)
     value = b"v" * (64 * KiB)
@@ -137,6 +142,7 @@ def test_flush_at_cap_raises_map_full_and_keeps_everything(make_store, cap):
     assert store.get(b"big") is None
 
 
+@TABLES
 @pytest.mark.parametrize("cap", [1 * MiB, 2 * MiB])
 def test_put_many_at_cap_is_all_or_nothing(make_store, cap):
     store = make_store(map_size=1 * MiB, max_map_size=cap)
@@ -237,6 +243,7 @@ def test_log_handler_calling_the_store_during_growth(make_store):
 # --------------------------------------------------------------------------
 
 
+@TABLES
 def test_growth_while_other_threads_read(make_store):
     store = make_store(map_size=1 * MiB, batch_size=8)
     store.put_many({b"r%02d" % i: i for i in range(20)})
@@ -264,6 +271,7 @@ def test_growth_while_other_threads_read(make_store):
     assert store.get(b"w59") == b"w" * (64 * KiB)
 
 
+@TABLES
 def test_growth_waits_for_a_reader_in_progress(make_store, hooked):
     store = make_store(map_size=1 * MiB)
     store.put(b"slow", hooked("x"))
@@ -380,7 +388,8 @@ def _run_child(code: str) -> None:
     run_python(code, timeout=45)
 
 
-def test_adopts_growth_by_another_process(make_store, db_path):
+@TABLES
+def test_adopts_growth_by_another_process(make_store, db_path, table):
     store = make_store(map_size=1 * MiB)
     store.put(b"mine", 1)
     store.flush()
@@ -388,7 +397,7 @@ def test_adopts_growth_by_another_process(make_store, db_path):
     _run_child(
         f"""
         from lmdb_object_store import LmdbObjectStore
-        with LmdbObjectStore({db_path!r}, map_size=1024 * 1024) as s:
+        with LmdbObjectStore({db_path!r}, map_size=1024 * 1024, table={table!r}) as s:
             s.put_many({{b"child%02d" % i: bytes([i]) * 65536 for i in range(48)}})
             assert s.info()["map_size"] > 3 * 1024 * 1024
         """

@@ -17,6 +17,9 @@ from lmdb_object_store import ClosedError, Error, LmdbObjectStore, MapFullError
 # Context manager
 # --------------------------------------------------------------------------
 
+# Also run with a named table of the file (conftest.py, `table`).
+TABLES = pytest.mark.parametrize("table", [None, "t"])
+
 
 def test_context_manager_returns_the_store_and_closes_it(db_path):
     store = LmdbObjectStore(db_path)
@@ -164,6 +167,7 @@ def test_closed_property(db_path):
     assert store.closed is True
 
 
+@TABLES
 def test_closed_is_read_only(store):
     with pytest.raises(AttributeError):
         store.closed = True
@@ -242,6 +246,7 @@ def test_reopen_after_close(db_path):
 # --------------------------------------------------------------------------
 
 
+@TABLES
 def test_sync(store):
     store.put(b"a", 1)
     store.flush()
@@ -256,6 +261,7 @@ INFO_KEYS = {"map_size", "last_pgno", "last_txnid", "max_readers", "num_readers"
 STAT_KEYS = {"psize", "depth", "branch_pages", "leaf_pages", "overflow_pages", "entries"}
 
 
+@TABLES
 def test_info_has_py_lmdb_keys(make_store):
     store = make_store(map_size=4 * MiB)
     info = store.info()
@@ -273,6 +279,7 @@ def test_info_has_py_lmdb_keys(make_store):
     assert after["last_pgno"] > pgno
 
 
+@TABLES
 def test_stat_has_py_lmdb_keys(store):
     stat = store.stat()
     assert isinstance(stat, dict)
@@ -290,6 +297,7 @@ def test_stat_has_py_lmdb_keys(store):
     assert stat["overflow_pages"] >= 100_000 // stat["psize"]
 
 
+@TABLES
 def test_properties(make_store, db_path):
     store = make_store(db_path, 7, autoflush_on_read=False, max_map_size=50 * MiB)
     assert os.fspath(store.path) == db_path

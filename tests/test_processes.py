@@ -30,6 +30,9 @@ from proc_workers import fork_child, kill_and_reap, wait_child, wait_readable
 SECRET = b"\x00distinctive-stored-value-6f1c2a9e\x00"
 SECRET_BUFFERED = b"\x00distinctive-buffered-value-b37d40c1\x00"
 
+# Also run with a named table of the file (conftest.py, `table`).
+TABLES = pytest.mark.parametrize("table", [None, "t"])
+
 
 def _spellings(path) -> set[str]:
     path = os.fspath(path)
@@ -53,6 +56,7 @@ def _names(message: str, path, *, besides=()) -> bool:
 # --------------------------------------------------------------------------
 
 
+@TABLES
 def test_two_stores_on_one_path_see_each_others_flushed_writes(make_store):
     a = make_store()
     b = make_store()
@@ -120,6 +124,7 @@ def test_two_stores_on_one_path_close_in_either_order(make_store, db_path, read_
     assert {pickle.loads(raw[k]) for k in keys} == {1, 2, 3, 4, 5}
 
 
+@TABLES
 def test_closing_one_store_twice_does_not_close_the_other(make_store):
     a = make_store()
     b = make_store()
@@ -138,6 +143,7 @@ def test_closing_one_store_twice_does_not_close_the_other(make_store):
     assert c.get(b"k3") == 3
 
 
+@TABLES
 def test_two_objects_on_one_path_share_the_environment(make_store, db_path):
     a = make_store(db_path, map_size=1 * MiB)
     b = make_store(Path(db_path), map_size=1 * MiB)
@@ -186,6 +192,7 @@ def test_different_spellings_of_one_path_share_the_environment(make_store, db_pa
     assert others[-1].get(b"other0") == 0
 
 
+@TABLES
 def test_growth_by_one_store_waits_for_reads_of_the_other(make_store, hooked):
     """The two objects share one growth gate: growth waits for the other's read."""
     a = make_store(map_size=1 * MiB)

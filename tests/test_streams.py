@@ -664,3 +664,17 @@ def test_open_of_a_damaged_compressed_value_names_the_key(tmp_path):
             s.open(b"text")
         s[b"after"] = 1  # the store goes on
         assert s[b"after"] == 1
+
+
+def test_put_file_and_open_on_a_table_store_use_that_table(tmp_path):
+    data = blob(MiB + 7)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    db = str(tmp_path / "db")
+    with LmdbObjectStore(db, table="media") as media, LmdbObjectStore(db, table="other") as other:
+        media.put_file(b"k", path)
+        assert media[b"k"] == data and b"k" not in other
+        with media.open(b"k") as f:
+            assert f.read() == data
+        with pytest.raises(KeyError):
+            other.open(b"k")

@@ -1,4 +1,4 @@
-"""Transactions: ``with store.transaction() as t:`` (docs/transactions.md).
+"""Transactions: ``with store.transaction() as t:`` (docs/tables.md).
 
 Everything that could deadlock (a second transaction, a flush or a full
 buffer inside one, close) or crash (fork) runs in a child interpreter with a
@@ -503,3 +503,101 @@ def test_interpreter_exit_with_a_stuck_transaction_block_does_not_hang(tmp_path)
     assert "transaction block" in proc.stderr
     with LmdbObjectStore(path) as s:
         assert b"from-block" not in s and b"buffered" not in s
+
+
+# --------------------------------------------------------------------------
+# Tables: a transaction of a table store, and t.table(name)
+# --------------------------------------------------------------------------
+
+
+def test_a_transaction_of_a_table_store_writes_that_table(tmp_path):
+    path = str(tmp_path / "db")
+    users = LmdbObjectStore(path, table="users")
+    orders = LmdbObjectStore(path, table="orders")
+    with users.transaction() as t:
+        t[b"k"] = "user"
+        assert t.get(b"k") == "user" and len(t) == 1
+    assert users[b"k"] == "user"
+    assert b"k" not in orders
+    users.close()
+    orders.close()
+    assert lmdb_object_store.tables(path) == ["orders", "users"]
+
+
+def test_t_table_commits_both_tables_together_or_neither(tmp_path):
+    path = str(tmp_path / "db")
+    users = LmdbObjectStore(path, table="users", key_encoding="utf-8")
+    orders = LmdbObjectStore(path, table="orders", key_encoding="utf-8")
+    orders["o1"] = {"user": "ada", "total": 0}
+    users["ada"] = {"orders": 0}
+    users.flush()
+    orders.flush()
+
+    with users.transaction() as t:
+        o = t.table("orders")
+        order = o["o1"]
+        order["total"] += 10
+        o["o1"] = order
+        user = t["ada"]
+        user["orders"] += 1
+        t["ada"] = user
+        assert list(o.keys()) == ["o1"] and "ada" not in o  # each table apart
+    assert orders["o1"]["total"] == 10 and users["ada"]["orders"] == 1
+
+    with pytest.raises(RuntimeError, match="payment failed"):
+        with users.transaction() as t:
+            t.table("orders")["o2"] = {"user": "ada", "total": 5}
+            t["ada"] = {"orders": 2}
+            raise RuntimeError("payment failed")
+    assert "o2" not in orders and users["ada"]["orders"] == 1
+    with pytest.raises(Error, match="ended"):
+        t.table("orders")
+
+
+def test_t_table_sees_writes_buffered_in_the_other_table_and_they_never_land_after(tmp_path):
+    path = str(tmp_path / "db")
+    users = LmdbObjectStore(path, table="users", batch_size=1000)
+    orders = LmdbObjectStore(path, table="orders", batch_size=1000)
+    orders[b"n"] = 1  # buffered in the other store
+    assert orders.pending == 1
+    with users.transaction() as t:
+        o = t.table("orders")
+        assert o[b"n"] == 1
+        o[b"n"] = 2
+    assert orders.pending == 0
+    orders.flush()
+    assert orders[b"n"] == 2
+    orders.close()
+    with LmdbObjectStore(path, table="orders") as again:
+        assert again[b"n"] == 2
+
+
+def test_t_table_of_a_table_not_open_before_the_block_is_refused(tmp_path):
+    path = str(tmp_path / "db")
+    users = LmdbObjectStore(path, table="users")
+    # "later" exists in the file, made by another process: this process has
+    # no handle of it yet.
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from lmdb_object_store import LmdbObjectStore as S; S({path!r}, table='later').close()",
+        ],
+        check=True,
+        timeout=60,
+    )
+    with users.transaction() as t:
+        t[b"k"] = 1
+        with pytest.raises(Error, match="'missing'"):
+            t.table("missing")
+        # Opened by another thread while the transaction is open: too late
+        # for this write transaction, so refused the same way.
+        opened = []
+        thread, _ = start_thread(lambda: opened.append(LmdbObjectStore(path, table="later")))
+        join_or_fail(thread, 30)
+        with pytest.raises(Error, match="'later'"):
+            t.table("later")
+        t[b"k2"] = 2  # the transaction goes on
+    assert users[b"k"] == 1 and users[b"k2"] == 2
+    assert "missing" not in lmdb_object_store.tables(path)
+    opened[0].close()

@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::files::{self, EnvPaths};
 use crate::gate::{ExclusiveGuard, Gate, SharedGuard};
 use crate::stream::Source;
+use crate::tables::{self, MainKind, Table};
 
 /// Growth step floor: `max(2 × current, current + 64 MiB)`.
 pub const GROWTH_STEP: usize = 64 * 1024 * 1024;
@@ -52,6 +53,9 @@ pub struct EnvOptions {
     pub meminit: bool,
     pub max_readers: u32,
     pub lock: bool,
+    /// The cap on growth (`max_map_size`): file-wide, so checked to agree
+    /// between the stores of a file in one process; `None`: no cap.
+    pub max_map_size: Option<usize>,
 }
 
 impl Default for EnvOptions {
@@ -70,6 +74,7 @@ impl Default for EnvOptions {
             meminit: true,
             max_readers: 1024,
             lock: true,
+            max_map_size: None,
         }
     }
 }
@@ -227,6 +232,8 @@ pub struct Env {
     allocated: AtomicUsize,
     /// Set when the map was lost for good: what to tell every caller.
     lost: OnceLock<String>,
+    /// The named tables this process opened on the environment.
+    tables: tables::Registry,
 }
 
 // SAFETY: every access to `lmdb` follows the gate protocol above, the raw
@@ -351,6 +358,7 @@ fn open_lmdb(
     builder
         .set_flags(options.flags())
         .set_max_readers(options.max_readers as c_uint)
+        .set_max_dbs(tables::MAX_TABLES)
         .set_map_size(map_size);
     let env = builder
         .open_with_permissions(path, options.mode)
@@ -618,6 +626,7 @@ impl Env {
             map_size: AtomicUsize::new(map_size),
             allocated: AtomicUsize::new(0),
             lost: OnceLock::new(),
+            tables: tables::Registry::default(),
         })
     }
 
@@ -688,6 +697,51 @@ impl Env {
         Ok(env)
     }
 
+    /// The table names of the file at `path` (see `list_tables`): through
+    /// the environment this process has open on it, whatever its settings,
+    /// or else through a read-only open (`options`, made read-only) that
+    /// creates nothing and is closed again. Call without the GIL.
+    pub fn tables_at(path: &Path, options: &EnvOptions) -> Result<Vec<String>> {
+        let options = EnvOptions {
+            readonly: true,
+            create: false,
+            ..options.clone()
+        };
+        let open = {
+            let registry = REGISTRY.lock();
+            let generation = fork_generation();
+            data_file_id(path, options.subdir).ok().and_then(|id| {
+                registry
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .find(|e| e.file_id == id && e.generation == generation)
+            })
+        };
+        let env = match open {
+            Some(env) => {
+                let mut handles = env.handles.lock();
+                if *handles == 0 {
+                    // Closing: open it anew below, read-only.
+                    None
+                } else {
+                    *handles += 1;
+                    drop(handles);
+                    Some(env)
+                }
+            }
+            None => None,
+        };
+        let env = match env {
+            Some(env) => env,
+            None => Env::acquire(path, &options)?,
+        };
+        let names = env.list_tables();
+        let released = env.release();
+        let names = names?;
+        released?;
+        Ok(names)
+    }
+
     fn check_compatible(&self, path: &Path, o: &EnvOptions) -> Result<()> {
         let mine = &self.options;
         let clash = |what: String| {
@@ -721,6 +775,38 @@ impl Env {
         }
         if mine.writemap != o.writemap {
             return Err(clash(format!("writemap={}", py_bool(o.writemap))));
+        }
+        // The settings of writers: a read-only open never writes, so they
+        // mean nothing to it.
+        if !mine.readonly && !o.readonly {
+            let flags = [
+                ("sync", mine.sync, o.sync),
+                ("metasync", mine.metasync, o.metasync),
+                ("map_async", mine.map_async, o.map_async),
+            ];
+            for (name, theirs, asked) in flags {
+                if theirs != asked {
+                    return Err(clash(format!(
+                        "{name}={} (it is open with {name}={})",
+                        py_bool(asked),
+                        py_bool(theirs)
+                    )));
+                }
+            }
+            if mine.max_map_size != o.max_map_size {
+                let shown = |v: Option<usize>| v.map_or("None".to_string(), |n| n.to_string());
+                return Err(clash(format!(
+                    "max_map_size={} (it is open with max_map_size={})",
+                    shown(o.max_map_size),
+                    shown(mine.max_map_size)
+                )));
+            }
+            if mine.max_readers != o.max_readers {
+                return Err(clash(format!(
+                    "max_readers={} (it is open with max_readers={})",
+                    o.max_readers, mine.max_readers
+                )));
+            }
         }
         Ok(())
     }
@@ -914,15 +1000,35 @@ impl Env {
     /// The map grows first so that the value fits. A source that fails or
     /// does not hold `src.len` bytes aborts the transaction: nothing is
     /// written. Call without the GIL.
-    pub fn put_stream(&self, key: &[u8], src: &Source<'_>, cap: Option<usize>) -> Result<()> {
+    pub fn put_stream(
+        &self,
+        table: &Table,
+        key: &[u8],
+        src: &Source<'_>,
+        cap: Option<usize>,
+    ) -> Result<()> {
         let total = src.total()?;
         let _writer = self.lock_writer()?;
+        // A drop takes the writer lock too: the table stays while it is held.
+        if let Some(e) = self.table_unusable(table) {
+            return Err(e);
+        }
         self.reserve_locked(total + key.len(), cap)?;
         let in_map = self.options.writemap;
+        let named = table.named.as_ref().map(|n| n.db);
         let mut failed: Option<Error> = None;
         // Spine rule 1: the body reads a file with plain Rust I/O; it is
         // replayed from the start if the map has to grow.
-        let result = self.write_locked(cap, &mut |txn, db| {
+        let result = self.write_locked(cap, &mut |txn, main| {
+            let db = match named {
+                Some(db) => db,
+                None => {
+                    if tables::main_kind_rw(txn, main)? == MainKind::Tables {
+                        return Err(lmdb::Error::Incompatible);
+                    }
+                    main
+                }
+            };
             let space = txn.reserve(db, &key, total, lmdb::WriteFlags::empty())?;
             src.fill(space, in_map).map_err(|e| {
                 failed = Some(e);
@@ -931,8 +1037,35 @@ impl Env {
         });
         match (result, failed) {
             (Err(_), Some(e)) => Err(e),
+            (Err(e), None) if named.is_none() => Err(self.main_write_error(e)),
             (result, _) => result,
         }
+    }
+
+    /// The table `name` as this process has it open, if it was opened (by
+    /// any store of the file) at or before `before`, a `tables_given()`
+    /// figure: what `t.table(name)` may reach in a write transaction that
+    /// began after that figure was read.
+    pub fn open_table_before(&self, name: &str, before: u64) -> Option<Table> {
+        self.tables.find(name, before)
+    }
+
+    /// The count of table handles given out in this process so far.
+    pub fn tables_given(&self) -> u64 {
+        self.tables.given()
+    }
+
+    /// The database number a write transaction (`WriteTxn`) uses for
+    /// `table`; refused when the table was dropped, or for the main table of
+    /// a file that has tables.
+    pub fn table_dbi(&self, table: &Table) -> Result<ffi::MDB_dbi> {
+        if let Some(e) = self.table_unusable(table) {
+            return Err(e);
+        }
+        Ok(match &table.named {
+            Some(n) => n.db.dbi(),
+            None => self.main_dbi(),
+        })
     }
 
     /// Run `body` in one write transaction and commit it, growing the map on
@@ -1121,7 +1254,9 @@ impl Env {
             return Err(self.give_up_locked(x, rc, op, false));
         }
         match open_lmdb(&self.path, &self.options, map_size, self.data_file.as_ref()) {
-            Ok(opened) if opened.db.dbi() == self.db.dbi() => {
+            // Named tables' handles closed with the environment, and the
+            // stores holding them cannot be told new ones: give up then.
+            Ok(opened) if opened.db.dbi() == self.db.dbi() && !self.tables.any_live() => {
                 self.map_size
                     .store(current_map_size(&opened.lmdb), Ordering::Relaxed);
                 *slot = Some(opened.lmdb);
@@ -1216,6 +1351,7 @@ impl Env {
             txn,
             guard: ManuallyDrop::new(guard),
             pinned: Cell::new(false),
+            dbi: Cell::new(self.db.dbi()),
         }))
     }
 
@@ -1378,6 +1514,398 @@ impl Env {
     }
 }
 
+/// Named tables (see `tables.rs`): every write transaction they need is
+/// here, in `write_locked`, like the others.
+impl Env {
+    /// Open the table `name`, creating it if `create` (and the environment
+    /// is writable). Refused while the main database holds a main store's
+    /// entries. Call without the GIL.
+    pub fn open_table(&self, name: &str, create: bool) -> Result<Table> {
+        if let Some(why) = tables::name_problem(name) {
+            return Err(Error::BadTable {
+                name: name.into(),
+                why,
+            });
+        }
+        // An existing table opens in a read: opening writes nothing (a fork
+        // child reopening its tables, a reader process).
+        let found = match self.open_table_existing(name) {
+            Err(Error::Lmdb { code, .. })
+                if code == ffi::MDB_NOTFOUND && create && !self.options.readonly =>
+            {
+                self.open_table_writable(name, create)
+            }
+            found => found,
+        };
+        found.map_err(|e| self.table_error(e, name))
+    }
+
+    fn open_table_writable(&self, name: &str, create: bool) -> Result<Table> {
+        let _writer = self.lock_writer()?;
+        let _open = self.lock_open()?;
+        let refused = Cell::new(false);
+        let db = self.write_locked(self.options.max_map_size, &mut |txn, main| {
+            if tables::main_kind_rw(txn, main)? == MainKind::Entries {
+                refused.set(true);
+                return Err(lmdb::Error::Incompatible);
+            }
+            // SAFETY: `open_lock` is held until this transaction has ended,
+            // so no other `mdb_dbi_open` runs in this process meanwhile.
+            unsafe {
+                if create {
+                    txn.create_db(Some(name), lmdb::DatabaseFlags::empty())
+                } else {
+                    txn.open_db(Some(name))
+                }
+            }
+        });
+        match db {
+            Ok(db) => Ok(self.tables.give(name, db)),
+            Err(_) if refused.get() => Err(Error::MainHoldsEntries {
+                name: name.into(),
+                path: self.path.display().to_string(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Open an existing table in a read transaction, committed so that its
+    /// handle stays open.
+    fn open_table_existing(&self, name: &str) -> Result<Table> {
+        loop {
+            let _open = self.lock_open()?;
+            let g = self.gate.wait_shared();
+            let env = self.lmdb_shared(&g)?;
+            let txn = match env.begin_ro_txn() {
+                Ok(t) => t,
+                Err(lmdb::Error::MapResized) => {
+                    drop(g);
+                    drop(_open);
+                    self.adopt_resize()?;
+                    continue;
+                }
+                Err(e) => return Err(Error::from_lmdb(e, self.what("begin a read"))),
+            };
+            // SAFETY: `open_lock` is held until `txn` has ended.
+            let db = unsafe { txn.open_db(Some(name)) };
+            let db = match db {
+                Ok(db) => {
+                    txn.commit()
+                        .map_err(|e| Error::from_lmdb(e, self.what("open a table")))?;
+                    db
+                }
+                Err(e) => return Err(Error::from_lmdb(e, self.what("open a table"))),
+            };
+            return Ok(self.tables.give(name, db));
+        }
+    }
+
+    /// The words for a failed table open.
+    fn table_error(&self, e: Error, name: &str) -> Error {
+        let path = self.path.display().to_string();
+        match e {
+            Error::Lmdb { code, .. } if code == ffi::MDB_NOTFOUND => Error::NoTable {
+                name: name.into(),
+                path,
+            },
+            Error::Lmdb { code, .. } if code == ffi::MDB_INCOMPATIBLE => Error::MainHoldsEntries {
+                name: name.into(),
+                path,
+            },
+            Error::Lmdb { code, .. } if code == ffi::MDB_DBS_FULL => Error::TooManyTables {
+                name: name.into(),
+                path,
+            },
+            e => e,
+        }
+    }
+
+    /// Refuse the main store of a file whose main database holds table
+    /// records (its reads would show them as entries). Call without the GIL.
+    pub fn check_main(&self) -> Result<()> {
+        loop {
+            let _open = self.lock_open()?;
+            let g = self.gate.wait_shared();
+            let env = self.lmdb_shared(&g)?;
+            let txn = match env.begin_ro_txn() {
+                Ok(t) => t,
+                Err(lmdb::Error::MapResized) => {
+                    drop(g);
+                    drop(_open);
+                    self.adopt_resize()?;
+                    continue;
+                }
+                Err(e) => return Err(Error::from_lmdb(e, self.what("begin a read"))),
+            };
+            // SAFETY: `open_lock` is held until `txn` ends (aborted below,
+            // which closes a handle the check opened).
+            let kind = unsafe { tables::main_kind_ro(&txn, self.db) }
+                .map_err(|e| Error::from_lmdb(e, self.what("read")))?;
+            drop(txn);
+            if kind == MainKind::Tables {
+                self.tables.mark_present(true);
+                return Err(self.has_tables());
+            }
+            return Ok(());
+        }
+    }
+
+    /// Lock `open_lock` (see `tables::Registry`). Its holder may wait for
+    /// the gate, or grow the map and so wait for every read: a thread inside
+    /// a read (a snapshot, code run while unpickling) gives up with
+    /// `WouldDeadlock` rather than wait for it while growth is under way.
+    fn lock_open(&self) -> Result<MutexGuard<'_, ()>> {
+        if !self.gate.held_by_current_thread() {
+            return Ok(self.tables.open_lock.lock());
+        }
+        loop {
+            if let Some(g) = self.tables.open_lock.try_lock_for(Duration::from_millis(2)) {
+                return Ok(g);
+            }
+            if self.gate.exclusive_pending() {
+                return Err(Error::WouldDeadlock("opening a table"));
+            }
+        }
+    }
+
+    fn has_tables(&self) -> Error {
+        Error::HasTables {
+            path: self.path.display().to_string(),
+        }
+    }
+
+    /// A main-database write refused by LMDB because a key is a table
+    /// record's, in the words of `HasTables`.
+    fn main_write_error(&self, e: Error) -> Error {
+        match e {
+            Error::Lmdb { code, .. } if code == ffi::MDB_INCOMPATIBLE => {
+                self.tables.mark_present(true);
+                self.has_tables()
+            }
+            e => e,
+        }
+    }
+
+    /// Why `table` cannot be used now: the main store of a file with
+    /// tables, or a table that was dropped.
+    fn table_unusable(&self, table: &Table) -> Option<Error> {
+        match &table.named {
+            None if self.tables.has_tables() => Some(self.has_tables()),
+            None => None,
+            Some(n) if self.tables.is_live(n) => None,
+            Some(n) => Some(Error::TableDropped {
+                name: n.name.to_string(),
+                path: self.path.display().to_string(),
+            }),
+        }
+    }
+
+    /// `commit` into `table`. A write to the main database whose first key
+    /// is a table record's, or that would overwrite one, is refused
+    /// (`HasTables`), so table records and entries never mix.
+    pub fn commit_in(
+        &self,
+        table: &Table,
+        ops: &Sorted<'_>,
+        bytes: usize,
+        cap: Option<usize>,
+    ) -> Result<()> {
+        let Some(named) = &table.named else {
+            if let Some(e) = self.table_unusable(table) {
+                return Err(e);
+            }
+            let _writer = self.lock_writer()?;
+            self.reserve_locked(bytes, cap)?;
+            return self
+                .write_locked(cap, &mut |txn, db| {
+                    if tables::main_kind_rw(txn, db)? == MainKind::Tables {
+                        return Err(lmdb::Error::Incompatible);
+                    }
+                    apply_sorted(txn, db, ops.ops())
+                })
+                .map_err(|e| self.main_write_error(e));
+        };
+        let _writer = self.lock_writer()?;
+        // A drop takes the writer lock too: the table stays while it is held.
+        if let Some(e) = self.table_unusable(table) {
+            return Err(e);
+        }
+        self.reserve_locked(bytes, cap)?;
+        self.write_locked(cap, &mut |txn, _| apply_sorted(txn, named.db, ops.ops()))
+            .map_err(|e| match e {
+                // Another process dropped the table: LMDB no longer finds
+                // its record.
+                Error::Lmdb { code, .. } if code == ffi::MDB_NOTFOUND => Error::TableDropped {
+                    name: named.name.to_string(),
+                    path: self.path.display().to_string(),
+                },
+                e => e,
+            })
+    }
+
+    /// `clear` of `table`; for the main database, refused when it holds
+    /// table records (emptying it would lose every table).
+    pub fn clear_in(&self, table: &Table, cap: Option<usize>) -> Result<()> {
+        let _writer = self.lock_writer()?;
+        if let Some(e) = self.table_unusable(table) {
+            return Err(e);
+        }
+        match &table.named {
+            None => self
+                .write_locked(cap, &mut |txn, db| {
+                    if tables::main_kind_rw(txn, db)? == MainKind::Tables {
+                        return Err(lmdb::Error::Incompatible);
+                    }
+                    txn.clear_db(db)
+                })
+                .map_err(|e| self.main_write_error(e)),
+            Some(n) => self.write_locked(cap, &mut |txn, _| txn.clear_db(n.db)),
+        }
+    }
+
+    /// `remove_if` in `table`.
+    pub fn remove_if_in(
+        &self,
+        table: &Table,
+        key: &[u8],
+        expected: &[u8],
+        cap: Option<usize>,
+    ) -> Result<bool> {
+        let _writer = self.lock_writer()?;
+        if let Some(e) = self.table_unusable(table) {
+            return Err(e);
+        }
+        let db = table.named.as_ref().map_or(self.db, |n| n.db);
+        self.write_locked(cap, &mut |txn, _| match txn.get(db, &key) {
+            Ok(current) if current == expected => {
+                txn.del(db, &key, None)?;
+                Ok(true)
+            }
+            Ok(_) | Err(lmdb::Error::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        })
+        .map_err(|e| self.main_write_error(e))
+    }
+
+    /// Remove `table` and everything in it, in one write transaction. Every
+    /// handle of it in this process is dead afterwards: a store using one
+    /// is told the table was dropped. Call without the GIL.
+    pub fn drop_table(&self, table: &Table, cap: Option<usize>) -> Result<()> {
+        let Some(named) = &table.named else {
+            return Err(Error::DropMain {
+                path: self.path.display().to_string(),
+            });
+        };
+        let _writer = self.lock_writer()?;
+        let _open = self.lock_open()?;
+        if let Some(e) = self.table_unusable(table) {
+            return Err(e);
+        }
+        let closed = Cell::new(None);
+        let result = self.write_locked(cap, &mut |txn, main| {
+            // By name: an attempt that failed closed the handle (LMDB
+            // closes it at the drop, before the commit).
+            // SAFETY: `open_lock` is held until this transaction ends.
+            let db = unsafe { txn.open_db(Some(&named.name)) }?;
+            closed.set(Some(db.dbi()));
+            // SAFETY: as above; no cursor of this handle is open here, and
+            // the handle is never used again once dropped (retired below).
+            unsafe { txn.drop_db(db) }?;
+            let cursor = txn.open_ro_cursor(main)?;
+            Ok(cursor.get(None, None, ffi::MDB_FIRST).is_err())
+        });
+        // The old handle and whichever one a drop closed are dead, failed
+        // commit or not.
+        self.tables.retire(named.db.dbi());
+        if let Some(dbi) = closed.get() {
+            self.tables.retire(dbi);
+        }
+        let main_empty = result?;
+        if main_empty {
+            self.tables.mark_present(false);
+        }
+        Ok(())
+    }
+
+    /// The names of the tables in the file, in sorted order. Reads only.
+    /// Call without the GIL.
+    pub fn list_tables(&self) -> Result<Vec<String>> {
+        loop {
+            let _open = self.lock_open()?;
+            let g = self.gate.wait_shared();
+            let env = self.lmdb_shared(&g)?;
+            let Some(scan) = self.begin_ro(env)? else {
+                drop(g);
+                drop(_open);
+                self.adopt_resize()?;
+                continue;
+            };
+            let read = |e| Error::from_lmdb(e, self.what("read the table names"));
+            let mut names = Vec::new();
+            let mut resized = false;
+            {
+                let mut cursor = scan.open_ro_cursor(self.db).map_err(read)?;
+                for entry in cursor.iter_start() {
+                    let (key, value) = entry.map_err(read)?;
+                    let Some(name) = tables::candidate(key, value.len()) else {
+                        continue;
+                    };
+                    // One short read per name: its abort closes the handle
+                    // it opened, so listing many tables takes no slots.
+                    let Some(probe) = self.begin_ro(env)? else {
+                        resized = true;
+                        break;
+                    };
+                    // SAFETY: `open_lock` is held until `probe` has ended.
+                    match unsafe { probe.open_db(Some(name)) } {
+                        Ok(_) => names.push(name.to_string()),
+                        Err(lmdb::Error::Incompatible) => {}
+                        Err(e) => return Err(read(e)),
+                    }
+                }
+            }
+            if resized {
+                drop(scan);
+                drop(g);
+                drop(_open);
+                self.adopt_resize()?;
+                continue;
+            }
+            return Ok(names);
+        }
+    }
+
+    /// A read transaction of the lmdb crate; `None`: another process grew
+    /// the map (adopt it and retry).
+    fn begin_ro<'e>(&self, env: &'e Environment) -> Result<Option<lmdb::RoTransaction<'e>>> {
+        match env.begin_ro_txn() {
+            Ok(t) => Ok(Some(t)),
+            Err(lmdb::Error::MapResized) => Ok(None),
+            Err(e) => Err(Error::from_lmdb(e, self.what("begin a read"))),
+        }
+    }
+
+    /// `stat` of the database `table` addresses, in the transaction `txn`.
+    pub fn table_stat(&self, txn: &ReadTxn<'_>) -> Result<DbStat> {
+        let mut st = std::mem::MaybeUninit::<ffi::MDB_stat>::zeroed();
+        // SAFETY: live txn and dbi; mdb_stat fills the struct.
+        let rc = unsafe { ffi::mdb_stat(txn.txn, txn.dbi.get(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(Error::lmdb(rc, self.what("stat")));
+        }
+        // SAFETY: filled above.
+        let s = unsafe { st.assume_init() };
+        Ok(DbStat {
+            psize: s.ms_psize,
+            depth: s.ms_depth,
+            branch_pages: s.ms_branch_pages,
+            leaf_pages: s.ms_leaf_pages,
+            overflow_pages: s.ms_overflow_pages,
+            entries: s.ms_entries,
+        })
+    }
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
         for RawTxn(t) in self.pool.get_mut().drain(..) {
@@ -1434,6 +1962,8 @@ pub struct ReadTxn<'a> {
     guard: ManuallyDrop<SharedGuard<'a>>,
     /// A buffer over this transaction's pages outlives the read.
     pinned: Cell<bool>,
+    /// The database its reads address: the main one unless `set_table`.
+    dbi: Cell<ffi::MDB_dbi>,
 }
 
 fn to_val(bytes: &[u8]) -> ffi::MDB_val {
@@ -1463,6 +1993,21 @@ pub(crate) enum Seek {
 }
 
 impl<'a> ReadTxn<'a> {
+    /// Address `table` with the reads of this transaction: refused for a
+    /// dropped table, and for the main store of a file with tables.
+    pub fn set_table(&self, table: &Table) -> Result<()> {
+        if let Some(e) = self.env.table_unusable(table) {
+            return Err(e);
+        }
+        self.dbi.set(
+            table
+                .named
+                .as_ref()
+                .map_or(self.env.db.dbi(), |n| n.db.dbi()),
+        );
+        Ok(())
+    }
+
     /// Keep this transaction's pages readable, where they are, for the rest
     /// of the process: a buffer over them outlives the read and cannot be
     /// revoked. The transaction is never reset (so LMDB never reuses its
@@ -1519,7 +2064,7 @@ impl<'a> ReadTxn<'a> {
             mv_data: ptr::null_mut(),
         };
         // SAFETY: live read txn and dbi of this env; k points to `key`.
-        let rc = unsafe { ffi::mdb_get(self.txn, self.env.db.dbi(), &mut k, &mut v) };
+        let rc = unsafe { ffi::mdb_get(self.txn, self.dbi.get(), &mut k, &mut v) };
         match rc {
             0 => {
                 // SAFETY: `v` was filled by mdb_get inside `self`.
@@ -1534,7 +2079,7 @@ impl<'a> ReadTxn<'a> {
     pub fn entries(&self) -> Result<usize> {
         let mut st = std::mem::MaybeUninit::<ffi::MDB_stat>::zeroed();
         // SAFETY: live txn and dbi; mdb_stat fills the struct.
-        let rc = unsafe { ffi::mdb_stat(self.txn, self.env.db.dbi(), st.as_mut_ptr()) };
+        let rc = unsafe { ffi::mdb_stat(self.txn, self.dbi.get(), st.as_mut_ptr()) };
         if rc != 0 {
             return Err(Error::lmdb(rc, self.env.what("stat")));
         }
@@ -1547,7 +2092,7 @@ impl<'a> ReadTxn<'a> {
         let mut raw: *mut ffi::MDB_cursor = ptr::null_mut();
         // SAFETY: live txn and dbi; `Cursor` closes it before the txn ends
         // (it borrows `self`).
-        let rc = unsafe { ffi::mdb_cursor_open(self.txn, self.env.db.dbi(), &mut raw) };
+        let rc = unsafe { ffi::mdb_cursor_open(self.txn, self.dbi.get(), &mut raw) };
         if rc != 0 {
             return Err(Error::lmdb(rc, self.env.what("open a cursor")));
         }

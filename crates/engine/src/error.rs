@@ -61,9 +61,29 @@ pub enum Error {
     /// the source did not hold the bytes announced (`code` 0). `what` names
     /// the source and the key.
     Source { code: c_int, what: String },
+    /// A table name LMDB cannot take (`why` says how it is wrong).
+    BadTable { name: String, why: String },
+    /// The table does not exist and this open may not create it.
+    NoTable { name: String, path: String },
+    /// A table cannot be made: the main database holds a main store's
+    /// entries, beside which LMDB would keep the table's record.
+    MainHoldsEntries { name: String, path: String },
+    /// Every database handle of the environment is taken.
+    TooManyTables { name: String, path: String },
+    /// The main store of a file whose main database holds table records.
+    HasTables { path: String },
+    /// The table this store uses was dropped.
+    TableDropped { name: String, path: String },
+    /// `drop_table()` of the main store.
+    DropMain { path: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A name as Python's `repr` of a `str` shows most names: in single quotes.
+fn quoted(name: &str) -> String {
+    format!("'{}'", name.replace('\\', "\\\\").replace('\'', "\\'"))
+}
 
 /// LMDB's own text for an error code (also covers errno values).
 pub fn strerror(code: c_int) -> String {
@@ -151,6 +171,53 @@ impl fmt::Display for Error {
             Error::TxnThread => {
                 f.write_str("a transaction is used only by the thread that began it")
             }
+            Error::BadTable { name, why } => {
+                write!(
+                    f,
+                    "table={q} is not a usable table name: it {why}",
+                    q = quoted(name)
+                )
+            }
+            Error::NoTable { name, path } => write!(
+                f,
+                "{path} has no table {q}, and an open with readonly=True or create=False \
+                 does not create one (lmdb_object_store.tables(path) lists the tables it has)",
+                q = quoted(name)
+            ),
+            Error::MainHoldsEntries { name, path } => write!(
+                f,
+                "cannot open table {q} of {path}: the file holds the entries of a store \
+                 opened without table=, and LMDB keeps the records of named tables in that same \
+                 main table, so one file holds either such entries or named tables; put the \
+                 tables in another file, or move the entries into a table first",
+                q = quoted(name)
+            ),
+            Error::TooManyTables { name, path } => write!(
+                f,
+                "cannot open table {q} of {path}: this process has opened {} tables of the \
+                 file, the most it may have open at once; they stay open until every store \
+                 of the file in this process is closed",
+                crate::tables::MAX_TABLES,
+                q = quoted(name)
+            ),
+            Error::HasTables { path } => write!(
+                f,
+                "{path} holds named tables, whose records LMDB keeps in the main table: a store \
+                 opened without table= cannot use that file (its entries would mix with the \
+                 records); open a table with table=NAME (lmdb_object_store.tables(path) lists \
+                 them)"
+            ),
+            Error::TableDropped { name, path } => write!(
+                f,
+                "table {q} of {path} was dropped (drop_table()); this store cannot be \
+                 used any more: open the table again to create it anew",
+                q = quoted(name)
+            ),
+            Error::DropMain { path } => write!(
+                f,
+                "drop_table() drops a named table; this store of {path} was opened without \
+                 table= (its main table cannot be dropped; clear() empties it)"
+            ),
             Error::Lmdb { code, what } => {
                 let text = strerror(*code);
                 match write_failure_hint(*code) {

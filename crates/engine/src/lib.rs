@@ -17,6 +17,7 @@ pub mod gate;
 pub mod order;
 mod snapshot;
 pub mod stream;
+pub mod tables;
 pub mod txn;
 
 pub use bounds::Bounds;
@@ -27,6 +28,7 @@ pub use env::{
 pub use error::{strerror, Error, Result};
 pub use snapshot::Snapshot;
 pub use stream::{Source, StoredValue};
+pub use tables::Table;
 pub use txn::WriteTxn;
 
 /// LMDB's compile-time key limit (`mdb_env_get_maxkeysize` with the default

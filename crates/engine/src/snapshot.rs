@@ -47,6 +47,11 @@ impl Snapshot {
         }))
     }
 
+    /// Address `table` with this snapshot's reads (see `ReadTxn::set_table`).
+    pub fn set_table(&self, table: &crate::Table) -> Result<()> {
+        self.txn.set_table(table)
+    }
+
     /// The transaction, for reads. Refused in a child after `fork()`: the
     /// transaction is the parent's there.
     pub fn txn(&self) -> Result<&ReadTxn<'_>> {

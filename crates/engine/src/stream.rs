@@ -316,8 +316,13 @@ mod tests {
             std::fs::write(&path, &data).unwrap();
             let file = File::open(&path).unwrap();
             let env = open(&dir, writemap);
-            env.put_stream(b"k", &source(&file, 3, data.len() as u64 - 3), None)
-                .unwrap();
+            env.put_stream(
+                &crate::Table::main(),
+                b"k",
+                &source(&file, 3, data.len() as u64 - 3),
+                None,
+            )
+            .unwrap();
             let got = stored(&env, b"k").unwrap();
             assert_eq!(got.len(), data.len() - 3 + 2);
             assert!(got[0] == b'<' && got[got.len() - 1] == b'>');
@@ -335,7 +340,8 @@ mod tests {
             let small = dir.join("small");
             std::fs::write(&small, b"0123456789").unwrap();
             let small = File::open(&small).unwrap();
-            env.put_stream(b"s", &source(&small, 2, 8), None).unwrap();
+            env.put_stream(&crate::Table::main(), b"s", &source(&small, 2, 8), None)
+                .unwrap();
             {
                 let txn = env.begin_read(env.gate.wait_shared()).unwrap().unwrap();
                 let v = txn.get(b"s").unwrap().unwrap();
@@ -359,21 +365,26 @@ mod tests {
         let file = File::open(&path).unwrap();
         let env = open(&dir, false);
         let short = env
-            .put_stream(b"k", &source(&file, 0, 100_001), None)
+            .put_stream(
+                &crate::Table::main(),
+                b"k",
+                &source(&file, 0, 100_001),
+                None,
+            )
             .unwrap_err();
         assert!(
             matches!(&short, Error::Source { code: 0, what } if what.contains("ended after 100000 of the 100001")),
             "{short}"
         );
         let long = env
-            .put_stream(b"k", &source(&file, 0, 99_999), None)
+            .put_stream(&crate::Table::main(), b"k", &source(&file, 0, 99_999), None)
             .unwrap_err();
         assert!(
             matches!(&long, Error::Source { code: 0, what } if what.contains("holds more than the 99999")),
             "{long}"
         );
         assert_eq!(stored(&env, b"k"), None);
-        env.put_stream(b"k", &source(&file, 1, 99_999), None)
+        env.put_stream(&crate::Table::main(), b"k", &source(&file, 1, 99_999), None)
             .unwrap();
         assert_eq!(stored(&env, b"k").unwrap().len(), 100_001);
         env.release().unwrap();
