@@ -44,6 +44,33 @@ for _shape in CODEC_SHAPES:
         for _gc, _when in (("", "collector paused"), ("_gc", "collector running")):
             OPERATIONS[f"codec_{_shape}_{_way}{_gc}"] = (f"{_shape} {_way}, {_when}", "values/s")
 
+# This store's serializers: serializer -> what its rows store and what its floor is.
+SERIALIZERS = {
+    "pickle": ("the workload's values", "pickle"),
+    "safe": ("the workload's values", "pickle"),
+    "raw": ("their pickles, made beforehand, as `bytes`", "pickle"),
+    "json": ("the workload's values", "json"),
+    "msgpack": ("the workload's values", "msgpack"),
+}
+for _ser in SERIALIZERS:
+    for _op in ("put", "get", "get_many"):
+        OPERATIONS[f"ser_{_ser}_{_op}"] = (f"{_ser} {_op}", "ops/s")
+# The data-loader row: operation -> how the vectors are read.
+ARRAYS = {
+    "arrays_get_arrays": "`get_arrays(keys)`: a new array per batch",
+    "arrays_get_arrays_out": "`get_arrays(keys, out=)`: one array reused",
+    "arrays_pickle_get_many": "the arrays pickled by `put`: `get_many` + `numpy.stack`",
+    "arrays_ldkv": "lightning-disk-kv: `store_vectors` / `get_vectors_batch`",
+    "arrays_pickle_floor": "floor: `pickle.loads` of pickles in memory + `numpy.stack`",
+}
+for _op in ARRAYS:
+    OPERATIONS[_op] = (_op, "vectors/s")
+
+ARRAY_SYSTEMS = {
+    "this": ["arrays_get_arrays", "arrays_get_arrays_out", "arrays_pickle_get_many"],
+    "floor": ["arrays_pickle_floor"],
+    "lightning-disk-kv": ["arrays_ldkv"],
+}
 REF = "ref"  # the system every ratio in brackets is taken against
 THIS = "this"  # this package
 THROUGHPUT = ["put", "put_nosync", "get", "put_many", "get_many", "iterate"]
@@ -206,6 +233,8 @@ def markdown_tables(data: dict[str, Any]) -> str:
     )
 
     out.extend(codec_table(data, idx))
+    out.extend(serializer_table(data, idx))
+    out.extend(arrays_table(data, idx))
     out.extend(targets(data, idx))
 
     rows = []
@@ -271,6 +300,64 @@ def codec_table(data: dict[str, Any], idx: dict[tuple[str, str], dict[str, Any]]
         "kept, as a batch read keeps them.",
         "",
     ] + table(headings, rows, 2)
+
+
+def serializer_table(data: dict[str, Any], idx: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """Each serializer of this store on the workload, against its own floor."""
+    if not any(idx.get((THIS, f"ser_{s}_put")) for s in SERIALIZERS):
+        return []
+    floor = data["floor_system"]
+    rows = []
+    for ser, (what, base) in SERIALIZERS.items():
+        row = [f"`{ser}`", what]
+        for op in ("put", "get", "get_many"):
+            ours = idx.get((THIS, f"ser_{ser}_{op}"))
+            row += [rate_plain(ours), against_floor(ours) if ours else "n/a"]
+        floors = [rate_plain(idx.get((floor, f"ser_{base}_{op}"))) for op in ("put", "get")]
+        rows.append(row + [f"{base}: {' / '.join(floors)}"])
+    headings = ["serializer", "values stored", "put", "× floor", "get", "× floor"]
+    headings += ["get_many", "× floor", "floor (dumps / loads per s)"]
+    return [
+        "",
+        "### Serializers",
+        "",
+        "This store with each `serializer=` on the workload (ops/s), and the ratio to "
+        "that serializer's floor measured in the same run: `pickle.dumps`/`pickle.loads` "
+        "for pickle, safe and raw, `json.dumps`/`json.loads` for json, "
+        "`msgpack.packb`/`msgpack.unpackb` for msgpack (for `get_many`, loads into one "
+        "dict). The workload's values are JSON-able, so every row stores the same values.",
+        "",
+    ] + table(headings, rows, 2)
+
+
+def arrays_table(data: dict[str, Any], idx: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """The data-loader row: vectors/s of each way, against pickle and lightning-disk-kv."""
+    where = {op: system for system, ops in ARRAY_SYSTEMS.items() for op in ops}
+    found = {op: idx.get((where[op], op)) for op in ARRAYS}
+    if not any(r for r in found.values()):
+        return []
+    base, peer = found["arrays_pickle_get_many"], found["arrays_ldkv"]
+
+    def over(row: dict[str, Any] | None, other: dict[str, Any] | None) -> str:
+        if not row or not other or row["status"] != "ok" or other["status"] != "ok":
+            return "n/a"
+        return times(row["value"] / other["value"])
+
+    rows = [
+        [what, rate_plain(found[op]), over(found[op], base), over(found[op], peer)]
+        for op, what in ARRAYS.items()
+        if found[op] is not None
+    ]
+    a = data["parameters"].get("arrays", {})
+    return [
+        "",
+        "### Arrays",
+        "",
+        f"{a.get('count', 0):,} float32 vectors of {a.get('dim')} read in batches of "
+        f"{a.get('batch')} shuffled keys, each vector once per round (vectors/s), and the "
+        "ratio to this store's pickled arrays and to lightning-disk-kv's vector path.",
+        "",
+    ] + table(["how", "vectors/s", "× pickle get_many", "× lightning-disk-kv"], rows)
 
 
 def rate_plain(row: dict[str, Any] | None) -> str:

@@ -1,0 +1,169 @@
+"""The ways the json and msgpack serializers could encode and decode one value,
+measured against each other in one process, interleaved round by round.
+
+    python benchmarks/serializer_paths.py              # 100,000 values, 7 rounds
+    python benchmarks/serializer_paths.py --n 20000 --rounds 5
+
+It is how the serializers' implementation was chosen (see docs/performance.md):
+each way turns the workload's values into the bytes the store writes (UTF-8 for
+json) and back, one value per call as a put or a get does. Needs msgpack; orjson
+and ormsgpack (Rust encoders, shown as the speed a Rust path could reach; their
+bytes differ from the store's) are measured when installed. Each figure is the
+median over the rounds in values per second, with the ratio to the way the
+store uses; "same bytes" says whether the way writes exactly the store's bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import json
+import json.decoder
+import json.encoder
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+
+def make_values(n: int) -> list[dict[str, Any]]:
+    return [{"id": i, "name": f"user{i}", "tags": ["a", "b"], "score": i * 0.5} for i in range(n)]
+
+
+def json_ways() -> tuple[dict[str, Callable[[Any], bytes]], dict[str, Callable[[bytes], Any]]]:
+    # The store's encoder: compact, UTF-8 rather than escapes, no NaN.
+    encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    decoder = json.JSONDecoder()
+    encode_str = json.encoder.encode_basestring  # ensure_ascii=False
+    make = json.encoder.c_make_encoder
+
+    def c_encoder_per_call(obj: Any) -> bytes:
+        # What JSONEncoder.iterencode builds on every call, built directly: a
+        # fresh markers dict keeps the circular-reference check and its error.
+        enc = make({}, encoder.default, encode_str, None, ":", ",", False, False, False)
+        return "".join(enc(obj, 0)).encode()
+
+    shared = make(None, encoder.default, encode_str, None, ":", ",", False, False, False)
+
+    def c_encoder_once(obj: Any) -> bytes:
+        # Built once: no markers, so a cycle is a RecursionError, not ValueError.
+        return "".join(shared(obj, 0)).encode()
+
+    encoders: dict[str, Callable[[Any], bytes]] = {
+        "JSONEncoder.encode (the store)": lambda o: encoder.encode(o).encode(),
+        "c_make_encoder per call": c_encoder_per_call,
+        "c_make_encoder once, no cycle check": c_encoder_once,
+        "json.dumps defaults": lambda o: json.dumps(o).encode(),
+    }
+    scan = decoder.scan_once
+
+    def scan_once(data: bytes) -> Any:
+        text = data.decode()
+        obj, end = scan(text, 0)
+        if end != len(text):
+            return decoder.decode(text)  # trailing text: decode() says what is wrong
+        return obj
+
+    decoders: dict[str, Callable[[bytes], Any]] = {
+        "JSONDecoder.decode (the store)": lambda b: decoder.decode(b.decode()),
+        "scanner called directly": scan_once,
+        "json.loads(bytes)": json.loads,
+    }
+    try:
+        import orjson
+    except ImportError:
+        pass
+    else:
+        encoders["orjson.dumps (Rust)"] = orjson.dumps
+        decoders["orjson.loads (Rust)"] = orjson.loads
+    return encoders, decoders
+
+
+def msgpack_ways() -> tuple[dict[str, Callable[[Any], bytes]], dict[str, Callable[[bytes], Any]]]:
+    packer = msgpack.Packer()
+    unpack_kwargs = {"strict_map_key": False, "raw": False}
+    encoders: dict[str, Callable[[Any], bytes]] = {
+        "msgpack.packb (the store)": msgpack.packb,
+        "one Packer reused": packer.pack,
+    }
+    decoders: dict[str, Callable[[bytes], Any]] = {
+        "partial(unpackb) (the store)": functools.partial(msgpack.unpackb, **unpack_kwargs),
+        "unpackb(**kwargs)": lambda b: msgpack.unpackb(b, **unpack_kwargs),
+    }
+    try:
+        import ormsgpack
+    except ImportError:
+        pass
+    else:
+        opt = ormsgpack.OPT_NON_STR_KEYS
+        encoders["ormsgpack.packb (Rust)"] = lambda o: ormsgpack.packb(o, option=opt)
+        decoders["ormsgpack.unpackb (Rust)"] = ormsgpack.unpackb
+    return encoders, decoders
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    finally:
+        gc.enable()
+
+
+def measure(
+    values: list[Any], rounds: int, seed: int, name: str, ways: tuple[dict, dict]
+) -> list[str]:
+    encoders, decoders = ways
+    base_enc, base_dec = next(iter(encoders)), next(iter(decoders))
+    stored = [encoders[base_enc](v) for v in values]
+    runs: dict[str, Callable[[], Any]] = {}
+    for label, enc in encoders.items():
+        runs[f"encode: {label}"] = functools.partial(lambda e: [e(v) for v in values], enc)
+    for label, dec in decoders.items():
+        runs[f"decode: {label}"] = functools.partial(lambda d: [d(b) for b in stored], dec)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        order = list(runs)
+        rng.shuffle(order)
+        for k in order:
+            times[k].append(timed(runs[k]))
+    n = len(values)
+    rate = {k: n / statistics.median(ts) for k, ts in times.items()}
+    lines = [f"\n{name}: {n:,} values, median of {rounds} rounds\n"]
+    lines.append("| way | values/s | × the store's | same bytes / values |")
+    lines.append("| --- | ---: | ---: | --- |")
+    for k in runs:
+        kind, label = k.split(": ", 1)
+        if kind == "encode":
+            same = all(encoders[label](v) == s for v, s in zip(values[:1000], stored, strict=False))
+            base = rate[f"encode: {base_enc}"]
+        else:
+            same = all(decoders[label](s) == v for v, s in zip(values[:1000], stored, strict=False))
+            base = rate[f"decode: {base_dec}"]
+        lines.append(
+            f"| {k} | {rate[k]:,.0f} | {rate[k] / base:.2f}× | {'yes' if same else 'no'} |"
+        )
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    values = make_values(args.n)
+    lines = measure(values, args.rounds, args.seed, "json", json_ways())
+    lines += measure(values, args.rounds, args.seed, "msgpack", msgpack_ways())
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
