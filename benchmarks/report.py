@@ -435,6 +435,7 @@ def page(data: dict[str, Any]) -> str:
         + (f" ({s['requirement']})" if s.get("requirement") else "")
         for s in data["systems"]
     )
+    arr = p.get("arrays") or {"count": 65_536, "dim": 512, "batch": 256}
     rounds = f"{p['rounds']} round" + ("s" if p["rounds"] != 1 else "")
     rev = data["revision"]
     revision = (rev["commit"][:12] or "unknown") + (" with local changes" if rev["dirty"] else "")
@@ -489,6 +490,26 @@ Where the time goes in each operation, from profiles: [profiles.md](profiles.md)
   the shuffled read order, each result stored in one dict under its key, as a
   batch read must.
   "Against the floor" divides a store's rate by the floor's.
+- Serializers: this store opened with each `serializer=`, `store[k] = v` for
+  every entry then `flush()`, `store[k]` in the shuffled order, one
+  `get_many` of every key. The workload's values are already JSON-able (str
+  keys, an int, a str, a list of str, a float; JSON and MessagePack give them
+  back equal), so the json and msgpack rows store the same values as the
+  others. `raw` stores their pickles, made before the timed sections (so its
+  rows show the store without any serializer, set against pickle's floor). Each
+  row has its own floor, measured in the same run on the same values:
+  `pickle.dumps`/`pickle.loads` for pickle, safe and raw; `json.dumps(v)` and
+  `json.loads` of the UTF-8 bytes for json; `msgpack.packb`/`msgpack.unpackb`
+  for msgpack; for `get_many`, the loads into one dict.
+- Arrays: {arr["count"]:,} float32 vectors of {arr["dim"]} (random,
+  seeded), read in batches of {arr["batch"]} keys in a shuffled order, every
+  vector once. This store: `put_array` then `get_arrays(batch)` (a new
+  `(batch, {arr["dim"]})` array per batch) and `get_arrays(batch, out=)` (one
+  array reused); the same arrays stored with `store[k] = v` (pickled) and read
+  with `get_many` + `numpy.stack`. lightning-disk-kv: `store_vectors` then
+  `get_vectors_batch` (integer ids, 5 shards), its vector path. The floor:
+  `pickle.loads` of the pickles held in memory + `numpy.stack`. The last
+  batch is compared with the vectors written.
 - Each store runs with its defaults except: a 2 GiB LMDB map for every
   LMDB-based store (so that no timed section includes map growth), sqlitedict
   with `autocommit=False`, diskcache puts inside `transact()`, kohakuvault with

@@ -7,10 +7,14 @@ measured against each other in one process, interleaved round by round.
 It is how the serializers' implementation was chosen (see docs/performance.md):
 each way turns the workload's values into the bytes the store writes (UTF-8 for
 json) and back, one value per call as a put or a get does. Needs msgpack; orjson
-and ormsgpack (Rust encoders, shown as the speed a Rust path could reach; their
-bytes differ from the store's) are measured when installed. Each figure is the
-median over the rounds in values per second, with the ratio to the way the
-store uses; "same bytes" says whether the way writes exactly the store's bytes.
+and ormsgpack (Rust encoders and decoders, the speed a Rust path could reach;
+orjson writes the store's bytes for these values, not for every value) are
+measured when installed. Each figure is the median over the rounds in values
+per second of the process's CPU time (not wall-clock time: on a shared machine
+the time the process waits for a CPU is not the way's), with the ratio to the
+first row of each table (the way the store took before the second); "same
+bytes" says whether the way writes exactly the store's bytes (for a decoder:
+gives back the same values).
 """
 
 from __future__ import annotations
@@ -54,8 +58,8 @@ def json_ways() -> tuple[dict[str, Callable[[Any], bytes]], dict[str, Callable[[
         return "".join(shared(obj, 0)).encode()
 
     encoders: dict[str, Callable[[Any], bytes]] = {
-        "JSONEncoder.encode (the store)": lambda o: encoder.encode(o).encode(),
-        "c_make_encoder per call": c_encoder_per_call,
+        "JSONEncoder.encode (the store before)": lambda o: encoder.encode(o).encode(),
+        "c_make_encoder per call (the store)": c_encoder_per_call,
         "c_make_encoder once, no cycle check": c_encoder_once,
         "json.dumps defaults": lambda o: json.dumps(o).encode(),
     }
@@ -69,8 +73,8 @@ def json_ways() -> tuple[dict[str, Callable[[Any], bytes]], dict[str, Callable[[
         return obj
 
     decoders: dict[str, Callable[[bytes], Any]] = {
-        "JSONDecoder.decode (the store)": lambda b: decoder.decode(b.decode()),
-        "scanner called directly": scan_once,
+        "JSONDecoder.decode (the store before)": lambda b: decoder.decode(b.decode()),
+        "scanner called directly (the store)": scan_once,
         "json.loads(bytes)": json.loads,
     }
     try:
@@ -87,8 +91,8 @@ def msgpack_ways() -> tuple[dict[str, Callable[[Any], bytes]], dict[str, Callabl
     packer = msgpack.Packer()
     unpack_kwargs = {"strict_map_key": False, "raw": False}
     encoders: dict[str, Callable[[Any], bytes]] = {
-        "msgpack.packb (the store)": msgpack.packb,
-        "one Packer reused": packer.pack,
+        "msgpack.packb (the store before)": msgpack.packb,
+        "one Packer reused (the store: one per call at a time)": packer.pack,
     }
     decoders: dict[str, Callable[[bytes], Any]] = {
         "partial(unpackb) (the store)": functools.partial(msgpack.unpackb, **unpack_kwargs),
@@ -106,12 +110,13 @@ def msgpack_ways() -> tuple[dict[str, Callable[[Any], bytes]], dict[str, Callabl
 
 
 def timed(fn: Callable[[], Any]) -> float:
+    """CPU seconds of ``fn()``, the collector paused."""
     gc.collect()
     gc.disable()
     try:
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        return time.perf_counter() - start
+        return time.process_time() - start
     finally:
         gc.enable()
 
@@ -137,7 +142,7 @@ def measure(
     n = len(values)
     rate = {k: n / statistics.median(ts) for k, ts in times.items()}
     lines = [f"\n{name}: {n:,} values, median of {rounds} rounds\n"]
-    lines.append("| way | values/s | × the store's | same bytes / values |")
+    lines.append("| way | values/s | × first row | same bytes / values |")
     lines.append("| --- | ---: | ---: | --- |")
     for k in runs:
         kind, label = k.split(": ", 1)
