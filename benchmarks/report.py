@@ -523,6 +523,59 @@ Where the time goes in each operation, from profiles: [profiles.md](profiles.md)
   "failed" with the reason under "Failures"; "n/a" marks an operation the store
   does not offer.
 
+### JSON and MessagePack: why the C modules
+
+The `"json"` and `"msgpack"` serializers call CPython's `json` module (its C
+accelerator) and the `msgpack` C extension, and write their exact bytes. What
+they call was chosen by measuring the ways to encode and decode the workload's
+values, one value per call, with `benchmarks/serializer_paths.py`. On this
+shared virtual machine even CPU time moved by 2× and more from run to run
+(time stolen by other guests counts as the process's), so the figures are
+instructions, counted by `valgrind --tool=callgrind` (Python 3.11, 5,000
+values, each way 4 times over, less a run that only builds the values; orjson
+3.13.0 and ormsgpack 1.13.1 stand for what a Rust encoder or decoder reaches):
+
+| way | instructions per value | × before |
+| --- | ---: | ---: |
+| json encode: `JSONEncoder.encode` (before) | 22,850 | 1.00 |
+| json encode: the C encoder built directly (now) | 18,290 | 0.80 |
+| json encode: orjson (Rust) | 1,950 | 0.085 |
+| json decode: `JSONDecoder.decode` (before) | 14,230 | 1.00 |
+| json decode: the C scanner called directly (now) | 9,170 | 0.64 |
+| json decode: orjson (Rust) | 4,480 | 0.31 |
+| msgpack encode: `msgpack.packb` (before) | 5,980 | 1.00 |
+| msgpack encode: a reused `Packer` (now) | 4,460 | 0.75 |
+| msgpack encode: ormsgpack (Rust) | 2,760 | 0.46 |
+| msgpack decode: `unpackb` (unchanged) | 7,440 | 1.00 |
+| msgpack decode: ormsgpack (Rust) | 4,430 | 0.60 |
+
+Inside the store (callgrind, 5,000 values put then flushed, then read
+with `store[k]` in shuffled order, less a run that only opens the store; the
+release build before and after the change), per value:
+
+| serializer | put before | put after | get before | get after |
+| --- | ---: | ---: | ---: | ---: |
+| json | 26,870 | 20,740 | 16,080 | 12,060 |
+| msgpack | 7,770 | 5,080 | 9,030 | 10,930 |
+
+Whole-process counts of runs this short move by a few million from one run to
+the next (about 1,000 per value): msgpack's read path did not change (the same
+`unpackb` call), and its rise is within that.
+
+So a Rust encoder is much cheaper than the C modules, above all for JSON
+encoding (a tenth of the instructions). It is not taken yet, for what it
+would have to match exactly: the `json` module's bytes (`float.__repr__`'s
+shortest form and exponent style, the escaping of `ensure_ascii=False`, how
+`int`, `float`, `bool` and `None` keys become strings, `int` and `float`
+subclasses, tuples as lists) and errors (a cycle, a value it cannot encode),
+and on reading, what the module
+accepts from other programs (`NaN` and `Infinity`, escaped lone surrogates,
+integers of any size, a repeated key's last value). serde_json differs on the
+last three (it refuses the first two and reads big integers as floats) and
+would need the Python objects turned into its own values first, so it would be
+an encoder written over PyO3, checked byte for byte against the modules: the
+gain still open here.
+
 ## Machine
 
 - {m["cpu_count"]} CPUs ({m["cpu_model"] or "model unknown"}), {m["memory_gib"]} GiB memory

@@ -10,11 +10,15 @@ json) and back, one value per call as a put or a get does. Needs msgpack; orjson
 and ormsgpack (Rust encoders and decoders, the speed a Rust path could reach;
 orjson writes the store's bytes for these values, not for every value) are
 measured when installed. Each figure is the median over the rounds in values
-per second of the process's CPU time (not wall-clock time: on a shared machine
-the time the process waits for a CPU is not the way's), with the ratio to the
-first row of each table (the way the store took before the second); "same
-bytes" says whether the way writes exactly the store's bytes (for a decoder:
-gives back the same values).
+per second of the process's CPU time, with the ratio to the first row of each
+table (the way the store took before the second); "same bytes" says whether the
+way writes exactly the store's bytes (for a decoder: gives back the same values).
+
+On a shared virtual machine even CPU time moves with the load (time stolen by
+other guests is counted), so the figures in docs/ are instructions counted:
+
+    for k in 0 1 2; do valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        python benchmarks/serializer_paths.py --n 5000 --count $k; done
 """
 
 from __future__ import annotations
@@ -121,17 +125,26 @@ def timed(fn: Callable[[], Any]) -> float:
         gc.enable()
 
 
-def measure(
-    values: list[Any], rounds: int, seed: int, name: str, ways: tuple[dict, dict]
-) -> list[str]:
+def runs_of(
+    values: list[Any], ways: tuple[dict, dict]
+) -> tuple[dict[str, Callable[[], Any]], list[Any]]:
+    """Each way over every value, by name; and the store's bytes of the values."""
     encoders, decoders = ways
-    base_enc, base_dec = next(iter(encoders)), next(iter(decoders))
-    stored = [encoders[base_enc](v) for v in values]
+    stored = [next(iter(encoders.values()))(v) for v in values]
     runs: dict[str, Callable[[], Any]] = {}
     for label, enc in encoders.items():
         runs[f"encode: {label}"] = functools.partial(lambda e: [e(v) for v in values], enc)
     for label, dec in decoders.items():
         runs[f"decode: {label}"] = functools.partial(lambda d: [d(b) for b in stored], dec)
+    return runs, stored
+
+
+def measure(
+    values: list[Any], rounds: int, seed: int, name: str, ways: tuple[dict, dict]
+) -> list[str]:
+    encoders, decoders = ways
+    base_enc, base_dec = next(iter(encoders)), next(iter(decoders))
+    runs, stored = runs_of(values, ways)
     times: dict[str, list[float]] = {k: [] for k in runs}
     rng = random.Random(seed)
     for _ in range(rounds):
@@ -163,8 +176,25 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--count",
+        type=int,
+        metavar="K",
+        help="run way K (see --list; 0: none) once over the values and exit, for an "
+        "instruction counter: (count(K) - count(0)) / n is the way's count per value",
+    )
+    p.add_argument("--list", action="store_true", help="list the ways and exit")
     args = p.parse_args()
     values = make_values(args.n)
+    if args.count is not None or args.list:
+        runs = {}
+        for ways in (json_ways(), msgpack_ways()):
+            runs.update(runs_of(values, ways)[0])
+        if args.list:
+            print("\n".join(f"{i}: {name}" for i, name in enumerate(runs, 1)))
+        elif args.count:
+            list(runs.values())[args.count - 1]()
+        return
     lines = measure(values, args.rounds, args.seed, "json", json_ways())
     lines += measure(values, args.rounds, args.seed, "msgpack", msgpack_ways())
     print("\n".join(lines))

@@ -610,11 +610,21 @@ def run_arrays(args: argparse.Namespace, workdir: str) -> Results:
         check(op)
 
     key_batches = [[keys[i] for i in b] for b in batches]
+
+    # Every way keeps only the batch at hand, as a loader hands each one on.
+    def each(read: Callable[[Any], Any], over: list[Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            for b in over:
+                last = read(b)
+            return last
+
+        return run
+
     if args.system == "floor":
         pickles = [pickle.dumps(v, PROTOCOL) for v in vectors]
         measure(
             "arrays_pickle_floor",
-            lambda: [np.stack([pickle.loads(pickles[i]) for i in b]) for b in batches][-1],
+            each(lambda b: np.stack([pickle.loads(pickles[i]) for i in b]), batches),
         )
     elif args.system == "lightning-disk-kv":
         from lightning_disk_kv import LDKV
@@ -623,7 +633,7 @@ def run_arrays(args: argparse.Namespace, workdir: str) -> Results:
         try:
             db.store_vectors(vectors, list(range(n)))
             db.sync()
-            measure("arrays_ldkv", lambda: [db.get_vectors_batch(b)[0] for b in batches][-1])
+            measure("arrays_ldkv", each(lambda b: db.get_vectors_batch(b)[0], batches))
         finally:
             db.close()
     else:
@@ -639,20 +649,16 @@ def run_arrays(args: argparse.Namespace, workdir: str) -> Results:
             pickled.flush()
             out = np.empty((size, dim), np.float32)
 
-            def into_out() -> Any:
-                for b in key_batches:
-                    last = npy.get_arrays(b, out=out if len(b) == size else None)
-                return last
+            def into_out(b: list[bytes]) -> Any:
+                return npy.get_arrays(b, out=out if len(b) == size else None)
 
-            def pickle_get_many() -> Any:
-                for b in key_batches:
-                    found, _missing = pickled.get_many(b)
-                    last = np.stack([found[k] for k in b])
-                return last
+            def pickle_get_many(b: list[bytes]) -> Any:
+                found, _missing = pickled.get_many(b)
+                return np.stack([found[k] for k in b])
 
-            measure("arrays_get_arrays", lambda: [npy.get_arrays(b) for b in key_batches][-1])
-            measure("arrays_get_arrays_out", into_out)
-            measure("arrays_pickle_get_many", pickle_get_many)
+            measure("arrays_get_arrays", each(npy.get_arrays, key_batches))
+            measure("arrays_get_arrays_out", each(into_out, key_batches))
+            measure("arrays_pickle_get_many", each(pickle_get_many, key_batches))
         finally:
             npy.close()
             pickled.close()
