@@ -549,18 +549,17 @@ values, each way 4 times over, less a run that only builds the values; orjson
 | msgpack decode: `unpackb` (unchanged) | 7,440 | 1.00 |
 | msgpack decode: ormsgpack (Rust) | 4,430 | 0.60 |
 
-Inside the store (callgrind, 5,000 values put then flushed, then read
-with `store[k]` in shuffled order, less a run that only opens the store; the
+Inside the store (callgrind, 20,000 values put then flushed, then read with
+`store[k]` in shuffled order, less a run that only opens the store; the
 release build before and after the change), per value:
 
 | serializer | put before | put after | get before | get after |
 | --- | ---: | ---: | ---: | ---: |
-| json | 26,870 | 20,740 | 16,080 | 12,060 |
-| msgpack | 7,770 | 5,080 | 9,030 | 10,930 |
+| json | 25,950 | 21,000 | 18,400 | 12,650 |
+| msgpack | 10,110 | 8,170 | 11,630 | 11,500 |
 
-Whole-process counts of runs this short move by a few million from one run to
-the next (about 1,000 per value): msgpack's read path did not change (the same
-`unpackb` call), and its rise is within that.
+msgpack's read path did not change (the same `unpackb` call): its two
+figures differ by what whole-process counts move from one run to the next.
 
 So a Rust encoder is much cheaper than the C modules, above all for JSON
 encoding (a tenth of the instructions). It is not taken yet, for what it
