@@ -44,6 +44,33 @@ for _shape in CODEC_SHAPES:
         for _gc, _when in (("", "collector paused"), ("_gc", "collector running")):
             OPERATIONS[f"codec_{_shape}_{_way}{_gc}"] = (f"{_shape} {_way}, {_when}", "values/s")
 
+# This store's serializers: serializer -> what its rows store and what its floor is.
+SERIALIZERS = {
+    "pickle": ("the workload's values", "pickle"),
+    "safe": ("the workload's values", "pickle"),
+    "raw": ("their pickles, made beforehand, as `bytes`", "pickle"),
+    "json": ("the workload's values", "json"),
+    "msgpack": ("the workload's values", "msgpack"),
+}
+for _ser in SERIALIZERS:
+    for _op in ("put", "get", "get_many"):
+        OPERATIONS[f"ser_{_ser}_{_op}"] = (f"{_ser} {_op}", "ops/s")
+# The data-loader row: operation -> how the vectors are read.
+ARRAYS = {
+    "arrays_get_arrays": "`get_arrays(keys)`: a new array per batch",
+    "arrays_get_arrays_out": "`get_arrays(keys, out=)`: one array reused",
+    "arrays_pickle_get_many": "the arrays pickled by `put`: `get_many` + `numpy.stack`",
+    "arrays_ldkv": "lightning-disk-kv: `store_vectors` / `get_vectors_batch`",
+    "arrays_pickle_floor": "floor: `pickle.loads` of pickles in memory + `numpy.stack`",
+}
+for _op in ARRAYS:
+    OPERATIONS[_op] = (_op, "vectors/s")
+
+ARRAY_SYSTEMS = {
+    "this": ["arrays_get_arrays", "arrays_get_arrays_out", "arrays_pickle_get_many"],
+    "floor": ["arrays_pickle_floor"],
+    "lightning-disk-kv": ["arrays_ldkv"],
+}
 REF = "ref"  # the system every ratio in brackets is taken against
 THIS = "this"  # this package
 THROUGHPUT = ["put", "put_nosync", "get", "put_many", "get_many", "iterate"]
@@ -206,6 +233,8 @@ def markdown_tables(data: dict[str, Any]) -> str:
     )
 
     out.extend(codec_table(data, idx))
+    out.extend(serializer_table(data, idx))
+    out.extend(arrays_table(data, idx))
     out.extend(targets(data, idx))
 
     rows = []
@@ -271,6 +300,64 @@ def codec_table(data: dict[str, Any], idx: dict[tuple[str, str], dict[str, Any]]
         "kept, as a batch read keeps them.",
         "",
     ] + table(headings, rows, 2)
+
+
+def serializer_table(data: dict[str, Any], idx: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """Each serializer of this store on the workload, against its own floor."""
+    if not any(idx.get((THIS, f"ser_{s}_put")) for s in SERIALIZERS):
+        return []
+    floor = data["floor_system"]
+    rows = []
+    for ser, (what, base) in SERIALIZERS.items():
+        row = [f"`{ser}`", what]
+        for op in ("put", "get", "get_many"):
+            ours = idx.get((THIS, f"ser_{ser}_{op}"))
+            row += [rate_plain(ours), against_floor(ours) if ours else "n/a"]
+        floors = [rate_plain(idx.get((floor, f"ser_{base}_{op}"))) for op in ("put", "get")]
+        rows.append(row + [f"{base}: {' / '.join(floors)}"])
+    headings = ["serializer", "values stored", "put", "× floor", "get", "× floor"]
+    headings += ["get_many", "× floor", "floor (dumps / loads per s)"]
+    return [
+        "",
+        "### Serializers",
+        "",
+        "This store with each `serializer=` on the workload (ops/s), and the ratio to "
+        "that serializer's floor measured in the same run: `pickle.dumps`/`pickle.loads` "
+        "for pickle, safe and raw, `json.dumps`/`json.loads` for json, "
+        "`msgpack.packb`/`msgpack.unpackb` for msgpack (for `get_many`, loads into one "
+        "dict). The workload's values are JSON-able, so every row stores the same values.",
+        "",
+    ] + table(headings, rows, 2)
+
+
+def arrays_table(data: dict[str, Any], idx: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """The data-loader row: vectors/s of each way, against pickle and lightning-disk-kv."""
+    where = {op: system for system, ops in ARRAY_SYSTEMS.items() for op in ops}
+    found = {op: idx.get((where[op], op)) for op in ARRAYS}
+    if not any(r for r in found.values()):
+        return []
+    base, peer = found["arrays_pickle_get_many"], found["arrays_ldkv"]
+
+    def over(row: dict[str, Any] | None, other: dict[str, Any] | None) -> str:
+        if not row or not other or row["status"] != "ok" or other["status"] != "ok":
+            return "n/a"
+        return times(row["value"] / other["value"])
+
+    rows = [
+        [what, rate_plain(found[op]), over(found[op], base), over(found[op], peer)]
+        for op, what in ARRAYS.items()
+        if found[op] is not None
+    ]
+    a = data["parameters"].get("arrays", {})
+    return [
+        "",
+        "### Arrays",
+        "",
+        f"{a.get('count', 0):,} float32 vectors of {a.get('dim')} read in batches of "
+        f"{a.get('batch')} shuffled keys, each vector once per round (vectors/s), and the "
+        "ratio to this store's pickled arrays and to lightning-disk-kv's vector path.",
+        "",
+    ] + table(["how", "vectors/s", "× pickle get_many", "× lightning-disk-kv"], rows)
 
 
 def rate_plain(row: dict[str, Any] | None) -> str:
@@ -348,6 +435,7 @@ def page(data: dict[str, Any]) -> str:
         + (f" ({s['requirement']})" if s.get("requirement") else "")
         for s in data["systems"]
     )
+    arr = p.get("arrays") or {"count": 65_536, "dim": 512, "batch": 256}
     rounds = f"{p['rounds']} round" + ("s" if p["rounds"] != 1 else "")
     rev = data["revision"]
     revision = (rev["commit"][:12] or "unknown") + (" with local changes" if rev["dirty"] else "")
@@ -402,6 +490,26 @@ Where the time goes in each operation, from profiles: [profiles.md](profiles.md)
   the shuffled read order, each result stored in one dict under its key, as a
   batch read must.
   "Against the floor" divides a store's rate by the floor's.
+- Serializers: this store opened with each `serializer=`, `store[k] = v` for
+  every entry then `flush()`, `store[k]` in the shuffled order, one
+  `get_many` of every key. The workload's values are already JSON-able (str
+  keys, an int, a str, a list of str, a float; JSON and MessagePack give them
+  back equal), so the json and msgpack rows store the same values as the
+  others. `raw` stores their pickles, made before the timed sections (so its
+  rows show the store without any serializer, set against pickle's floor). Each
+  row has its own floor, measured in the same run on the same values:
+  `pickle.dumps`/`pickle.loads` for pickle, safe and raw; `json.dumps(v)` and
+  `json.loads` of the UTF-8 bytes for json; `msgpack.packb`/`msgpack.unpackb`
+  for msgpack; for `get_many`, the loads into one dict.
+- Arrays: {arr["count"]:,} float32 vectors of {arr["dim"]} (random,
+  seeded), read in batches of {arr["batch"]} keys in a shuffled order, every
+  vector once. This store: `put_array` then `get_arrays(batch)` (a new
+  `(batch, {arr["dim"]})` array per batch) and `get_arrays(batch, out=)` (one
+  array reused); the same arrays stored with `store[k] = v` (pickled) and read
+  with `get_many` + `numpy.stack`. lightning-disk-kv: `store_vectors` then
+  `get_vectors_batch` (integer ids, 5 shards), its vector path. The floor:
+  `pickle.loads` of the pickles held in memory + `numpy.stack`. The last
+  batch is compared with the vectors written.
 - Each store runs with its defaults except: a 2 GiB LMDB map for every
   LMDB-based store (so that no timed section includes map growth), sqlitedict
   with `autocommit=False`, diskcache puts inside `transact()`, kohakuvault with
@@ -414,6 +522,58 @@ Where the time goes in each operation, from profiles: [profiles.md](profiles.md)
 - A system that failed to install or run, or an operation that failed, shows as
   "failed" with the reason under "Failures"; "n/a" marks an operation the store
   does not offer.
+
+### JSON and MessagePack: why the C modules
+
+The `"json"` and `"msgpack"` serializers call CPython's `json` module (its C
+accelerator) and the `msgpack` C extension, and write their exact bytes. What
+they call was chosen by measuring the ways to encode and decode the workload's
+values, one value per call, with `benchmarks/serializer_paths.py`. On this
+shared virtual machine even CPU time moved by 2× and more from run to run
+(time stolen by other guests counts as the process's), so the figures are
+instructions, counted by `valgrind --tool=callgrind` (Python 3.11, 5,000
+values, each way 4 times over, less a run that only builds the values; orjson
+3.13.0 and ormsgpack 1.13.1 stand for what a Rust encoder or decoder reaches):
+
+| way | instructions per value | × before |
+| --- | ---: | ---: |
+| json encode: `JSONEncoder.encode` (before) | 22,850 | 1.00 |
+| json encode: the C encoder built directly (now) | 18,290 | 0.80 |
+| json encode: orjson (Rust) | 1,950 | 0.085 |
+| json decode: `JSONDecoder.decode` (before) | 14,230 | 1.00 |
+| json decode: the C scanner called directly (now) | 9,170 | 0.64 |
+| json decode: orjson (Rust) | 4,480 | 0.31 |
+| msgpack encode: `msgpack.packb` (before) | 5,980 | 1.00 |
+| msgpack encode: a reused `Packer` (now) | 4,460 | 0.75 |
+| msgpack encode: ormsgpack (Rust) | 2,760 | 0.46 |
+| msgpack decode: `unpackb` (unchanged) | 7,440 | 1.00 |
+| msgpack decode: ormsgpack (Rust) | 4,430 | 0.60 |
+
+Inside the store (callgrind, 20,000 values put then flushed, then read with
+`store[k]` in shuffled order, less a run that only opens the store; the
+release build before and after the change), per value:
+
+| serializer | put before | put after | get before | get after |
+| --- | ---: | ---: | ---: | ---: |
+| json | 25,950 | 21,000 | 18,400 | 12,650 |
+| msgpack | 10,110 | 8,170 | 11,630 | 11,500 |
+
+msgpack's read path did not change (the same `unpackb` call): its two
+figures differ by what whole-process counts move from one run to the next.
+
+So a Rust encoder is much cheaper than the C modules, above all for JSON
+encoding (a tenth of the instructions). It is not taken yet, for what it
+would have to match exactly: the `json` module's bytes (`float.__repr__`'s
+shortest form and exponent style, the escaping of `ensure_ascii=False`, how
+`int`, `float`, `bool` and `None` keys become strings, `int` and `float`
+subclasses, tuples as lists) and errors (a cycle, a value it cannot encode),
+and on reading, what the module
+accepts from other programs (`NaN` and `Infinity`, escaped lone surrogates,
+integers of any size, a repeated key's last value). serde_json differs on the
+last three (it refuses the first two and reads big integers as floats) and
+would need the Python objects turned into its own values first, so it would be
+an encoder written over PyO3, checked byte for byte against the modules: the
+gain still open here.
 
 ## Machine
 

@@ -47,7 +47,8 @@ STATE = ENV / "install-state.json"
 RESULTS = BENCH / "results"
 DOCS = ROOT / "docs"
 
-GROUPS = ("basic", "large", "threads", "codec")
+SERIALIZERS = ("pickle", "safe", "raw", "json", "msgpack")
+GROUPS = ("basic", "large", "threads", "codec", *(f"ser-{s}" for s in SERIALIZERS), "arrays")
 REF = "ref"
 FLOOR = "floor"
 # The floor figure each operation is set against.
@@ -70,6 +71,18 @@ CODEC_OPERATIONS = [
     for gc in ("", "_gc")
 ]
 FLOOR_OF.update({op: op for op in CODEC_OPERATIONS})
+# Each serializer against its own floor: pickle for the pickle-based ones (raw
+# stores values pickled beforehand), json and msgpack alone for theirs.
+SERIALIZER_FLOOR = {"pickle": "pickle", "safe": "pickle", "raw": "pickle"}
+SERIALIZER_FLOOR |= {"json": "json", "msgpack": "msgpack"}
+SERIALIZER_OPERATIONS = {
+    s: [f"ser_{s}_{op}" for op in ("put", "get", "get_many")] for s in SERIALIZERS
+}
+for _ser, _ops in SERIALIZER_OPERATIONS.items():
+    FLOOR_OF.update({op: op.replace(_ser, SERIALIZER_FLOOR[_ser], 1) for op in _ops})
+# The vectors of the data-loader row, each way set against pickle.loads + stack.
+ARRAY_OPERATIONS = report.ARRAY_SYSTEMS
+FLOOR_OF.update({op: "arrays_pickle_floor" for ops in ARRAY_OPERATIONS.values() for op in ops})
 THIS = "this"
 # Sources whose change means this package must be rebuilt.
 SOURCES = ("Cargo.toml", "Cargo.lock", "pyproject.toml", ".cargo", "src", "lmdb_object_store")
@@ -80,6 +93,8 @@ MODES = {
     "quick": {"n": 10_000, "rounds": 3, "large_count": 16, "duration": 0.5, "timeout": 120},
     "smoke": {"n": 1_000, "rounds": 1, "large_count": 4, "duration": 0.2, "timeout": 120},
 }
+# Vectors in the arrays row (float32 of 512, read in batches of 256).
+ARRAYS_COUNT = {"full": 65_536, "quick": 16_384, "smoke": 1_024}
 
 
 def log(message: str) -> None:
@@ -145,10 +160,12 @@ def prepare_env(reinstall: bool, systems: list[str]) -> dict[str, str]:
         STATE.write_text(json.dumps(state, indent=1))
 
     upgrade = ["--upgrade"] if reinstall else []
-    if state.get("matplotlib") != "ok":
-        log("installing matplotlib")
-        state["matplotlib"] = pip_install([*upgrade, "matplotlib"], "matplotlib")
-        save()
+    # numpy and msgpack: the arrays and msgpack rows (the package's extras).
+    for tool in ("matplotlib", "numpy", "msgpack"):
+        if state.get(tool) != "ok":
+            log(f"installing {tool}")
+            state[tool] = pip_install([*upgrade, tool], tool)
+            save()
     for name in systems:
         requirement = SYSTEMS[name].requirement
         if name == REF:
@@ -197,6 +214,9 @@ def run_worker(
             f"--readers={params['threads']['readers']}",
             f"--write-batch={params['threads']['write_batch']}",
             f"--duration={params['threads']['duration_s']}",
+            f"--arrays-count={params['arrays']['count']}",
+            f"--arrays-dim={params['arrays']['dim']}",
+            f"--arrays-batch={params['arrays']['batch']}",
             f"--out={out}",
         ]
         env = dict(os.environ)
@@ -230,10 +250,8 @@ def run_rounds(
         random.Random(params["seed"] * 1000 + rnd).shuffle(order)
         for name in order:
             for group in GROUPS:
-                if name == FLOOR and group == "threads":
-                    continue  # pickle alone has nothing to do with threads
-                if group == "codec" and name not in (FLOOR, THIS):
-                    continue  # the peers' serializer is pickle: the floor
+                if not runs(name, group):
+                    continue
                 start = time.perf_counter()
                 rep = run_worker(python, name, group, params, isolated)
                 rep.update(system=name, group=group, round=rnd)
@@ -245,6 +263,21 @@ def run_rounds(
     return reports
 
 
+def runs(system: str, group: str) -> bool:
+    """Whether a system has anything to measure in a group."""
+    if group == "threads":
+        return system != FLOOR  # pickle alone has nothing to do with threads
+    if group == "codec":
+        return system in (FLOOR, THIS)  # the peers' serializer is pickle: the floor
+    if group.startswith("ser-"):
+        # This store's serializers; the floor measures each distinct floor once.
+        ser = group.removeprefix("ser-")
+        return system == THIS or (system == FLOOR and SERIALIZER_FLOOR[ser] == ser)
+    if group == "arrays":
+        return system in ARRAY_OPERATIONS
+    return True
+
+
 # --- aggregating -------------------------------------------------------------------
 
 
@@ -252,7 +285,7 @@ def round_figures(rep: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """One worker report as {operation: record}, with the figures derived from it."""
     ops = dict(rep.get("results", {}))
     if "error" in rep:
-        for op in GROUP_OPERATIONS[rep["group"]]:
+        for op in group_operations(rep["system"], rep["group"]):
             ops[op] = {"status": "error", "reason": rep["error"]}
     if rep["group"] == "large" and rep["system"] != FLOOR and "peak_rss_mib" in rep:
         if ops.get("large_put", {}).get("status") == "ok":
@@ -345,7 +378,14 @@ GROUP_OPERATIONS = {
     "large": ["large_put", "large_get", "large_get_rss_rise"],
     "threads": ["threads_reads_alone", "threads_reads", "threads_writes"],
     "codec": CODEC_OPERATIONS,
+    **{f"ser-{s}": ops for s, ops in SERIALIZER_OPERATIONS.items()},
 }
+
+
+def group_operations(system: str, group: str) -> list[str]:
+    if group == "arrays":
+        return ARRAY_OPERATIONS.get(system, [])
+    return GROUP_OPERATIONS[group]
 
 
 def failed_install_rows(name: str, reason: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -360,8 +400,10 @@ def failed_install_rows(name: str, reason: str, params: dict[str, Any]) -> list[
             "n": params["n"],
             "cpu_count": os.cpu_count(),
         }
-        for op in report.OPERATIONS
-        if op != "threads_read_ratio" and (not op.startswith("codec_") or name in (FLOOR, THIS))
+        for group in GROUPS
+        if runs(name, group)
+        for op in group_operations(name, group) + (["large_peak_rss"] * (group == "large"))
+        if op != "large_peak_rss" or name != FLOOR
     ]
 
 
@@ -478,6 +520,7 @@ def make_parameters(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             "write_batch": 1000,
             "duration_s": preset["duration"],
         },
+        "arrays": {"count": ARRAYS_COUNT[mode], "dim": 512, "batch": 256},
         "timeout_s": preset["timeout"],
     }
 

@@ -1,6 +1,9 @@
 """Measure one group of operations on one system, in a process of its own.
 
-    python benchmarks/worker.py --system NAME --group {basic,large,threads,codec} --n N --out FILE
+    python benchmarks/worker.py --system NAME --group GROUP --n N --out FILE
+
+GROUP is basic, large, threads, codec, ser-NAME (one serializer of this
+store) or arrays (float32 vectors read in batches).
 
 ``run.py`` starts one worker per system, group and round, each in a fresh
 temporary directory, so that systems sharing an import name never meet, peak
@@ -36,7 +39,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from systems import PROTOCOL, SYSTEMS, Adapter, Unsupported
+from systems import MAP_SIZE, PROTOCOL, SYSTEMS, Adapter, Unsupported
 
 MIB = 1 << 20
 SAMPLE = 200  # keys whose values are checked after each read operation
@@ -447,6 +450,221 @@ def run_floor(args: argparse.Namespace) -> Results:
     return res
 
 
+# --- serializers ----------------------------------------------------------------
+
+#: This store's serializers, each measured on the workload in a group of its own.
+SERIALIZERS = ("pickle", "safe", "raw", "json", "msgpack")
+
+
+def make_json_values(n: int) -> list[dict[str, Any]]:
+    """The workload's values, checked to be JSON-able: str keys, int, str, a list
+    of str and a float, which JSON and MessagePack give back equal (a tuple or
+    bytes would not), so every serializer and every floor sees the same values."""
+    values = make_values(n)
+    for v in values[:SAMPLE]:
+        if json.loads(json.dumps(v)) != v:
+            raise Failed(f"not JSON-able: {v!r}")
+    return values
+
+
+def serializer_floor(name: str) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """What a serializer costs alone: pickle for the pickle-based ones (raw's
+    values are pickles made beforehand), ``json.dumps``/``json.loads`` and
+    ``msgpack.packb``/``msgpack.unpackb`` for the others."""
+    if name == "json":
+        return json.dumps, json.loads
+    if name == "msgpack":
+        try:
+            import msgpack
+        except ImportError as exc:
+            raise Unsupported("msgpack is not installed") from exc
+        return msgpack.packb, msgpack.unpackb
+    return (lambda v: pickle.dumps(v, PROTOCOL)), pickle.loads
+
+
+def run_serializer(args: argparse.Namespace, workdir: str) -> Results:
+    """put, get and get_many on a store with one serializer (the system "this"),
+    or the serializer alone (the floor); ops/s."""
+    name = args.group.removeprefix("ser-")
+    ops = [f"ser_{name}_{op}" for op in ("put", "get", "get_many")]
+    res = Results()
+    n = args.n
+    keys, values = make_keys(n), make_json_values(n)
+    order = read_order(n, args.seed)
+    shuffled = [keys[i] for i in order]
+    try:
+        dumps, loads = serializer_floor(name)
+    except Unsupported as exc:
+        for op in ops:
+            res.skip(op, "unsupported", str(exc))
+        return res
+    if name == "raw":
+        # Raw stores bytes: the values are pickled here, outside every timed section.
+        values = [pickle.dumps(v, PROTOCOL) for v in values]
+    put_op, get_op, many_op = ops
+
+    if args.system == "floor":
+        encoded = [dumps(v) for v in values]
+        if name == "json":
+            encoded = [e.encode() for e in encoded]  # what a store reads back: UTF-8
+        by_key = [(keys[i], encoded[i]) for i in order]
+        kept: dict[bytes, Any] = {}
+
+        def dumps_all() -> None:
+            for v in values:
+                dumps(v)
+
+        def loads_all() -> None:
+            for e in encoded:
+                loads(e)
+
+        def loads_into_dict() -> None:
+            kept.update((k, loads(e)) for k, e in by_key)
+
+        res.measure(put_op, "ops/s", n, dumps_all)
+        res.measure(get_op, "ops/s", n, loads_all)
+        res.measure(many_op, "ops/s", n, loads_into_dict)
+        return res
+
+    from lmdb_object_store import LmdbObjectStore
+
+    store = LmdbObjectStore(os.path.join(workdir, name), map_size=MAP_SIZE, serializer=name)
+    batch: Any = None
+
+    def put_all() -> None:
+        for k, v in zip(keys, values, strict=True):
+            store[k] = v
+        store.flush()
+
+    def get_all() -> None:
+        for k in shuffled:
+            store[k]
+
+    def get_many() -> None:
+        nonlocal batch
+        batch, _missing = store.get_many(shuffled)
+
+    def check_gets() -> None:
+        for i in order[:SAMPLE]:
+            expect(store[keys[i]], values[i], f"get({keys[i]!r})")
+
+    def check_many() -> None:
+        for i in order[:SAMPLE]:
+            expect(batch[keys[i]], values[i], f"get_many[{keys[i]!r}]")
+
+    try:
+        if res.measure(put_op, "ops/s", n, put_all):
+            res.measure(get_op, "ops/s", n, get_all)
+            res.check(get_op, check_gets)
+            res.measure(many_op, "ops/s", n, get_many)
+            res.check(many_op, check_many)
+        else:
+            for op in (get_op, many_op):
+                res.skip(op, "error", "not run: put failed")
+    finally:
+        store.close()
+    return res
+
+
+# --- arrays ------------------------------------------------------------------------
+
+
+def run_arrays(args: argparse.Namespace, workdir: str) -> Results:
+    """The batch read of a data loader: float32 vectors of ``--arrays-dim`` read
+    in batches of ``--arrays-batch`` shuffled keys, every vector once; vectors/s.
+
+    This package: ``get_arrays`` (a new array per batch, and into one ``out=``
+    array), and the same arrays stored pickled, read with ``get_many`` and
+    stacked. The floor: ``pickle.loads`` of the pickles held in memory, stacked.
+    lightning-disk-kv: its vector path, ``store_vectors`` / ``get_vectors_batch``.
+    """
+    res = Results()
+    ops = {
+        "this": ["arrays_get_arrays", "arrays_get_arrays_out", "arrays_pickle_get_many"],
+        "floor": ["arrays_pickle_floor"],
+        "lightning-disk-kv": ["arrays_ldkv"],
+    }[args.system]
+    try:
+        import numpy as np
+    except ImportError:
+        for op in ops:
+            res.skip(op, "unsupported", "numpy is not installed")
+        return res
+    n, dim, size = args.arrays_count, args.arrays_dim, args.arrays_batch
+    vectors = np.random.default_rng(args.seed).random((n, dim), dtype=np.float32)
+    keys = [f"vec:{i:08d}".encode() for i in range(n)]
+    order = read_order(n, args.seed)
+    batches = [order[s : s + size] for s in range(0, n, size)]
+    want = vectors[batches[-1]]
+    got: Any = None
+
+    def check(op: str) -> None:
+        res.check(op, lambda: expect(np.array_equal(got, want), True, "last batch read back"))
+
+    def measure(op: str, fn: Callable[[], Any]) -> None:
+        def run() -> None:
+            nonlocal got
+            got = fn()
+
+        res.measure(op, "vectors/s", n, run)
+        check(op)
+
+    key_batches = [[keys[i] for i in b] for b in batches]
+
+    # Every way keeps only the batch at hand, as a loader hands each one on.
+    def each(read: Callable[[Any], Any], over: list[Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            for b in over:
+                last = read(b)
+            return last
+
+        return run
+
+    if args.system == "floor":
+        pickles = [pickle.dumps(v, PROTOCOL) for v in vectors]
+        measure(
+            "arrays_pickle_floor",
+            each(lambda b: np.stack([pickle.loads(pickles[i]) for i in b]), batches),
+        )
+    elif args.system == "lightning-disk-kv":
+        from lightning_disk_kv import LDKV
+
+        db = LDKV(os.path.join(workdir, "ldkv"), 5, MAP_SIZE)
+        try:
+            db.store_vectors(vectors, list(range(n)))
+            db.sync()
+            measure("arrays_ldkv", each(lambda b: db.get_vectors_batch(b)[0], batches))
+        finally:
+            db.close()
+    else:
+        from lmdb_object_store import LmdbObjectStore
+
+        npy = LmdbObjectStore(os.path.join(workdir, "npy"), map_size=MAP_SIZE)
+        pickled = LmdbObjectStore(os.path.join(workdir, "pickled"), map_size=MAP_SIZE)
+        try:
+            for k, v in zip(keys, vectors, strict=True):
+                npy.put_array(k, v)
+                pickled[k] = v
+            npy.flush()
+            pickled.flush()
+            out = np.empty((size, dim), np.float32)
+
+            def into_out(b: list[bytes]) -> Any:
+                return npy.get_arrays(b, out=out if len(b) == size else None)
+
+            def pickle_get_many(b: list[bytes]) -> Any:
+                found, _missing = pickled.get_many(b)
+                return np.stack([found[k] for k in b])
+
+            measure("arrays_get_arrays", each(npy.get_arrays, key_batches))
+            measure("arrays_get_arrays_out", each(into_out, key_batches))
+            measure("arrays_pickle_get_many", each(pickle_get_many, key_batches))
+        finally:
+            npy.close()
+            pickled.close()
+    return res
+
+
 # --- the codec alone ------------------------------------------------------------
 
 # Values of each shape (besides the workload's): built once, pickled again and
@@ -547,7 +765,11 @@ def peak_rss_mib() -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
-    p.add_argument("--group", required=True, choices=sorted([*GROUPS, "codec"]))
+    p.add_argument(
+        "--group",
+        required=True,
+        choices=sorted([*GROUPS, "codec", "arrays", *(f"ser-{s}" for s in SERIALIZERS)]),
+    )
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--large-count", type=int, default=64)
@@ -555,6 +777,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--readers", type=int, default=4)
     p.add_argument("--write-batch", type=int, default=1000)
     p.add_argument("--duration", type=float, default=2.0, help="seconds per threads phase")
+    p.add_argument("--arrays-count", type=int, default=65_536, help="vectors in arrays")
+    p.add_argument("--arrays-dim", type=int, default=512)
+    p.add_argument("--arrays-batch", type=int, default=256)
     p.add_argument("--out", required=True, help="file to write the JSON figures to")
     return p.parse_args(argv)
 
@@ -566,6 +791,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.group == "codec":
             results = run_codec(args)
+        elif args.group.startswith("ser-") or args.group == "arrays":
+            run = run_arrays if args.group == "arrays" else run_serializer
+            with tempfile.TemporaryDirectory(prefix=f"bench-{args.system}-") as workdir:
+                results = run(args, workdir)
         elif args.system == "floor":
             results = run_floor(args)
         else:

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod npy;
 pub mod options;
 mod pickle;
+mod serde_fast;
 pub mod snapshot;
 pub mod store;
 pub mod stream;

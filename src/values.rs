@@ -13,6 +13,7 @@ use crate::errors::{
 };
 use crate::keys::KeyPolicy;
 use crate::pickle::safe::{self, AllowList};
+use crate::serde_fast;
 
 /// The serializer names `serializer=` takes, as the error for an unknown
 /// one lists them.
@@ -30,12 +31,9 @@ pub enum Serializer {
     Raw,
     /// A compact, strict `json.JSONEncoder.encode` (UTF-8 on disk) and a
     /// `json.JSONDecoder.decode`.
-    Json {
-        encode: Py<PyAny>,
-        decode: Py<PyAny>,
-    },
+    Json { codec: serde_fast::Json },
     /// `msgpack.packb` and `msgpack.unpackb` (any map key).
-    Msgpack { pack: Py<PyAny>, unpack: Py<PyAny> },
+    Msgpack { codec: serde_fast::Msgpack },
     /// The caller's object, its `dumps` and `loads` looked up once.
     Custom {
         obj: Py<PyAny>,
@@ -128,13 +126,11 @@ impl Serializer {
             Serializer::Pickle => Serializer::Pickle,
             Serializer::Safe(a) => Serializer::Safe(a.clone()),
             Serializer::Raw => Serializer::Raw,
-            Serializer::Json { encode, decode } => Serializer::Json {
-                encode: encode.clone_ref(py),
-                decode: decode.clone_ref(py),
+            Serializer::Json { codec } => Serializer::Json {
+                codec: codec.clone_ref(py),
             },
-            Serializer::Msgpack { pack, unpack } => Serializer::Msgpack {
-                pack: pack.clone_ref(py),
-                unpack: unpack.clone_ref(py),
+            Serializer::Msgpack { codec } => Serializer::Msgpack {
+                codec: codec.clone_ref(py),
             },
             Serializer::Custom { obj, dumps, loads } => Serializer::Custom {
                 obj: obj.clone_ref(py),
@@ -146,18 +142,8 @@ impl Serializer {
 }
 
 fn json(py: Python<'_>) -> PyResult<Serializer> {
-    let json = py.import("json")?;
-    let kwargs = PyDict::new(py);
-    // Compact, UTF-8 rather than \u escapes, and strict: NaN and the
-    // infinities are not JSON, so other languages could not read them.
-    kwargs.set_item("ensure_ascii", false)?;
-    kwargs.set_item("allow_nan", false)?;
-    kwargs.set_item("separators", (",", ":"))?;
-    let encoder = json.getattr("JSONEncoder")?.call((), Some(&kwargs))?;
-    let decoder = json.getattr("JSONDecoder")?.call0()?;
     Ok(Serializer::Json {
-        encode: encoder.getattr("encode")?.unbind(),
-        decode: decoder.getattr("decode")?.unbind(),
+        codec: serde_fast::Json::new(py)?,
     })
 }
 
@@ -170,17 +156,8 @@ fn msgpack(py: Python<'_>) -> PyResult<Serializer> {
         err.set_cause(py, Some(e));
         err
     })?;
-    let kwargs = PyDict::new(py);
-    // A dict with int keys packs, so it must unpack too.
-    kwargs.set_item("strict_map_key", false)?;
-    kwargs.set_item("raw", false)?;
-    let unpack = py
-        .import("functools")?
-        .getattr("partial")?
-        .call((msgpack.getattr("unpackb")?,), Some(&kwargs))?;
     Ok(Serializer::Msgpack {
-        pack: msgpack.getattr("packb")?.unbind(),
-        unpack: unpack.unbind(),
+        codec: serde_fast::Msgpack::new(&msgpack)?,
     })
 }
 
@@ -238,14 +215,9 @@ fn encode_other<'py>(
         Serializer::Pickle => codec::dumps(py, obj, protocol),
         Serializer::Safe(allow) => safe::dumps(py, obj, protocol, allow),
         Serializer::Raw => bytes_like(obj, "a bytes-like value (bytes, bytearray, memoryview)"),
-        Serializer::Json { encode, .. } => {
-            let text = encode.bind(py).call1((obj,))?;
-            let text = text.cast::<PyString>()?;
-            // Lone surrogates have no UTF-8: an encode error, at the call.
-            Ok(PyBytes::new(py, text.to_str()?.as_bytes()))
-        }
-        Serializer::Msgpack { pack, .. } => {
-            let out = pack.bind(py).call1((obj,))?;
+        Serializer::Json { codec } => codec.encode(py, obj),
+        Serializer::Msgpack { codec } => {
+            let out = codec.encode(py, obj)?;
             bytes_like(&out, "bytes from msgpack.packb")
         }
         Serializer::Custom { dumps, .. } => {
@@ -408,12 +380,12 @@ fn decode_other<'py>(
         Serializer::Pickle => codec::loads_borrowed(py, data, || {}),
         Serializer::Safe(allow) => safe::loads(py, data, allow),
         Serializer::Raw => Ok(PyBytes::new(py, data).into_any()),
-        Serializer::Json { decode, .. } => {
+        Serializer::Json { codec } => {
             let text = std::str::from_utf8(data)
                 .map_err(|e| PyErr::from(StoreError::NotUtf8 { why: e.to_string() }))?;
-            decode.bind(py).call1((text,))
+            codec.decode(py, text)
         }
-        Serializer::Msgpack { unpack, .. } => unpack.bind(py).call1((PyBytes::new(py, data),)),
+        Serializer::Msgpack { codec } => codec.decode(py, data),
         Serializer::Custom { loads, .. } => loads.bind(py).call1((PyBytes::new(py, data),)),
     }
 }
