@@ -581,7 +581,8 @@ def test_t_table_of_a_table_not_open_before_the_block_is_refused(tmp_path):
         [
             sys.executable,
             "-c",
-            f"from lmdb_object_store import LmdbObjectStore as S; S({path!r}, table='later').close()",
+            "from lmdb_object_store import LmdbObjectStore as S; "
+            f"S({path!r}, table='later').close()",
         ],
         check=True,
         timeout=60,
