@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from lmdb_object_store import Error, LmdbObjectStore, UnpickleError, __version__, tables
+from lmdb_object_store import DecodeError, Error, LmdbObjectStore, __version__, tables
 
 PROG = "lmdb-object-store"
 
@@ -234,15 +234,29 @@ def locate_store(path: str) -> Location:
     raise CliError(f"no store at {path}: it does not exist")
 
 
+SERIALIZERS = ("pickle", "safe", "raw", "json", "msgpack")
+
+
 def open_readonly(
-    path: str, table: str | None = None, *, any_table: bool = False
+    path: str,
+    table: str | None = None,
+    *,
+    any_table: bool = False,
+    serializer: str = "pickle",
 ) -> tuple[LmdbObjectStore, Location]:
     """The store at ``path`` (its table ``table``; ``None``: the main one) opened
     read-only: LMDB then never writes its data file. With ``any_table``, a file of
-    named tables opens through its first table (for the commands that are file-wide)."""
+    named tables opens through its first table (for the commands that are file-wide).
+    Values decode with ``serializer``; compressed values are read too, except on a raw
+    store (whose values may start with anything, a frame's bytes included)."""
     location = locate_store(path)
+    options: dict[str, Any] = {"serializer": serializer}
+    if serializer != "raw":
+        options["compression"] = "zstd"  # reads plain values and frames of either method
     try:
-        store = LmdbObjectStore(location.path, readonly=True, subdir=location.subdir, table=table)
+        store = LmdbObjectStore(
+            location.path, readonly=True, subdir=location.subdir, table=table, **options
+        )
     except Error:
         names = tables(location.path, subdir=location.subdir) if table is None else []
         if not names:
@@ -250,7 +264,7 @@ def open_readonly(
         if any_table:
             table = names[0]
             store = LmdbObjectStore(
-                location.path, readonly=True, subdir=location.subdir, table=table
+                location.path, readonly=True, subdir=location.subdir, table=table, **options
             )
             return store, location
         raise CliError(
@@ -393,13 +407,13 @@ def cmd_get(args: argparse.Namespace, out: IO[str]) -> int:
     key_text = _key_text(args)
     key = key_text.parse(args.key)
     shown = f"'{key_text.show(key)}'"
-    store, _ = open_readonly(args.store, args.table)
+    store, _ = open_readonly(args.store, args.table, serializer=args.serializer)
     with store:
         try:
             value = store.get(key, _MISSING)
-        except UnpickleError as exc:
+        except (DecodeError, Error) as exc:
             raise CliError(
-                f"the value of key {shown} in {args.store} does not unpickle:"
+                f"the value of key {shown} in {args.store} does not decode:"
                 f" {_describe(exc.__cause__ or exc)}"
             ) from None
     if value is _MISSING:
@@ -425,7 +439,7 @@ def cmd_get(args: argparse.Namespace, out: IO[str]) -> int:
 def cmd_verify(args: argparse.Namespace, out: IO[str]) -> int:
     key_text = _key_text(args)
     encoding = _stream_encoding(out)
-    store, _ = open_readonly(args.store, args.table)
+    store, _ = open_readonly(args.store, args.table, serializer=args.serializer)
     checked = failed = 0
     with store:
         keys = iter(store.keys())
@@ -450,7 +464,7 @@ def cmd_verify(args: argparse.Namespace, out: IO[str]) -> int:
                     store.get(key)
                 except Exception as exc:
                     failed += 1
-                    cause = exc.__cause__ if isinstance(exc, UnpickleError) else exc
+                    cause = exc.__cause__ if isinstance(exc, DecodeError) else exc
                     _emit(out, f"{key_text.show(key, encoding)}: {_describe(cause or exc)}")
     _emit(out, f"{_entries(checked)} checked, {failed} failed")
     return 1 if failed else 0
@@ -515,7 +529,7 @@ def write_dump(store: LmdbObjectStore, stream: IO[bytes]) -> int:
     while True:
         try:
             entry = next(items, None)
-        except UnpickleError as exc:
+        except (DecodeError, Error) as exc:
             raise CliError(
                 f"cannot dump {store.path}: {exc} (verify lists every such value)"
             ) from None
@@ -528,7 +542,7 @@ def write_dump(store: LmdbObjectStore, stream: IO[bytes]) -> int:
 
 
 def cmd_dump(args: argparse.Namespace, out: IO[str]) -> int:
-    store, location = open_readonly(args.store, args.table)
+    store, location = open_readonly(args.store, args.table, serializer=args.serializer)
     with store:
         if args.output == "-":
             stream = _binary(out)
@@ -989,6 +1003,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                 help="a named table of the store (default: the main one; see 'tables')",
             )
 
+    def serializer_argument(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--serializer",
+            choices=SERIALIZERS,
+            default="pickle",
+            help="how the store's values were written (default: pickle)",
+        )
+
     read_only = "Opens the store read-only: its data file is never changed."
 
     sub = command(
@@ -1029,6 +1051,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         keys=True,
     )
     store_argument(sub)
+    serializer_argument(sub)
     sub.add_argument("key", metavar="KEY", help="the key")
     sub.add_argument(
         "--raw",
@@ -1052,10 +1075,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "check that every value decodes",
         "Read every entry and unpickle every value; print each key whose value fails, and"
         " why. Exit status 1 if any fails. Unpickling runs code named by the data: verify"
-        f" only stores you trust. {read_only}",
+        f" only stores you trust (or use --serializer safe). {read_only}",
         keys=True,
     )
     store_argument(sub)
+    serializer_argument(sub)
 
     sub = command(
         "dump",
@@ -1067,6 +1091,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         f" that name). {read_only}",
     )
     store_argument(sub)
+    serializer_argument(sub)
     sub.add_argument(
         "output", metavar="OUTPUT", nargs="?", default="-", help="the file (default: stdout)"
     )

@@ -330,7 +330,7 @@ def test_get_a_missing_key_or_an_undecodable_value(capsys, demo, tmp_path, raw_e
     proc = run_cli("get", bad, "junk")
     assert proc.returncode == 1
     assert b"the value of key 'junk' in" in proc.stderr
-    assert b"does not unpickle: UnpicklingError" in proc.stderr
+    assert b"does not decode: UnpicklingError" in proc.stderr
 
 
 def test_count(capsys, demo):
@@ -1146,3 +1146,61 @@ def test_table_commands_never_change_the_store(tabled, tmp_path):
         assert proc.returncode == 0, (args, proc.stderr)
         assert (os.stat(data_file).st_mtime_ns, Path(data_file).read_bytes()) == before, args
         assert sorted(os.listdir(tabled)) == names, args
+
+
+# --------------------------------------------------------------------------
+# Serializers and compression
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4"])
+def test_read_commands_read_compressed_values(tmp_path, compression):
+    big = {"text": "a line that repeats\n" * 2000}
+    path = make_store(tmp_path / "db", {b"big": big, b"small": 1}, compression=compression)
+    proc = run_cli("get", path, "big")
+    assert proc.returncode == 0 and eval(proc.stdout) == big  # noqa: S307 (our own repr)
+    proc = run_cli("verify", path)
+    assert proc.returncode == 0, proc.stdout
+    dumped = run_cli("dump", path)
+    assert dumped.returncode == 0
+    target = str(tmp_path / "copy")
+    assert run_cli("load", "-", target, input=dumped.stdout).returncode == 0
+    assert contents(target) == {b"big": big, b"small": 1}
+
+
+def test_serializer_option_of_the_commands_that_decode(tmp_path):
+    values = {b"a": {"x": [1, 2]}, b"b": "text"}
+    path = make_store(tmp_path / "db", values, serializer="json")
+    proc = run_cli("verify", path)  # read as pickles: every value fails
+    assert proc.returncode == 1 and b"2 failed" in proc.stdout
+    proc = run_cli("verify", path, "--serializer", "json")
+    assert proc.returncode == 0 and b"2 entries checked, 0 failed" in proc.stdout
+    proc = run_cli("get", path, "a", "--serializer", "json")
+    assert proc.returncode == 0 and proc.stdout.strip() == repr(values[b"a"]).encode()
+    dumped = run_cli("dump", path, "--serializer", "json")
+    assert dumped.returncode == 0
+    target = str(tmp_path / "copy")
+    assert run_cli("load", "-", target, input=dumped.stdout).returncode == 0
+    assert contents(target) == values
+    bad = run_cli("get", path, "a", "--serializer", "yaml")
+    assert bad.returncode == 2 and b"--serializer" in bad.stderr
+
+
+def test_verify_with_the_safe_serializer_reports_instead_of_running(tmp_path, raw_env):
+    path = make_store(tmp_path / "db", {b"ok": [1, 2]})
+    marker = tmp_path / "ran"
+    env = raw_env(path)
+    with env.begin(write=True) as txn:
+        payload = (os.system, (f"touch {marker}",))
+
+        class Boom:
+            def __reduce__(self):
+                return payload
+
+        txn.put(b"evil", pickle.dumps(Boom()))
+    env.close()
+    proc = run_cli("verify", path, "--serializer", "safe")
+    assert proc.returncode == 1
+    assert b"evil" in proc.stdout and b"UnsafeValueError" in proc.stdout
+    assert b"1 failed" in proc.stdout
+    assert not marker.exists()
