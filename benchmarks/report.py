@@ -235,6 +235,7 @@ def markdown_tables(data: dict[str, Any]) -> str:
     out.extend(codec_table(data, idx))
     out.extend(serializer_table(data, idx))
     out.extend(arrays_table(data, idx))
+    out.extend(streams_table(data))
     out.extend(targets(data, idx))
 
     rows = []
@@ -358,6 +359,38 @@ def arrays_table(data: dict[str, Any], idx: dict[tuple[str, str], dict[str, Any]
         "ratio to this store's pickled arrays and to lightning-disk-kv's vector path.",
         "",
     ] + table(["how", "vectors/s", "× pickle get_many", "× lightning-disk-kv"], rows)
+
+
+STREAM_WAYS = {
+    "put_file": "`put_file(key, path)`",
+    "put_file writemap": "`put_file(key, path)`, `writemap=True`",
+    "put(bytes)": "`store[key] = f.read()` + `flush()`",
+    "python copy": "plain Python: copy to a new file + `fsync`",
+    "open().readinto": "`open(key)`, `readinto` 1 MiB pieces",
+    "open().read": "`open(key)`, `read(1 MiB)`",
+    "get(bytes)": "`store[key]` (one `bytes`)",
+    "python read": "plain Python: the source file, `readinto` 1 MiB pieces",
+}
+
+
+def streams_table(data: dict[str, Any]) -> list[str]:
+    """put_file and open() of one large value: MB/s and peak RSS per way."""
+    s = data.get("streams")
+    if not s:
+        return []
+    rows = [
+        [STREAM_WAYS.get(r["way"], r["way"]), f"{r['mbps']:,.0f}", f"{r['peak_mib']:,.0f}"]
+        for r in s["rows"]
+    ]
+    return [
+        "",
+        "### Streamed large values",
+        "",
+        f"One value of {s['mib']:,} MiB written and read back, median of {s['rounds']} "
+        "rounds (`benchmarks/streams.py`, each way in a child process of its own); peak RSS "
+        "above that process's baseline.",
+        "",
+    ] + table(["how", "MB/s", "peak RSS (MiB)"], rows)
 
 
 def rate_plain(row: dict[str, Any] | None) -> str:

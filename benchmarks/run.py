@@ -521,8 +521,28 @@ def make_parameters(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             "duration_s": preset["duration"],
         },
         "arrays": {"count": ARRAYS_COUNT[mode], "dim": 512, "batch": 256},
+        # put_file/open of one large value (benchmarks/streams.py); none in smoke runs.
+        "streams_mib": {"full": 1024, "quick": 256, "smoke": 0}[mode],
         "timeout_s": preset["timeout"],
     }
+
+
+def run_streams(python: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """put_file and open() of one large value against plain file I/O
+    (benchmarks/streams.py, its own child processes); None when not run or failed."""
+    mib = params["streams_mib"]
+    if not mib:
+        return None
+    with tempfile.TemporaryDirectory(prefix="streams-") as tmp:
+        out = os.path.join(tmp, "streams.json")
+        cmd = [python, str(BENCH / "streams.py"), "--mib", str(mib)]
+        cmd += ["--rounds", str(params["rounds"]), "--json", out]
+        log(f"streams: {mib} MiB, {params['rounds']} rounds")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            log(f"streams failed: {proc.stderr.strip()[-500:]}")
+            return None
+        return json.loads(Path(out).read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -561,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     ops = list(report.OPERATIONS)
     rows.sort(key=lambda r: (systems.index(r["system"]), ops.index(r["operation"])))
 
+    streams = run_streams(python, params) if "this" in runnable else None
+
     data = {
         "schema": 1,
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -572,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         "floor_system": FLOOR,
         "systems": system_entries(systems, install, info),
         "results": rows,
+        "streams": streams,
         "elapsed_s": time.perf_counter() - started,
     }
     docs = not (args.smoke or args.no_docs)

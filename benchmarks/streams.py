@@ -138,6 +138,7 @@ def main() -> None:
     p.add_argument("--mib", type=int, default=1024, help="value size in MiB")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args()
     size = args.mib * MiB
     root = Path(tempfile.mkdtemp(prefix="streams-bench-", dir=args.dir))
@@ -163,11 +164,16 @@ def main() -> None:
                 results[way].append(child(way, src, readable))
         print(f"{args.mib} MiB value, median of {args.rounds} rounds")
         print(f"{'way':<20} {'MB/s':>8} {'peak RSS MiB':>13}")
+        rows = []
         for way in WRITES + READS:
             runs = results[way]
             mbps = statistics.median(size / r["seconds"] / 1e6 for r in runs)
             peak = max(r["peak"] for r in runs) / MiB
             print(f"{way:<20} {mbps:>8.0f} {peak:>13.0f}")
+            rows.append({"way": way, "mbps": mbps, "peak_mib": peak})
+        if args.json:
+            out = {"mib": args.mib, "rounds": args.rounds, "rows": rows}
+            Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
