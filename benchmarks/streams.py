@@ -123,8 +123,11 @@ READS = ["open().readinto", "open().read", "get(bytes)", "python read"]
 
 
 def child(way: str, src: Path, work: Path) -> dict:
+    # Run in the work directory: `python -c` puts its working directory first on
+    # sys.path, and a source checkout there would shadow the installed package.
     out = subprocess.run(
         [sys.executable, "-c", CHILD, way, str(src), str(work)],
+        cwd=work,
         check=True,
         capture_output=True,
         text=True,
