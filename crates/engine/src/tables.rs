@@ -202,13 +202,17 @@ pub(crate) fn candidate(key: &[u8], value_len: usize) -> Option<&str> {
     name_problem(name).is_none().then_some(name)
 }
 
+/// The first key of the main database and its value, the value only when it
+/// is record-sized (a main store's first value can be large, and every
+/// commit of the main store looks at it).
 fn first_entry<T: Transaction>(
     txn: &T,
     main: Database,
 ) -> lmdb::Result<Option<(Vec<u8>, Vec<u8>)>> {
     let cursor = txn.open_ro_cursor(main)?;
     match cursor.get(None, None, lmdb_sys::MDB_FIRST) {
-        Ok((Some(k), v)) => Ok(Some((k.to_vec(), v.to_vec()))),
+        Ok((Some(k), v)) if v.len() == RECORD_SIZE => Ok(Some((k.to_vec(), v.to_vec()))),
+        Ok((Some(k), _)) => Ok(Some((k.to_vec(), Vec::new()))),
         Ok((None, _)) | Err(lmdb::Error::NotFound) => Ok(None),
         Err(e) => Err(e),
     }
