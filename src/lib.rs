@@ -1,6 +1,7 @@
 //! `lmdb_object_store._native`: the module registers the class, the
 //! exceptions and the version; the rooms of the crate are below.
 
+pub mod args;
 pub mod codec;
 pub mod compress;
 pub mod core;

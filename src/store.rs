@@ -10,6 +10,7 @@ use engine::Bounds;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+use crate::args;
 use crate::codec;
 use crate::core::{held, report, CoreHandle, CoreRef};
 use crate::errors::add_note;
@@ -320,7 +321,7 @@ impl LmdbObjectStore {
         let mut bytes = 0usize;
         for pair in pairs.try_iter()? {
             let pair = pair?;
-            let (k, v) = key_value_pair(&pair)?.map_err(|why| {
+            let (k, v) = args::key_value_pair(&pair)?.map_err(|why| {
                 PyErr::from(StoreError::PutManyItem {
                     got: type_name(&pair),
                     why,
@@ -685,30 +686,7 @@ impl LmdbObjectStore {
             staged.push((kb, held(pickled)));
             Ok(())
         };
-        if let Some(o) = other {
-            if o.hasattr(pyo3::intern!(py, "keys"))? {
-                for k in o.call_method0("keys")?.try_iter()? {
-                    let k = k?;
-                    let v = o.get_item(&k)?;
-                    stage(&k, &v)?;
-                }
-            } else {
-                for (i, pair) in o.try_iter()?.enumerate() {
-                    let pair = pair?;
-                    let (k, v) = key_value_pair(&pair)?
-                        .map_err(|why| PyErr::from(StoreError::UpdateElement { index: i, why }))?;
-                    stage(&k, &v)?;
-                }
-            }
-        }
-        if let Some(kw) = kwargs {
-            if !kw.is_empty() && c.keys.encoding.is_none() {
-                return Err(StoreError::UpdateKeywordsWithoutEncoding.into());
-            }
-            for (k, v) in kw.iter() {
-                stage(&k, &v)?;
-            }
-        }
+        args::update_pairs(py, other, kwargs, c.keys.encoding.is_some(), &mut stage)?;
         self.current(c)?
             .buffer_writes(py, staged.into_iter().map(|(k, v)| (k, Some(v))))
     }
@@ -913,38 +891,4 @@ impl LmdbObjectStore {
             reverse,
         ))
     }
-}
-
-/// A `(key, value)` item as `dict.update` takes it: any iterable of exactly
-/// two items (a tuple, a list, ...). `Ok(Err(why))` says what is wrong with
-/// its shape; an exception raised while iterating it is passed on as it is.
-type Pair<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
-
-fn key_value_pair<'py>(item: &Bound<'py, PyAny>) -> PyResult<Result<Pair<'py>, String>> {
-    if let Ok(t) = item.cast::<PyTuple>() {
-        if t.len() == 2 {
-            return Ok(Ok((t.get_item(0)?, t.get_item(1)?)));
-        }
-        return Ok(Err(format!("has length {}; 2 is required", t.len())));
-    }
-    let it = match item.try_iter() {
-        Ok(it) => it,
-        // `__iter__` is user code: Ctrl-C in it is not a bad item.
-        Err(e) if codec::passes_through(item.py(), &e) => return Err(e),
-        Err(_) => return Ok(Err("is not a (key, value) pair".into())),
-    };
-    let mut two = Vec::with_capacity(2);
-    for x in it {
-        let x = x?;
-        if two.len() == 2 {
-            return Ok(Err("has more than 2 items; 2 are required".into()));
-        }
-        two.push(x);
-    }
-    let n = two.len();
-    let mut two = two.into_iter();
-    Ok(match (two.next(), two.next()) {
-        (Some(k), Some(v)) => Ok((k, v)),
-        _ => Err(format!("has length {n}; 2 is required")),
-    })
 }

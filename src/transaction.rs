@@ -23,6 +23,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use engine::txn::Dbi;
 use engine::WriteTxn;
 
+use crate::args::{self, Pair};
 use crate::codec;
 use crate::core::{Core, CoreHandle};
 use crate::errors::{to_py, StoreError};
@@ -259,21 +260,6 @@ impl Drop for Shared {
     }
 }
 
-type Pair<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
-
-/// `item` as a `(key, value)` pair, or why not (for `update`'s message).
-fn pair_of<'py>(item: &Bound<'py, PyAny>) -> PyResult<Result<Pair<'py>, String>> {
-    let items: Vec<Bound<'py, PyAny>> = match item.try_iter() {
-        Ok(it) => it.collect::<PyResult<_>>()?,
-        Err(e) if codec::passes_through(item.py(), &e) => return Err(e),
-        Err(_) => return Ok(Err("is not a (key, value) pair".into())),
-    };
-    match <[Bound<'py, PyAny>; 2]>::try_from(items) {
-        Ok([k, v]) => Ok(Ok((k, v))),
-        Err(items) => Ok(Err(format!("has length {}; 2 is required", items.len()))),
-    }
-}
-
 #[pymethods]
 impl Transaction {
     /// The value of `key` (this transaction's own writes included), or
@@ -391,28 +377,10 @@ impl Transaction {
     ) -> PyResult<()> {
         self.with_core(py, |c| {
             let mut pairs: Vec<Pair<'_>> = Vec::new();
-            if let Some(o) = other {
-                if o.hasattr(pyo3::intern!(py, "keys"))? {
-                    for k in o.call_method0("keys")?.try_iter()? {
-                        let k = k?;
-                        let v = o.get_item(&k)?;
-                        pairs.push((k, v));
-                    }
-                } else {
-                    for (i, item) in o.try_iter()?.enumerate() {
-                        let pair = pair_of(&item?)?.map_err(|why| {
-                            PyErr::from(StoreError::UpdateElement { index: i, why })
-                        })?;
-                        pairs.push(pair);
-                    }
-                }
-            }
-            if let Some(kw) = kwargs {
-                if !kw.is_empty() && c.keys.encoding.is_none() {
-                    return Err(StoreError::UpdateKeywordsWithoutEncoding.into());
-                }
-                pairs.extend(kw.iter());
-            }
+            args::update_pairs(py, other, kwargs, c.keys.encoding.is_some(), &mut |k, v| {
+                pairs.push((k.clone(), v.clone()));
+                Ok(())
+            })?;
             self.write_all(py, c, &pairs)
         })
     }
