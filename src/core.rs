@@ -1089,28 +1089,10 @@ impl Core {
     /// more write transaction (all or nothing), so that older buffered
     /// writes cannot land after them. They never enter the buffer.
     pub(crate) fn put_many(&self, py: Python<'_>, ops: &Sorted<'_>, bytes: usize) -> PyResult<()> {
-        let result = (|| -> PyResult<()> {
-            // Spine rule 2: the commit lock is waited for with the GIL released.
-            let _commit = self.lock_detached(py, &self.commit_lock)?;
-            if self.is_closing() {
-                return Err(self.closed_error());
-            }
-            // The buffer goes first, so older buffered writes cannot land
-            // after these.
-            self.commit_buffer_locked(py)?;
-            let env = &*self.env;
-            let cap = self.max_map_size;
-            if !ops.is_empty() {
-                // Spine rule 1: the write transaction runs in the engine,
-                // with the GIL released.
-                let table = &self.table;
-                py.detach(|| env.commit_in(table, ops, bytes, cap))
-                    .map_err(to_py)?;
-            }
-            Ok(())
-        })();
-        self.log_growth(py);
-        result
+        if ops.is_empty() {
+            return self.write_after_buffer(py, |_, _, _| Ok(()));
+        }
+        self.write_after_buffer(py, |env, table, cap| env.commit_in(table, ops, bytes, cap))
     }
 
     /// Commit the buffer, then write one value of `src` under `key` in one
@@ -1122,6 +1104,18 @@ impl Core {
         key: &[u8],
         src: &engine::Source<'_>,
     ) -> PyResult<()> {
+        // The file is read inside the write transaction, by the engine.
+        self.write_after_buffer(py, |env, table, cap| env.put_stream(table, key, src, cap))
+    }
+
+    /// Under the commit lock, commit the buffer, then run `write` (one
+    /// engine write into this store's table) with the GIL released, so that
+    /// no older buffered write can land after it; then log the growths.
+    fn write_after_buffer(
+        &self,
+        py: Python<'_>,
+        write: impl FnOnce(&Env, &Table, Option<usize>) -> engine::Result<()> + Send,
+    ) -> PyResult<()> {
         let result = (|| -> PyResult<()> {
             // Spine rule 2: the commit lock is waited for with the GIL released.
             let _commit = self.lock_detached(py, &self.commit_lock)?;
@@ -1129,13 +1123,10 @@ impl Core {
                 return Err(self.closed_error());
             }
             self.commit_buffer_locked(py)?;
-            let env = &*self.env;
-            let cap = self.max_map_size;
-            let table = &self.table;
-            // Spine rule 1: the write transaction, and the file reads inside
-            // it, run in the engine with the GIL released.
-            py.detach(|| env.put_stream(table, key, src, cap))
-                .map_err(to_py)
+            let (env, table, cap) = (&*self.env, &self.table, self.max_map_size);
+            // Spine rule 1: the write transaction runs in the engine, with
+            // the GIL released.
+            py.detach(|| write(env, table, cap)).map_err(to_py)
         })();
         self.log_growth(py);
         result

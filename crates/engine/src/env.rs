@@ -1572,6 +1572,28 @@ impl Env {
     /// Open an existing table in a read transaction, committed so that its
     /// handle stays open.
     fn open_table_existing(&self, name: &str) -> Result<Table> {
+        let db = self.in_open_read(&mut |txn| {
+            // SAFETY: `open_lock` is held until `txn` has ended.
+            match unsafe { txn.open_db(Some(name)) } {
+                Ok(db) => {
+                    txn.commit()
+                        .map_err(|e| Error::from_lmdb(e, self.what("open a table")))?;
+                    Ok(db)
+                }
+                Err(e) => Err(Error::from_lmdb(e, self.what("open a table"))),
+            }
+        })?;
+        Ok(self.tables.give(name, db))
+    }
+
+    /// Run `f` with a read transaction begun while `open_lock` is held, so
+    /// that an `mdb_dbi_open` in it is the only one in this process; `f`
+    /// commits or drops the transaction, and the lock is let go after it.
+    /// Another process's growth is adopted first when LMDB asks for it.
+    fn in_open_read<T>(
+        &self,
+        f: &mut dyn FnMut(lmdb::RoTransaction<'_>) -> Result<T>,
+    ) -> Result<T> {
         loop {
             let _open = self.lock_open()?;
             let g = self.gate.wait_shared();
@@ -1586,17 +1608,7 @@ impl Env {
                 }
                 Err(e) => return Err(Error::from_lmdb(e, self.what("begin a read"))),
             };
-            // SAFETY: `open_lock` is held until `txn` has ended.
-            let db = unsafe { txn.open_db(Some(name)) };
-            let db = match db {
-                Ok(db) => {
-                    txn.commit()
-                        .map_err(|e| Error::from_lmdb(e, self.what("open a table")))?;
-                    db
-                }
-                Err(e) => return Err(Error::from_lmdb(e, self.what("open a table"))),
-            };
-            return Ok(self.tables.give(name, db));
+            return f(txn);
         }
     }
 
@@ -1623,31 +1635,17 @@ impl Env {
     /// Refuse the main store of a file whose main database holds table
     /// records (its reads would show them as entries). Call without the GIL.
     pub fn check_main(&self) -> Result<()> {
-        loop {
-            let _open = self.lock_open()?;
-            let g = self.gate.wait_shared();
-            let env = self.lmdb_shared(&g)?;
-            let txn = match env.begin_ro_txn() {
-                Ok(t) => t,
-                Err(lmdb::Error::MapResized) => {
-                    drop(g);
-                    drop(_open);
-                    self.adopt_resize()?;
-                    continue;
-                }
-                Err(e) => return Err(Error::from_lmdb(e, self.what("begin a read"))),
-            };
-            // SAFETY: `open_lock` is held until `txn` ends (aborted below,
-            // which closes a handle the check opened).
-            let kind = unsafe { tables::main_kind_ro(&txn, self.db) }
-                .map_err(|e| Error::from_lmdb(e, self.what("read")))?;
-            drop(txn);
-            if kind == MainKind::Tables {
-                self.tables.mark_present(true);
-                return Err(self.has_tables());
-            }
-            return Ok(());
+        let kind = self.in_open_read(&mut |txn| {
+            // SAFETY: `open_lock` is held until `txn` ends (dropped here,
+            // which aborts it and closes a handle the check opened).
+            unsafe { tables::main_kind_ro(&txn, self.db) }
+                .map_err(|e| Error::from_lmdb(e, self.what("read")))
+        })?;
+        if kind == MainKind::Tables {
+            self.tables.mark_present(true);
+            return Err(self.has_tables());
         }
+        Ok(())
     }
 
     /// Lock `open_lock` (see `tables::Registry`). Its holder may wait for
