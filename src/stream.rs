@@ -20,7 +20,7 @@ use crate::compress::Compression;
 use crate::core::Core;
 use crate::errors::{to_py, type_name, StoreError};
 use crate::snapshot::WritableBuffer;
-use crate::values::Serializer;
+use crate::values::{self, Serializer};
 
 /// Bytes asked of a file object per `read()` when it has to be spooled.
 const SPOOL_CHUNK: usize = 1 << 20;
@@ -493,14 +493,7 @@ impl ValueFile {
             match txn.get(k).map_err(to_py)? {
                 None => return Err(codec::key_error(key)),
                 Some(v) => {
-                    let plain = c.compression.unpack(py, v).map_err(|why| {
-                        PyErr::from(StoreError::BadFrame {
-                            source: "DB".into(),
-                            key: codec::display_bytes(py, k),
-                            why,
-                        })
-                    })?;
-                    match plain {
+                    match values::unpack(py, &c.compression, "DB", k, v)? {
                         // Not compressed (or a stored frame): read in place.
                         Cow::Borrowed(v) => Body::InFile(
                             engine::StoredValue::locate(txn, payload(&c.serializer, v))

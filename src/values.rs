@@ -295,13 +295,7 @@ pub fn decode<'py>(
     data: &[u8],
     pin: impl FnOnce(),
 ) -> PyResult<Bound<'py, PyAny>> {
-    let plain = comp.unpack(py, data).map_err(|why| {
-        PyErr::from(StoreError::BadFrame {
-            source: source.to_string(),
-            key: codec::display_bytes(py, key),
-            why,
-        })
-    })?;
+    let plain = unpack(py, comp, source, key, data)?;
     match plain {
         std::borrow::Cow::Borrowed(plain) => decode_plain(py, ser, keys, key, source, plain, pin)
             .map_err(|e| compressed_without_compression(py, comp, key, source, data, e)),
@@ -341,6 +335,25 @@ fn compressed_without_compression(
     });
     wrapped.set_cause(py, Some(err));
     wrapped
+}
+
+/// The plain bytes of the stored `data` of `key` (read from `source`): a
+/// frame decompressed, anything else as it is; a frame that does not read
+/// is the store's `DecodeError` naming the key.
+pub fn unpack<'a>(
+    py: Python<'_>,
+    comp: &Compression,
+    source: &str,
+    key: &[u8],
+    data: &'a [u8],
+) -> PyResult<std::borrow::Cow<'a, [u8]>> {
+    comp.unpack(py, data).map_err(|why| {
+        PyErr::from(StoreError::BadFrame {
+            source: source.to_string(),
+            key: codec::display_bytes(py, key),
+            why,
+        })
+    })
 }
 
 /// [`decode`] of bytes that are not a frame.
