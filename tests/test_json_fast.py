@@ -269,7 +269,8 @@ ERRORS = {
     "object before nan": [object(), math.nan],
     "cycle through a list": cycle_list(),
     "cycle through a dict": cycle_dict(),
-    "deeper than the recursion limit": nest(sys.getrecursionlimit() + 100),
+    # Beyond every supported version's limit (3.12 on bound C code by its own).
+    "deeper than the recursion limit": nest(100_000),
 }
 
 
@@ -279,7 +280,11 @@ def test_errors_are_the_modules(value, json_store, module_calls):
     with pytest.raises(type(expected)) as info:
         json_store[b"k"] = value
     assert type(info.value) is type(expected)
-    assert str(info.value) == str(expected)
+    message = str(info.value)
+    if sys.version_info < (3, 11):
+        # Exceptions have no notes here: the store's ends the message.
+        message = message.split("\nwhile encoding the value for key ", 1)[0]
+    assert message == str(expected)
     assert json_store.pending == 0
     assert len(module_calls) == 1
     # Nothing is left behind: the next plain value is written in Rust.
