@@ -8,6 +8,7 @@ pub mod core;
 pub mod errors;
 pub mod exit;
 pub mod iter;
+mod json_fast;
 pub mod keys;
 pub mod npy;
 pub mod options;

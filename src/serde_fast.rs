@@ -66,6 +66,11 @@ impl Json {
         py: Python<'py>,
         obj: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyBytes>> {
+        // Plain values are written in Rust, byte for byte what the lines
+        // below write; any other value (or error) is the module's.
+        if let Some(bytes) = crate::json_fast::encode(obj) {
+            return Ok(bytes);
+        }
         let text = match &self.make {
             Some(make) => {
                 let args = (
