@@ -752,16 +752,22 @@ impl Core {
         v: &Bytes,
     ) -> PyResult<Bound<'py, PyAny>> {
         let data = (**v).as_ref();
-        values::decode(
-            py,
-            &self.serializer,
-            &self.compression,
-            &self.keys,
-            key,
-            "buffered",
-            data,
-            || pin_bytes(v),
-        )
+        self.decode(py, key, "buffered", data, || pin_bytes(v))
+    }
+
+    /// Decode the stored `data` of `key` (read from `source`) with this
+    /// store's compression, serializer and key options; `pin` runs if Python
+    /// code kept a buffer over `data`.
+    pub(crate) fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        key: &[u8],
+        source: &str,
+        data: &[u8],
+        pin: impl FnOnce(),
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (ser, comp, keys) = (&self.serializer, &self.compression, &self.keys);
+        values::decode(py, ser, comp, keys, key, source, data, pin)
     }
 
     /// Decode a value read from the database in `txn`; `txn` is pinned if
@@ -773,16 +779,7 @@ impl Core {
         data: &[u8],
         txn: &engine::ReadTxn<'_>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        values::decode(
-            py,
-            &self.serializer,
-            &self.compression,
-            &self.keys,
-            key,
-            "DB",
-            data,
-            || self.pin_txn(txn),
-        )
+        self.decode(py, key, "DB", data, || self.pin_txn(txn))
     }
 
     /// The value of `key` or `None`; buffer first, then (after the autoflush)
@@ -1498,16 +1495,7 @@ impl CoreHandle {
             // Shared, so that a buffer over it that outlives `loads` can
             // keep it alive.
             let raw: Bytes = Arc::new(raw);
-            let value = values::decode(
-                py,
-                &c.serializer,
-                &c.compression,
-                &c.keys,
-                &k,
-                "DB",
-                (*raw).as_ref(),
-                || pin_bytes(&raw),
-            )?;
+            let value = c.decode(py, &k, "DB", (*raw).as_ref(), || pin_bytes(&raw))?;
             let raw: &[u8] = (*raw).as_ref();
             // Unpickling ran Python code: a forked child deletes in its own
             // environment.

@@ -390,23 +390,12 @@ fn wide(out: &mut Vec<u8>, units: impl Iterator<Item = u32>) -> Step {
             } else {
                 escape(out, c as u8);
             }
-        } else if c < 0x800 {
-            out.extend_from_slice(&[0xC0 | (c >> 6) as u8, 0x80 | (c & 0x3F) as u8]);
-        } else if (0xD800..0xE000).contains(&c) {
-            return Err(Defer);
-        } else if c < 0x10000 {
-            out.extend_from_slice(&[
-                0xE0 | (c >> 12) as u8,
-                0x80 | ((c >> 6) & 0x3F) as u8,
-                0x80 | (c & 0x3F) as u8,
-            ]);
         } else {
-            out.extend_from_slice(&[
-                0xF0 | (c >> 18) as u8,
-                0x80 | ((c >> 12) & 0x3F) as u8,
-                0x80 | ((c >> 6) & 0x3F) as u8,
-                0x80 | (c & 0x3F) as u8,
-            ]);
+            // A lone surrogate is no `char`: the module's UTF-8 step refuses it.
+            let Some(ch) = char::from_u32(c) else {
+                return Err(Defer);
+            };
+            out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
         }
     }
     Ok(())

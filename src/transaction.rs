@@ -154,16 +154,7 @@ impl Transaction {
         data: Vec<u8>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut keep = false;
-        let out = values::decode(
-            py,
-            &c.serializer,
-            &c.compression,
-            &c.keys,
-            key,
-            "DB",
-            &data,
-            || keep = true,
-        );
+        let out = c.decode(py, key, "DB", &data, || keep = true);
         if keep {
             // A buffer over these bytes outlived the call: they stay.
             std::mem::forget(data);

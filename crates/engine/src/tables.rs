@@ -98,10 +98,10 @@ pub(crate) struct Registry {
 
 #[derive(Default)]
 struct Slots {
-    /// `seqs[dbi]`: the sequence number of the table in that slot (0: none).
-    seqs: Vec<u64>,
-    /// `names[dbi]`: the table in that slot, while it is live.
-    names: Vec<Option<(Arc<str>, Database)>>,
+    /// `live[dbi]`: the table in that slot, with the sequence number it was
+    /// given out under; `None` once its handle is closed.
+    live: Vec<Option<Named>>,
+    /// The last sequence number given out.
     next: u64,
 }
 
@@ -110,39 +110,35 @@ impl Registry {
     pub(crate) fn give(&self, name: &str, db: Database) -> Table {
         let mut s = self.slots.lock();
         let i = db.dbi() as usize;
-        if s.seqs.len() <= i {
-            s.seqs.resize(i + 1, 0);
-            s.names.resize(i + 1, None);
+        if s.live.len() <= i {
+            s.live.resize(i + 1, None);
         }
-        if s.seqs[i] == 0 {
+        if s.live[i].is_none() {
             s.next += 1;
-            s.seqs[i] = s.next;
-            s.names[i] = Some((name.into(), db));
+            let seq = s.next;
+            s.live[i] = Some(Named {
+                name: name.into(),
+                db,
+                seq,
+            });
         }
         self.present.store(true, Ordering::Release);
         Table {
-            named: Some(Named {
-                name: name.into(),
-                db,
-                seq: s.seqs[i],
-            }),
+            named: s.live[i].clone(),
         }
     }
 
     /// Whether `named` still designates the table it was given out for.
     pub(crate) fn is_live(&self, named: &Named) -> bool {
-        self.slots.lock().seqs.get(named.db.dbi() as usize) == Some(&named.seq)
+        let s = self.slots.lock();
+        matches!(s.live.get(named.db.dbi() as usize), Some(Some(n)) if n.seq == named.seq)
     }
 
     /// The handle in slot `dbi` was closed: the handles given out for it are
     /// dead.
     pub(crate) fn retire(&self, dbi: u32) {
-        let mut s = self.slots.lock();
-        if let Some(seq) = s.seqs.get_mut(dbi as usize) {
-            *seq = 0;
-        }
-        if let Some(name) = s.names.get_mut(dbi as usize) {
-            *name = None;
+        if let Some(slot) = self.slots.lock().live.get_mut(dbi as usize) {
+            *slot = None;
         }
     }
 
@@ -150,15 +146,13 @@ impl Registry {
     /// out at or before sequence number `before` (see `given`).
     pub(crate) fn find(&self, name: &str, before: u64) -> Option<Table> {
         let s = self.slots.lock();
-        s.names.iter().enumerate().find_map(|(i, slot)| {
-            let (n, db) = slot.as_ref()?;
-            (&**n == name && s.seqs[i] <= before).then(|| Table {
-                named: Some(Named {
-                    name: n.clone(),
-                    db: *db,
-                    seq: s.seqs[i],
-                }),
-            })
+        let found = s
+            .live
+            .iter()
+            .flatten()
+            .find(|n| &*n.name == name && n.seq <= before);
+        found.map(|n| Table {
+            named: Some(n.clone()),
         })
     }
 
@@ -170,7 +164,7 @@ impl Registry {
 
     /// Whether any table handle given out is still live.
     pub(crate) fn any_live(&self) -> bool {
-        self.slots.lock().seqs.iter().any(|&s| s != 0)
+        self.slots.lock().live.iter().any(Option::is_some)
     }
 
     pub(crate) fn mark_present(&self, present: bool) {
