@@ -211,6 +211,7 @@ def markdown_tables(data: dict[str, Any]) -> str:
         stores,
         units=False,
     )
+    out.extend(paired_table(data))
     block(
         "Large values",
         f"{large['count']} values of {large['size'] >> 20} MiB `bytes`: put + commit, then "
@@ -371,6 +372,44 @@ STREAM_WAYS = {
     "get(bytes)": "`store[key]` (one `bytes`)",
     "python read": "plain Python: the source file, `readinto` 1 MiB pieces",
 }
+
+
+def paired_table(data: dict[str, Any]) -> list[str]:
+    """This store against the floor, each operation timed next to the floor's
+    loop in one process: the median ratio of the pairs and its quartiles."""
+    p = data.get("paired")
+    if not p:
+        return []
+    pairs = p["rows"][0]["pairs"]
+    rows = [
+        [
+            r["operation"],
+            r["floor"],
+            r["collector"],
+            human(r["rate"]),
+            human(r["floor_rate"]),
+            f"{r['ratio']:.2f}",
+            f"{r['ratio_low']:.2f}–{r['ratio_high']:.2f}",
+        ]
+        for r in p["rows"]
+    ]
+    return [
+        "",
+        "### Against the floor, in pairs",
+        "",
+        f"This store (used directly: `store[k] = v`, `store[k]`, `get_many`, `items()`) "
+        f"and the floor, each operation timed right next to the floor's loop in one "
+        f"process, {pairs} pair{'s' if pairs != 1 else ''} in alternating order, N = {p['n']:,} "
+        "(`benchmarks/paired.py`). The ratio is the median of the pairs' ratios, with "
+        "the middle half of them beside it: one figure does not carry the speed swings "
+        "of a shared machine from one process to the next, as a ratio of two medians "
+        "measured apart can.",
+        "",
+    ] + table(
+        ["operation", "floor", "collector", "ops/s", "floor ops/s", "× floor", "middle half"],
+        rows,
+        numeric_from=3,
+    )
 
 
 def streams_table(data: dict[str, Any]) -> list[str]:

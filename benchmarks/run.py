@@ -523,6 +523,8 @@ def make_parameters(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         "arrays": {"count": ARRAYS_COUNT[mode], "dim": 512, "batch": 256},
         # put_file/open of one large value (benchmarks/streams.py); none in smoke runs.
         "streams_mib": {"full": 1024, "quick": 256, "smoke": 0}[mode],
+        # This store timed next to the floor in one process (benchmarks/paired.py).
+        "pairs": {"full": 15, "quick": 5, "smoke": 1}[mode],
         "timeout_s": preset["timeout"],
     }
 
@@ -541,6 +543,21 @@ def run_streams(python: str, params: dict[str, Any]) -> dict[str, Any] | None:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
             log(f"streams failed: {proc.stderr.strip()[-500:]}")
+            return None
+        return json.loads(Path(out).read_text())
+
+
+def run_paired(python: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """This store's put, get, get_many and iterate, each timed next to its
+    floor in one process (benchmarks/paired.py); None when it failed."""
+    with tempfile.TemporaryDirectory(prefix="paired-") as tmp:
+        out = os.path.join(tmp, "paired.json")
+        cmd = [python, str(BENCH / "paired.py"), "--n", str(params["n"])]
+        cmd += ["--pairs", str(params["pairs"]), "--seed", str(params["seed"]), "--json", out]
+        log(f"paired: {params['pairs']} pairs")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            log(f"paired failed: {proc.stderr.strip()[-500:]}")
             return None
         return json.loads(Path(out).read_text())
 
@@ -581,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     ops = list(report.OPERATIONS)
     rows.sort(key=lambda r: (systems.index(r["system"]), ops.index(r["operation"])))
 
+    paired = run_paired(python, params) if "this" in runnable else None
     streams = run_streams(python, params) if "this" in runnable else None
 
     data = {
@@ -594,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         "floor_system": FLOOR,
         "systems": system_entries(systems, install, info),
         "results": rows,
+        "paired": paired,
         "streams": streams,
         "elapsed_s": time.perf_counter() - started,
     }
@@ -603,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if any(r["system"] == "this" and (r["status"] == "error" or r.get("errors")) for r in rows):
         log("lmdb_object_store failed: see the table above")
+        return 1
+    if "this" in runnable and paired is None:
+        log("lmdb_object_store failed in benchmarks/paired.py: see above")
         return 1
     return 0
 
