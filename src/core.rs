@@ -74,6 +74,9 @@ struct Buffered {
     /// A read already logged that it could not commit the buffer; cleared
     /// by the next commit that succeeds, so each failure is logged once.
     read_flush_logged: bool,
+    /// A background commit is running and takes the batches queued behind
+    /// it before it ends (see `Core::start_commit`).
+    chain: bool,
 }
 
 impl Buffered {
@@ -82,6 +85,7 @@ impl Buffered {
             buf: WriteBuffer::with_capacity(batch_size.min(1 << 16)),
             failed: None,
             read_flush_logged: false,
+            chain: false,
         }
     }
 }
@@ -96,6 +100,9 @@ pub struct Core {
     /// One commit of this store's buffer at a time, in order. A background
     /// commit holds it from the write that starts it until it ends.
     commit_lock: Mutex<()>,
+    /// Threads waiting for `commit_lock`: while there are any, full batches
+    /// are not queued behind a running commit, so that its chain ends.
+    commit_waiters: AtomicUsize,
     close: CloseState,
     pub(crate) keys: KeyPolicy,
     pub(crate) batch_size: usize,
@@ -148,6 +155,7 @@ impl Core {
             env,
             buffered: Mutex::new(Buffered::new(s.batch_size)),
             commit_lock: Mutex::new(()),
+            commit_waiters: AtomicUsize::new(0),
             close: CloseState::default(),
             keys: s.keys,
             batch_size: s.batch_size,
@@ -203,6 +211,10 @@ impl Core {
 /// with sync, 40% faster).
 const BACKGROUND_MIN_BATCH: usize = 256;
 
+/// Batches in flight at most (the one being committed and those queued
+/// behind it) before a writer waits for the commit instead of queueing.
+const MAX_QUEUED: usize = 16;
+
 /// `get_into` copies at least this many bytes with the GIL released: below
 /// it, handing the GIL over costs more than the copy.
 const BIG_COPY: usize = 64 * 1024;
@@ -253,7 +265,7 @@ pub fn flush_all(py: Python<'_>) {
         if c.is_closing() {
             // Its close commits; only wait for a commit under way, so that
             // no commit thread is mid-way through anything at a fork.
-            if let Ok(g) = c.lock_detached(py, &c.commit_lock) {
+            if let Ok(g) = c.lock_commit(py) {
                 drop(g);
             }
             continue;
@@ -410,6 +422,19 @@ impl Core {
         .map_err(to_py)
     }
 
+    /// Wait for the commit lock (see `lock_detached`), counted in
+    /// `commit_waiters` while waiting so that a chain of background commits
+    /// ends for this thread (see `start_commit`).
+    pub(crate) fn lock_commit(&self, py: Python<'_>) -> PyResult<MutexGuard<'_, ()>> {
+        if let Some(g) = self.commit_lock.try_lock() {
+            return Ok(g);
+        }
+        self.commit_waiters.fetch_add(1, Ordering::SeqCst);
+        let got = self.lock_detached(py, &self.commit_lock);
+        self.commit_waiters.fetch_sub(1, Ordering::SeqCst);
+        got
+    }
+
     /// Log every growth of the map since the last call, whether or not the
     /// write that needed it went on to commit.
     pub(crate) fn log_growth(&self, py: Python<'_>) {
@@ -441,7 +466,7 @@ impl Core {
     /// (under any newer writes) and the error is raised.
     pub(crate) fn flush(&self, py: Python<'_>) -> PyResult<()> {
         let result = self
-            .lock_detached(py, &self.commit_lock)
+            .lock_commit(py)
             .and_then(|_commit| self.commit_buffer_locked(py));
         self.log_growth(py);
         result
@@ -477,18 +502,27 @@ impl Core {
 
     /// The buffer is full: commit it on a background thread, so the
     /// commit's fsync overlaps the caller's next writes. Waits first for the
-    /// commit before (one batch in flight at a time, in order). Reads see the
-    /// batch in flight until it is in the database.
+    /// commit before, if one is still running. Reads see the batches in
+    /// flight until they are in the database.
+    ///
+    /// Group commit: while the thread commits, the batches that fill up are
+    /// queued behind it instead of making their writers wait
+    /// (`buffer_writes`), and the thread commits all of them in its next
+    /// transaction, with one fsync, before it ends. It ends when nothing is
+    /// queued; no batch is queued while a thread waits for the commit lock,
+    /// so a `flush()` or `close()` waits for what is already queued only.
     pub(crate) fn start_commit(&self, py: Python<'_>) -> PyResult<()> {
-        let commit = self.lock_detached(py, &self.commit_lock)?;
+        let commit = self.lock_commit(py)?;
         let batch = {
             let mut b = self.buffered.lock();
             // After a failed commit its batch is back in the buffer: the next
             // write reports it; no retry in a loop.
-            match b.failed {
+            let batch = match b.failed {
                 Some(_) => None,
                 None => b.buf.begin_commit(),
-            }
+            };
+            b.chain = batch.is_some();
+            batch
         };
         let Some(batch) = batch else {
             drop(commit);
@@ -497,26 +531,32 @@ impl Core {
         };
         let core = self.me.upgrade().expect("a live core has a live Arc");
         // Spine rule 1: a plain Rust thread, which never takes the GIL, runs
-        // the write transaction.
+        // the write transactions.
         let job = {
             let batch = batch.clone();
             move || {
-                let commit = std::panic::AssertUnwindSafe(|| {
-                    core.env.commit_in(
-                        &core.table,
-                        &batch.sorted(),
-                        batch.bytes(),
-                        core.max_map_size,
-                    )
-                });
-                let result = match std::panic::catch_unwind(commit) {
-                    Ok(result) => result.map_err(StoreError::from),
-                    Err(_) => Err(StoreError::CommitPanicked {
-                        path: core.path.clone(),
-                    }),
-                };
-                drop(batch);
-                core.end_background_commit(result);
+                let mut batch = batch;
+                loop {
+                    let commit = std::panic::AssertUnwindSafe(|| {
+                        core.env.commit_in(
+                            &core.table,
+                            &batch.sorted(),
+                            batch.bytes(),
+                            core.max_map_size,
+                        )
+                    });
+                    let result = match std::panic::catch_unwind(commit) {
+                        Ok(result) => result.map_err(StoreError::from),
+                        Err(_) => Err(StoreError::CommitPanicked {
+                            path: core.path.clone(),
+                        }),
+                    };
+                    drop(batch);
+                    match core.end_background_commit(result) {
+                        Some(next) => batch = next,
+                        None => break,
+                    }
+                }
                 // SAFETY: `start_commit` locked `commit_lock` and forgot the
                 // guard, handing the lock to this thread; nothing else
                 // unlocks it (parking_lot allows unlocking from another
@@ -540,7 +580,11 @@ impl Core {
                 // No thread to be had: commit here instead. The closure and
                 // its copy of the batch are gone; the buffer still has it.
                 drop(batch);
-                self.buffered.lock().buf.commit_failed();
+                {
+                    let mut b = self.buffered.lock();
+                    b.chain = false;
+                    b.buf.commit_failed();
+                }
                 let result = self.commit_buffer_locked(py);
                 drop(commit);
                 self.log_growth(py);
@@ -549,18 +593,27 @@ impl Core {
         }
     }
 
-    /// A background commit ended: forget its batch, or put it back and keep
-    /// the error for the next write. No Python here.
-    pub(crate) fn end_background_commit(&self, result: Result<(), StoreError>) {
+    /// A background commit ended: forget what it wrote, or put every batch
+    /// in flight back and keep the error for the next write. Then the
+    /// batches queued meanwhile, as one batch for the next transaction, or
+    /// `None`: the chain ends. No Python here.
+    pub(crate) fn end_background_commit(
+        &self,
+        result: Result<(), StoreError>,
+    ) -> Option<Arc<engine::buffer::Batch>> {
         let mut b = self.buffered.lock();
-        let done = b.buf.end_commit(result.is_ok());
-        b.read_flush_logged &= result.is_err();
+        let ok = result.is_ok();
+        let done = b.buf.end_commit(ok);
+        b.read_flush_logged &= !ok;
         if let Err(e) = result {
             b.failed = Some(e);
         }
+        let queued = if ok { b.buf.take_queued() } else { Vec::new() };
+        b.chain = !queued.is_empty();
         drop(b);
         // Freed with the buffer unlocked (see `WriteBuffer::end_commit`).
         drop(done);
+        (!queued.is_empty()).then(|| engine::buffer::merged(&queued))
     }
 
     /// Scans read the database alone: commit what is buffered first. On
@@ -582,16 +635,14 @@ impl Core {
     /// background commit stays kept for the next write to raise, unless
     /// this commit writes its batch.
     pub(crate) fn commit_for_read(&self, py: Python<'_>) -> PyResult<()> {
-        let result = self
-            .lock_detached(py, &self.commit_lock)
-            .and_then(|_commit| {
-                let kept = self.buffered.lock().failed.take();
-                let result = self.commit_buffer_locked(py);
-                if let (Err(_), Some(kept)) = (&result, kept) {
-                    self.buffered.lock().failed.get_or_insert(kept);
-                }
-                result
-            });
+        let result = self.lock_commit(py).and_then(|_commit| {
+            let kept = self.buffered.lock().failed.take();
+            let result = self.commit_buffer_locked(py);
+            if let (Err(_), Some(kept)) = (&result, kept) {
+                self.buffered.lock().failed.get_or_insert(kept);
+            }
+            result
+        });
         self.log_growth(py);
         result
     }
@@ -641,21 +692,17 @@ impl Core {
     /// keys when the buffer could not be committed first.
     pub(crate) fn buffered_in(&self, bounds: &Bounds, reverse: bool) -> Vec<(Vec<u8>, Value)> {
         let b = self.buffered.lock();
-        let active = b.buf.active();
-        let mut out: Vec<(Vec<u8>, Value)> = active
-            .iter()
-            .filter(|(k, _)| bounds.contains(k))
-            .map(|(k, v)| (k.to_vec(), v.clone()))
-            .collect();
-        if let Some(inflight) = b.buf.inflight() {
-            // Under the newer writes, which win.
-            out.extend(
-                inflight
-                    .iter()
-                    .filter(|(k, _)| bounds.contains(k) && active.get(k).is_none())
-                    .map(|(k, v)| (k.to_vec(), v.clone())),
-            );
+        let mut out: Vec<(Vec<u8>, Value)> = Vec::new();
+        let mut seen = engine::buffer::FastMap::<&[u8], ()>::default();
+        // Newest first: a key's first write seen is the one that wins.
+        for batch in b.buf.newest_first() {
+            for (k, v) in batch.iter() {
+                if bounds.contains(k) && seen.insert(k, ()).is_none() {
+                    out.push((k.to_vec(), v.clone()));
+                }
+            }
         }
+        drop(seen);
         drop(b);
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if reverse {
@@ -866,7 +913,7 @@ impl Core {
             o.flush(py)?;
         }
         let result = (|| {
-            let _commit = self.lock_detached(py, &self.commit_lock)?;
+            let _commit = self.lock_commit(py)?;
             self.commit_buffer_locked(py)?;
             let cap = self.max_map_size;
             py.detach(|| engine::WriteTxn::begin(env, cap))
@@ -984,10 +1031,14 @@ impl Core {
             for (k, v) in writes {
                 b.buf.insert(k.as_ref(), v);
             }
-            break (
-                b.buf.active_len() >= self.batch_size,
-                b.buf.active_memory() > self.max_buffer_bytes,
-            );
+            let by_count = b.buf.active_len() >= self.batch_size;
+            let by_bytes = b.buf.active_memory() > self.max_buffer_bytes;
+            if by_count && !by_bytes && self.can_queue(&b) {
+                // A background commit is running: it takes this batch next.
+                b.buf.enqueue();
+                return Ok(());
+            }
+            break (by_count, by_bytes);
         };
         if by_count && !by_bytes && self.commits_in_background() {
             self.start_commit(py)?;
@@ -1025,6 +1076,18 @@ impl Core {
 
     /// Whether a batch that reaches `batch_size` commits in the background
     /// (see `BACKGROUND_MIN_BATCH`).
+    /// Whether a full batch can be queued behind the background commit
+    /// under way instead of its writer waiting for that commit: not while
+    /// a thread waits for the commit lock (the chain must end for it), and
+    /// only up to `MAX_QUEUED` batches and `max_buffer_bytes` in all.
+    fn can_queue(&self, b: &Buffered) -> bool {
+        b.chain
+            && self.commits_in_background()
+            && self.commit_waiters.load(Ordering::SeqCst) == 0
+            && b.buf.inflight().len() < MAX_QUEUED
+            && b.buf.inflight_memory() + b.buf.active_memory() <= self.max_buffer_bytes
+    }
+
     pub(crate) fn commits_in_background(&self) -> bool {
         self.batch_size >= BACKGROUND_MIN_BATCH && self.options.sync
     }
@@ -1059,11 +1122,7 @@ impl Core {
         let b = self.buffered.lock();
         let mut keys: Vec<(Vec<u8>, bool)> = Vec::new();
         let mut seen = engine::buffer::FastMap::<&[u8], ()>::default();
-        let inflight = b.buf.inflight().cloned();
-        for batch in [Some(b.buf.active()), inflight.as_deref()]
-            .into_iter()
-            .flatten()
-        {
+        for batch in b.buf.newest_first() {
             for (k, v) in batch.iter() {
                 if seen.insert(k, ()).is_none() {
                     keys.push((k.to_vec(), v.is_some()));
@@ -1115,7 +1174,7 @@ impl Core {
     ) -> PyResult<()> {
         let result = (|| -> PyResult<()> {
             // Spine rule 2: the commit lock is waited for with the GIL released.
-            let _commit = self.lock_detached(py, &self.commit_lock)?;
+            let _commit = self.lock_commit(py)?;
             if self.is_closing() {
                 return Err(self.closed_error());
             }
@@ -1166,7 +1225,7 @@ impl Core {
     pub(crate) fn clear(&self, py: Python<'_>) -> PyResult<()> {
         let result = (|| -> PyResult<()> {
             // Spine rule 2: the commit lock is waited for with the GIL released.
-            let _commit = self.lock_detached(py, &self.commit_lock)?;
+            let _commit = self.lock_commit(py)?;
             // The buffered writes stay readable until the clear commits. A
             // failed background commit is moot: its writes are cleared too.
             let batch = {
@@ -1196,7 +1255,7 @@ impl Core {
     /// way has ended (so the count is settled).
     pub(crate) fn pending(&self, py: Python<'_>) -> PyResult<usize> {
         if self.buffered.lock().buf.has_inflight() {
-            drop(self.lock_detached(py, &self.commit_lock)?);
+            drop(self.lock_commit(py)?);
         }
         let pending = self.buffered.lock().buf.pending();
         Ok(pending)
@@ -1264,7 +1323,7 @@ impl Core {
     pub(crate) fn drop_table(&self, py: Python<'_>) -> PyResult<()> {
         let result = (|| -> PyResult<()> {
             // Spine rule 2: the commit lock is waited for with the GIL released.
-            let _commit = self.lock_detached(py, &self.commit_lock)?;
+            let _commit = self.lock_commit(py)?;
             if self.is_closing() {
                 return Err(self.closed_error());
             }

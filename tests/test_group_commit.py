@@ -4,9 +4,10 @@ When a write fills the buffer, its batch is committed on a thread of its own
 (the fsync overlaps the caller's next writes). These tests hold LMDB's writer
 lock from another process, so that such a commit cannot finish until the test
 lets it, and check what the spec promises meanwhile: the write that filled
-the buffer returns, every thread still reads the batch in flight, one batch
-at a time is in flight, and flush(), pending, fork and close wait for it. A
-commit that fails keeps its batch and is reported by the next write.
+the buffer returns, every thread still reads the batch in flight, the full
+batches after it queue behind it (up to a bound) and land with its next
+transaction, and flush(), pending, fork and close wait for it. A commit that
+fails keeps its batches and is reported by the next write.
 """
 
 from __future__ import annotations
@@ -106,14 +107,12 @@ def test_the_write_that_fills_the_buffer_does_not_wait_for_the_commit(make_store
         assert out["result"] == ({b"k000": 0, b"k005": 5}, [b"nope"])
         # Reading the database does not wait for the commit either.
         assert store.get(b"seed") == "committed"
-        # The next full batch waits for the one in flight (one at a time,
-        # in order), but its writes are readable while it waits.
+        # The next full batch queues behind the one in flight instead of
+        # waiting for it, and is readable there.
         t2, out2 = start_thread(lambda: _put_range(store, b"m", BATCH))
-        t2.join(0.5)
-        assert t2.is_alive(), "a second batch went in flight before the first committed"
+        join_or_fail(t2, 15)
+        assert "error" not in out2, out2
         assert store.get(b"m000") == 0
-    join_or_fail(t2, 15)
-    assert "error" not in out2, out2
     store.flush()
     assert store.pending == 0
     store.close()
@@ -264,6 +263,99 @@ def test_small_batches_and_unsynced_stores_commit_inside_the_write(make_store, d
         join_or_fail(t, 15)
     assert "error" not in out, out
     assert store.pending == 0
+
+
+# Batches in flight at most (one committing, the rest queued behind it) before
+# a write that fills the buffer waits instead (src/core.rs, MAX_QUEUED).
+MAX_QUEUED = 16
+
+
+def test_full_batches_queue_behind_a_blocked_commit_up_to_a_bound(make_store, db_path):
+    store = make_store(batch_size=BATCH, autoflush_on_read=False)
+    with writer_lock(db_path) as lock:
+        # One batch committing (blocked), then MAX_QUEUED - 1 queued behind
+        # it: no write waits. Key b"same" is written in every batch.
+        def fill():
+            for b in range(MAX_QUEUED):
+                for i in range(BATCH - 1):
+                    store.put(b"b%02d:%03d" % (b, i), (b, i))
+                store.put(b"same", b)
+
+        t, out = start_thread(fill)
+        join_or_fail(t, 15)
+        assert "error" not in out, out
+        assert store.get(b"same") == MAX_QUEUED - 1
+        assert store.get(b"b00:000") == (0, 0)
+        # The next full batch finds the queue full: its last write waits.
+        t2, out2 = start_thread(lambda: _put_range(store, b"z", BATCH))
+        t2.join(0.5)
+        assert t2.is_alive(), "a write queued a batch past the bound"
+        assert store.get(b"z000") == 0
+        lock.release()
+        join_or_fail(t2, 15)
+    assert "error" not in out2, out2
+    assert store.pending == 0
+    store.close()
+    again = make_store()
+    assert again[b"same"] == MAX_QUEUED - 1
+    assert len(again) == MAX_QUEUED * (BATCH - 1) + 1 + BATCH
+
+
+def test_a_failed_commit_puts_the_queued_batches_back(make_store, db_path):
+    store = make_store(
+        batch_size=BATCH, map_size=1 * MiB, max_map_size=1 * MiB, autoflush_on_read=False
+    )
+    with writer_lock(db_path) as lock:
+        small = _fill_with_a_big_last_value(store)  # in flight; cannot fit
+        more = {b"q%03d" % i: i for i in range(2 * BATCH)}
+
+        def queue_two():  # two batches queued behind it
+            for k, v in more.items():
+                store.put(k, v)
+
+        t, out = start_thread(queue_two)
+        join_or_fail(t, 15)
+        assert "error" not in out, out
+        lock.release()
+    # `pending` waits for the commit: it failed, and every batch is back.
+    assert store.pending == 3 * BATCH
+    with pytest.raises(MapFullError):
+        store.put(b"late", 1)
+    assert store.get(b"q007") == 7
+    store.delete(b"big")
+    store.flush()
+    store.close()
+    assert dict(make_store().items()) == {**small, **more}
+
+
+def test_a_flush_is_not_held_up_by_a_writer_that_keeps_queueing(make_store):
+    # A writer that fills a batch faster than a commit ends would keep the
+    # commit thread going; a flush() in another thread must still get its
+    # turn instead of waiting for the writer to stop.
+    store = make_store(batch_size=BATCH, autoflush_on_read=False)
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set() and i < 1_000_000:
+            store.put(b"w%08d" % i, i)
+            i += 1
+        return i
+
+    t, out = start_thread(writer)
+    try:
+        for _ in range(5):
+            f, fout = start_thread(store.flush)
+            f.join(20)
+            assert not f.is_alive(), "flush() waited behind the writer's batches"
+            assert "error" not in fout, fout
+        assert not stop.is_set() and t.is_alive(), "the writer stopped on its own"
+    finally:
+        stop.set()
+        join_or_fail(t, 60)
+    assert "error" not in out, out
+    store.flush()
+    assert len(store) == out["result"]
 
 
 def test_many_threads_read_their_writes_across_background_commits(make_store):

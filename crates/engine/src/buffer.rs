@@ -238,6 +238,22 @@ impl Batch {
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Value)> {
         self.map.iter().map(|(k, (_, v))| (k.as_slice(), v))
     }
+
+    /// Write `later`'s entries over this batch's, in their arrival order.
+    pub fn merge(&mut self, later: &Batch) {
+        let mut entries: Vec<(&Key, &(u32, Value))> = later.map.iter().collect();
+        entries.sort_unstable_by_key(|(_, (seq, _))| *seq);
+        for (k, (_, v)) in entries {
+            self.insert(k.as_slice(), v.clone());
+        }
+    }
+
+    /// A batch of its own with the same entries.
+    pub fn copy(&self) -> Batch {
+        let mut out = Batch::with_capacity(self.len());
+        out.merge(self);
+        out
+    }
 }
 
 /// What the buffer knows of one key.
@@ -251,10 +267,16 @@ pub enum Lookup {
     Unknown,
 }
 
+/// A store's buffered writes: `active` takes new writes; `inflight` holds
+/// the batches handed to a commit, oldest first. Usually there is one; while
+/// a background commit runs, full batches queue behind it, and the commit
+/// takes them all in its next transaction (see `Core::start_commit`).
 #[derive(Default, Debug)]
 pub struct WriteBuffer {
     active: Batch,
-    inflight: Option<Arc<Batch>>,
+    inflight: Vec<Arc<Batch>>,
+    /// How many of the oldest `inflight` batches the commit under way writes.
+    taken: usize,
     /// Entries a batch is expected to reach (the store's batch_size, capped).
     capacity: usize,
 }
@@ -264,7 +286,8 @@ impl WriteBuffer {
     pub fn with_capacity(capacity: usize) -> Self {
         WriteBuffer {
             active: Batch::with_capacity(capacity),
-            inflight: None,
+            inflight: Vec::new(),
+            taken: 0,
             capacity,
         }
     }
@@ -273,7 +296,7 @@ impl WriteBuffer {
         let found = self
             .active
             .get(key)
-            .or_else(|| self.inflight.as_ref().and_then(|b| b.get(key)));
+            .or_else(|| self.inflight.iter().rev().find_map(|b| b.get(key)));
         match found {
             None => Lookup::Unknown,
             Some(None) => Lookup::Deleted,
@@ -295,74 +318,122 @@ impl WriteBuffer {
         self.active.memory()
     }
 
+    /// Memory held by the batches handed to a commit.
+    pub fn inflight_memory(&self) -> usize {
+        self.inflight.iter().map(|b| b.memory()).sum()
+    }
+
     /// Entries not yet committed: waiting plus being committed.
     pub fn pending(&self) -> usize {
-        self.active.len() + self.inflight.as_ref().map_or(0, |b| b.len())
+        self.active.len() + self.inflight.iter().map(|b| b.len()).sum::<usize>()
     }
 
     pub fn has_inflight(&self) -> bool {
-        self.inflight.is_some()
+        !self.inflight.is_empty()
     }
 
     pub fn active(&self) -> &Batch {
         &self.active
     }
 
-    pub fn inflight(&self) -> Option<&Arc<Batch>> {
-        self.inflight.as_ref()
+    /// Every batch, newest first: `active`, then those in flight. A key's
+    /// first appearance in this order is its newest write.
+    pub fn newest_first(&self) -> impl Iterator<Item = &Batch> {
+        std::iter::once(&self.active).chain(self.inflight.iter().rev().map(|b| &**b))
+    }
+
+    /// The batches handed to a commit, oldest first (a later one's writes
+    /// win over an earlier one's).
+    pub fn inflight(&self) -> &[Arc<Batch>] {
+        &self.inflight
     }
 
     /// Move `active` into the in-flight slot for a commit. The caller holds
     /// the store's commit lock, so no other batch is in flight.
     pub fn begin_commit(&mut self) -> Option<Arc<Batch>> {
-        debug_assert!(self.inflight.is_none(), "one batch in flight at a time");
+        debug_assert!(self.inflight.is_empty(), "no batch in flight yet");
         if self.active.is_empty() {
             return None;
         }
-        let fresh = Batch::with_capacity(self.capacity);
-        let batch = Arc::new(std::mem::replace(&mut self.active, fresh));
-        self.inflight = Some(batch.clone());
+        let batch = self.queue_active();
+        self.taken = 1;
         Some(batch)
     }
 
-    /// The commit of the in-flight batch ended: forget the batch if it is in
-    /// the database, else put it back (see `commit_failed`). The batch
-    /// forgotten is returned, so that the caller can free it after letting
-    /// go of the lock it keeps this buffer under: freeing a batch's entries
-    /// takes as long as many writes, which would wait for it.
-    pub fn end_commit(&mut self, succeeded: bool) -> Option<Arc<Batch>> {
+    /// Queue `active` behind the batches in flight, for the commit under way
+    /// to take next (see [`WriteBuffer::take_queued`]).
+    pub fn enqueue(&mut self) {
+        if !self.active.is_empty() {
+            self.queue_active();
+        }
+    }
+
+    fn queue_active(&mut self) -> Arc<Batch> {
+        let fresh = Batch::with_capacity(self.capacity);
+        let batch = Arc::new(std::mem::replace(&mut self.active, fresh));
+        self.inflight.push(batch.clone());
+        batch
+    }
+
+    /// The batches queued since the commit under way began, for its next
+    /// transaction; empty when none was queued. The caller has just ended
+    /// the previous commit (see [`WriteBuffer::end_commit`]).
+    pub fn take_queued(&mut self) -> Vec<Arc<Batch>> {
+        debug_assert_eq!(self.taken, 0, "the previous commit has ended");
+        self.taken = self.inflight.len();
+        self.inflight.clone()
+    }
+
+    /// The commit of the batches it took ended: forget them if they are in
+    /// the database, else put every batch in flight back (see
+    /// `commit_failed`). The batches forgotten are returned, so that the
+    /// caller can free them after letting go of the lock it keeps this
+    /// buffer under: freeing a batch's entries takes as long as many
+    /// writes, which would wait for it.
+    pub fn end_commit(&mut self, succeeded: bool) -> Vec<Arc<Batch>> {
         if succeeded {
             self.commit_succeeded()
         } else {
             self.commit_failed();
-            None
+            Vec::new()
         }
     }
 
-    /// The in-flight batch is in the database: forget it (returned, as in
-    /// `end_commit`).
-    pub fn commit_succeeded(&mut self) -> Option<Arc<Batch>> {
-        self.inflight.take()
+    /// The batches the commit took are in the database: forget them
+    /// (returned, as in `end_commit`).
+    pub fn commit_succeeded(&mut self) -> Vec<Arc<Batch>> {
+        let n = std::mem::take(&mut self.taken).min(self.inflight.len());
+        self.inflight.drain(..n).collect()
     }
 
-    /// The in-flight batch was not written: put it back under the writes that
-    /// came after it, which are newer and win.
+    /// The commit did not write: put every batch in flight back under the
+    /// writes that came after it, which are newer and win.
     pub fn commit_failed(&mut self) {
-        let Some(batch) = self.inflight.take() else {
+        self.taken = 0;
+        if self.inflight.is_empty() {
             return;
-        };
-        let newer = std::mem::replace(
-            &mut self.active,
-            Arc::try_unwrap(batch).unwrap_or_else(|shared| {
-                let mut copy = Batch::default();
-                for (k, v) in shared.iter() {
-                    copy.insert(k, v.clone());
-                }
-                copy
-            }),
-        );
-        for (k, v) in newer.iter() {
-            self.active.insert(k, v.clone());
+        }
+        let mut batches = std::mem::take(&mut self.inflight).into_iter();
+        let first = batches.next().expect("not empty");
+        let mut merged = Arc::try_unwrap(first).unwrap_or_else(|shared| shared.copy());
+        for later in batches {
+            merged.merge(&later);
+        }
+        let newer = std::mem::replace(&mut self.active, merged);
+        self.active.merge(&newer);
+    }
+}
+
+/// The batches of one commit as one batch: each key's newest write.
+pub fn merged(batches: &[Arc<Batch>]) -> Arc<Batch> {
+    match batches {
+        [one] => one.clone(),
+        _ => {
+            let mut all = Batch::with_capacity(batches.iter().map(|b| b.len()).sum());
+            for b in batches {
+                all.merge(b);
+            }
+            Arc::new(all)
         }
     }
 }
@@ -415,6 +486,67 @@ mod tests {
         assert_eq!(b.active_len(), 2);
         assert_eq!(found(&b, b"a").as_deref(), Some(&b"newer"[..]));
         assert_eq!(found(&b, b"b").as_deref(), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn queued_batches_are_read_newest_first_and_taken_together() {
+        let mut b = WriteBuffer::default();
+        b.insert(b"a", val("1"));
+        b.insert(b"b", val("1"));
+        let first = b.begin_commit().expect("a batch");
+        assert_eq!(first.len(), 2);
+        b.insert(b"a", val("2"));
+        b.insert(b"c", None);
+        b.enqueue();
+        b.insert(b"a", val("3"));
+        b.enqueue();
+        b.enqueue(); // nothing waiting: no empty batch queued
+        assert_eq!(b.inflight().len(), 3);
+        assert_eq!(b.active_len(), 0);
+        // Counted per batch, as a key in two of them is written twice.
+        assert_eq!(b.pending(), 5);
+        assert_eq!(found(&b, b"a").as_deref(), Some(&b"3"[..]));
+        assert_eq!(found(&b, b"b").as_deref(), Some(&b"1"[..]));
+        assert!(matches!(b.lookup(b"c"), Lookup::Deleted));
+        let newest: Vec<usize> = b.newest_first().map(|x| x.len()).collect();
+        assert_eq!(newest, [0, 1, 2, 2]);
+        // The first commit ends: only its batch is forgotten; the others
+        // are taken for the next one, as one batch where the newest wins.
+        assert_eq!(b.end_commit(true).len(), 1);
+        assert!(b.take_queued().len() == 2 && b.pending() == 3);
+        let next = merged(b.inflight());
+        assert_eq!(
+            next.sorted().ops(),
+            [(&b"a"[..], Some(&b"3"[..])), (&b"c"[..], None)]
+        );
+        assert_eq!(b.end_commit(true).len(), 2);
+        assert!(!b.has_inflight() && b.take_queued().is_empty());
+    }
+
+    #[test]
+    fn a_failed_commit_puts_every_batch_back_under_newer_writes() {
+        let mut b = WriteBuffer::default();
+        b.insert(b"a", val("1"));
+        b.insert(b"b", val("1"));
+        b.insert(b"d", val("1"));
+        let _first = b.begin_commit().expect("a batch");
+        b.insert(b"a", val("2"));
+        b.insert(b"d", None);
+        b.enqueue();
+        b.insert(b"b", val("3"));
+        b.insert(b"e", val("3"));
+        assert!(b.end_commit(false).is_empty());
+        assert!(!b.has_inflight());
+        assert_eq!(b.active_len(), 4);
+        assert_eq!(found(&b, b"a").as_deref(), Some(&b"2"[..]));
+        assert_eq!(found(&b, b"b").as_deref(), Some(&b"3"[..]));
+        assert!(matches!(b.lookup(b"d"), Lookup::Deleted));
+        assert_eq!(found(&b, b"e").as_deref(), Some(&b"3"[..]));
+        // The next commit starts from a clean slate.
+        let again = b.begin_commit().expect("a batch");
+        assert_eq!(again.len(), 4);
+        assert_eq!(b.end_commit(true).len(), 1);
+        assert_eq!(b.pending(), 0);
     }
 
     #[test]
