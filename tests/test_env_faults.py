@@ -415,6 +415,54 @@ def test_a_new_store_on_a_full_disk_is_an_oserror(tmp_path, subdir):
     assert report["left"] == ["filler0"]
 
 
+QUEUED_COMMITS_ON_A_FULL_DISK = """
+path, mnt = sys.argv[1], sys.argv[2]
+store = LmdbObjectStore(path, batch_size=256)
+store.put(b"seed", 0)
+store.flush()
+st = os.statvfs(mnt)
+filler = os.path.join(mnt, "filler")
+with open(filler, "wb") as f:
+    f.write(b"\\xff" * (st.f_bavail * st.f_frsize - 256 * 1024))
+taken, refused = {}, []
+for i in range(4000):
+    key, value = b"k%05d" % i, bytes([i % 251]) * 700
+    try:
+        store.put(key, value)
+        taken[key] = value
+    except Exception as exc:
+        refused.append([type(exc).__name__, isinstance(exc, Error), getattr(exc, "errno", None)])
+report = {"refused": refused, "taken": len(taken)}
+report["pending"] = store.pending
+report["flush_full"] = outcome(store.flush)
+os.remove(filler)
+report["flush"] = outcome(store.flush)
+report["pending_after"] = store.pending
+store.close()
+again = LmdbObjectStore(path)
+report["all_there"] = len(again) == len(taken) + 1 and all(again[k] == v for k, v in taken.items())
+print(json.dumps(report))
+"""
+
+
+def test_commits_queued_behind_one_that_fills_the_disk_lose_nothing(tmp_path):
+    # Background commits (batch_size 256, writes never waiting for them)
+    # run into a full disk while the writes go on: each failure is raised by
+    # a later write, every write taken stays buffered, and once there is
+    # room a flush() writes them all.
+    with small_tmpfs(tmp_path / "mnt", "16m") as mnt:
+        report = run_child(QUEUED_COMMITS_ON_A_FULL_DISK, os.path.join(mnt, "db"), mnt)
+    assert report["refused"], report
+    for name, is_error, errno in report["refused"]:
+        assert is_error or (name == "OSError" and errno == 28), report["refused"]
+    assert report["taken"] + len(report["refused"]) == 4000
+    assert report["pending"] >= report["taken"] - 256 * 16, report
+    assert report["flush_full"]["raised"] is not None, report
+    assert report["flush"]["raised"] is None, report
+    assert report["pending_after"] == 0
+    assert report["all_there"], report
+
+
 def test_the_lock_file_is_allocated_at_the_size_lmdb_gives_it(tmp_path):
     for readers in (1, 126, 1024, 5000):
         ours, theirs = tmp_path / f"ours{readers}", tmp_path / f"theirs{readers}"
