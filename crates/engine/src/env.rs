@@ -1708,6 +1708,23 @@ impl Env {
         bytes: usize,
         cap: Option<usize>,
     ) -> Result<()> {
+        self.commit_all_in(table, std::slice::from_ref(ops), bytes, cap)
+    }
+
+    /// `commit_in` of several batches in one write transaction, oldest
+    /// first: a key in a later batch ends with that batch's write.
+    pub fn commit_all_in(
+        &self,
+        table: &Table,
+        batches: &[Sorted<'_>],
+        bytes: usize,
+        cap: Option<usize>,
+    ) -> Result<()> {
+        let apply_all = |txn: &mut RwTransaction<'_>, db: Database| {
+            batches
+                .iter()
+                .try_for_each(|ops| apply_sorted(txn, db, ops.ops()))
+        };
         let Some(named) = &table.named else {
             if let Some(e) = self.table_unusable(table) {
                 return Err(e);
@@ -1719,7 +1736,7 @@ impl Env {
                     if tables::main_kind_rw(txn, db)? == MainKind::Tables {
                         return Err(lmdb::Error::Incompatible);
                     }
-                    apply_sorted(txn, db, ops.ops())
+                    apply_all(txn, db)
                 })
                 .map_err(|e| self.main_write_error(e));
         };
@@ -1729,7 +1746,7 @@ impl Env {
             return Err(e);
         }
         self.reserve_locked(bytes, cap)?;
-        self.write_locked(cap, &mut |txn, _| apply_sorted(txn, named.db, ops.ops()))
+        self.write_locked(cap, &mut |txn, _| apply_all(txn, named.db))
             .map_err(|e| match e {
                 // Another process dropped the table: LMDB no longer finds
                 // its record.
@@ -2521,6 +2538,34 @@ mod tests {
 
     fn commit<'a>(env: &Env, ops: &[(&'a [u8], Option<&'a [u8]>)]) -> Result<()> {
         env.commit(&Sorted::last_write_wins(ops.to_vec()), 0, None)
+    }
+
+    #[test]
+    fn batches_committed_together_end_with_the_newest_write() {
+        let p = tmp("batches");
+        let env = Env::open(&p, &EnvOptions::default()).unwrap();
+        commit(&env, &[(b"m", Some(b"0")), (b"q", Some(b"0"))]).unwrap();
+        let older = Sorted::last_write_wins(vec![
+            (&b"a"[..], Some(&b"1"[..])),
+            (b"m", None),
+            (b"q", Some(b"1")),
+            (b"z", Some(b"1")),
+        ]);
+        let newer = Sorted::last_write_wins(vec![
+            (&b"a"[..], None),
+            (b"m", Some(b"2")),
+            (b"r", Some(b"2")),
+            (b"z", Some(b"2")),
+        ]);
+        env.commit_all_in(&crate::Table::main(), &[older, newer], 0, None)
+            .unwrap();
+        assert_eq!(read(&env, b"a"), None);
+        assert_eq!(read(&env, b"m"), Some(b"2".to_vec()));
+        assert_eq!(read(&env, b"q"), Some(b"1".to_vec()));
+        assert_eq!(read(&env, b"r"), Some(b"2".to_vec()));
+        assert_eq!(read(&env, b"z"), Some(b"2".to_vec()));
+        env.close().unwrap();
+        let _ = std::fs::remove_dir_all(&p);
     }
 
     #[test]
