@@ -27,22 +27,19 @@ in its shuffled order; the store is used directly (``store[k] = v``,
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import pickle
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from systems import MAP_SIZE, PROTOCOL  # noqa: E402
-from worker import make_keys, make_values, read_order  # noqa: E402
+from worker import make_keys, make_values, read_order, timed  # noqa: E402
 
 #: Each row: (operation, floor), in the order they are measured and reported.
 ROWS = [
@@ -52,18 +49,6 @@ ROWS = [
     ("get_many", "pickle.loads into one dict, read order"),
     ("iterate", "pickle.loads, key order"),
 ]
-
-
-def seconds(fn: Callable[[], Any], collector: bool) -> float:
-    gc.collect()
-    if not collector:
-        gc.disable()
-    try:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-    finally:
-        gc.enable()
 
 
 def measure(n: int, pairs: int, seed: int, collector: bool) -> list[dict[str, Any]]:
@@ -128,9 +113,9 @@ def measure(n: int, pairs: int, seed: int, collector: bool) -> list[dict[str, An
                     # Alternate which side goes first, so neither always
                     # meets the caches the other left.
                     if p % 2:
-                        t_floor, t_mine = seconds(floor, collector), seconds(mine, collector)
+                        t_floor, t_mine = timed(floor, collector), timed(mine, collector)
                     else:
-                        t_mine, t_floor = seconds(mine, collector), seconds(floor, collector)
+                        t_mine, t_floor = timed(mine, collector), timed(floor, collector)
                     ratios[i].append(t_floor / t_mine)
                     rates[i][0].append(n / t_floor)
                     rates[i][1].append(n / t_mine)
