@@ -529,37 +529,36 @@ def make_parameters(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     }
 
 
+def run_script(python: str, script: str, args: list[str], what: str) -> dict[str, Any] | None:
+    """Run ``benchmarks/SCRIPT ARGS --json OUT`` and read OUT; None when it failed."""
+    name = script.removesuffix(".py")
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
+        out = os.path.join(tmp, f"{name}.json")
+        log(f"{name}: {what}")
+        cmd = [python, str(BENCH / script), *args, "--json", out]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            log(f"{name} failed: {proc.stderr.strip()[-500:]}")
+            return None
+        return json.loads(Path(out).read_text())
+
+
 def run_streams(python: str, params: dict[str, Any]) -> dict[str, Any] | None:
     """put_file and open() of one large value against plain file I/O
     (benchmarks/streams.py, its own child processes); None when not run or failed."""
-    mib = params["streams_mib"]
+    mib, rounds = params["streams_mib"], params["rounds"]
     if not mib:
         return None
-    with tempfile.TemporaryDirectory(prefix="streams-") as tmp:
-        out = os.path.join(tmp, "streams.json")
-        cmd = [python, str(BENCH / "streams.py"), "--mib", str(mib)]
-        cmd += ["--rounds", str(params["rounds"]), "--json", out]
-        log(f"streams: {mib} MiB, {params['rounds']} rounds")
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-        if proc.returncode != 0:
-            log(f"streams failed: {proc.stderr.strip()[-500:]}")
-            return None
-        return json.loads(Path(out).read_text())
+    args = ["--mib", str(mib), "--rounds", str(rounds)]
+    return run_script(python, "streams.py", args, f"{mib} MiB, {rounds} rounds")
 
 
 def run_paired(python: str, params: dict[str, Any]) -> dict[str, Any] | None:
     """This store's put, get, get_many and iterate, each timed next to its
     floor in one process (benchmarks/paired.py); None when it failed."""
-    with tempfile.TemporaryDirectory(prefix="paired-") as tmp:
-        out = os.path.join(tmp, "paired.json")
-        cmd = [python, str(BENCH / "paired.py"), "--n", str(params["n"])]
-        cmd += ["--pairs", str(params["pairs"]), "--seed", str(params["seed"]), "--json", out]
-        log(f"paired: {params['pairs']} pairs")
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-        if proc.returncode != 0:
-            log(f"paired failed: {proc.stderr.strip()[-500:]}")
-            return None
-        return json.loads(Path(out).read_text())
+    args = ["--n", str(params["n"]), "--pairs", str(params["pairs"])]
+    args += ["--seed", str(params["seed"])]
+    return run_script(python, "paired.py", args, f"{params['pairs']} pairs")
 
 
 def main(argv: list[str] | None = None) -> int:
