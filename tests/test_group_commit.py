@@ -301,6 +301,21 @@ def test_full_batches_queue_behind_a_blocked_commit_up_to_a_bound(make_store, db
     assert len(again) == MAX_QUEUED * (BATCH - 1) + 1 + BATCH
 
 
+def test_every_full_batch_leaves_the_buffer_even_when_queued(make_store, db_path):
+    # "The buffer flushes by itself when it holds batch_size entries": with
+    # batches queued behind a blocked commit, what is left buffered after
+    # the commits is still what came after the last full batch.
+    store = make_store(batch_size=BATCH, autoflush_on_read=False)
+    with writer_lock(db_path):
+        t, out = start_thread(lambda: _put_range(store, b"k", 3 * BATCH + 5))
+        join_or_fail(t, 15)
+        assert "error" not in out, out
+    assert store.pending == 5
+    store.flush()
+    assert store.pending == 0
+    assert len(store) == 3 * BATCH + 5
+
+
 def test_a_failed_commit_puts_the_queued_batches_back(make_store, db_path):
     store = make_store(
         batch_size=BATCH, map_size=1 * MiB, max_map_size=1 * MiB, autoflush_on_read=False
