@@ -1604,7 +1604,11 @@ impl CoreHandle {
         // Database reads in key order, through one cursor moving forward:
         // neighbouring keys share pages, so a sorted pass reads each page
         // once, and a key next to the last one needs no search at all. The
-        // values go into the dict in the caller's order after.
+        // values are then decoded in the caller's order, the order they go
+        // into the dict: objects made in the order the dict holds them are
+        // freed in the order they were made, which walks memory forward
+        // (made in key order and freed in the caller's, 100,000 values took
+        // twice as long to free).
         let mut from_db: Vec<Option<Bound<'py, PyAny>>> = Vec::new();
         if need_db {
             // Each key's first 16 bytes as a number, read once: sorting
@@ -1615,34 +1619,51 @@ impl CoreHandle {
                 .collect();
             engine::order::sort_by_key(&mut order);
             from_db.resize_with(keys.len(), || None);
-            let mut next = 0;
-            let mut prev: Option<(u128, &[u8], usize)> = None;
-            while next < order.len() {
-                // Unpickling runs Python code, which may fork: a child goes
-                // on in a transaction of its own environment.
+            // A repeated key sits next to its twin: (repeat, first) pairs
+            // share the first one's value.
+            let mut twins: Vec<(usize, usize)> = Vec::new();
+            order.dedup_by(|later, first| {
+                let same = later.0 == first.0 && later.1 == first.1;
+                if same {
+                    twins.push((later.2, first.2));
+                }
+                same
+            });
+            while !order.is_empty() {
+                // Decoding runs Python code, which may fork: a child goes on
+                // with the keys left, in a transaction of its own environment.
                 c = self.current(c)?;
                 let reader = &c;
                 let generation = engine::fork_generation();
                 reader.with_read(py, |txn| {
                     let mut lookups = txn.ascending().map_err(to_py)?;
-                    while let Some(&(head, k, i)) = order.get(next) {
-                        next += 1;
-                        // A repeated key sits next to its twin: reuse its value.
-                        if let Some((_, _, p)) = prev.filter(|&(h, pk, _)| h == head && pk == k) {
-                            from_db[i] = from_db[p].clone();
-                            continue;
-                        }
-                        prev = Some((head, k, i));
+                    let mut stored: Vec<(usize, &[u8])> = Vec::with_capacity(order.len());
+                    for &(_, k, i) in &order {
                         if let Some(data) = lookups.get(k).map_err(to_py)? {
-                            let obj = reader.decode_db(py, k, data, txn)?;
-                            from_db[i] = Some(obj);
-                            if engine::fork_generation() != generation {
-                                break;
-                            }
+                            stored.push((i, data));
+                        }
+                    }
+                    stored.sort_unstable_by_key(|&(i, _)| i);
+                    order.clear();
+                    for (at, &(i, data)) in stored.iter().enumerate() {
+                        if let Some(&(_, ahead)) = stored.get(at + PREFETCH_AHEAD) {
+                            prefetch(ahead);
+                        }
+                        from_db[i] = Some(reader.decode_db(py, &keys[i], data, txn)?);
+                        if engine::fork_generation() != generation {
+                            // The rest again, from the child's environment.
+                            order.extend(stored[at + 1..].iter().map(|&(j, _)| {
+                                (engine::order::key_head(&keys[j]), &*keys[j], j)
+                            }));
+                            engine::order::sort_by_key(&mut order);
+                            break;
                         }
                     }
                     Ok(())
                 })?;
+            }
+            for (repeat, first) in twins {
+                from_db[repeat] = from_db[first].clone();
             }
         }
 
@@ -1655,6 +1676,25 @@ impl CoreHandle {
             },
         ))
     }
+}
+
+/// How many values ahead of the one being decoded `read_many` asks the CPU
+/// to fetch: far enough that the fetch ends before the decoder gets there.
+const PREFETCH_AHEAD: usize = 4;
+
+/// Ask the CPU to bring the start of `data` into the cache: the values
+/// `read_many` decodes in the caller's order lie anywhere in the map.
+#[inline]
+fn prefetch(data: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that never faults and changes no memory;
+    // the pointer is that of a live slice. SSE is part of x86_64.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 impl Core {

@@ -12,6 +12,7 @@ overflow pages, and stored keys spread over many pages.
 from __future__ import annotations
 
 import pickle
+import random
 import shutil
 import tempfile
 
@@ -110,3 +111,40 @@ def test_a_database_written_with_py_lmdb(tmp_path):
         found, not_found = store.get_many(keys)
     assert found == {b"%05d" % i: b"v" * (i % 5000) for i in range(0, 3000, 2)}
     assert not_found == [b"%05d" % i for i in range(2999, -1, -2)]
+
+
+UNPICKLED: list[bytes] = []
+
+
+def _unpickled(key: bytes) -> bytes:
+    UNPICKLED.append(key)
+    return key
+
+
+class Recorded:
+    """Unpickles to its key, noting when it was unpickled."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def __reduce__(self):
+        return (_unpickled, (self.key,))
+
+
+def test_values_are_unpickled_in_the_order_the_keys_are_given(tmp_path):
+    # The lookups run in key order; the values are then decoded in the
+    # caller's order (the order of `found`), each repeated key once.
+    keys = [b"%04d" % i for i in range(600)]
+    with LmdbObjectStore(str(tmp_path / "db")) as store:
+        store.put_many((k, Recorded(k)) for k in keys)
+        store.flush()
+        asked = keys[::2] + [b"missing", b"0001x"]
+        random.Random(5).shuffle(asked)
+        asked += asked[:40]  # repeats
+        UNPICKLED.clear()
+        found, not_found = store.get_many(asked)
+    first_seen = list(dict.fromkeys(k for k in asked if k in set(keys)))
+    assert UNPICKLED == first_seen
+    assert list(found) == first_seen
+    assert found == {k: k for k in first_seen}
+    assert not_found == [k for k in asked if k not in set(keys)]

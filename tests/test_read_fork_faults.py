@@ -271,7 +271,9 @@ os._exit(0)
     )
 
 
-@pytest.mark.parametrize("read", ["get", "getitem", "get_many", "items", "values"])
+@pytest.mark.parametrize(
+    "read", ["get", "getitem", "get_many", "get_many_reversed", "items", "values"]
+)
 def test_fork_inside_unpickling_leaves_the_parents_read_intact(db_path, read):
     """The child finishes the read on the parent's pages, then writes; it must
     not free the parent's reader slot, or those writes reuse the pages the
@@ -290,6 +292,11 @@ elif read == "getitem":
     got = {{b"victim": store[b"victim"]}}
 elif read == "get_many":
     got, missing = store.get_many(sorted(expected))
+    assert missing == []
+elif read == "get_many_reversed":
+    # The keys after the victim in the caller's order come first in the
+    # store's: the child reads them again after the fork.
+    got, missing = store.get_many(sorted(expected, reverse=True))
     assert missing == []
 elif read == "items":
     got = dict(store.items())
