@@ -1637,13 +1637,13 @@ impl CoreHandle {
                 let generation = engine::fork_generation();
                 reader.with_read(py, |txn| {
                     let mut lookups = txn.ascending().map_err(to_py)?;
-                    let mut stored: Vec<(usize, &[u8])> = Vec::with_capacity(order.len());
+                    let mut by_place: Vec<Option<&[u8]>> = vec![None; keys.len()];
                     for &(_, k, i) in &order {
-                        if let Some(data) = lookups.get(k).map_err(to_py)? {
-                            stored.push((i, data));
-                        }
+                        by_place[i] = lookups.get(k).map_err(to_py)?;
                     }
-                    stored.sort_unstable_by_key(|&(i, _)| i);
+                    let stored: Vec<(usize, &[u8])> = (by_place.into_iter().enumerate())
+                        .filter_map(|(i, data)| Some((i, data?)))
+                        .collect();
                     order.clear();
                     for (at, &(i, data)) in stored.iter().enumerate() {
                         if let Some(&(_, ahead)) = stored.get(at + PREFETCH_AHEAD) {
@@ -1652,9 +1652,11 @@ impl CoreHandle {
                         from_db[i] = Some(reader.decode_db(py, &keys[i], data, txn)?);
                         if engine::fork_generation() != generation {
                             // The rest again, from the child's environment.
-                            order.extend(stored[at + 1..].iter().map(|&(j, _)| {
-                                (engine::order::key_head(&keys[j]), &*keys[j], j)
-                            }));
+                            order.extend(
+                                stored[at + 1..].iter().map(|&(j, _)| {
+                                    (engine::order::key_head(&keys[j]), &*keys[j], j)
+                                }),
+                            );
                             engine::order::sort_by_key(&mut order);
                             break;
                         }
