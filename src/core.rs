@@ -1613,9 +1613,10 @@ impl CoreHandle {
         if need_db {
             // Each key's first 16 bytes as a number, read once: sorting
             // compares these and reads the keys themselves only on a tie.
+            let entry = |i: usize| (engine::order::key_head(&keys[i]), &*keys[i], i);
             let mut order: Vec<(u128, &[u8], usize)> = (0..keys.len())
                 .filter(|&i| matches!(from_buffer[i], Some(Lookup::Unknown)))
-                .map(|i| (engine::order::key_head(&keys[i]), &*keys[i], i))
+                .map(entry)
                 .collect();
             engine::order::sort_by_key(&mut order);
             from_db.resize_with(keys.len(), || None);
@@ -1652,11 +1653,7 @@ impl CoreHandle {
                         from_db[i] = Some(reader.decode_db(py, &keys[i], data, txn)?);
                         if engine::fork_generation() != generation {
                             // The rest again, from the child's environment.
-                            order.extend(
-                                stored[at + 1..].iter().map(|&(j, _)| {
-                                    (engine::order::key_head(&keys[j]), &*keys[j], j)
-                                }),
-                            );
+                            order.extend(stored[at + 1..].iter().map(|&(j, _)| entry(j)));
                             engine::order::sort_by_key(&mut order);
                             break;
                         }

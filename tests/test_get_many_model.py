@@ -143,8 +143,9 @@ def test_values_are_unpickled_in_the_order_the_keys_are_given(tmp_path):
         asked += asked[:40]  # repeats
         UNPICKLED.clear()
         found, not_found = store.get_many(asked)
-    first_seen = list(dict.fromkeys(k for k in asked if k in set(keys)))
+    stored = set(keys)
+    first_seen = list(dict.fromkeys(k for k in asked if k in stored))
     assert UNPICKLED == first_seen
     assert list(found) == first_seen
     assert found == {k: k for k in first_seen}
-    assert not_found == [k for k in asked if k not in set(keys)]
+    assert not_found == [k for k in asked if k not in stored]
