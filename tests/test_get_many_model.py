@@ -14,6 +14,8 @@ from __future__ import annotations
 import pickle
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import lmdb
@@ -149,3 +151,38 @@ def test_values_are_unpickled_in_the_order_the_keys_are_given(tmp_path):
     assert list(found) == first_seen
     assert found == {k: k for k in first_seen}
     assert not_found == [k for k in asked if k not in stored]
+
+
+def _written_elsewhere(path: str) -> str:
+    # Another process commits a new value of b"b" while get_many's read
+    # transaction is open.
+    code = (
+        "import sys\n"
+        "from lmdb_object_store import LmdbObjectStore\n"
+        "with LmdbObjectStore(sys.argv[1]) as s:\n"
+        "    s.put(b'b', 'new')\n"
+    )
+    subprocess.run([sys.executable, "-c", code, path], check=True, timeout=60)
+    return "first"
+
+
+class WritesWhileRead:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (_written_elsewhere, (self.path,))
+
+
+def test_one_read_transaction_for_the_whole_call(tmp_path):
+    # SPEC 6: "One read transaction for the whole call": a commit made while
+    # the call runs (here, by another process while the first value is
+    # unpickled) is not seen by the values read after it in the same call.
+    path = str(tmp_path / "db")
+    with LmdbObjectStore(path) as store:
+        store.put_many({b"a": WritesWhileRead(path), b"b": "old"})
+        store.flush()
+        found, not_found = store.get_many([b"a", b"b"])
+        assert found == {b"a": "first", b"b": "old"}
+        assert not_found == []
+        assert store[b"b"] == "new"
