@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::errors::StoreError;
 
@@ -15,6 +15,117 @@ pub(crate) use crate::errors::{
     display_bytes, display_key, key_error, passes_through, unpickle_error,
 };
 pub(crate) use crate::pickle::{pickle_fn, DUMPS, LOADS};
+
+/// New `bytes` holding `data`; `MemoryError` when Python has no memory for
+/// it (PyO3's `PyBytes::new` panics then).
+pub(crate) fn new_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    // SAFETY: `data` is valid for its length, which fits a Py_ssize_t (a
+    // slice is never longer than isize::MAX); the result is a new reference
+    // or null with an exception set.
+    unsafe {
+        let p = ffi::PyBytes_FromStringAndSize(data.as_ptr().cast(), data.len() as ffi::Py_ssize_t);
+        Ok(Bound::from_owned_ptr_or_err(py, p)?.cast_into_unchecked())
+    }
+}
+
+/// New `str` holding `text`; `MemoryError` instead of PyO3's panic.
+pub(crate) fn new_str<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyString>> {
+    // SAFETY: `text` is valid UTF-8 for its length; a new reference or null
+    // with an exception set.
+    unsafe {
+        let p =
+            ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), text.len() as ffi::Py_ssize_t);
+        Ok(Bound::from_owned_ptr_or_err(py, p)?.cast_into_unchecked())
+    }
+}
+
+/// New `(a, b)`; `MemoryError` instead of PyO3's panic.
+pub(crate) fn new_pair<'py>(
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    // SAFETY: two live objects (PyTuple_Pack takes its own references); a
+    // new reference or null with an exception set.
+    unsafe {
+        let p = ffi::PyTuple_Pack(2, a.as_ptr(), b.as_ptr());
+        Ok(Bound::from_owned_ptr_or_err(a.py(), p)?.cast_into_unchecked())
+    }
+}
+
+/// New empty `dict`; `MemoryError` instead of PyO3's panic.
+pub(crate) fn new_dict(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    // SAFETY: a new reference or null with an exception set.
+    unsafe { Ok(Bound::from_owned_ptr_or_err(py, ffi::PyDict_New())?.cast_into_unchecked()) }
+}
+
+/// New empty `list`; `MemoryError` instead of PyO3's panic.
+pub(crate) fn new_list(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
+    // SAFETY: a new reference or null with an exception set.
+    unsafe { Ok(Bound::from_owned_ptr_or_err(py, ffi::PyList_New(0))?.cast_into_unchecked()) }
+}
+
+/// `MemoryError` if the memory held in reserve for a failed allocation was
+/// used up and the process has no room to take it back (see
+/// `engine::reserve`): loops that make an object per item call this per
+/// item, so that a call stops at the limit instead of making more objects
+/// until an allocation that cannot fail gracefully does.
+#[inline]
+pub(crate) fn check_memory(path: &str) -> PyResult<()> {
+    if engine::reserve::ensure() {
+        return Ok(());
+    }
+    Err(StoreError::NoReserve {
+        path: path.to_string(),
+    }
+    .into())
+}
+
+/// The items of `iterable` in a vector whose memory is asked for with
+/// `try_reserve`: `MemoryError` naming `what` when there is none, where
+/// `collect` would end the process.
+pub(crate) fn collect_items<'py>(
+    iterable: &Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let mut out: Vec<Bound<'py, PyAny>> = Vec::new();
+    let it = iterable.try_iter()?;
+    let (hint, _) = it.size_hint();
+    reserve_more(&mut out, hint, what)?;
+    for item in it {
+        let item = item?;
+        reserve_more(&mut out, 1, what)?;
+        out.push(item);
+    }
+    Ok(out)
+}
+
+/// Whether `n` items of `T` could be allocated now (they are, then freed):
+/// `MemoryError` naming `what` before a step that needs that much and
+/// cannot fail gracefully (a sort's scratch space).
+pub(crate) fn room_for<T>(n: usize, what: &str) -> PyResult<()> {
+    try_vec::<T>(n, what).map(drop)
+}
+
+/// An empty vector with room for `n` items, or `MemoryError` naming `what`.
+pub(crate) fn try_vec<T>(n: usize, what: &str) -> PyResult<Vec<T>> {
+    let mut v = Vec::new();
+    reserve_more(&mut v, n, what)?;
+    Ok(v)
+}
+
+/// Room for `more` items in `v` (amortised, as `push` grows), or
+/// `MemoryError` naming `what`.
+pub(crate) fn reserve_more<T>(v: &mut Vec<T>, more: usize, what: &str) -> PyResult<()> {
+    if v.capacity() - v.len() >= more {
+        return Ok(());
+    }
+    v.try_reserve(more).map_err(|_| {
+        StoreError::NoMemoryFor {
+            what: format!("{} {what}", v.len() + more),
+        }
+        .into()
+    })
+}
 
 /// `pickle.dumps(obj, protocol)`.
 pub fn dumps<'py>(
@@ -25,7 +136,7 @@ pub fn dumps<'py>(
     if let Some(out) = crate::pickle::dumps(py, obj, protocol)? {
         return Ok(out);
     }
-    let out = pickle_fn(py, &DUMPS, "dumps")?.call1((obj, protocol))?;
+    let out = pickle_fn(py, &DUMPS, c"dumps")?.call1((obj, protocol))?;
     Ok(out.cast_into::<PyBytes>()?)
 }
 
@@ -185,7 +296,7 @@ pub fn loads_borrowed<'py>(
     if let Some(value) = crate::pickle::loads(py, data)? {
         return Ok(value);
     }
-    let loads = pickle_fn(py, &LOADS, "loads")?;
+    let loads = pickle_fn(py, &LOADS, c"loads")?;
     let lent = take_lent(py)?;
     let me = lent.get();
     me.ptr.store(data.as_ptr().cast_mut(), Ordering::Relaxed);

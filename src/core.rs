@@ -1009,6 +1009,7 @@ impl Core {
         py: Python<'_>,
         writes: impl IntoIterator<Item = (K, Value)>,
     ) -> PyResult<()> {
+        let writes = writes.into_iter();
         let (by_count, by_bytes) = loop {
             let mut b = self.buffered.lock();
             if self.is_closing() {
@@ -1025,6 +1026,16 @@ impl Core {
             if let Some(e) = b.failed.take() {
                 drop(b);
                 return Err(self.background_error(py, e));
+            }
+            // Room first (the buffer's table grows by doubling, which can
+            // be more memory than anything else a write needs): with no
+            // memory for it, MemoryError and nothing buffered.
+            let more = writes.size_hint().0;
+            if b.buf.try_reserve(more).is_err() {
+                return Err(StoreError::NoMemoryFor {
+                    what: format!("{more} more buffered writes of {}", self.path),
+                }
+                .into());
             }
             for (k, v) in writes {
                 b.buf.insert(k.as_ref(), v);
@@ -1461,6 +1472,7 @@ impl CoreHandle {
         // it is freed only in Drop, and a core replaced after fork is leaked,
         // never freed, so it outlives the borrow of `self`.
         let c = unsafe { &*p };
+        crate::codec::check_memory(&c.path)?;
         let core = if c.generation == engine::fork_generation() || c.is_closing() {
             c
         } else {
@@ -1587,7 +1599,10 @@ impl CoreHandle {
     ) -> PyResult<(CoreRef<'a>, Many<'py>)> {
         let mut c = c;
         // Buffer first, in one lock.
-        let mut from_buffer: Vec<Option<Lookup>> = Vec::with_capacity(keys.len());
+        // The vectors below are as long as the caller's list of keys: their
+        // memory is asked for with `try_reserve` (MemoryError, not an abort).
+        const WHAT: &str = "keys of get_many";
+        let mut from_buffer: Vec<Option<Lookup>> = crate::codec::try_vec(keys.len(), WHAT)?;
         let mut dirty = false;
         {
             let b = c.buffered.lock();
@@ -1614,11 +1629,12 @@ impl CoreHandle {
             // Each key's first 16 bytes as a number, read once: sorting
             // compares these and reads the keys themselves only on a tie.
             let entry = |i: usize| (engine::order::key_head(&keys[i]), &*keys[i], i);
-            let mut order: Vec<(u128, &[u8], usize)> = (0..keys.len())
-                .filter(|&i| matches!(from_buffer[i], Some(Lookup::Unknown)))
-                .map(entry)
-                .collect();
+            let unknown = |&i: &usize| matches!(from_buffer[i], Some(Lookup::Unknown));
+            let mut order: Vec<(u128, &[u8], usize)> =
+                crate::codec::try_vec((0..keys.len()).filter(unknown).count(), WHAT)?;
+            order.extend((0..keys.len()).filter(unknown).map(entry));
             engine::order::sort_by_key(&mut order);
+            crate::codec::reserve_more(&mut from_db, keys.len(), WHAT)?;
             from_db.resize_with(keys.len(), || None);
             // A repeated key sits next to its twin: (repeat, first) pairs
             // share the first one's value.
@@ -1638,18 +1654,23 @@ impl CoreHandle {
                 let generation = engine::fork_generation();
                 reader.with_read(py, |txn| {
                     let mut lookups = txn.ascending().map_err(to_py)?;
-                    let mut by_place: Vec<Option<&[u8]>> = vec![None; keys.len()];
+                    let mut by_place: Vec<Option<&[u8]>> = crate::codec::try_vec(keys.len(), WHAT)?;
+                    by_place.resize(keys.len(), None);
+                    let mut hits = 0;
                     for &(_, k, i) in &order {
                         by_place[i] = lookups.get(k).map_err(to_py)?;
+                        hits += usize::from(by_place[i].is_some());
                     }
-                    let stored: Vec<(usize, &[u8])> = (by_place.into_iter().enumerate())
-                        .filter_map(|(i, data)| Some((i, data?)))
-                        .collect();
+                    let mut stored: Vec<(usize, &[u8])> = crate::codec::try_vec(hits, WHAT)?;
+                    stored.extend(
+                        (by_place.into_iter().enumerate()).filter_map(|(i, data)| Some((i, data?))),
+                    );
                     order.clear();
                     for (at, &(i, data)) in stored.iter().enumerate() {
                         if let Some(&(_, ahead)) = stored.get(at + PREFETCH_AHEAD) {
                             prefetch(ahead);
                         }
+                        crate::codec::check_memory(&reader.path)?;
                         from_db[i] = Some(reader.decode_db(py, &keys[i], data, txn)?);
                         if engine::fork_generation() != generation {
                             // The rest again, from the child's environment.

@@ -86,8 +86,10 @@ pub fn unpickle_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
 /// Whether `err` must reach the caller as it is: a `BaseException` that is
 /// not an `Exception` (KeyboardInterrupt, SystemExit, GeneratorExit) means
 /// "stop", not "this value is bad", so the store never wraps or swallows it.
+/// Nor `MemoryError`: the process ran out of memory, the value is not at
+/// fault, and wrapping the error would need memory too.
 pub fn passes_through(py: Python<'_>, err: &PyErr) -> bool {
-    !err.is_instance_of::<PyException>(py)
+    !err.is_instance_of::<PyException>(py) || err.is_instance_of::<PyMemoryError>(py)
 }
 
 /// `UnsafeValueError` carries two attributes with class-level defaults, so
@@ -212,6 +214,12 @@ pub enum StoreError {
     AllowedItemName { name: String },
     /// The pickler could not allocate its output.
     OutOfMemory,
+    /// The process has no room left for the memory a store call may need
+    /// (see `engine::reserve`): refused before it starts.
+    NoReserve { path: String },
+    /// No memory for something a call's input asks for (`what`, e.g. "the
+    /// 3000000 keys of get_many").
+    NoMemoryFor { what: String },
     /// A buffer handed to the codec's test hooks that is not contiguous.
     NotContiguous,
     /// A `serializer=` name that is not one (`valid` lists the names).
@@ -458,6 +466,17 @@ impl std::fmt::Display for StoreError {
                  e.g. \"collections.OrderedDict\""
             ),
             StoreError::OutOfMemory => f.write_str("out of memory while pickling"),
+            StoreError::NoReserve { path } => write!(
+                f,
+                "not enough memory left to use the store at {path}: it keeps {} MiB of \
+                 address space free so that a failed allocation cannot end the process, \
+                 and the process is at its memory limit; nothing was done (free memory \
+                 and call again)",
+                engine::reserve::RESERVE_BYTES >> 20
+            ),
+            StoreError::NoMemoryFor { what } => {
+                write!(f, "not enough memory for {what}; nothing was done")
+            }
             StoreError::NotContiguous => f.write_str("data must be a contiguous buffer"),
             StoreError::MsgpackMissing => f.write_str(
                 "serializer='msgpack' needs the msgpack package: \
@@ -660,7 +679,9 @@ impl StoreError {
             StoreError::AllowedItemName { .. } | StoreError::NotContiguous => {
                 PyValueError::new_err(text)
             }
-            StoreError::OutOfMemory => PyMemoryError::new_err(text),
+            StoreError::OutOfMemory
+            | StoreError::NoReserve { .. }
+            | StoreError::NoMemoryFor { .. } => PyMemoryError::new_err(text),
             StoreError::KeyNotFound { .. } | StoreError::EmptyStore => PyKeyError::new_err(text),
             StoreError::Engine(_)
             | StoreError::NotInitialised
@@ -747,8 +768,8 @@ pub fn unpickle_error(py: Python<'_>, key: &[u8], source: &str, cause: PyErr) ->
 }
 
 fn is_printable(py: Python<'_>, s: &str) -> bool {
-    PyString::new(py, s)
-        .call_method0(pyo3::intern!(py, "isprintable"))
+    crate::codec::new_str(py, s)
+        .and_then(|s| s.call_method0(pyo3::intern!(py, "isprintable")))
         .and_then(|r| r.is_truthy())
         .unwrap_or(false)
 }

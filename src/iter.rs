@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
 
 use engine::buffer::{Bytes, Value};
 use engine::{fork_generation, Bounds, ReadTxn};
@@ -208,6 +207,7 @@ fn make_item(
     key: &[u8],
     value: Source<'_>,
 ) -> PyResult<Py<PyAny>> {
+    crate::codec::check_memory(&core.path)?;
     let decoded = || core.keys.decode(py, key);
     let loaded = || match value {
         Source::Db(data, txn) => core.decode_db(py, key, data, txn),
@@ -216,7 +216,7 @@ fn make_item(
     Ok(match kind {
         Kind::Keys => decoded()?.unbind(),
         Kind::Values => loaded()?.unbind(),
-        Kind::Items => PyTuple::new(py, [decoded()?, loaded()?])?
+        Kind::Items => crate::codec::new_pair(&decoded()?, &loaded()?)?
             .into_any()
             .unbind(),
     })

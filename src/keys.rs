@@ -189,7 +189,7 @@ impl KeyPolicy {
     ) -> PyResult<Cow<'a, [u8]>> {
         let py = s.py();
         let text = match (self.normalize, s.to_str()) {
-            (Some(form), Ok(t)) => PyString::new(py, &form.apply(t)),
+            (Some(form), Ok(t)) => crate::codec::new_str(py, &form.apply(t))?,
             (Some(form), Err(_)) => {
                 // Lone surrogates: let Python's unicodedata normalise.
                 let ud = py.import("unicodedata")?;
@@ -214,14 +214,15 @@ impl KeyPolicy {
     /// Stored key bytes as the caller sees them: `str` with an encoding.
     pub fn decode<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Bound<'py, PyAny>> {
         match &self.encoding {
-            None => Ok(PyBytes::new(py, key).into_any()),
+            None => Ok(crate::codec::new_bytes(py, key)?.into_any()),
             Some(enc) => {
                 if self.utf8_strict {
                     if let Ok(t) = std::str::from_utf8(key) {
-                        return Ok(PyString::new(py, t).into_any());
+                        return Ok(crate::codec::new_str(py, t)?.into_any());
                     }
                 }
-                PyBytes::new(py, key).call_method1("decode", (enc.as_str(), self.errors.as_str()))
+                crate::codec::new_bytes(py, key)?
+                    .call_method1("decode", (enc.as_str(), self.errors.as_str()))
             }
         }
     }
@@ -254,7 +255,7 @@ impl KeyPolicy {
         } else if given.is_exact_instance_of::<PyBytes>() {
             Ok(given.clone())
         } else {
-            Ok(PyBytes::new(py, stored).into_any())
+            Ok(crate::codec::new_bytes(py, stored)?.into_any())
         }
     }
 

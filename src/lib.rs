@@ -23,6 +23,11 @@ pub mod views;
 
 use pyo3::prelude::*;
 
+/// A failed allocation gives back the memory held in reserve and is tried
+/// again, instead of ending the process (see `engine::reserve`).
+#[global_allocator]
+static ALLOCATOR: engine::reserve::ReserveAlloc = engine::reserve::ReserveAlloc;
+
 /// The bundled LMDB's version as `(major, minor, patch)`.
 #[pyfunction]
 fn lmdb_version() -> (i32, i32, i32) {
@@ -87,6 +92,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         engine::MAX_KEY_SIZE,
         "the bundled LMDB must have 511-byte keys"
     );
+    // Taken now, so that a store call normally finds it held.
+    engine::reserve::ensure();
     m.add_class::<store::LmdbObjectStore>()?;
     m.add_class::<iter::StoreIterator>()?;
     m.add_class::<views::KeysView>()?;
@@ -113,6 +120,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_after_fork_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_child, m)?)?;
     pickle::register(m)?;
+    // Makes the interned name that error messages use: made at first use
+    // instead, it could be made with no memory to spare (PyO3 panics then).
+    errors::display_bytes(py, b"key");
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

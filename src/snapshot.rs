@@ -15,7 +15,7 @@ use std::thread::ThreadId;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyList};
 
 use engine::ReadTxn;
 
@@ -173,14 +173,14 @@ impl Snapshot {
                     true
                 })
                 .map_err(to_py)?;
-            let out = PyList::empty(py);
+            let out = crate::codec::new_list(py)?;
             for (k, v) in found {
                 let item = match kind {
                     Kind::Keys => c.keys.decode(py, k)?,
                     Kind::Values => Self::decode_value(py, c, txn, k, v)?,
-                    Kind::Items => PyTuple::new(
-                        py,
-                        [c.keys.decode(py, k)?, Self::decode_value(py, c, txn, k, v)?],
+                    Kind::Items => crate::codec::new_pair(
+                        &c.keys.decode(py, k)?,
+                        &Self::decode_value(py, c, txn, k, v)?,
                     )?
                     .into_any(),
                 };

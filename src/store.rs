@@ -223,17 +223,18 @@ impl LmdbObjectStore {
     ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
         let c = self.open_core()?;
         let (decode_keys, decode_not_found) = c.keys.many_options(decode_keys, decode_not_found)?;
-        let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<PyResult<_>>()?;
-        let normalised: Vec<Cow<'_, [u8]>> = given
-            .iter()
-            .map(|k| c.keys.to_bytes(k))
-            .collect::<PyResult<_>>()?;
+        let given = codec::collect_items(keys, "keys of get_many")?;
+        let mut normalised: Vec<Cow<'_, [u8]>> = Vec::new();
+        codec::reserve_more(&mut normalised, given.len(), "keys of get_many")?;
+        for k in &given {
+            normalised.push(c.keys.to_bytes(k)?);
+        }
         let _gc = (given.len() > 1).then(|| codec::GcPause::new(py));
         let c = self.current(c)?;
         let (c, many) = self.core.read_many(py, c, &normalised)?;
         let (from_buffer, mut from_db) = (many.from_buffer, many.from_db);
 
-        let found = PyDict::new(py);
+        let found = codec::new_dict(py)?;
         let mut hit = vec![false; normalised.len()];
         for (i, (k, l)) in normalised.iter().zip(&from_buffer).enumerate() {
             let obj = match l {
@@ -247,7 +248,7 @@ impl LmdbObjectStore {
             found.set_item(c.keys.found_key(py, &given[i], k, decode_keys)?, obj)?;
             hit[i] = true;
         }
-        let not_found = PyList::empty(py);
+        let not_found = codec::new_list(py)?;
         for (i, k) in given.iter().enumerate() {
             if hit[i] {
                 continue;
@@ -321,6 +322,7 @@ impl LmdbObjectStore {
         let mut bytes = 0usize;
         for pair in pairs.try_iter()? {
             let pair = pair?;
+            codec::check_memory(&c.path)?;
             let (k, v) = args::key_value_pair(&pair)?.map_err(|why| {
                 PyErr::from(StoreError::PutManyItem {
                     got: type_name(&pair),
@@ -330,16 +332,21 @@ impl LmdbObjectStore {
             let kb = c.keys.to_write_bytes(&k)?.into_owned();
             let pickled = values::encode(py, &c.serializer, &c.compression, &v, c.protocol, &k)?;
             bytes += kb.len() + pickled.as_bytes().len();
+            codec::reserve_more(&mut keys, 1, "items of put_many")?;
+            codec::reserve_more(&mut pickles, 1, "items of put_many")?;
             keys.push(kb);
             pickles.push(pickled);
         }
         let c = self.current(c)?;
-        let ops = Sorted::last_write_wins(
+        let mut ops = codec::try_vec(keys.len(), "items of put_many")?;
+        ops.extend(
             keys.iter()
                 .zip(&pickles)
-                .map(|(k, v)| (&k[..], Some(v.as_bytes())))
-                .collect(),
+                .map(|(k, v)| (&k[..], Some(v.as_bytes()))),
         );
+        // Sorting them may take as much again.
+        codec::room_for::<engine::buffer::Op<'_>>(ops.len(), "items of put_many")?;
+        let ops = Sorted::last_write_wins(ops);
         c.put_many(py, &ops, bytes)
     }
 
@@ -681,8 +688,10 @@ impl LmdbObjectStore {
         c.check_writable("update")?;
         let mut staged: Vec<(Vec<u8>, Bytes)> = Vec::new();
         let mut stage = |k: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>| -> PyResult<()> {
+            codec::check_memory(&c.path)?;
             let kb = c.keys.to_write_bytes(k)?.into_owned();
             let pickled = values::encode(py, &c.serializer, &c.compression, v, c.protocol, k)?;
+            codec::reserve_more(&mut staged, 1, "items of update")?;
             staged.push((kb, held(pickled)));
             Ok(())
         };

@@ -219,14 +219,14 @@ impl Transaction {
             let bounds = c.bounds(prefix, start, stop)?;
             let dbi = self.dbi(c)?;
             let found = self.run(py, false, |t| t.range(dbi, &bounds, reverse))?;
-            let out = PyList::empty(py);
+            let out = crate::codec::new_list(py)?;
             for (k, v) in found {
                 let item = match kind {
                     Kind::Keys => c.keys.decode(py, &k)?,
                     Kind::Values => Self::decode(py, c, &k, v)?,
                     Kind::Items => {
                         let key = c.keys.decode(py, &k)?;
-                        PyTuple::new(py, [key, Self::decode(py, c, &k, v)?])?.into_any()
+                        crate::codec::new_pair(&key, &Self::decode(py, c, &k, v)?)?.into_any()
                     }
                 };
                 out.append(item)?;
@@ -385,7 +385,7 @@ impl Transaction {
         let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<PyResult<_>>()?;
         self.with_core(py, |c| {
             let found = PyDict::new(py);
-            let not_found = PyList::empty(py);
+            let not_found = crate::codec::new_list(py)?;
             for k in given {
                 let b = c.keys.to_bytes(&k)?.into_owned();
                 match self.read_bytes(py, self.dbi(c)?, &b)? {

@@ -392,14 +392,16 @@ fn decode_other<'py>(
     match ser {
         Serializer::Pickle => codec::loads_borrowed(py, data, || {}),
         Serializer::Safe(allow) => safe::loads(py, data, allow),
-        Serializer::Raw => Ok(PyBytes::new(py, data).into_any()),
+        Serializer::Raw => Ok(crate::codec::new_bytes(py, data)?.into_any()),
         Serializer::Json { codec } => {
             let text = std::str::from_utf8(data)
                 .map_err(|e| PyErr::from(StoreError::NotUtf8 { why: e.to_string() }))?;
             codec.decode(py, text)
         }
         Serializer::Msgpack { codec } => codec.decode(py, data),
-        Serializer::Custom { loads, .. } => loads.bind(py).call1((PyBytes::new(py, data),)),
+        Serializer::Custom { loads, .. } => {
+            loads.bind(py).call1((crate::codec::new_bytes(py, data)?,))
+        }
     }
 }
 

@@ -11,6 +11,9 @@ mod encode;
 mod pyapi;
 pub mod safe;
 
+use std::ffi::CStr;
+
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyTuple};
@@ -23,13 +26,28 @@ pub(crate) static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 pub(crate) fn pickle_fn<'py>(
     py: Python<'py>,
     cell: &'static PyOnceLock<Py<PyAny>>,
-    name: &str,
+    name: &CStr,
 ) -> PyResult<&'py Bound<'py, PyAny>> {
     Ok(cell
-        .get_or_try_init(py, || -> PyResult<_> {
-            Ok(py.import("pickle")?.getattr(name)?.unbind())
-        })?
+        .get_or_try_init(py, || pickle_attr(py, name).map(Bound::unbind))?
         .bind(py))
+}
+
+/// `pickle.<name>`, looked up at first use (so that a program may replace
+/// `pickle.loads` before it reads), through calls that raise `MemoryError`
+/// when Python has no memory left (PyO3's `import` and `getattr` by `&str`
+/// panic then).
+fn pickle_attr<'py>(py: Python<'py>, name: &CStr) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: C strings that live through the calls; each result is a new
+    // reference or null with an exception set.
+    unsafe {
+        let module =
+            Bound::from_owned_ptr_or_err(py, ffi::PyImport_ImportModule(c"pickle".as_ptr()))?;
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyObject_GetAttrString(module.as_ptr(), name.as_ptr()),
+        )
+    }
 }
 
 /// The opcodes this codec writes or reads (names as in `pickletools`).
@@ -132,8 +150,8 @@ static UNPICKLING_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// `pickle.UnpicklingError(msg)`, the error CPython's unpickler raises on a
 /// malformed stream.
 pub(crate) fn unpickling_error(py: Python<'_>, msg: &str) -> PyErr {
-    let ty = UNPICKLING_ERROR.get_or_try_init(py, || -> PyResult<_> {
-        Ok(py.import("pickle")?.getattr("UnpicklingError")?.unbind())
+    let ty = UNPICKLING_ERROR.get_or_try_init(py, || {
+        pickle_attr(py, c"UnpicklingError").map(Bound::unbind)
     });
     match ty.and_then(|ty| ty.bind(py).call1((msg,))) {
         Ok(exc) => PyErr::from_value(exc),
@@ -190,7 +208,7 @@ fn _dumps<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     match dumps(py, obj, protocol)? {
         Some(out) => Ok(out.into_any()),
-        None => pickle_fn(py, &DUMPS, "dumps")?.call1((obj, protocol)),
+        None => pickle_fn(py, &DUMPS, c"dumps")?.call1((obj, protocol)),
     }
 }
 
@@ -200,7 +218,7 @@ fn _dumps<'py>(
 fn _loads<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>) -> PyResult<Bound<'py, PyAny>> {
     match loads(py, data.as_bytes())? {
         Some(value) => Ok(value),
-        None => pickle_fn(py, &LOADS, "loads")?.call1((data,)),
+        None => pickle_fn(py, &LOADS, c"loads")?.call1((data,)),
     }
 }
 

@@ -106,7 +106,7 @@ pub fn dumps<'py>(
     if let Some(out) = super::dumps(py, obj, protocol)? {
         return Ok(out);
     }
-    let out = super::pickle_fn(py, &super::DUMPS, "dumps")?
+    let out = super::pickle_fn(py, &super::DUMPS, c"dumps")?
         .call1((obj, protocol))?
         .cast_into::<PyBytes>()?;
     match loads(py, out.as_bytes(), allow) {

@@ -6,7 +6,7 @@
 //! so a reader in another thread never misses an acknowledged write, and it is
 //! merged back under `active` if the commit fails, so nothing is lost.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, TryReserveError};
 use std::sync::Arc;
 
 /// Pickle bytes held by the buffer. The store keeps the `bytes` object that
@@ -306,6 +306,12 @@ impl WriteBuffer {
 
     pub fn insert(&mut self, key: &[u8], value: Value) {
         self.active.insert(key, value);
+    }
+
+    /// Room for `more` new keys in `active` without growing it, or an error
+    /// when there is no memory for it: inserting then cannot fail.
+    pub fn try_reserve(&mut self, more: usize) -> Result<(), TryReserveError> {
+        self.active.map.try_reserve(more)
     }
 
     /// Entries waiting in `active` (what the next commit will write).

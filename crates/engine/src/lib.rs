@@ -15,6 +15,7 @@ pub mod error;
 pub mod files;
 pub mod gate;
 pub mod order;
+pub mod reserve;
 mod snapshot;
 pub mod stream;
 pub mod tables;

@@ -1,0 +1,208 @@
+"""Store calls under a memory limit (``RLIMIT_AS``): ``MemoryError``, never an
+abort, and nothing half done (SPEC 9; docs/reliability.md "Failed
+allocations").
+
+Each case runs in a child interpreter that makes its data, lowers its
+address-space limit to a little above what it uses, runs store calls until
+one fails, lifts the limit and reports what it saw as JSON. A signal (Rust's
+abort on a failed allocation) fails the test through the child's exit status.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import run_python
+
+PRELUDE = """
+import json, resource, sys
+from lmdb_object_store import LmdbObjectStore
+
+MiB = 1 << 20
+HARD = resource.getrlimit(resource.RLIMIT_AS)[1]
+
+def vm_size():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+
+def limit(headroom):
+    resource.setrlimit(resource.RLIMIT_AS, (vm_size() + headroom, HARD))
+
+def lift():
+    resource.setrlimit(resource.RLIMIT_AS, (HARD, HARD))
+
+def outcome(call):
+    # BaseException: PyO3's PanicException is not an Exception.
+    try:
+        call()
+    except BaseException as exc:
+        return type(exc).__name__
+    return None
+
+path = sys.argv[1]
+report = {}
+"""
+
+
+def run_case(code: str, path: str) -> dict:
+    out = run_python(PRELUDE + code, path, timeout=180)
+
+    return json.loads(out.strip().splitlines()[-1])
+
+
+WRITES_ONE_AT_A_TIME = """
+# Everything stays in the buffer until the limit stops the writes.
+store = LmdbObjectStore(path, batch_size=10**9, max_buffer_bytes=1 << 40)
+keys = [b"k%08d" % i for i in range(4_000_000)]
+values = list(range(len(keys)))
+raised = None
+limit(48 * MiB)
+# Nothing in this loop but `put` makes an object: whatever raises, `v` is
+# the number of writes acknowledged before it.
+try:
+    for v in values:
+        store.put(keys[v], v)
+except BaseException as exc:
+    raised = exc
+lift()
+report["raised"] = type(raised).__name__ if raised is not None else None
+report["acked"] = v if raised is not None else len(values)
+report["pending"] = store.pending
+store.flush()
+report["len"] = len(store)
+acked = report["acked"]
+step = max(1, acked // 1000)
+report["read_back"] = all(store[keys[i]] == i for i in range(0, acked, step))
+store.close()
+print(json.dumps(report))
+"""
+
+
+def test_writes_one_at_a_time_stop_with_memory_error_and_keep_every_acknowledged_one(tmp_path):
+    report = run_case(WRITES_ONE_AT_A_TIME, str(tmp_path / "db"))
+    assert report["raised"] == "MemoryError", report
+    assert report["acked"] > 0
+    assert report["pending"] == report["acked"]
+    assert report["len"] == report["acked"]
+    assert report["read_back"]
+
+
+MANY_AT_ONCE = """
+store = LmdbObjectStore(path)
+store.put_many({b"base%04d" % i: i for i in range(100)})
+store.put(b"buffered", "mine")
+items = {b"k%08d" % i: i for i in range(2_000_000)}
+limit(48 * MiB)
+report["put_many"] = outcome(lambda: store.put_many(items))
+report["update"] = outcome(lambda: store.update(items))
+lift()
+report["pending"] = store.pending
+report["len"] = len(store)
+report["buffered"] = store[b"buffered"]
+report["absent"] = sum(k in store for k in list(items)[:100])
+store.put_many(dict(list(items.items())[:1000]))
+report["len_after"] = len(store)
+store.close()
+print(json.dumps(report))
+"""
+
+
+def test_put_many_and_update_too_big_for_memory_change_nothing(tmp_path):
+    report = run_case(MANY_AT_ONCE, str(tmp_path / "db"))
+    assert report["put_many"] == "MemoryError", report
+    assert report["update"] == "MemoryError", report
+    assert report["pending"] == 1
+    assert report["len"] == 101
+    assert report["buffered"] == "mine"
+    assert report["absent"] == 0
+    assert report["len_after"] == 1101
+
+
+GET_MANY = """
+store = LmdbObjectStore(path)
+store.put_many({b"k%04d" % i: i for i in range(1000)})
+asked = [b"k%04d" % (i % 1000) for i in range(4_000_000)]
+limit(40 * MiB)
+report["get_many"] = outcome(lambda: store.get_many(asked))
+lift()
+found, missing = store.get_many(asked[:5000])
+report["found"] = len(found)
+report["missing"] = len(missing)
+store.close()
+print(json.dumps(report))
+"""
+
+
+def test_get_many_of_more_keys_than_memory_allows(tmp_path):
+    report = run_case(GET_MANY, str(tmp_path / "db"))
+    assert report["get_many"] == "MemoryError", report
+    assert report["found"] == 1000
+    assert report["missing"] == 0
+
+
+SCANS = """
+store = LmdbObjectStore(path, key_encoding="utf-8")
+store.put_many({"k%07d" % i: i for i in range(400_000)})
+report["len"] = len(store)
+for name, scan in [
+    ("keys", lambda: list(store.keys())),
+    ("values", lambda: list(store.values())),
+    ("items", lambda: list(store.items())),
+    ("dict", lambda: dict(store)),
+]:
+    limit(16 * MiB)
+    report[name] = outcome(scan)
+    lift()
+report["keys_lifted"] = len(list(store.keys()))
+store.close()
+print(json.dumps(report))
+"""
+
+
+def test_scans_that_run_out_of_memory_raise_memory_error(tmp_path):
+    report = run_case(SCANS, str(tmp_path / "db"))
+    for name in ("keys", "values", "items", "dict"):
+        assert report[name] in (None, "MemoryError"), (name, report)
+    assert "MemoryError" in {report[n] for n in ("keys", "values", "items", "dict")}, report
+    assert report["keys_lifted"] == report["len"] == 400_000
+
+
+BIG_VALUE = """
+store = LmdbObjectStore(path)
+big = b"x" * (200 * MiB)
+limit(100 * MiB)
+report["put"] = outcome(lambda: store.put(b"big", big))
+lift()
+report["pending"] = store.pending
+report["present"] = b"big" in store
+store.put(b"big", big)
+store.flush()
+report["size"] = len(store[b"big"])
+store.close()
+print(json.dumps(report))
+"""
+
+
+def test_a_value_bigger_than_memory_allows(tmp_path):
+    report = run_case(BIG_VALUE, str(tmp_path / "db"))
+    assert report == {
+        "put": "MemoryError",
+        "pending": 0,
+        "present": False,
+        "size": 200 * 2**20,
+    }
+
+
+@pytest.mark.parametrize("headroom_mib", [8, 24, 40])
+def test_writes_under_many_limits_never_end_the_process(tmp_path, headroom_mib):
+    """The limit met at a different point of a write each time: whatever
+    fails, the writes acknowledged are all there."""
+    code = WRITES_ONE_AT_A_TIME.replace("limit(48 * MiB)", f"limit({headroom_mib} * MiB)")
+    report = run_case(code, str(tmp_path / "db"))
+    assert report["raised"] == "MemoryError", report
+    assert report["pending"] == report["len"] == report["acked"]
+    assert report["read_back"]
