@@ -2,6 +2,7 @@
 //! zero-copy hand-off of LMDB's own memory to `pickle.loads` that no Python
 //! object can outlive.
 
+use std::ffi::CStr;
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
@@ -36,6 +37,21 @@ pub(crate) fn new_str<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, P
         let p =
             ffi::PyUnicode_FromStringAndSize(text.as_ptr().cast(), text.len() as ffi::Py_ssize_t);
         Ok(Bound::from_owned_ptr_or_err(py, p)?.cast_into_unchecked())
+    }
+}
+
+/// `module.name`, through calls that raise `MemoryError` when Python has
+/// no memory left (PyO3's `import` and `getattr` by `&str` panic then).
+pub(crate) fn import_attr<'py>(
+    py: Python<'py>,
+    module: &CStr,
+    name: &CStr,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: C strings that live through the calls; each result is a new
+    // reference or null with an exception set.
+    unsafe {
+        let m = Bound::from_owned_ptr_or_err(py, ffi::PyImport_ImportModule(module.as_ptr()))?;
+        Bound::from_owned_ptr_or_err(py, ffi::PyObject_GetAttrString(m.as_ptr(), name.as_ptr()))
     }
 }
 

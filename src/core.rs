@@ -442,14 +442,12 @@ impl Core {
         if grown.is_empty() {
             return;
         }
-        let Ok(logger) = py
-            .import("logging")
-            .and_then(|m| m.call_method1("getLogger", ("lmdb_object_store",)))
-        else {
-            return;
+        let logger = match package_logger(py) {
+            Ok(logger) => logger,
+            Err(e) => return after_logging(py, e),
         };
         for g in grown {
-            let _ = logger.call_method1(
+            let logged = logger.call_method1(
                 "info",
                 (
                     "growing the LMDB map of %s from %d to %d bytes",
@@ -458,6 +456,9 @@ impl Core {
                     g.to,
                 ),
             );
+            if let Err(e) = logged {
+                return after_logging(py, e);
+            }
         }
     }
 
@@ -1930,7 +1931,7 @@ pub(crate) fn report(py: Python<'_>, message: &str) {
     let line = format!("lmdb_object_store: {message}\n");
     // `None` when there is no `sys.stderr` to write to.
     let written = (|| -> PyResult<Option<()>> {
-        let stderr = py.import("sys")?.getattr("stderr")?;
+        let stderr = crate::codec::import_attr(py, c"sys", c"stderr")?;
         if stderr.is_none() {
             return Ok(None);
         }
@@ -1946,10 +1947,26 @@ pub(crate) fn report(py: Python<'_>, message: &str) {
 /// Best effort: a message on the `lmdb_object_store` logger (at interpreter
 /// shutdown logging may be gone; the message is dropped then).
 fn log(py: Python<'_>, level: &str, message: String) {
-    let logger = py
-        .import("logging")
-        .and_then(|m| m.call_method1("getLogger", ("lmdb_object_store",)));
-    if let Ok(logger) = logger {
-        let _ = logger.call_method1(level, ("%s", message));
+    let logged = package_logger(py).and_then(|logger| logger.call_method1(level, ("%s", message)));
+    if let Err(e) = logged {
+        after_logging(py, e);
+    }
+}
+
+/// `logging.getLogger("lmdb_object_store")`, through an import that raises
+/// `MemoryError` instead of panicking when Python has no memory left.
+fn package_logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    crate::codec::import_attr(py, c"logging", c"getLogger")?.call1(("lmdb_object_store",))
+}
+
+/// A failed logging call does not fail the store call that logged (its work
+/// is done), so the error is dropped, except `KeyboardInterrupt` (a
+/// handler interrupted by Ctrl-C): that is signalled again, so that the
+/// program still stops, at its next line.
+fn after_logging(py: Python<'_>, err: PyErr) {
+    if err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) {
+        // SAFETY: callable from any thread, with or without the GIL; it
+        // only marks SIGINT as pending for the main thread.
+        unsafe { pyo3::ffi::PyErr_SetInterrupt() };
     }
 }

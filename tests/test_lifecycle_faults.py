@@ -487,6 +487,39 @@ def test_growth_is_logged_at_info_and_unconfigured_logging_prints_nothing(tmp_pa
     assert grew and all(r.levelno == logging.INFO for r in grew)
 
 
+def test_ctrl_c_inside_a_logging_handler_still_stops_the_program(tmp_path):
+    """A handler interrupted while it logs the map's growth: the store's call
+    has done its work (the commit stands), and the KeyboardInterrupt is not
+    lost: the program stops at its next line."""
+    proc = run_child(
+        """
+        import logging, sys
+        from lmdb_object_store import LmdbObjectStore
+
+        class Interrupted(logging.Handler):
+            def emit(self, record):
+                raise KeyboardInterrupt
+
+        logger = logging.getLogger("lmdb_object_store")
+        logger.addHandler(Interrupted())
+        logger.setLevel(logging.INFO)
+        store = LmdbObjectStore(sys.argv[1], map_size=1 << 20)
+        try:
+            store.put_many({b"big": b"x" * (2 << 20)})  # grows the map: logged
+            for _ in range(1000):
+                pass
+            print("not interrupted")
+        except KeyboardInterrupt:
+            print("interrupted")
+        print(len(store[b"big"]))
+        store.close()
+        """,
+        str(tmp_path / "db"),
+    )
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout.split() == ["interrupted", str(2 << 20)], describe(proc)
+
+
 def test_package_import_brings_logging_in(tmp_path):
     out = run_python(
         """

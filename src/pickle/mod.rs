@@ -13,7 +13,6 @@ pub mod safe;
 
 use std::ffi::CStr;
 
-use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyTuple};
@@ -34,20 +33,9 @@ pub(crate) fn pickle_fn<'py>(
 }
 
 /// `pickle.<name>`, looked up at first use (so that a program may replace
-/// `pickle.loads` before it reads), through calls that raise `MemoryError`
-/// when Python has no memory left (PyO3's `import` and `getattr` by `&str`
-/// panic then).
+/// `pickle.loads` before it reads).
 fn pickle_attr<'py>(py: Python<'py>, name: &CStr) -> PyResult<Bound<'py, PyAny>> {
-    // SAFETY: C strings that live through the calls; each result is a new
-    // reference or null with an exception set.
-    unsafe {
-        let module =
-            Bound::from_owned_ptr_or_err(py, ffi::PyImport_ImportModule(c"pickle".as_ptr()))?;
-        Bound::from_owned_ptr_or_err(
-            py,
-            ffi::PyObject_GetAttrString(module.as_ptr(), name.as_ptr()),
-        )
-    }
+    crate::codec::import_attr(py, c"pickle", name)
 }
 
 /// The opcodes this codec writes or reads (names as in `pickletools`).
