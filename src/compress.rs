@@ -167,11 +167,23 @@ impl Compression {
     /// frame (compressed when that is smaller, `Stored` when the value would
     /// otherwise look like a frame). Without compression, always itself.
     #[inline]
-    pub fn pack<'py>(&self, py: Python<'py>, encoded: Bound<'py, PyBytes>) -> Bound<'py, PyBytes> {
+    pub fn pack<'py>(
+        &self,
+        py: Python<'py>,
+        encoded: Bound<'py, PyBytes>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let Some(method) = self.method else {
-            return encoded;
+            return Ok(encoded);
         };
         let data = encoded.as_bytes();
+        let copies = data.len() >= self.threshold || data.starts_with(&MAGIC);
+        if copies && data.len() >= ROOM_CHECKED_FROM {
+            // Compressing holds the output and its frame at once (each at
+            // most about the value's size), in allocations that cannot fail
+            // gracefully: with no room for them, MemoryError now.
+            let room = data.len().saturating_mul(2).saturating_add(1 << 16);
+            crate::codec::room_for::<u8>(room, "bytes to compress or frame a value")?;
+        }
         if data.len() >= self.threshold {
             let framed = if data.len() >= DETACH_AT {
                 py.detach(|| compress(method, data))
@@ -179,13 +191,13 @@ impl Compression {
                 compress(method, data)
             };
             if let Some(framed) = framed {
-                return PyBytes::new(py, &framed);
+                return crate::codec::new_bytes(py, &framed);
             }
         }
         if data.starts_with(&MAGIC) {
-            return PyBytes::new(py, &frame(Method::Stored, data, data.len()));
+            return crate::codec::new_bytes(py, &frame(Method::Stored, data, data.len()));
         }
-        encoded
+        Ok(encoded)
     }
 
     /// The plain bytes of the stored `data`: `data` itself when it is not a
@@ -227,6 +239,11 @@ pub fn compress(method: Method, data: &[u8]) -> Option<Vec<u8>> {
     }
     Some(frame(method, &payload, data.len()))
 }
+
+/// Values from this size on are compressed only after checking that there
+/// is room for it (smaller ones fit in the allocator's reserve, see
+/// `engine::reserve`).
+const ROOM_CHECKED_FROM: usize = 1 << 20;
 
 thread_local! {
     // A zstd context costs more to make than a small value costs to

@@ -217,8 +217,8 @@ pub enum StoreError {
     /// The process has no room left for the memory a store call may need
     /// (see `engine::reserve`): refused before it starts.
     NoReserve { path: String },
-    /// No memory for something a call's input asks for (`what`, e.g. "the
-    /// 3000000 keys of get_many").
+    /// No memory for something a call's input asks for (`what`, e.g.
+    /// "3000000 keys of get_many").
     NoMemoryFor { what: String },
     /// A buffer handed to the codec's test hooks that is not contiguous.
     NotContiguous,

@@ -61,7 +61,11 @@ pub fn encode<'py>(obj: &Bound<'py, PyAny>) -> Option<Bound<'py, PyBytes>> {
             // runs while it reads; see the module's comment).
             let root = unsafe { Obj::new(obj.as_ptr()) };
             let done = top(&mut out, root);
-            let bytes = done.ok().map(|()| PyBytes::new(py, &out));
+            // No memory for the bytes: None, and the C encoder, which
+            // raises MemoryError, has the value.
+            let bytes = done
+                .ok()
+                .and_then(|()| crate::codec::new_bytes(py, &out).ok());
             if out.capacity() > KEEP_BELOW {
                 *out = Vec::new();
             }

@@ -91,7 +91,7 @@ impl Json {
         };
         let text = text.cast::<PyString>()?;
         // Lone surrogates have no UTF-8: an encode error, at the call.
-        Ok(PyBytes::new(py, text.to_str()?.as_bytes()))
+        crate::codec::new_bytes(py, text.to_str()?.as_bytes())
     }
 
     /// `JSONDecoder.decode(text)`: the scanner alone when the text is one
@@ -99,7 +99,7 @@ impl Json {
     /// (white space around it, trailing data, an error) goes through
     /// `decode` itself, so its result and errors are the module's own.
     pub fn decode<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
-        let text = PyString::new(py, text);
+        let text = crate::codec::new_str(py, text)?;
         if let Ok(found) = self.scan.bind(py).call1((&text, 0)) {
             if let Ok((obj, end)) = found.extract::<(Bound<'py, PyAny>, usize)>() {
                 if end == text.len()? {
@@ -198,6 +198,8 @@ impl Msgpack {
     }
 
     pub fn decode<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-        self.unpack.bind(py).call1((PyBytes::new(py, data),))
+        self.unpack
+            .bind(py)
+            .call1((crate::codec::new_bytes(py, data)?,))
     }
 }

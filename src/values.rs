@@ -201,7 +201,7 @@ pub fn encode<'py>(
         Serializer::Pickle => codec::dumps(py, obj, protocol),
         _ => encode_other(py, ser, obj, protocol),
     };
-    out.map(|b| comp.pack(py, b))
+    out.and_then(|b| comp.pack(py, b))
         .map_err(|e| encode_failed(py, ser, key, e))
 }
 
@@ -240,8 +240,17 @@ fn bytes_like<'py>(obj: &Bound<'py, PyAny>, wanted: &str) -> PyResult<Bound<'py,
             got: crate::errors::type_name(obj),
         })
     };
-    let buffer = pyo3::buffer::PyBuffer::<u8>::get(obj).map_err(|_| not_bytes())?;
-    Ok(PyBytes::new(py, &buffer.to_vec(py)?))
+    // A buffer of bytes (this checks its format), copied by Python itself,
+    // which raises MemoryError when the copy does not fit.
+    drop(pyo3::buffer::PyBuffer::<u8>::get(obj).map_err(|_| not_bytes())?);
+    // SAFETY: `obj` is alive; the result is a new reference or null with an
+    // exception set.
+    unsafe {
+        Ok(
+            Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyBytes_FromObject(obj.as_ptr()))?
+                .cast_into_unchecked(),
+        )
+    }
 }
 
 fn encode_failed(py: Python<'_>, ser: &Serializer, key: &Bound<'_, PyAny>, err: PyErr) -> PyErr {

@@ -206,3 +206,114 @@ def test_writes_under_many_limits_never_end_the_process(tmp_path, headroom_mib):
     assert report["raised"] == "MemoryError", report
     assert report["pending"] == report["len"] == report["acked"]
     assert report["read_back"]
+
+
+OTHER_VALUE_PATHS = """
+options = json.loads(sys.argv[2])
+store = LmdbObjectStore(path, batch_size=10**9, max_buffer_bytes=1 << 40, **options)
+store.put_many({b"s%07d" % i: {"n": i, "text": "v" * 40} for i in range(200_000)})
+value = {"n": 1, "text": "w" * 40}
+keys = [b"k%08d" % i for i in range(4_000_000)]
+values = [value] * len(keys)
+asked = [b"s%07d" % i for i in range(200_000)]
+for name, scan in [
+    ("values", lambda: list(store.values())),
+    ("get_many", lambda: store.get_many(asked)),
+]:
+    limit(16 * MiB)
+    report[name] = outcome(scan)
+    lift()
+raised = None
+i = 0
+# More than the reserve: a scan above may have used it up, and a store
+# call needs room to take it back.
+limit(48 * MiB)
+try:
+    for i in range(len(keys)):
+        store.put(keys[i], values[i])
+except BaseException as exc:
+    raised = exc
+lift()
+report["raised"] = type(raised).__name__ if raised is not None else None
+report["acked"] = i if raised is not None else len(keys)
+report["pending"] = store.pending
+store.flush()
+report["len"] = len(store)
+report["last"] = store[keys[report["acked"] - 1]] == value
+store.close()
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"serializer": "json"},
+        {"serializer": "raw"},
+        {"compression": "zstd", "compression_threshold": 1},
+    ],
+    ids=["json", "raw", "zstd"],
+)
+def test_other_serializers_and_compression_under_the_limit(tmp_path, options):
+    if options.get("serializer") == "raw":
+        code = OTHER_VALUE_PATHS.replace('{"n": i, "text": "v" * 40}', 'b"v" * 60')
+        code = code.replace('{"n": 1, "text": "w" * 40}', 'bytearray(b"w" * 60)')
+    else:
+        code = OTHER_VALUE_PATHS
+    out = run_python(PRELUDE + code, str(tmp_path / "db"), json.dumps(options), timeout=180)
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["values"] in (None, "MemoryError"), report
+    assert report["get_many"] in (None, "MemoryError"), report
+    assert report["raised"] == "MemoryError", report
+    assert report["pending"] == report["acked"] > 0, report
+    assert report["len"] == 200_000 + report["acked"], report
+    assert report["last"], report
+
+
+BIG_VALUE_OTHER_PATHS = """
+options = json.loads(sys.argv[2])
+kind = options.pop("kind")
+store = LmdbObjectStore(path, **options)
+if kind == "read":
+    # Written before the limit; reading it needs its size again.
+    store.put(b"big", "x" * (120 * MiB) if options["serializer"] == "json" else b"x" * (120 * MiB))
+    store.flush()
+    limit(60 * MiB)
+    report["call"] = outcome(lambda: store[b"big"])
+elif kind == "bytearray":
+    big = bytearray(120 * MiB)
+    limit(60 * MiB)
+    report["call"] = outcome(lambda: store.put(b"big", big))
+else:
+    # Incompressible: compressing it needs about its size twice more.
+    big = os.urandom(120 * MiB)
+    limit(180 * MiB)
+    report["call"] = outcome(lambda: store.put(b"big", big))
+lift()
+report["pending"] = store.pending
+store.put(b"after", b"fine" if options["serializer"] == "raw" else "fine")
+store.flush()
+report["after"] = store[b"after"] in (b"fine", "fine")
+store.close()
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"kind": "read", "serializer": "json"},
+        {"kind": "read", "serializer": "msgpack"},
+        {"kind": "bytearray", "serializer": "raw"},
+        {"kind": "compress", "serializer": "raw", "compression": "zstd"},
+        {"kind": "compress", "serializer": "raw", "compression": "lz4"},
+    ],
+    ids=["json-read", "msgpack-read", "raw-bytearray-put", "zstd-put", "lz4-put"],
+)
+def test_a_big_value_through_other_serializers_and_compression(tmp_path, options):
+    code = "import os\n" + BIG_VALUE_OTHER_PATHS
+    out = run_python(PRELUDE + code, str(tmp_path / "db"), json.dumps(options), timeout=180)
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["call"] == "MemoryError", report
+    assert report["pending"] == 0, report
+    assert report["after"], report
