@@ -132,9 +132,6 @@ pub(crate) fn try_vec<T>(n: usize, what: &str) -> PyResult<Vec<T>> {
 /// Room for `more` items in `v` (amortised, as `push` grows), or
 /// `MemoryError` naming `what`.
 pub(crate) fn reserve_more<T>(v: &mut Vec<T>, more: usize, what: &str) -> PyResult<()> {
-    if v.capacity() - v.len() >= more {
-        return Ok(());
-    }
     v.try_reserve(more).map_err(|_| {
         StoreError::NoMemoryFor {
             what: format!("{} {what}", v.len() + more),

@@ -1605,16 +1605,18 @@ impl CoreHandle {
         const WHAT: &str = "keys of get_many";
         let mut from_buffer: Vec<Option<Lookup>> = crate::codec::try_vec(keys.len(), WHAT)?;
         let mut dirty = false;
+        // Keys the buffer does not know: the database's to answer.
+        let mut unknown = 0;
         {
             let b = c.buffered.lock();
             for k in keys {
-                from_buffer.push(Some(b.buf.lookup(k)));
+                let l = b.buf.lookup(k);
+                unknown += usize::from(matches!(l, Lookup::Unknown));
+                from_buffer.push(Some(l));
             }
             dirty |= b.buf.active_len() > 0;
         }
-        let need_db = from_buffer
-            .iter()
-            .any(|l| matches!(l, Some(Lookup::Unknown)));
+        let need_db = unknown > 0;
         let failure = c.autoflush_for_read(py, need_db && dirty && c.autoflush_on_read);
 
         // Database reads in key order, through one cursor moving forward:
@@ -1630,10 +1632,12 @@ impl CoreHandle {
             // Each key's first 16 bytes as a number, read once: sorting
             // compares these and reads the keys themselves only on a tie.
             let entry = |i: usize| (engine::order::key_head(&keys[i]), &*keys[i], i);
-            let unknown = |&i: &usize| matches!(from_buffer[i], Some(Lookup::Unknown));
-            let mut order: Vec<(u128, &[u8], usize)> =
-                crate::codec::try_vec((0..keys.len()).filter(unknown).count(), WHAT)?;
-            order.extend((0..keys.len()).filter(unknown).map(entry));
+            let mut order: Vec<(u128, &[u8], usize)> = crate::codec::try_vec(unknown, WHAT)?;
+            order.extend(
+                (0..keys.len())
+                    .filter(|&i| matches!(from_buffer[i], Some(Lookup::Unknown)))
+                    .map(entry),
+            );
             engine::order::sort_by_key(&mut order);
             crate::codec::reserve_more(&mut from_db, keys.len(), WHAT)?;
             from_db.resize_with(keys.len(), || None);

@@ -43,6 +43,28 @@ def outcome(call):
         return type(exc).__name__
     return None
 
+def write_until_limit(store, keys, values, headroom):
+    # store.put(keys[i], values[i]) for each i under a limit of `headroom`
+    # more bytes, until a write raises (values=None: the value is i); reports
+    # what raised and how many writes were acknowledged before it.
+    indexes = list(range(len(keys)))
+    values = indexes if values is None else values
+    total = len(keys)
+    raised = None
+    limit(headroom)
+    # Nothing in this loop but `put` makes an object (every int above was
+    # made before the limit): whatever raises, `i` is the number of writes
+    # acknowledged before it.
+    try:
+        for i in indexes:
+            store.put(keys[i], values[i])
+        i = total
+    except BaseException as exc:
+        raised = exc
+    lift()
+    report["raised"] = type(raised).__name__ if raised is not None else None
+    report["acked"] = i
+
 path = sys.argv[1]
 report = {}
 """
@@ -58,19 +80,7 @@ WRITES_ONE_AT_A_TIME = """
 # Everything stays in the buffer until the limit stops the writes.
 store = LmdbObjectStore(path, batch_size=10**9, max_buffer_bytes=1 << 40)
 keys = [b"k%08d" % i for i in range(4_000_000)]
-values = list(range(len(keys)))
-raised = None
-limit(48 * MiB)
-# Nothing in this loop but `put` makes an object: whatever raises, `v` is
-# the number of writes acknowledged before it.
-try:
-    for v in values:
-        store.put(keys[v], v)
-except BaseException as exc:
-    raised = exc
-lift()
-report["raised"] = type(raised).__name__ if raised is not None else None
-report["acked"] = v if raised is not None else len(values)
+write_until_limit(store, keys, None, 48 * MiB)
 report["pending"] = store.pending
 store.flush()
 report["len"] = len(store)
@@ -201,7 +211,8 @@ def test_a_value_bigger_than_memory_allows(tmp_path):
 def test_writes_under_many_limits_never_end_the_process(tmp_path, headroom_mib):
     """The limit met at a different point of a write each time: whatever
     fails, the writes acknowledged are all there."""
-    code = WRITES_ONE_AT_A_TIME.replace("limit(48 * MiB)", f"limit({headroom_mib} * MiB)")
+    code = WRITES_ONE_AT_A_TIME.replace("None, 48 * MiB)", f"None, {headroom_mib} * MiB)")
+    assert code != WRITES_ONE_AT_A_TIME
     report = run_case(code, str(tmp_path / "db"))
     assert report["raised"] == "MemoryError", report
     assert report["pending"] == report["len"] == report["acked"]
@@ -223,19 +234,9 @@ for name, scan in [
     limit(16 * MiB)
     report[name] = outcome(scan)
     lift()
-raised = None
-i = 0
 # More than the reserve: a scan above may have used it up, and a store
 # call needs room to take it back.
-limit(48 * MiB)
-try:
-    for i in range(len(keys)):
-        store.put(keys[i], values[i])
-except BaseException as exc:
-    raised = exc
-lift()
-report["raised"] = type(raised).__name__ if raised is not None else None
-report["acked"] = i if raised is not None else len(keys)
+write_until_limit(store, keys, values, 48 * MiB)
 report["pending"] = store.pending
 store.flush()
 report["len"] = len(store)
