@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use lmdb::{Cursor as _, Database, Environment, EnvironmentFlags, RwTransaction, Transaction};
+use lmdb::{Database, Environment, EnvironmentFlags, RwTransaction, Transaction};
 use lmdb_sys as ffi;
 use parking_lot::{Mutex, MutexGuard};
 
@@ -29,6 +29,7 @@ use crate::buffer::{Op, Sorted};
 use crate::error::{Error, Result};
 use crate::files::{self, EnvPaths};
 use crate::gate::{ExclusiveGuard, Gate, SharedGuard};
+use crate::guard;
 use crate::stream::Source;
 use crate::tables::{self, MainKind, Table};
 
@@ -227,11 +228,25 @@ pub struct Env {
     /// The map's size, as of the last open or resize (they happen with the
     /// write lock and the exclusive gate held).
     map_size: AtomicUsize,
+    /// Where the map begins, once a read found it (0 until then; reset when
+    /// the map moves): see `guard.rs`.
+    map_base: AtomicUsize,
+    /// LMDB's page size for the file.
+    page_size: usize,
+    /// The pages found whole (see `guard.rs`). Read under the gate (shared
+    /// or exclusive); replaced only with the exclusive gate held, when the
+    /// map changes.
+    checked: UnsafeCell<guard::Checked>,
     /// With writemap: bytes of the data file from its start known to have
     /// disk blocks; `usize::MAX` where the file system cannot allocate ahead.
     allocated: AtomicUsize,
     /// Set when the map was lost for good: what to tell every caller.
     lost: OnceLock<String>,
+    /// Set when a read or a write met a damaged page: what to tell every
+    /// writer (see `wreck`, `note_damage`).
+    wrecked: OnceLock<String>,
+    /// A write transaction was abandoned (see `wreck`): never close.
+    abandoned: std::sync::atomic::AtomicBool,
     /// The named tables this process opened on the environment.
     tables: tables::Registry,
 }
@@ -369,6 +384,14 @@ fn open_lmdb(
                 format!("cannot open LMDB environment at {shown}"),
             )
         })?;
+    // SAFETY: env.env() is a live, open environment handle.
+    unsafe { guard::watch(env.env()) }.map_err(|e| {
+        open_err(
+            path,
+            libc::EINVAL,
+            format!("cannot open LMDB environment at {shown}: {e}"),
+        )
+    })?;
     // Free the reader slots of processes that died holding them.
     let mut dead: c_int = 0;
     // SAFETY: env.env() is a live, open environment handle.
@@ -610,6 +633,11 @@ impl Env {
             )
         })?;
         let map_size = current_map_size(&opened.lmdb);
+        let page_size = opened
+            .lmdb
+            .stat()
+            .map(|s| s.page_size() as usize)
+            .unwrap_or(0);
         Ok(Env {
             db: opened.db,
             lmdb: UnsafeCell::new(Some(opened.lmdb)),
@@ -624,8 +652,13 @@ impl Env {
             file_id,
             data_file,
             map_size: AtomicUsize::new(map_size),
+            map_base: AtomicUsize::new(0),
+            page_size,
+            checked: UnsafeCell::new(guard::Checked::new(map_size, page_size, None)),
             allocated: AtomicUsize::new(0),
             lost: OnceLock::new(),
+            wrecked: OnceLock::new(),
+            abandoned: std::sync::atomic::AtomicBool::new(false),
             tables: tables::Registry::default(),
         })
     }
@@ -908,6 +941,45 @@ impl Env {
         self.db.dbi()
     }
 
+    /// Find where the map is, if no read found it yet, through a read of
+    /// the main tree's first and last keys (see `guard.rs`). Best effort: a
+    /// read that fails leaves it unknown.
+    pub(crate) fn find_map(&self) {
+        if self.map_base.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        let guard = self.gate.wait_shared();
+        if let Ok(Some(txn)) = self.begin_read(guard) {
+            let _ = txn.scan(Seek::First, &[], false, |_, _| false);
+            let _ = txn.scan(Seek::Last, &[], false, |_, _| false);
+        }
+    }
+
+    /// Check, before a write of `key` in `db` (deleted: `del`) changes
+    /// anything, the pages it may copy or change (see `check_writes`), for a
+    /// transaction of `txn.rs`, which holds the writer lock. Damage found
+    /// refuses writes from now on.
+    pub(crate) fn check_write_of(&self, db: ffi::MDB_dbi, key: &[u8], del: bool) -> Result<()> {
+        let table = match db == self.db.dbi() {
+            true => None,
+            false => match self.tables.name_of(db) {
+                Some(name) => Some(name),
+                // Not a table this process knows by name: its pages cannot
+                // be found from the main tree.
+                None => return Ok(()),
+            },
+        };
+        let mut map = self.map_view();
+        let none: Option<&lmdb::RoCursor<'_>> = None;
+        guard::check_writes(none, &mut map, table.as_deref(), [(key, del)].into_iter()).map_err(
+            |e| {
+                let err = Error::from_lmdb(e, self.what("write"));
+                self.note_damage(&err);
+                err
+            },
+        )
+    }
+
     /// LMDB's environment handle, for a caller that holds the writer lock:
     /// the handle is only replaced (close, a failed resize) with that lock
     /// held, so it stays valid while the caller keeps it.
@@ -916,6 +988,7 @@ impl Env {
     /// The caller holds the writer lock (`lock_writer`) for as long as it
     /// uses the handle.
     pub(crate) unsafe fn raw_env_writer(&self) -> Result<*mut ffi::MDB_env> {
+        self.check_unwrecked()?;
         // SAFETY: per the function contract, nothing replaces `lmdb` now.
         unsafe { (*self.lmdb.get()).as_ref() }
             .map(|e| e.env())
@@ -968,14 +1041,43 @@ impl Env {
     pub fn commit(&self, ops: &Sorted<'_>, bytes: usize, cap: Option<usize>) -> Result<()> {
         let _writer = self.lock_writer()?;
         self.reserve_locked(bytes, cap)?;
-        self.write_locked(cap, &mut |txn, db| apply_sorted(txn, db, ops.ops()))
+        self.write_locked(cap, &mut |txn, db| {
+            let keys = ops.ops().iter().map(|(k, v)| (*k, v.is_none()));
+            self.check_writes(txn, db, None, keys)?;
+            apply_sorted(txn, db, ops.ops())
+        })
+    }
+
+    /// Check, before a write transaction changes anything, the pages of the
+    /// file it may copy or change in `db` (`table` its name, `None` for the
+    /// main tree) for `keys` (each with whether it is deleted): see
+    /// `guard::check_writes`. Called inside `write_locked`, which holds the
+    /// gate.
+    fn check_writes<'k>(
+        &self,
+        txn: &mut RwTransaction<'_>,
+        db: Database,
+        table: Option<&str>,
+        keys: impl Iterator<Item = (&'k [u8], bool)>,
+    ) -> lmdb::Result<()> {
+        let mut map = self.map_view();
+        let cursor = txn.open_ro_cursor(db)?;
+        let checked = guard::check_writes(Some(&cursor), &mut map, table, keys);
+        drop(cursor);
+        if map.base != 0 {
+            self.map_base.store(map.base, Ordering::Relaxed);
+        }
+        checked
     }
 
     /// Delete every entry, in one write transaction (LMDB empties the
     /// database in place). Call without the GIL.
     pub fn clear(&self, cap: Option<usize>) -> Result<()> {
         let _writer = self.lock_writer()?;
-        self.write_locked(cap, &mut |txn, db| txn.clear_db(db))
+        // SAFETY: `delete` false: the database stays.
+        self.write_locked(cap, &mut |txn, db| unsafe {
+            guard::drop_db(txn, db, false)
+        })
     }
 
     /// Delete `key` if its stored value is still `expected`, in one write
@@ -983,14 +1085,30 @@ impl Env {
     /// GIL.
     pub fn remove_if(&self, key: &[u8], expected: &[u8], cap: Option<usize>) -> Result<bool> {
         let _writer = self.lock_writer()?;
-        self.write_locked(cap, &mut |txn, db| match txn.get(db, &key) {
+        self.write_locked(cap, &mut |txn, db| {
+            self.remove_if_body(txn, db, None, key, expected)
+        })
+    }
+
+    /// The body of `remove_if` and `remove_if_in`: delete `key` from `db`
+    /// (`table` its name) if its value is `expected`.
+    fn remove_if_body(
+        &self,
+        txn: &mut RwTransaction<'_>,
+        db: Database,
+        table: Option<&str>,
+        key: &[u8],
+        expected: &[u8],
+    ) -> lmdb::Result<bool> {
+        self.check_writes(txn, db, table, [(key, true)].into_iter())?;
+        match guard::rw_get(txn, db, key) {
             Ok(current) if current == expected => {
-                txn.del(db, &key, None)?;
+                guard::del(txn, db, key)?;
                 Ok(true)
             }
             Ok(_) | Err(lmdb::Error::NotFound) => Ok(false),
             Err(e) => Err(e),
-        })
+        }
     }
 
     /// Write one value under `key` from `src` in one write transaction:
@@ -1019,7 +1137,16 @@ impl Env {
         let mut failed: Option<Error> = None;
         // Spine rule 1: the body reads a file with plain Rust I/O; it is
         // replayed from the start if the map has to grow.
+        let name = table.named.as_ref().map(|n| n.name.clone());
         let result = self.write_locked(cap, &mut |txn, main| {
+            let keys = [(key, false), (&[][..], false)];
+            let keys = &keys[..if named.is_some() { 1 } else { 2 }];
+            self.check_writes(
+                txn,
+                named.unwrap_or(main),
+                name.as_deref(),
+                keys.iter().copied(),
+            )?;
             let db = match named {
                 Some(db) => db,
                 None => {
@@ -1029,7 +1156,7 @@ impl Env {
                     main
                 }
             };
-            let space = txn.reserve(db, &key, total, lmdb::WriteFlags::empty())?;
+            let space = guard::reserve(txn, db, key, total)?;
             src.fill(space, in_map).map_err(|e| {
                 failed = Some(e);
                 lmdb::Error::Other(libc::ECANCELED)
@@ -1082,6 +1209,7 @@ impl Env {
         body: &mut dyn FnMut(&mut RwTransaction<'_>, Database) -> lmdb::Result<T>,
     ) -> Result<T> {
         loop {
+            self.check_unwrecked()?;
             self.allocate_map()?;
             enum Next {
                 Grow,
@@ -1099,23 +1227,116 @@ impl Env {
                     }
                     Err(e) => return Err(Error::from_lmdb(e, self.what("begin a write"))),
                 };
-                match body(&mut txn, self.db) {
-                    Ok(value) => match txn.commit() {
-                        Ok(()) => return Ok(value),
-                        Err(lmdb::Error::MapFull) => Next::Grow,
-                        Err(lmdb::Error::MapResized) => Next::Adopt,
-                        Err(e) => return Err(Error::from_lmdb(e, self.what("commit"))),
-                    },
+                let (outcome, op) = match body(&mut txn, self.db) {
+                    Ok(value) => (guard::commit(txn).map(|()| value), "commit"),
+                    Err(e) if guard::is_fault(&e) => {
+                        // Abandoned, never aborted (see guard.rs).
+                        std::mem::forget(txn);
+                        (Err(e), "write")
+                    }
+                    Err(e) if guard::is_check(&e) => {
+                        // Nothing changed yet: aborted as usual.
+                        drop(txn);
+                        (Err(e), "write")
+                    }
+                    // Aborted here, before the gate guard goes.
+                    Err(e) => (Err(e), "write"),
+                };
+                match outcome {
+                    Ok(value) => return Ok(value),
+                    Err(e) if guard::is_fault(&e) => {
+                        drop(g);
+                        return Err(self.wreck(op));
+                    }
+                    Err(e) if guard::is_check(&e) => {
+                        let err = Error::Damaged {
+                            what: self.what(op),
+                            detail: guard::take_fault(),
+                        };
+                        self.note_damage(&err);
+                        return Err(err);
+                    }
                     Err(lmdb::Error::MapFull) => Next::Grow,
                     Err(lmdb::Error::MapResized) => Next::Adopt,
-                    Err(e) => return Err(Error::from_lmdb(e, self.what("write"))),
+                    Err(e) => return Err(Error::from_lmdb(e, self.what(op))),
                 }
-                // `txn` is dropped (aborted) here, before the gate guard.
             };
             match next {
                 Next::Grow => self.grow_locked(cap)?,
                 Next::Adopt => self.adopt_locked()?,
             }
+        }
+    }
+
+    /// The map was remapped (and may have moved and grown): it is looked for
+    /// again, and the record of pages found whole grows with it.
+    fn map_moved(&self, _x: &ExclusiveGuard<'_>) {
+        self.map_base.store(0, Ordering::Relaxed);
+        let size = self.map_size.load(Ordering::Relaxed);
+        // SAFETY: the exclusive gate (which `_x` proves) excludes every
+        // other access to `checked`.
+        let checked = unsafe { &mut *self.checked.get() };
+        *checked = guard::Checked::new(size, self.page_size, Some(checked));
+    }
+
+    /// Where the map is, for the checks of `guard.rs`. The caller holds the
+    /// gate (shared or exclusive) while it uses the result.
+    pub(crate) fn map_view(&self) -> guard::Map {
+        // SAFETY: `checked` is replaced only with the exclusive gate held,
+        // which cannot be taken while the caller holds the gate.
+        let checked = unsafe { &*self.checked.get() };
+        checked.view(
+            self.map_base.load(Ordering::Relaxed),
+            self.map_size.load(Ordering::Relaxed),
+            self.page_size,
+        )
+    }
+
+    /// A write met a damaged page (see guard.rs): its transaction is
+    /// abandoned, never committed or aborted (LMDB may still have temporary
+    /// cursors of the jumped-over frames linked to it). From now on this
+    /// environment begins no write transaction (LMDB would reuse the
+    /// abandoned one, and its writer lock stays with the thread that met the
+    /// damage until that thread ends) and is never closed (closing would
+    /// unmap that lock: see `close_exclusive`). Reads go on.
+    fn wreck(&self, op: &str) -> Error {
+        let err = Error::Damaged {
+            what: self.what(op),
+            detail: guard::take_fault(),
+        };
+        self.abandon_write(&err);
+        err
+    }
+
+    /// Record that a write transaction was abandoned after `err` (see
+    /// `wreck`).
+    pub(crate) fn abandon_write(&self, err: &Error) {
+        self.abandoned.store(true, Ordering::Release);
+        self.refuse_writes(format!(
+            "{err}; this process writes no more to this file: the write that met the damage \
+             was abandoned, and LMDB's writer lock stays with the thread that met it until \
+             that thread ends"
+        ));
+    }
+
+    /// A read met a damaged page (`err`): refuse writes from now on, since a
+    /// write through a damaged page could make the damage worse.
+    pub(crate) fn note_damage(&self, err: &Error) {
+        self.refuse_writes(format!(
+            "{err}; this process writes no more to this file, since a write through a \
+             damaged page could make the damage worse"
+        ));
+    }
+
+    fn refuse_writes(&self, text: String) {
+        let _ = self.wrecked.set(text);
+    }
+
+    /// Refuse a write once a read or a write met a damaged page.
+    pub(crate) fn check_unwrecked(&self) -> Result<()> {
+        match self.wrecked.get() {
+            Some(text) => Err(Error::Unusable(text.clone())),
+            None => Ok(()),
         }
     }
 
@@ -1202,6 +1423,11 @@ impl Env {
     /// and the failure reported, with the store usable. If even that fails,
     /// the environment is given up, and every later call says so.
     fn resize_locked(&self, x: &ExclusiveGuard<'_>, size: Option<usize>, op: &str) -> Result<()> {
+        // LMDB refuses to resize while a write transaction is open, and an
+        // abandoned one always is (see `wreck`).
+        if self.abandoned.load(Ordering::Acquire) {
+            self.check_unwrecked()?;
+        }
         let env = self.lmdb_exclusive(x)?.env();
         let old = self.map_size.load(Ordering::Relaxed);
         let io_failure = |e: std::io::Error| Error::lmdb(io_code(&e), self.what(op));
@@ -1223,6 +1449,7 @@ impl Env {
             Ok(()) => {
                 let now = current_map_size(self.lmdb_exclusive(x)?);
                 self.map_size.store(now, Ordering::Relaxed);
+                self.map_moved(x);
                 Ok(())
             }
             Err(Remap::Kept(rc)) => Err(Error::lmdb(rc, self.what(op))),
@@ -1259,6 +1486,7 @@ impl Env {
             Ok(opened) if opened.db.dbi() == self.db.dbi() && !self.tables.any_live() => {
                 self.map_size
                     .store(current_map_size(&opened.lmdb), Ordering::Relaxed);
+                self.map_moved(x);
                 *slot = Some(opened.lmdb);
                 Err(Error::lmdb(rc, self.what(op)))
             }
@@ -1352,6 +1580,8 @@ impl Env {
             guard: ManuallyDrop::new(guard),
             pinned: Cell::new(false),
             dbi: Cell::new(self.db.dbi()),
+            damaged: Cell::new(false),
+            map: Cell::new(self.map_view()),
         }))
     }
 
@@ -1444,6 +1674,17 @@ impl Env {
             return Err(Error::Forked);
         }
         let flags = if compact { ffi::MDB_CP_COMPACT } else { 0 };
+        if !compact && self.abandoned.load(Ordering::Acquire) {
+            // A plain copy takes LMDB's writer lock, which the abandoned
+            // write holds (see `wreck`); a compacting copy does not.
+            return Err(Error::Unusable(format!(
+                "{}; a plain copy needs LMDB's writer lock: copy with compact=True",
+                self.wrecked.get().map_or("", String::as_str)
+            )));
+        }
+        if compact {
+            self.check_readable()?;
+        }
         let what = || format!("copy {}", self.path.display());
         loop {
             let rc = {
@@ -1510,7 +1751,14 @@ impl Env {
         }
         let env = slot.take();
         drop(x);
-        drop(env);
+        if self.abandoned.load(Ordering::Acquire) {
+            // An abandoned write transaction holds LMDB's writer lock, in the
+            // lock file's map: unmapping it would keep it locked for good for
+            // every process. Left mapped, it is released when its thread ends.
+            std::mem::forget(env);
+        } else {
+            drop(env);
+        }
     }
 }
 
@@ -1720,7 +1968,15 @@ impl Env {
         bytes: usize,
         cap: Option<usize>,
     ) -> Result<()> {
+        let name = table.named.as_ref().map(|n| n.name.clone());
         let apply_all = |txn: &mut RwTransaction<'_>, db: Database| {
+            // The main tree's first key too: `main_kind_rw` rewrites it.
+            let first = name.is_none().then_some((&[][..], false));
+            let keys = batches
+                .iter()
+                .flat_map(|ops| ops.ops().iter().map(|(k, v)| (*k, v.is_none())))
+                .chain(first);
+            self.check_writes(txn, db, name.as_deref(), keys)?;
             batches
                 .iter()
                 .try_for_each(|ops| apply_sorted(txn, db, ops.ops()))
@@ -1733,10 +1989,18 @@ impl Env {
             self.reserve_locked(bytes, cap)?;
             return self
                 .write_locked(cap, &mut |txn, db| {
+                    // Checked before `main_kind_rw` writes (see apply_all).
+                    let keys = batches
+                        .iter()
+                        .flat_map(|ops| ops.ops().iter().map(|(k, v)| (*k, v.is_none())))
+                        .chain([(&[][..], false)]);
+                    self.check_writes(txn, db, None, keys)?;
                     if tables::main_kind_rw(txn, db)? == MainKind::Tables {
                         return Err(lmdb::Error::Incompatible);
                     }
-                    apply_all(txn, db)
+                    batches
+                        .iter()
+                        .try_for_each(|ops| apply_sorted(txn, db, ops.ops()))
                 })
                 .map_err(|e| self.main_write_error(e));
         };
@@ -1771,10 +2035,14 @@ impl Env {
                     if tables::main_kind_rw(txn, db)? == MainKind::Tables {
                         return Err(lmdb::Error::Incompatible);
                     }
-                    txn.clear_db(db)
+                    // SAFETY: `delete` false: the database stays.
+                    unsafe { guard::drop_db(txn, db, false) }
                 })
                 .map_err(|e| self.main_write_error(e)),
-            Some(n) => self.write_locked(cap, &mut |txn, _| txn.clear_db(n.db)),
+            // SAFETY: as above.
+            Some(n) => self.write_locked(cap, &mut |txn, _| unsafe {
+                guard::drop_db(txn, n.db, false)
+            }),
         }
     }
 
@@ -1791,13 +2059,9 @@ impl Env {
             return Err(e);
         }
         let db = table.named.as_ref().map_or(self.db, |n| n.db);
-        self.write_locked(cap, &mut |txn, _| match txn.get(db, &key) {
-            Ok(current) if current == expected => {
-                txn.del(db, &key, None)?;
-                Ok(true)
-            }
-            Ok(_) | Err(lmdb::Error::NotFound) => Ok(false),
-            Err(e) => Err(e),
+        let name = table.named.as_ref().map(|n| n.name.clone());
+        self.write_locked(cap, &mut |txn, _| {
+            self.remove_if_body(txn, db, name.as_deref(), key, expected)
         })
         .map_err(|e| self.main_write_error(e))
     }
@@ -1825,9 +2089,17 @@ impl Env {
             closed.set(Some(db.dbi()));
             // SAFETY: as above; no cursor of this handle is open here, and
             // the handle is never used again once dropped (retired below).
-            unsafe { txn.drop_db(db) }?;
+            unsafe { guard::drop_db(txn, db, true) }?;
             let cursor = txn.open_ro_cursor(main)?;
-            Ok(cursor.get(None, None, ffi::MDB_FIRST).is_err())
+            match guard::cursor_op(&cursor, None, ffi::MDB_FIRST) {
+                Ok(_) => Ok(false),
+                Err(e) if guard::is_fault(&e) => {
+                    // Abandoned with the transaction (see apply_sorted).
+                    std::mem::forget(cursor);
+                    Err(e)
+                }
+                Err(_) => Ok(true),
+            }
         });
         // The old handle and whichever one a drop closed are dead, failed
         // commit or not.
@@ -1845,48 +2117,94 @@ impl Env {
     /// The names of the tables in the file, in sorted order. Reads only.
     /// Call without the GIL.
     pub fn list_tables(&self) -> Result<Vec<String>> {
-        loop {
-            let _open = self.lock_open()?;
-            let g = self.gate.wait_shared();
-            let env = self.lmdb_shared(&g)?;
-            let Some(scan) = self.begin_ro(env)? else {
-                drop(g);
-                drop(_open);
-                self.adopt_resize()?;
-                continue;
-            };
+        self.read_ro(&mut |env, scan| {
             let read = |e| Error::from_lmdb(e, self.what("read the table names"));
             let mut names = Vec::new();
-            let mut resized = false;
-            {
-                let mut cursor = scan.open_ro_cursor(self.db).map_err(read)?;
-                for entry in cursor.iter_start() {
-                    let (key, value) = entry.map_err(read)?;
-                    let Some(name) = tables::candidate(key, value.len()) else {
-                        continue;
-                    };
-                    // One short read per name: its abort closes the handle
-                    // it opened, so listing many tables takes no slots.
-                    let Some(probe) = self.begin_ro(env)? else {
-                        resized = true;
-                        break;
-                    };
-                    // SAFETY: `open_lock` is held until `probe` has ended.
-                    match unsafe { probe.open_db(Some(name)) } {
-                        Ok(_) => names.push(name.to_string()),
-                        Err(lmdb::Error::Incompatible) => {}
-                        Err(e) => return Err(read(e)),
+            let cursor = scan.open_ro_cursor(self.db).map_err(read)?;
+            let mut op = ffi::MDB_FIRST;
+            loop {
+                let (key, value) = match guard::cursor_op(&cursor, None, op) {
+                    Ok(entry) => entry,
+                    Err(lmdb::Error::NotFound) => break,
+                    Err(e) => return Err(read(e)),
+                };
+                op = ffi::MDB_NEXT;
+                let Some(name) = tables::candidate(key, value.len()) else {
+                    continue;
+                };
+                // One short read per name: its abort closes the handle it
+                // opened, so listing many tables takes no slots.
+                let Some(probe) = self.begin_ro(env)? else {
+                    return Ok(None);
+                };
+                // SAFETY: `open_lock` is held until `probe` has ended.
+                match unsafe { probe.open_db(Some(name)) } {
+                    Ok(_) => names.push(name.to_string()),
+                    Err(lmdb::Error::Incompatible) => {}
+                    Err(e) => return Err(read(e)),
+                }
+            }
+            Ok(Some(names))
+        })
+    }
+
+    /// Read every key and value of the file, its tables' included, under the
+    /// guard (guard.rs). A compacting copy walks every page with LMDB's own
+    /// code, outside the guard (it hands pages to a thread of its own, which
+    /// a jump out of the walk would leave waiting): damage is found here
+    /// first, and the copy refused. Call without the GIL.
+    fn check_readable(&self) -> Result<()> {
+        let names = self.list_tables()?;
+        self.read_ro(&mut |_, txn| {
+            let read = |e| Error::from_lmdb(e, self.what("read before a compacting copy"));
+            let mut dbs = vec![self.db];
+            for name in &names {
+                // SAFETY: `open_lock` is held until `txn` has ended.
+                match unsafe { txn.open_db(Some(name)) } {
+                    Ok(db) => dbs.push(db),
+                    Err(lmdb::Error::NotFound) => {}
+                    Err(e) => return Err(read(e)),
+                }
+            }
+            for db in dbs {
+                let cursor = txn.open_ro_cursor(db).map_err(read)?;
+                let mut op = ffi::MDB_FIRST;
+                loop {
+                    match guard::cursor_op(&cursor, None, op) {
+                        Ok(_) => op = ffi::MDB_NEXT,
+                        Err(lmdb::Error::NotFound) => break,
+                        Err(e) => {
+                            let e = read(e);
+                            self.note_damage(&e);
+                            return Err(e);
+                        }
                     }
                 }
             }
-            if resized {
-                drop(scan);
-                drop(g);
-                drop(_open);
-                self.adopt_resize()?;
-                continue;
+            Ok(Some(()))
+        })
+    }
+
+    /// Run `body` in a read transaction of the lmdb crate, with the open
+    /// lock (for table handles) and the gate held; `Ok(None)` from it, or a
+    /// transaction that meets another process's growth, adopts the growth
+    /// and runs it again.
+    fn read_ro<T>(
+        &self,
+        body: &mut dyn FnMut(&Environment, &lmdb::RoTransaction<'_>) -> Result<Option<T>>,
+    ) -> Result<T> {
+        loop {
+            let open = self.lock_open()?;
+            let g = self.gate.wait_shared();
+            let env = self.lmdb_shared(&g)?;
+            if let Some(txn) = self.begin_ro(env)? {
+                if let Some(value) = body(env, &txn)? {
+                    return Ok(value);
+                }
             }
-            return Ok(names);
+            drop(g);
+            drop(open);
+            self.adopt_resize()?;
         }
     }
 
@@ -1904,7 +2222,12 @@ impl Env {
     pub fn table_stat(&self, txn: &ReadTxn<'_>) -> Result<DbStat> {
         let mut st = std::mem::MaybeUninit::<ffi::MDB_stat>::zeroed();
         // SAFETY: live txn and dbi; mdb_stat fills the struct.
-        let rc = unsafe { ffi::mdb_stat(txn.txn, txn.dbi.get(), st.as_mut_ptr()) };
+        let rc = unsafe {
+            guard::stat(txn.txn, txn.dbi.get(), st.as_mut_ptr(), || {
+                self.what("stat")
+            })
+        }
+        .inspect_err(|e| txn.met(e))?;
         if rc != 0 {
             return Err(Error::lmdb(rc, self.what("stat")));
         }
@@ -1928,6 +2251,10 @@ impl Drop for Env {
             // still open here (it closes when `lmdb` drops below).
             unsafe { ffi::mdb_txn_abort(t) };
         }
+        if *self.abandoned.get_mut() {
+            // Never closed: see `close_exclusive`.
+            std::mem::forget(self.lmdb.get_mut().take());
+        }
     }
 }
 
@@ -1937,9 +2264,20 @@ impl Drop for Env {
 /// cursor: LMDB starts each write from the page the cursor stands on, so a
 /// key next to the last one written needs no search from the root.
 fn apply_sorted(txn: &mut RwTransaction<'_>, db: Database, ops: &[Op<'_>]) -> lmdb::Result<()> {
-    let mut cursor = txn.open_rw_cursor(db)?;
-    let last: Option<Vec<u8>> = match cursor.get(None, None, ffi::MDB_LAST) {
-        Ok((k, _)) => k.map(|k| k.to_vec()),
+    // A cursor that met damage is abandoned with its transaction (closing
+    // it would walk the transaction's cursors: see guard.rs).
+    let mut cursor = ManuallyDrop::new(txn.open_rw_cursor(db)?);
+    let result = apply_with(&mut cursor, ops);
+    if !matches!(&result, Err(e) if guard::is_fault(e)) {
+        // SAFETY: dropped once, here.
+        unsafe { ManuallyDrop::drop(&mut cursor) };
+    }
+    result
+}
+
+fn apply_with(cursor: &mut lmdb::RwCursor<'_>, ops: &[Op<'_>]) -> lmdb::Result<()> {
+    let last: Option<Vec<u8>> = match guard::cursor_op(cursor, None, ffi::MDB_LAST) {
+        Ok((k, _)) => Some(k.to_vec()),
         Err(lmdb::Error::NotFound) => None,
         Err(e) => return Err(e),
     };
@@ -1947,23 +2285,7 @@ fn apply_sorted(txn: &mut RwTransaction<'_>, db: Database, ops: &[Op<'_>]) -> lm
         Some(last) => ops.partition_point(|(k, _)| *k <= &last[..]),
         None => 0,
     };
-    for (k, v) in &ops[..split] {
-        match v {
-            Some(v) => cursor.put(k, v, lmdb::WriteFlags::empty())?,
-            None => match cursor.get(Some(k), None, ffi::MDB_SET) {
-                Ok(_) => cursor.del(lmdb::WriteFlags::empty())?,
-                Err(lmdb::Error::NotFound) => {}
-                Err(e) => return Err(e),
-            },
-        }
-    }
-    for (k, v) in &ops[split..] {
-        // A deletion past the last key has nothing to delete.
-        if let Some(v) = v {
-            cursor.put(k, v, lmdb::WriteFlags::APPEND)?;
-        }
-    }
-    Ok(())
+    guard::apply(cursor, ops, split)
 }
 
 /// A read transaction with the gate held shared. Returned to the pool
@@ -1979,6 +2301,11 @@ pub struct ReadTxn<'a> {
     pinned: Cell<bool>,
     /// The database its reads address: the main one unless `set_table`.
     dbi: Cell<ffi::MDB_dbi>,
+    /// A read met a damaged page: the transaction is ended, not pooled.
+    damaged: Cell<bool>,
+    /// Where the map is, for the checks of `guard.rs`: stable while the
+    /// transaction holds the gate (a resize takes it exclusively).
+    map: Cell<guard::Map>,
 }
 
 fn to_val(bytes: &[u8]) -> ffi::MDB_val {
@@ -2078,15 +2405,28 @@ impl<'a> ReadTxn<'a> {
             mv_size: 0,
             mv_data: ptr::null_mut(),
         };
-        // SAFETY: live read txn and dbi of this env; k points to `key`.
-        let rc = unsafe { ffi::mdb_get(self.txn, self.dbi.get(), &mut k, &mut v) };
+        let mut map = self.map.get();
+        // SAFETY: live read txn and dbi of this env, whose map `map`
+        // describes; k points to `key`.
+        let rc = unsafe {
+            guard::get(
+                self.txn,
+                self.dbi.get(),
+                &mut k,
+                &mut v,
+                Some(&mut map),
+                || self.env.what("read"),
+            )
+        }
+        .inspect_err(|e| self.met(e))?;
+        self.found_map(map);
         match rc {
             0 => {
                 // SAFETY: `v` was filled by mdb_get inside `self`.
                 Ok(Some(unsafe { from_val(&v) }))
             }
             ffi::MDB_NOTFOUND => Ok(None),
-            rc => Err(Error::lmdb(rc, self.env.what("read"))),
+            rc => Err(self.failed(rc, "read")),
         }
     }
 
@@ -2094,12 +2434,45 @@ impl<'a> ReadTxn<'a> {
     pub fn entries(&self) -> Result<usize> {
         let mut st = std::mem::MaybeUninit::<ffi::MDB_stat>::zeroed();
         // SAFETY: live txn and dbi; mdb_stat fills the struct.
-        let rc = unsafe { ffi::mdb_stat(self.txn, self.dbi.get(), st.as_mut_ptr()) };
+        let rc = unsafe {
+            guard::stat(self.txn, self.dbi.get(), st.as_mut_ptr(), || {
+                self.env.what("count the entries")
+            })
+        }
+        .inspect_err(|e| self.met(e))?;
         if rc != 0 {
-            return Err(Error::lmdb(rc, self.env.what("stat")));
+            return Err(self.failed(rc, "stat"));
         }
         // SAFETY: filled above.
         Ok(unsafe { st.assume_init() }.ms_entries)
+    }
+
+    /// A read met damage: end this transaction when dropped, and refuse
+    /// writes to the file from now on.
+    fn met(&self, e: &Error) {
+        self.damaged.set(true);
+        self.env.note_damage(e);
+    }
+
+    /// Keep where a read found the map, for this transaction and the
+    /// environment's later ones.
+    #[inline]
+    fn found_map(&self, map: guard::Map) {
+        if map.base != self.map.get().base {
+            self.map.set(map);
+            self.env.map_base.store(map.base, Ordering::Relaxed);
+        }
+    }
+
+    /// The error of a read that LMDB failed with `rc`; LMDB's own signs of
+    /// a damaged file (a page that is not there, or not what it should be)
+    /// count as damage met.
+    fn failed(&self, rc: c_int, what: &str) -> Error {
+        let e = Error::lmdb(rc, self.env.what(what));
+        if matches!(rc, ffi::MDB_PAGE_NOTFOUND | ffi::MDB_CORRUPTED) {
+            self.met(&e);
+        }
+        e
     }
 
     /// A cursor on this transaction, closed when dropped.
@@ -2114,7 +2487,7 @@ impl<'a> ReadTxn<'a> {
         Ok(Cursor {
             raw,
             env: self.env,
-            _txn: std::marker::PhantomData,
+            txn: self,
         })
     }
 
@@ -2158,13 +2531,28 @@ impl<'a> ReadTxn<'a> {
             };
             at = cursor.op(&[], back, "scan")?;
         }
-        while let Some((key, val)) = at {
-            if !f(key, val) {
-                break;
-            }
-            at = cursor.op(&[], step, "scan")?;
+        let Some((key, val)) = at else {
+            return Ok(());
+        };
+        if !f(key, val) {
+            return Ok(());
         }
-        Ok(())
+        // The steps after the first, a run at a time under one guard.
+        const RUN: usize = 64;
+        let mut keys = [empty_val(); RUN];
+        let mut vals = [empty_val(); RUN];
+        loop {
+            let got = cursor.run(step, &mut keys, &mut vals, "scan")?;
+            for (k, v) in keys[..got].iter().zip(&vals[..got]) {
+                // SAFETY: filled by mdb_cursor_get inside the transaction.
+                if !f(unsafe { from_val(k) }, unsafe { from_val(v) }) {
+                    return Ok(());
+                }
+            }
+            if got < RUN {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -2173,13 +2561,44 @@ impl<'a> ReadTxn<'a> {
 struct Cursor<'t> {
     raw: *mut ffi::MDB_cursor,
     env: &'t Env,
-    _txn: std::marker::PhantomData<&'t ReadTxn<'t>>,
+    /// The transaction, told of damage (see `guard.rs`).
+    txn: &'t ReadTxn<'t>,
 }
 
 /// A key and its value, both inside the map.
 type Entry<'t> = (&'t [u8], &'t [u8]);
 
+fn empty_val() -> ffi::MDB_val {
+    ffi::MDB_val {
+        mv_size: 0,
+        mv_data: ptr::null_mut(),
+    }
+}
+
 impl<'t> Cursor<'t> {
+    /// Up to `keys.len()` steps of `op`; how many were made (fewer: the
+    /// keys ran out).
+    fn run(
+        &self,
+        op: ffi::MDB_cursor_op,
+        keys: &mut [ffi::MDB_val],
+        vals: &mut [ffi::MDB_val],
+        what: &str,
+    ) -> Result<usize> {
+        let mut map = self.txn.map.get();
+        // SAFETY: the cursor is open on a live read txn, whose map `map`
+        // describes; the arrays are of one length.
+        let (got, rc) = unsafe {
+            guard::cursor_run(self.raw, op, keys, vals, &mut map, || self.env.what(what))
+        }
+        .inspect_err(|e| self.txn.met(e))?;
+        self.txn.found_map(map);
+        match rc {
+            0 => Ok(got),
+            rc => Err(self.txn.failed(rc, what)),
+        }
+    }
+
     /// One cursor operation; `Ok(None)` when LMDB finds nothing.
     fn op(&self, key: &[u8], op: ffi::MDB_cursor_op, what: &str) -> Result<Option<Entry<'t>>> {
         let mut k = to_val(key);
@@ -2187,13 +2606,22 @@ impl<'t> Cursor<'t> {
             mv_size: 0,
             mv_data: ptr::null_mut(),
         };
-        // SAFETY: the cursor is open on a live txn; `k` points to `key`,
-        // which LMDB only reads before replacing `k` by the key it found.
-        match unsafe { ffi::mdb_cursor_get(self.raw, &mut k, &mut v, op) } {
+        let mut map = self.txn.map.get();
+        // SAFETY: the cursor is open on a live txn, whose map `map`
+        // describes; `k` points to `key`, which LMDB only reads before
+        // replacing `k` by the key it found.
+        let rc = unsafe {
+            guard::cursor_get(self.raw, &mut k, &mut v, op, Some(&mut map), || {
+                self.env.what(what)
+            })
+        }
+        .inspect_err(|e| self.txn.met(e))?;
+        self.txn.found_map(map);
+        match rc {
             // SAFETY: filled by mdb_cursor_get inside the transaction.
             0 => Ok(Some(unsafe { (from_val(&k), from_val(&v)) })),
             ffi::MDB_NOTFOUND => Ok(None),
-            rc => Err(Error::lmdb(rc, self.env.what(what))),
+            rc => Err(self.txn.failed(rc, what)),
         }
     }
 }
@@ -2294,6 +2722,16 @@ impl Drop for ReadTxn<'_> {
             // hold goes, so an exclusive waiter that wakes sees the pin.
             self.guard.pin();
             // SAFETY: dropped once, here; `guard` is not used after.
+            unsafe { ManuallyDrop::drop(&mut self.guard) };
+            return;
+        }
+        if self.damaged.get() {
+            // A read met a damaged page and jumped out of LMDB (guard.rs):
+            // end the transaction rather than renew it later.
+            // SAFETY: a live read txn we own; a read transaction holds no
+            // lock, and the jump left only LMDB's stack cursor behind.
+            unsafe { ffi::mdb_txn_abort(self.txn) };
+            // SAFETY: dropped once, here, after the transaction ended.
             unsafe { ManuallyDrop::drop(&mut self.guard) };
             return;
         }
@@ -2597,6 +3035,85 @@ mod tests {
         env.clear(None).unwrap();
         assert_eq!(read(&env, b"a"), None);
         env.close().unwrap();
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
+    /// The page number of the last leaf of the main tree in `file` (LMDB's
+    /// layout: see guard.c): from the newest meta page's root, down the last
+    /// child of each branch page.
+    fn last_leaf(file: &[u8], psize: usize) -> usize {
+        let u16_at = |at: usize| u16::from_le_bytes([file[at], file[at + 1]]) as usize;
+        let u64_at = |at: usize| u64::from_le_bytes(file[at..at + 8].try_into().unwrap()) as usize;
+        let meta = if u64_at(144) >= u64_at(psize + 144) {
+            0
+        } else {
+            psize
+        };
+        let mut pgno = u64_at(meta + 128);
+        loop {
+            let page = pgno * psize;
+            if u16_at(page + 10) & 0x02 != 0 {
+                return pgno;
+            }
+            let last = (u16_at(page + 12) - 16) / 2 - 1;
+            let node = page + u16_at(page + 16 + 2 * last);
+            pgno = u16_at(node) | u16_at(node + 2) << 16 | u16_at(node + 4) << 32;
+        }
+    }
+
+    /// A store at `tmp(name)` of 3,000 keys `k00000`.. whose last leaf page
+    /// was damaged after it was written: the bounds of its free space, by
+    /// which LMDB copies a page it changes, point past the page. Returns
+    /// the store's path, its data file's path and the damaged file's bytes.
+    fn damaged_store(name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+        let p = tmp(name);
+        let items: Vec<_> = (0..3000u32)
+            .map(|i| (format!("k{i:05}").into_bytes(), vec![b'v'; 40]))
+            .collect();
+        let env = Env::open(&p, &EnvOptions::default()).unwrap();
+        put_all(&env, &items, None).unwrap();
+        let psize = env.page_size;
+        env.close().unwrap();
+        let data = p.join("data.mdb");
+        let mut file = std::fs::read(&data).unwrap();
+        let leaf = last_leaf(&file, psize) * psize;
+        file[leaf + 12..leaf + 16].copy_from_slice(&[0xF0, 0xFF, 0x10, 0x00]);
+        std::fs::write(&data, &file).unwrap();
+        (p, data, file)
+    }
+
+    #[test]
+    fn a_damaged_leaf_is_an_error_and_refuses_writes() {
+        let (p, data, file) = damaged_store("damaged-leaf");
+        let env = Env::open(&p, &EnvOptions::default()).unwrap();
+        // A key on another page reads; the last one meets the damage.
+        assert_eq!(read(&env, b"k00000"), Some(vec![b'v'; 40]));
+        let g = env.gate.try_shared().unwrap();
+        let txn = env.begin_read(g).unwrap().unwrap();
+        let err = txn.get(b"k02999").unwrap_err();
+        assert!(matches!(err, Error::Damaged { .. }), "{err}");
+        drop(txn);
+        // Writes are refused from then on, and the file is left as it was.
+        let err = put_all(&env, &[(b"k00001".to_vec(), b"new".to_vec())], None).unwrap_err();
+        assert!(err.to_string().contains("writes no more"), "{err}");
+        env.close().unwrap();
+        assert_eq!(std::fs::read(&data).unwrap(), file);
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
+    #[test]
+    fn a_write_checks_the_pages_it_would_change() {
+        let (p, data, file) = damaged_store("damaged-write");
+        // No read of the page first: the commit finds it before LMDB copies
+        // it, and nothing is written.
+        let env = Env::open(&p, &EnvOptions::default()).unwrap();
+        let ops: Vec<Op<'_>> = vec![(b"k02999", Some(b"new"))];
+        let err = env
+            .commit(&Sorted::last_write_wins(ops), 64, None)
+            .unwrap_err();
+        assert!(matches!(err, Error::Damaged { .. }), "{err}");
+        env.close().unwrap();
+        assert_eq!(std::fs::read(&data).unwrap(), file);
         let _ = std::fs::remove_dir_all(&p);
     }
 

@@ -76,6 +76,9 @@ pub enum Error {
     TableDropped { name: String, path: String },
     /// `drop_table()` of the main store.
     DropMain { path: String },
+    /// A read met a damaged page of the data file (`what` names the read and
+    /// the path, `detail` what was wrong): see `guard.rs`.
+    Damaged { what: String, detail: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -107,6 +110,12 @@ impl Error {
     }
 
     pub(crate) fn from_lmdb(err: lmdb::Error, what: impl Into<String>) -> Self {
+        if crate::guard::is_fault(&err) || crate::guard::is_check(&err) {
+            return Error::Damaged {
+                what: what.into(),
+                detail: crate::guard::take_fault(),
+            };
+        }
         Error::lmdb(err.to_err_code(), what)
     }
 
@@ -218,6 +227,12 @@ impl fmt::Display for Error {
                 "drop_table() drops a named table; this store of {path} was opened without \
                  table= (its main table cannot be dropped; clear() empties it)"
             ),
+            Error::Damaged { what, detail } => write!(
+                f,
+                "{what}: the data file is damaged ({detail}); nothing was changed. Entries \
+                 on other pages may still read: copy what reads into a new store, or restore \
+                 the file from a copy"
+            ),
             Error::Lmdb { code, what } => {
                 let text = strerror(*code);
                 match write_failure_hint(*code) {
@@ -287,6 +302,11 @@ fn write_failure_hint(code: c_int) -> Option<&'static str> {
             "the data file could not be written in full: the disk may be full, the \
              process's file size limit (RLIMIT_FSIZE, `ulimit -f`) reached, or the device \
              failing; fix that, then retry",
+        ),
+        lmdb_sys::MDB_PAGE_NOTFOUND | lmdb_sys::MDB_CORRUPTED => Some(
+            "the data file is damaged: a page refers to a page that is not there, or is \
+             not what it should be; copy what reads into a new store, or restore the file \
+             from a copy",
         ),
         _ => None,
     }

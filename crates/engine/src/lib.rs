@@ -14,6 +14,7 @@ mod env;
 pub mod error;
 pub mod files;
 pub mod gate;
+mod guard;
 pub mod order;
 pub mod reserve;
 mod snapshot;

@@ -19,7 +19,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use lmdb::{Cursor as _, Database, RoTransaction, RwTransaction, Transaction, WriteFlags};
+use lmdb::{Database, RoTransaction, RwTransaction, Transaction};
 use parking_lot::Mutex;
 
 /// Named databases the environment may have open at once
@@ -142,6 +142,12 @@ impl Registry {
         }
     }
 
+    /// The name of the table whose handle is `dbi`, if it is live.
+    pub(crate) fn name_of(&self, dbi: u32) -> Option<Arc<str>> {
+        let s = self.slots.lock();
+        s.live.get(dbi as usize)?.as_ref().map(|n| n.name.clone())
+    }
+
     /// The live handle of the table `name`, if this process has one, given
     /// out at or before sequence number `before` (see `given`).
     pub(crate) fn find(&self, name: &str, before: u64) -> Option<Table> {
@@ -204,10 +210,10 @@ fn first_entry<T: Transaction>(
     main: Database,
 ) -> lmdb::Result<Option<(Vec<u8>, Vec<u8>)>> {
     let cursor = txn.open_ro_cursor(main)?;
-    match cursor.get(None, None, lmdb_sys::MDB_FIRST) {
-        Ok((Some(k), v)) if v.len() == RECORD_SIZE => Ok(Some((k.to_vec(), v.to_vec()))),
-        Ok((Some(k), _)) => Ok(Some((k.to_vec(), Vec::new()))),
-        Ok((None, _)) | Err(lmdb::Error::NotFound) => Ok(None),
+    match crate::guard::cursor_op(&cursor, None, lmdb_sys::MDB_FIRST) {
+        Ok((k, v)) if v.len() == RECORD_SIZE => Ok(Some((k.to_vec(), v.to_vec()))),
+        Ok((k, _)) => Ok(Some((k.to_vec(), Vec::new()))),
+        Err(lmdb::Error::NotFound) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -223,7 +229,7 @@ pub(crate) fn main_kind_rw(txn: &mut RwTransaction<'_>, main: Database) -> lmdb:
     if candidate(&key, value.len()).is_none() {
         return Ok(MainKind::Entries);
     }
-    match txn.put(main, &key, &value, WriteFlags::empty()) {
+    match crate::guard::put(txn, main, &key, &value) {
         Ok(()) => Ok(MainKind::Entries),
         Err(lmdb::Error::Incompatible) => Ok(MainKind::Tables),
         Err(e) => Err(e),

@@ -34,6 +34,7 @@ use lmdb_sys as ffi;
 use crate::bounds::Bounds;
 use crate::env::{fork_generation, Env};
 use crate::error::{Error, Result};
+use crate::guard;
 
 /// A database of the environment, by LMDB's number: the main one
 /// (`Env::main_dbi`) or a named table.
@@ -146,6 +147,9 @@ impl WriteTxn {
             scanned: false,
             held: true,
         };
+        // Before anything is written, so that the map can be found from the
+        // pages it reads (see `Env::check_write_of`).
+        txn.env.find_map();
         txn.raw = txn.begin_raw()?;
         // SAFETY: `raw` is the live transaction just begun.
         txn.id = unsafe { ffi::mdb_txn_id(txn.raw) };
@@ -194,7 +198,14 @@ impl WriteTxn {
     /// End the LMDB transaction after a failure; the writer lock goes when
     /// the value drops. Returns `e`.
     fn fail(&mut self, e: Error) -> Error {
-        self.abort_raw();
+        if matches!(e, Error::Damaged { .. }) {
+            // Abandoned, never aborted (see guard.rs): LMDB may still have
+            // temporary cursors of the jumped-over frames linked to it.
+            self.raw = ptr::null_mut();
+            self.env.abandon_write(&e);
+        } else {
+            self.abort_raw();
+        }
         e
     }
 
@@ -215,7 +226,8 @@ impl WriteTxn {
         let mut k = to_val(key);
         let mut v = empty_val();
         // SAFETY: live transaction of this thread; `k` points to `key`.
-        let rc = unsafe { ffi::mdb_get(self.raw, db, &mut k, &mut v) };
+        let rc =
+            unsafe { guard::get(self.raw, db, &mut k, &mut v, None, || self.env.what("read")) }?;
         match rc {
             // SAFETY: filled by mdb_get inside the live transaction.
             0 => Ok(Some(unsafe { copied(&v) })),
@@ -240,9 +252,10 @@ impl WriteTxn {
     /// (the caller checks its length).
     pub fn put(&mut self, db: Dbi, key: &[u8], value: &[u8]) -> Result<()> {
         self.check()?;
+        self.checked(db, key, false)?;
         self.log.push((db, key.to_vec(), Some(value.to_vec())));
         self.written.insert((db, key.to_vec()));
-        let rc = self.raw_put(db, key, value);
+        let rc = self.raw_put(db, key, value).map_err(|e| self.fail(e))?;
         self.after_write(rc)
     }
 
@@ -251,26 +264,40 @@ impl WriteTxn {
         if self.get(db, key)?.is_none() {
             return Ok(false);
         }
+        self.checked(db, key, true)?;
         self.log.push((db, key.to_vec(), None));
         self.written.insert((db, key.to_vec()));
-        let rc = self.raw_del(db, key);
+        let rc = self.raw_del(db, key).map_err(|e| self.fail(e))?;
         self.after_write(rc)?;
         Ok(true)
     }
 
-    fn raw_put(&self, db: Dbi, key: &[u8], value: &[u8]) -> c_int {
+    /// Check the pages a write of `key` may change before it changes any
+    /// (see `Env::check_write_of`); damage ends the transaction as a failure
+    /// does (nothing of it is written).
+    fn checked(&mut self, db: Dbi, key: &[u8], del: bool) -> Result<()> {
+        match self.env.check_write_of(db, key, del) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.abort_raw();
+                Err(e)
+            }
+        }
+    }
+
+    fn raw_put(&self, db: Dbi, key: &[u8], value: &[u8]) -> Result<c_int> {
         let mut k = to_val(key);
         let mut v = to_val(value);
         // SAFETY: live write transaction of this thread; LMDB copies both.
-        unsafe { ffi::mdb_put(self.raw, db, &mut k, &mut v, 0) }
+        unsafe { guard::put_raw(self.raw, db, &mut k, &mut v, || self.env.what("write")) }
     }
 
-    fn raw_del(&self, db: Dbi, key: &[u8]) -> c_int {
+    fn raw_del(&self, db: Dbi, key: &[u8]) -> Result<c_int> {
         let mut k = to_val(key);
         // SAFETY: live write transaction of this thread.
-        match unsafe { ffi::mdb_del(self.raw, db, &mut k, ptr::null_mut()) } {
-            ffi::MDB_NOTFOUND => 0,
-            rc => rc,
+        match unsafe { guard::del_raw(self.raw, db, &mut k, || self.env.what("delete")) }? {
+            ffi::MDB_NOTFOUND => Ok(0),
+            rc => Ok(rc),
         }
     }
 
@@ -302,7 +329,7 @@ impl WriteTxn {
                 self.validate().map_err(|e| self.fail(e))?;
                 self.id = id;
             }
-            match self.replay() {
+            match self.replay().map_err(|e| self.fail(e))? {
                 0 => return Ok(()),
                 ffi::MDB_MAP_FULL => continue,
                 rc => return Err(self.fail(Error::lmdb(rc, self.env.what("write")))),
@@ -324,17 +351,17 @@ impl WriteTxn {
         Ok(())
     }
 
-    fn replay(&self) -> c_int {
+    fn replay(&self) -> Result<c_int> {
         for (db, key, value) in &self.log {
             let rc = match value {
-                Some(v) => self.raw_put(*db, key, v),
-                None => self.raw_del(*db, key),
+                Some(v) => self.raw_put(*db, key, v)?,
+                None => self.raw_del(*db, key)?,
             };
             if rc != 0 {
-                return rc;
+                return Ok(rc);
             }
         }
-        0
+        Ok(0)
     }
 
     /// The number of entries of `db`, this transaction's writes included.
@@ -343,7 +370,12 @@ impl WriteTxn {
         self.scanned = true;
         let mut st = std::mem::MaybeUninit::<ffi::MDB_stat>::zeroed();
         // SAFETY: live transaction and dbi; mdb_stat fills the struct.
-        let rc = unsafe { ffi::mdb_stat(self.raw, db, st.as_mut_ptr()) };
+        let rc = unsafe {
+            guard::stat(self.raw, db, st.as_mut_ptr(), || {
+                self.env.what("count the entries")
+            })
+        }
+        .map_err(|e| self.fail(e))?;
         if rc != 0 {
             return Err(self.fail(Error::lmdb(rc, self.env.what("stat"))));
         }
@@ -382,7 +414,10 @@ impl WriteTxn {
             let mut v = empty_val();
             // SAFETY: open cursor of the live transaction; `k` points to
             // `key`, which LMDB reads before replacing `k`.
-            match unsafe { ffi::mdb_cursor_get(cursor, &mut k, &mut v, op) } {
+            let rc = unsafe {
+                guard::cursor_get(cursor, &mut k, &mut v, op, None, || self.env.what("scan"))
+            }?;
+            match rc {
                 // SAFETY: filled inside the live transaction; copied now.
                 0 => Ok(Some(unsafe { (copied(&k), copied(&v)) })),
                 ffi::MDB_NOTFOUND => Ok(None),
@@ -420,8 +455,11 @@ impl WriteTxn {
             }
             Ok(())
         })();
-        // SAFETY: opened above, closed once, while the transaction lives.
-        unsafe { ffi::mdb_cursor_close(cursor) };
+        if !matches!(result, Err(Error::Damaged { .. })) {
+            // SAFETY: opened above, closed once, while the transaction
+            // lives (a damaged one is abandoned with the transaction).
+            unsafe { ffi::mdb_cursor_close(cursor) };
+        }
         result.map(|()| out)
     }
 
@@ -431,9 +469,10 @@ impl WriteTxn {
         self.check()?;
         loop {
             // SAFETY: live write transaction of this thread; LMDB frees it
-            // whatever the outcome.
-            let rc = unsafe { ffi::mdb_txn_commit(self.raw) };
+            // whatever the outcome but damage, when it is abandoned.
+            let rc = unsafe { guard::commit_raw(self.raw, || self.env.what("commit")) };
             self.raw = ptr::null_mut();
+            let rc = rc.inspect_err(|e| self.env.abandon_write(e))?;
             match rc {
                 0 => return Ok(()),
                 ffi::MDB_MAP_FULL => self.grow_and_redo()?,

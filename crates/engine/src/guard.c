@@ -1,0 +1,773 @@
+/*
+ * A damaged data file ends a call with an error, never the process.
+ *
+ * LMDB trusts the pages of its file. A page whose header or nodes were
+ * overwritten sends its code through memory outside the page (SIGSEGV, or
+ * SIGBUS past the end of the file), into one of its own assertions (which
+ * abort), or, when it changes the page, to copy it by the bounds its header
+ * gives into memory of its own, overwriting the process's memory.
+ *
+ * So the engine calls LMDB through the functions below. Each marks the
+ * calling thread as inside a guarded call and calls LMDB; a SIGSEGV or
+ * SIGBUS raised in that thread meanwhile, or an assertion of LMDB's, jumps
+ * back here, and the call returns LOS_FAULT with what happened. Only C
+ * frames (these functions and LMDB's) lie between the jump and its target.
+ * A read holds no lock and changes nothing shared, so its transaction can
+ * still be ended. A write that faults leaves its transaction half done, with
+ * LMDB's temporary cursors possibly still linked to it, so it can neither be
+ * committed nor aborted: the engine abandons it and the environment (see
+ * guard.rs). A fault in a thread that is not inside a guarded call goes to
+ * the handler installed before (Python's faulthandler, or the default
+ * action).
+ *
+ * And the pages themselves are checked (los_page_ok): each page a key or
+ * value is read from, before the key or value is handed back, and before a
+ * write transaction changes anything, the pages it may copy or change
+ * (los_check_writes). A bit per page of the map remembers the pages found
+ * whole, so each is checked once.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+/* LMDB's types, as its header declares them (the ABI is fixed). */
+typedef struct MDB_env MDB_env;
+typedef struct MDB_txn MDB_txn;
+typedef struct MDB_cursor MDB_cursor;
+typedef struct MDB_stat MDB_stat;
+typedef unsigned int MDB_dbi;
+typedef struct MDB_val {
+    size_t mv_size;
+    void *mv_data;
+} MDB_val;
+
+int mdb_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data);
+int mdb_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, int op);
+int mdb_stat(MDB_txn *txn, MDB_dbi dbi, MDB_stat *stat);
+int mdb_cursor_put(MDB_cursor *cursor, MDB_val *key, MDB_val *data, unsigned int flags);
+int mdb_cursor_del(MDB_cursor *cursor, unsigned int flags);
+int mdb_put(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data, unsigned int flags);
+int mdb_del(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data);
+int mdb_txn_commit(MDB_txn *txn);
+int mdb_drop(MDB_txn *txn, MDB_dbi dbi, int del);
+typedef void MDB_assert_func(MDB_env *env, const char *msg);
+int mdb_env_set_assert(MDB_env *env, MDB_assert_func *func);
+
+/* Returned by a guarded call that met damage; outside LMDB's codes. */
+#define LOS_FAULT (-30600)
+
+/* What a guarded call met: the signal (0 for a length that runs off the
+ * map, -1 for an LMDB assertion), the address, and LMDB's assertion text. */
+struct los_fault {
+    int sig;
+    void *addr;
+    char msg[256];
+};
+
+struct los_guard {
+    sigjmp_buf jump;
+    struct los_fault *fault;
+};
+
+/* The guarded call under way in this thread, if any. initial-exec: read in
+ * a signal handler, where a lazily allocated thread-local is not safe. */
+static __thread struct los_guard *los_current __attribute__((tls_model("initial-exec")));
+
+static struct sigaction los_before_segv, los_before_bus;
+static pthread_mutex_t los_install_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void los_on_signal(int sig, siginfo_t *info, void *context) {
+    struct los_guard *g = los_current;
+    if (g != NULL) {
+        los_current = NULL;
+        g->fault->sig = sig;
+        g->fault->addr = info != NULL ? info->si_addr : NULL;
+        siglongjmp(g->jump, 1);
+    }
+    struct sigaction *before = sig == SIGBUS ? &los_before_bus : &los_before_segv;
+    if (before->sa_flags & SA_SIGINFO) {
+        if (before->sa_sigaction != NULL) {
+            before->sa_sigaction(sig, info, context);
+            return;
+        }
+    } else if (before->sa_handler != SIG_DFL && before->sa_handler != SIG_IGN) {
+        before->sa_handler(sig);
+        return;
+    }
+    /* Not ours and nobody else's: put the default action back; returning
+     * runs the faulting instruction again, which then takes it. */
+    sigaction(sig, before, NULL);
+}
+
+static void los_on_assert(MDB_env *env, const char *msg) {
+    (void)env;
+    struct los_guard *g = los_current;
+    if (g == NULL) {
+        return; /* LMDB prints the message and aborts, as before */
+    }
+    los_current = NULL;
+    g->fault->sig = -1;
+    g->fault->addr = NULL;
+    snprintf(g->fault->msg, sizeof g->fault->msg, "%s", msg);
+    siglongjmp(g->jump, 1);
+}
+
+static int los_install_one(int sig, struct sigaction *before) {
+    struct sigaction now;
+    if (sigaction(sig, NULL, &now) != 0) {
+        return -1;
+    }
+    if ((now.sa_flags & SA_SIGINFO) && now.sa_sigaction == los_on_signal) {
+        return 0;
+    }
+    struct sigaction mine;
+    memset(&mine, 0, sizeof mine);
+    mine.sa_sigaction = los_on_signal;
+    /* NODEFER: the jump out of the handler leaves nothing blocked. */
+    mine.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&mine.sa_mask);
+    *before = now;
+    return sigaction(sig, &mine, NULL);
+}
+
+/* Install the handlers (again, if another handler replaced them since) and
+ * the assertion hook of `env`. 0 on success, else -1 with errno set. */
+int los_guard_env(MDB_env *env) {
+    pthread_mutex_lock(&los_install_lock);
+    int rc = los_install_one(SIGSEGV, &los_before_segv);
+    if (rc == 0) {
+        rc = los_install_one(SIGBUS, &los_before_bus);
+    }
+    pthread_mutex_unlock(&los_install_lock);
+    if (rc == 0 && env != NULL) {
+        mdb_env_set_assert(env, los_on_assert);
+    }
+    return rc;
+}
+
+/* Where the map is, for the checks below. `base` is 0 until found (see
+ * los_locate); `size` is the map's size and `psize` LMDB's page size. `bits`
+ * holds a bit per page of the map, set once the page was checked (see
+ * los_page_ok), shared by every thread; NULL checks no page. */
+struct los_map {
+    uintptr_t base;
+    size_t size;
+    size_t psize;
+    uint64_t *bits;
+    size_t nbits;
+};
+
+/* LMDB's file format (version 1, 64-bit): every page begins with a 16-byte
+ * header: its number (8 bytes), 2 unused bytes, its flags (2), and for
+ * branch and leaf pages the offsets of the free space's two ends (2 + 2),
+ * for an overflow page the count of pages it spans (4). Branch and leaf
+ * pages then hold the 2-byte offsets of their nodes, in key order; a node is
+ * 8 bytes of header (for a leaf node the data's size in its first 4 bytes,
+ * for a branch node the child's page number in its first 6; the node's
+ * flags; the key's size), then the key, then for a leaf node its data, or
+ * where the data is elsewhere, the number of the overflow page (F_BIGDATA)
+ * or a table's record (F_SUBDATA, 48 bytes, its root page at byte 40).
+ * The meta pages (0 and 1) hold, after the page header, the magic number,
+ * the version, and the records of the free-page tree (at 40) and the main
+ * tree (at 88); the transaction number is at 144. */
+#define LOS_MAGIC 0xBEEFC0DEu
+#define LOS_VERSION 1u
+#define LOS_HDR 16u
+#define LOS_NODE 8u
+#define LOS_P_BRANCH 0x01u
+#define LOS_P_LEAF 0x02u
+#define LOS_P_OVERFLOW 0x04u
+#define LOS_P_META 0x08u
+#define LOS_P_LEAF2 0x20u
+#define LOS_P_SUBP 0x40u
+#define LOS_F_BIGDATA 0x01u
+#define LOS_F_SUBDATA 0x02u
+#define LOS_F_DUPDATA 0x04u
+#define LOS_DB_SIZE 48u
+#define LOS_NO_PAGE UINT64_MAX
+#define LOS_MAX_DEPTH 32
+
+static uint16_t los_u16(uintptr_t at) { return *(const volatile uint16_t *)at; }
+static uint32_t los_u32(uintptr_t at) { return *(const volatile uint32_t *)at; }
+static uint64_t los_u64(uintptr_t at) {
+    uint64_t v;
+    memcpy(&v, (const void *)at, sizeof v);
+    return v;
+}
+
+static int los_is_meta(uintptr_t page) {
+    return los_u32(page + 16) == LOS_MAGIC && los_u32(page + 20) == LOS_VERSION;
+}
+
+/* Find the map from `p`, a pointer into one of its pages: the page that
+ * holds `p` (for a value in an overflow page, the first 16 bytes of the
+ * page are its header) records its own number, so the map begins that many
+ * pages before it, where both meta pages must be. A damaged page gives a
+ * place that fails those checks, and 0. */
+static uintptr_t los_locate(uintptr_t p, const struct los_map *map) {
+    size_t psize = map->psize;
+    if (psize < 512 || (psize & (psize - 1)) != 0 || p < LOS_HDR) {
+        return 0;
+    }
+    uintptr_t page = (p - LOS_HDR) & ~(uintptr_t)(psize - 1);
+    uint64_t pgno = los_u64(page);
+    if (pgno > (page / psize) || pgno >= map->size / psize) {
+        return 0;
+    }
+    uintptr_t base = page - (uintptr_t)pgno * psize;
+    if (!los_is_meta(base) || !los_is_meta(base + psize)) {
+        return 0;
+    }
+    return base;
+}
+
+static uint64_t los_pages(const struct los_map *m) { return m->size / m->psize; }
+
+static int los_seen(const struct los_map *m, uint64_t pgno) {
+    if (m->bits == NULL || pgno >= m->nbits) {
+        return 0;
+    }
+    return (int)((__atomic_load_n(&m->bits[pgno >> 6], __ATOMIC_RELAXED) >> (pgno & 63)) & 1);
+}
+
+static void los_mark(const struct los_map *m, uint64_t pgno) {
+    if (m->bits != NULL && pgno < m->nbits) {
+        __atomic_fetch_or(&m->bits[pgno >> 6], (uint64_t)1 << (pgno & 63), __ATOMIC_RELAXED);
+    }
+}
+
+/* LMDB's default order of keys: bytes, then length. */
+static int los_cmp(uintptr_t a, size_t an, uintptr_t b, size_t bn) {
+    int c = memcmp((const void *)a, (const void *)b, an < bn ? an : bn);
+    if (c != 0) {
+        return c;
+    }
+    return an < bn ? -1 : an > bn;
+}
+
+/* An overflow page `pgno` that holds `len` bytes of data. */
+static int los_overflow_ok(const struct los_map *m, uint64_t pgno, size_t len) {
+    if (pgno < 2 || pgno >= los_pages(m)) {
+        return 0;
+    }
+    uintptr_t page = m->base + (uintptr_t)pgno * m->psize;
+    uint32_t count = los_u32(page + 12);
+    if (los_u64(page) != pgno || (los_u16(page + 10) & (LOS_P_OVERFLOW | LOS_P_BRANCH | LOS_P_LEAF |
+                                                      LOS_P_META)) != LOS_P_OVERFLOW) {
+        return 0;
+    }
+    if (count == 0 || count > los_pages(m) - pgno) {
+        return 0;
+    }
+    return len <= (size_t)count * m->psize - LOS_HDR;
+}
+
+/* A list of free pages as the free-page tree holds it: a count, then that
+ * many page numbers, each of a page of the map. */
+static int los_idl_ok(const struct los_map *m, uintptr_t data, size_t len) {
+    if (len < 8 || len % 8 != 0) {
+        return 0;
+    }
+    uint64_t count = los_u64(data);
+    if (count > len / 8 - 1) { /* a record may be reserved larger than it is filled */
+        return 0;
+    }
+    for (uint64_t i = 1; i <= count; i++) {
+        if (los_u64(data + 8 * i) >= los_pages(m)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Whether branch or leaf page `pgno` is whole: its header, and every node
+ * inside the page, in key order, pointing at pages of the map (`free`: a
+ * page of the free-page tree, whose records are lists of pages). A page
+ * found whole once is not looked at again (`bits`). */
+static int los_page_ok(const struct los_map *m, uint64_t pgno, int free) {
+    if (pgno < 2 || pgno >= los_pages(m)) {
+        return 0;
+    }
+    if (los_seen(m, pgno)) {
+        return 1;
+    }
+    size_t psize = m->psize;
+    uintptr_t page = m->base + (uintptr_t)pgno * psize;
+    uint16_t flags = los_u16(page + 10), lower = los_u16(page + 12), upper = los_u16(page + 14);
+    unsigned kind = flags & (LOS_P_BRANCH | LOS_P_LEAF | LOS_P_OVERFLOW | LOS_P_META);
+    if (los_u64(page) != pgno || (kind != LOS_P_BRANCH && kind != LOS_P_LEAF) ||
+        (flags & (LOS_P_LEAF2 | LOS_P_SUBP)) != 0) {
+        return 0;
+    }
+    if (lower < LOS_HDR || lower > upper || upper > psize || (lower & 1) != 0) {
+        return 0;
+    }
+    size_t n = (lower - LOS_HDR) / 2;
+    if (kind == LOS_P_BRANCH && n < 1) {
+        return 0;
+    }
+    uintptr_t prev_key = 0;
+    size_t prev_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t off = los_u16(page + LOS_HDR + 2 * i);
+        if (off < upper || (off & 1) != 0 || off + LOS_NODE > psize) {
+            return 0;
+        }
+        uintptr_t node = page + off;
+        uint16_t lo = los_u16(node), hi = los_u16(node + 2), nflags = los_u16(node + 4);
+        size_t ksize = los_u16(node + 6);
+        if (off + LOS_NODE + ksize > psize) {
+            return 0;
+        }
+        uintptr_t key = node + LOS_NODE;
+        if (kind == LOS_P_BRANCH) {
+            uint64_t child = (uint64_t)lo | (uint64_t)hi << 16 | (uint64_t)nflags << 32;
+            if (child < 2 || child >= los_pages(m)) {
+                return 0;
+            }
+        } else {
+            size_t dsize = (size_t)lo | (size_t)hi << 16;
+            uintptr_t data = key + ksize;
+            size_t room = psize - off - LOS_NODE - ksize;
+            if (free && ksize != 8) {
+                return 0;
+            }
+            if (nflags & LOS_F_DUPDATA) {
+                return 0; /* no table of this package has duplicate keys */
+            } else if (nflags & LOS_F_BIGDATA) {
+                if (room < 8 || !los_overflow_ok(m, los_u64(data), dsize)) {
+                    return 0;
+                }
+                uint64_t first = los_u64(data);
+                if (free && !los_idl_ok(m, m->base + (uintptr_t)first * psize + LOS_HDR, dsize)) {
+                    return 0;
+                }
+            } else if (nflags & LOS_F_SUBDATA) {
+                if (free || dsize != LOS_DB_SIZE || room < LOS_DB_SIZE) {
+                    return 0;
+                }
+            } else if (dsize > room || (free && !los_idl_ok(m, data, dsize))) {
+                return 0;
+            }
+        }
+        /* Keys in order; a branch page's first key is empty and not compared.
+         * The free-page tree's keys are transaction numbers, in the order of
+         * the numbers (8 bytes in the machine's order). */
+        if (kind == LOS_P_LEAF || i > 0) {
+            int after;
+            if (free) {
+                after = ksize == 8 && (prev_len != 8 || los_u64(key) > los_u64(prev_key));
+            } else {
+                after = los_cmp(prev_key, prev_len, key, ksize) < 0;
+            }
+            if ((kind == LOS_P_LEAF ? i > 0 : i > 1) && !after) {
+                return 0;
+            }
+            prev_key = key;
+            prev_len = ksize;
+        }
+    }
+    los_mark(m, pgno);
+    return 1;
+}
+
+/* The child of branch page `page` (checked whole) that holds `key`: the
+ * last node whose key is not after `key` (the first node stands for every
+ * key before the second's). */
+static size_t los_child_index(uintptr_t page, const char *key, size_t klen) {
+    size_t n = (los_u16(page + 12) - LOS_HDR) / 2;
+    size_t lo = 1, hi = n; /* the answer is in [lo - 1, hi - 1] */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        uintptr_t node = page + los_u16(page + LOS_HDR + 2 * mid);
+        if (los_cmp(node + LOS_NODE, los_u16(node + 6), (uintptr_t)key, klen) <= 0) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo - 1;
+}
+
+static uint64_t los_child(uintptr_t page, size_t i) {
+    uintptr_t node = page + los_u16(page + LOS_HDR + 2 * i);
+    return (uint64_t)los_u16(node) | (uint64_t)los_u16(node + 2) << 16 |
+           (uint64_t)los_u16(node + 4) << 32;
+}
+
+/* The keys a leaf reached by los_path_ok holds: those before `key` (none:
+ * every key), in the map. */
+struct los_bound {
+    uintptr_t key;
+    size_t len;
+    int set;
+};
+
+/* Check every page from `root` down to the leaf that holds `key`, and with
+ * `siblings` the pages beside each of them too (a deletion may merge a page
+ * with either). On success `*leaf` is the leaf's number and `*bound` the
+ * first key past it (if `bound` is not NULL). */
+static int los_path_ok(const struct los_map *m, uint64_t root, const char *key, size_t klen,
+                       int siblings, uint64_t *leaf, struct los_bound *bound) {
+    if (bound != NULL) {
+        bound->set = 0;
+    }
+    uint64_t pgno = root;
+    for (int depth = 0; depth < LOS_MAX_DEPTH; depth++) {
+        if (!los_page_ok(m, pgno, 0)) {
+            return 0;
+        }
+        uintptr_t page = m->base + (uintptr_t)pgno * m->psize;
+        if (los_u16(page + 10) & LOS_P_LEAF) {
+            *leaf = pgno;
+            return 1;
+        }
+        size_t n = (los_u16(page + 12) - LOS_HDR) / 2;
+        size_t i = los_child_index(page, key, klen);
+        if (bound != NULL && i + 1 < n) {
+            /* Deeper levels narrow it. */
+            uintptr_t next = page + los_u16(page + LOS_HDR + 2 * (i + 1));
+            bound->key = next + LOS_NODE;
+            bound->len = los_u16(next + 6);
+            bound->set = 1;
+        }
+        if (siblings) {
+            if (i > 0 && !los_page_ok(m, los_child(page, i - 1), 0)) {
+                return 0;
+            }
+            if (i + 1 < n && !los_page_ok(m, los_child(page, i + 1), 0)) {
+                return 0;
+            }
+        }
+        pgno = los_child(page, i);
+    }
+    return 0;
+}
+
+/* Check every page of the tree at `root` (the free-page tree: small, and
+ * every commit reads and rewrites it). */
+static int los_tree_ok(const struct los_map *m, uint64_t root, int free) {
+    if (root == LOS_NO_PAGE) {
+        return 1;
+    }
+    uint64_t stack_pg[LOS_MAX_DEPTH];
+    size_t stack_i[LOS_MAX_DEPTH];
+    int top = 0;
+    if (!los_page_ok(m, root, free)) {
+        return 0;
+    }
+    stack_pg[0] = root;
+    stack_i[0] = 0;
+    while (top >= 0) {
+        uintptr_t page = m->base + (uintptr_t)stack_pg[top] * m->psize;
+        size_t n = (los_u16(page + 12) - LOS_HDR) / 2;
+        if ((los_u16(page + 10) & LOS_P_LEAF) || stack_i[top] >= n) {
+            top--;
+            continue;
+        }
+        uint64_t child = los_child(page, stack_i[top]++);
+        if (top + 1 >= LOS_MAX_DEPTH || !los_page_ok(m, child, free)) {
+            return 0;
+        }
+        top++;
+        stack_pg[top] = child;
+        stack_i[top] = 0;
+    }
+    return 1;
+}
+
+/* The root of the main tree and of the free-page tree in the newest meta
+ * page. */
+static void los_roots(const struct los_map *m, uint64_t *main_root, uint64_t *free_root) {
+    uintptr_t a = m->base, b = m->base + m->psize;
+    uintptr_t meta = los_u64(a + 144) >= los_u64(b + 144) ? a : b;
+    *free_root = los_u64(meta + 40 + 40);
+    *main_root = los_u64(meta + 88 + 40);
+}
+
+/* Check a read's result `v`, under the guard, so that a length or page that
+ * a damaged node declares cannot send the decoder off the map or past the
+ * end of the file, and so that the page it came from is whole. With the map
+ * known: `v` must lie inside it, its page must be a whole leaf page or an
+ * overflow page that holds it, and its last byte is read (past the end of
+ * the file, that is SIGBUS, here). With no map (the reads of a write
+ * transaction, whose own pages are outside it, or a map not found yet): a
+ * byte of every page `v` spans is read. */
+static int los_check(const MDB_val *v, struct los_map *map, struct los_fault *fault) {
+    size_t n = v->mv_size;
+    uintptr_t at = (uintptr_t)v->mv_data;
+    if (at == 0) {
+        return 0;
+    }
+    /* An empty key or value still points into its page, which is checked. */
+    uintptr_t last = n == 0 ? at : at + (n - 1);
+    if (map != NULL) {
+        if (map->base == 0) {
+            map->base = los_locate(at, map);
+        }
+        if (map->base != 0) {
+            /* An empty key or value may point just past the end of its
+             * page (its node is the page's last bytes). */
+            uintptr_t end = n == 0 ? at : last + 1;
+            int ok = !(last < at || at < map->base + LOS_HDR || end - map->base > map->size);
+            if (ok) {
+                uintptr_t page = (at - LOS_HDR) & ~(uintptr_t)(map->psize - 1);
+                uint64_t pgno = (page - map->base) / map->psize;
+                if (los_u16(page + 10) & LOS_P_OVERFLOW) {
+                    ok = at == page + LOS_HDR && los_overflow_ok(map, pgno, n);
+                } else {
+                    ok = los_page_ok(map, pgno, 0) && end <= page + map->psize;
+                }
+            }
+            if (ok && n == 0) {
+                return 0;
+            }
+            if (!ok) {
+                fault->sig = 0;
+                fault->addr = (void *)at;
+                return LOS_FAULT;
+            }
+            (void)*(volatile const char *)last;
+            return 0;
+        }
+        /* The page that holds `v` does not say where it is. */
+        if (n > 2 * map->psize) {
+            fault->sig = 0;
+            fault->addr = (void *)at;
+            return LOS_FAULT;
+        }
+    }
+    if (n == 0) {
+        return 0; /* nothing to read, and it may point past its page */
+    }
+    if (last < at) {
+        last = UINTPTR_MAX; /* the fault comes before the wrap */
+    }
+    const uintptr_t page = 4096; /* no system page is smaller */
+    for (;;) {
+        (void)*(volatile const char *)at;
+        uintptr_t next = (at | (page - 1)) + 1;
+        if (next == 0 || next > last) {
+            break;
+        }
+        at = next;
+    }
+    (void)*(volatile const char *)last;
+    return 0;
+}
+
+#define LOS_GUARDED(call, checks)                                                         \
+    struct los_guard g;                                                                   \
+    g.fault = fault;                                                                      \
+    struct los_guard *volatile outer = los_current;                                       \
+    if (sigsetjmp(g.jump, 0) != 0) {                                                      \
+        los_current = outer;                                                              \
+        return LOS_FAULT;                                                                 \
+    }                                                                                     \
+    los_current = &g;                                                                     \
+    int rc = (call);                                                                      \
+    if (rc == 0) {                                                                        \
+        checks                                                                            \
+    }                                                                                     \
+    los_current = outer;                                                                  \
+    return rc;
+
+int los_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data, struct los_map *map,
+            struct los_fault *fault) {
+    LOS_GUARDED(mdb_get(txn, dbi, key, data), { rc = los_check(data, map, fault); })
+}
+
+int los_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, int op,
+                   struct los_map *map, struct los_fault *fault) {
+    const void *given = key->mv_data;
+    LOS_GUARDED(mdb_cursor_get(cursor, key, data, op), {
+        if (key->mv_data != given) { /* else the caller's own key */
+            rc = los_check(key, map, fault);
+        }
+        if (rc == 0) {
+            rc = los_check(data, map, fault);
+        }
+    })
+}
+
+#define LOS_NOTFOUND (-30798) /* MDB_NOTFOUND */
+
+static int los_run(MDB_cursor *cursor, int op, MDB_val *keys, MDB_val *vals, size_t max,
+                   size_t *got, struct los_map *map, struct los_fault *fault) {
+    for (size_t i = 0; i < max; i++) {
+        MDB_val *k = &keys[i], *v = &vals[i];
+        k->mv_size = 0;
+        k->mv_data = NULL;
+        v->mv_size = 0;
+        v->mv_data = NULL;
+        int rc = mdb_cursor_get(cursor, k, v, op);
+        if (rc == LOS_NOTFOUND) {
+            return 0;
+        }
+        if (rc == 0) {
+            rc = los_check(k, map, fault);
+        }
+        if (rc == 0) {
+            rc = los_check(v, map, fault);
+        }
+        if (rc != 0) {
+            return rc;
+        }
+        *got = i + 1;
+    }
+    return 0;
+}
+
+/* Up to `max` steps of cursor operation `op` (MDB_NEXT or MDB_PREV), under
+ * one guard, each entry checked as los_cursor_get checks it; `*got` is how
+ * many were made (fewer than `max`: the keys ran out). */
+int los_cursor_run(MDB_cursor *cursor, int op, MDB_val *keys, MDB_val *vals, size_t max,
+                   size_t *got, struct los_map *map, struct los_fault *fault) {
+    *got = 0;
+    LOS_GUARDED(los_run(cursor, op, keys, vals, max, got, map, fault), {})
+}
+
+int los_stat(MDB_txn *txn, MDB_dbi dbi, MDB_stat *stat, struct los_fault *fault) {
+    LOS_GUARDED(mdb_stat(txn, dbi, stat), {})
+}
+
+#define LOS_APPEND 0x20000u /* MDB_APPEND */
+#define LOS_SET 15            /* MDB_SET */
+
+static int los_apply_all(MDB_cursor *cursor, const MDB_val *keys, const MDB_val *vals,
+                         const unsigned char *dels, size_t n, size_t split) {
+    for (size_t i = 0; i < n; i++) {
+        MDB_val k = keys[i], v = vals[i];
+        int rc;
+        if (dels[i]) {
+            if (i >= split) {
+                continue; /* past the last key: nothing to delete */
+            }
+            MDB_val found = {0, NULL};
+            rc = mdb_cursor_get(cursor, &k, &found, LOS_SET);
+            if (rc == 0) {
+                rc = mdb_cursor_del(cursor, 0);
+            } else if (rc == LOS_NOTFOUND) {
+                rc = 0;
+            }
+        } else {
+            rc = mdb_cursor_put(cursor, &k, &v, i < split ? 0 : LOS_APPEND);
+        }
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* The writes of one sorted batch through `cursor`, under one guard: for
+ * `dels[i]` a deletion of `keys[i]`, else a put of `vals[i]`; the keys from
+ * `split` on sort after every stored key and are appended. LMDB's code of
+ * the first write that fails, or 0. */
+int los_apply(MDB_cursor *cursor, const MDB_val *keys, const MDB_val *vals,
+              const unsigned char *dels, size_t n, size_t split, struct los_fault *fault) {
+    LOS_GUARDED(los_apply_all(cursor, keys, vals, dels, n, split), {})
+}
+
+int los_put(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data, unsigned int flags,
+            struct los_fault *fault) {
+    LOS_GUARDED(mdb_put(txn, dbi, key, data, flags), {})
+}
+
+int los_del(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data, struct los_fault *fault) {
+    LOS_GUARDED(mdb_del(txn, dbi, key, data), {})
+}
+
+int los_txn_commit(MDB_txn *txn, struct los_fault *fault) {
+    LOS_GUARDED(mdb_txn_commit(txn), {})
+}
+
+int los_drop(MDB_txn *txn, MDB_dbi dbi, int del, struct los_fault *fault) {
+    LOS_GUARDED(mdb_drop(txn, dbi, del), {})
+}
+
+/* Before a write transaction changes anything: check, under the guard,
+ * every page of the file it may copy or change. LMDB copies a page it
+ * changes by the bounds its header gives, and moves nodes by the sizes they
+ * give, into memory of its own: a damaged page there would overwrite this
+ * process's memory instead of faulting. So: the free-page tree (read and
+ * rewritten by every commit), the record of `table` (NULL: the main tree),
+ * and the path to each of the `n` keys, with the pages beside it for a
+ * deletion (`dels[i]` nonzero). A map not found yet is looked for through
+ * `cursor` (of the transaction, before any change); without one there is
+ * nothing to check against, and nothing is checked. 0 if all are whole. */
+int los_check_writes(MDB_cursor *cursor, struct los_map *map, const char *table, size_t tlen,
+                     const MDB_val *keys, const unsigned char *dels, size_t n,
+                     struct los_fault *fault) {
+    struct los_guard g;
+    g.fault = fault;
+    struct los_guard *volatile outer = los_current;
+    if (sigsetjmp(g.jump, 0) != 0) {
+        los_current = outer;
+        return LOS_FAULT;
+    }
+    los_current = &g;
+    /* Nothing is changed yet, so the first and last keys of `cursor`'s
+     * tree are in pages of the map: either can say where it is. */
+    static const int ends[2] = {0 /* MDB_FIRST */, 6 /* MDB_LAST */};
+    for (int e = 0; cursor != NULL && map->base == 0 && e < 2; e++) {
+        MDB_val k = {0, NULL}, d = {0, NULL};
+        if (mdb_cursor_get(cursor, &k, &d, ends[e]) == 0 && k.mv_size > 0) {
+            map->base = los_locate((uintptr_t)k.mv_data, map);
+        }
+    }
+    if (map->base == 0) {
+        los_current = outer;
+        return 0;
+    }
+    int ok = 1;
+    uint64_t root = LOS_NO_PAGE, free_root = LOS_NO_PAGE, leaf = 0;
+    los_roots(map, &root, &free_root);
+    ok = los_tree_ok(map, free_root, 1);
+    if (ok && table != NULL && root != LOS_NO_PAGE) {
+        /* The table's record, in the main tree: its root. */
+        ok = los_path_ok(map, root, table, tlen, 0, &leaf, NULL);
+        root = LOS_NO_PAGE;
+        if (ok) {
+            uintptr_t page = map->base + (uintptr_t)leaf * map->psize;
+            size_t count = (los_u16(page + 12) - LOS_HDR) / 2;
+            for (size_t i = 0; i < count; i++) {
+                uintptr_t node = page + los_u16(page + LOS_HDR + 2 * i);
+                size_t ksize = los_u16(node + 6);
+                if ((los_u16(node + 4) & LOS_F_SUBDATA) &&
+                    los_cmp(node + LOS_NODE, ksize, (uintptr_t)table, tlen) == 0) {
+                    root = los_u64(node + LOS_NODE + ksize + 40);
+                }
+            }
+        }
+    }
+    /* Keys come mostly in order: one after the last key checked and before
+     * the bound of its leaf is in that leaf, whose path (and its siblings,
+     * once one key of it was deleted) was checked. */
+    struct los_bound bound = {0, 0, 0};
+    const MDB_val *prev = NULL;
+    int prev_siblings = 0;
+    for (size_t i = 0; ok && root != LOS_NO_PAGE && i < n; i++) {
+        const MDB_val *k = &keys[i];
+        if (prev != NULL && (prev_siblings || !dels[i]) &&
+            los_cmp((uintptr_t)k->mv_data, k->mv_size, (uintptr_t)prev->mv_data, prev->mv_size) >= 0 &&
+            (!bound.set || los_cmp((uintptr_t)k->mv_data, k->mv_size, bound.key, bound.len) < 0)) {
+            continue;
+        }
+        ok = los_path_ok(map, root, k->mv_data, k->mv_size, dels[i], &leaf, &bound);
+        prev = k;
+        prev_siblings = dels[i];
+    }
+    los_current = outer;
+    if (!ok) {
+        fault->sig = 0;
+        fault->addr = NULL;
+        return LOS_FAULT;
+    }
+    return 0;
+}

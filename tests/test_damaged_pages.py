@@ -1,0 +1,331 @@
+"""A data file whose pages were damaged after LMDB wrote them (a bad disk, a bad
+copy, another program writing into the file): every call works or raises an
+`Error` naming the path; none ends the process with a signal
+(docs/reliability.md, "Damaged pages"; docs/semantics.md, "Damaged, truncated
+and empty files").
+
+The pages are found by walking the file's B-tree the way LMDB lays it out
+(meta pages, branch, leaf and overflow pages), so each case damages a page the
+store really uses. Every case runs in a child interpreter, which reports how
+each call ended as JSON; a signal fails the test through the exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import struct
+
+import pytest
+
+from helpers import run_python
+from lmdb_object_store import LmdbObjectStore
+
+PAGE = 4096
+P_BRANCH, P_LEAF, P_OVERFLOW = 0x01, 0x02, 0x04
+F_BIGDATA = 0x01
+COUNT = 6000
+
+
+def build(path: str, writemap: bool = False) -> None:
+    """A store of COUNT keys (every 7th deleted), values of a few dozen bytes
+    and every 50th of 6,000 bytes (in overflow pages)."""
+    with LmdbObjectStore(path, writemap=writemap) as store:
+        for i in range(COUNT):
+            big = b"b" * 6000 if i % 50 == 0 else b""
+            store[b"key%06d" % i] = {"i": i, "s": "x" * (i % 40), "big": big}
+        for i in range(0, COUNT, 7):
+            del store[b"key%06d" % i]
+
+
+def live_pages(data: bytes) -> dict[int, list[int]]:
+    """The pages of the main tree, by kind: walked from the newest meta page's
+    root (64-bit LMDB 0.9 layout: a 16-byte page header, then the node
+    offsets; a node is 8 bytes of header, the key, then the data)."""
+    metas = [(struct.unpack_from("<Q", data, at + 144)[0], at) for at in (0, PAGE)]
+    meta = max(metas)[1]
+    root = struct.unpack_from("<Q", data, meta + 128)[0]
+    found: dict[int, list[int]] = {P_BRANCH: [], P_LEAF: [], P_OVERFLOW: []}
+    todo = [root]
+    while todo:
+        pgno = todo.pop()
+        at = pgno * PAGE
+        flags, lower = struct.unpack_from("<HH", data, at + 10)
+        kind = P_BRANCH if flags & P_BRANCH else P_LEAF
+        found[kind].append(pgno)
+        for i in range((lower - 16) // 2):
+            node = at + struct.unpack_from("<H", data, at + 16 + 2 * i)[0]
+            lo, hi, nflags, ksize = struct.unpack_from("<HHHH", data, node)
+            if kind == P_BRANCH:
+                todo.append(lo | hi << 16 | nflags << 32)
+            elif nflags & F_BIGDATA:
+                found[P_OVERFLOW].append(struct.unpack_from("<Q", data, node + 8 + ksize)[0])
+    return found
+
+
+def damage(page: bytearray, how: str, rng: random.Random) -> None:
+    """Damage one page in place."""
+    first_node = struct.unpack_from("<H", page, 16)[0]
+    if how == "garbage":
+        page[:] = rng.randbytes(PAGE)
+    elif how == "zeroed":
+        page[:] = bytes(PAGE)
+    elif how == "header":
+        # The free-space bounds: LMDB copies a page by them when it writes.
+        struct.pack_into("<HH", page, 12, 0xFFF0, 0x0010)
+    elif how == "offsets":
+        page[16:80] = b"\xff" * 64
+    elif how == "key_size":
+        struct.pack_into("<H", page, first_node + 6, 0xFFFF)
+    elif how == "data_size":
+        struct.pack_into("<HH", page, first_node, 0xFFFF, 0x7FFF)
+    elif how == "child":
+        struct.pack_into("<HHH", page, first_node, 0xFFFF, 0xFFFF, 0x00FF)
+    else:
+        raise AssertionError(how)
+
+
+def damaged_copy(src: str, dst: str, kind: int, how: str, seed: int) -> int:
+    """Copy the store at `src` to `dst` with one live page of `kind` damaged;
+    returns its page number."""
+    with open(os.path.join(src, "data.mdb"), "rb") as f:
+        data = bytearray(f.read())
+    rng = random.Random(seed)
+    pgno = rng.choice(live_pages(bytes(data))[kind])
+    page = data[pgno * PAGE : (pgno + 1) * PAGE]
+    damage(page, how, rng)
+    data[pgno * PAGE : (pgno + 1) * PAGE] = page
+    os.makedirs(dst)
+    with open(os.path.join(dst, "data.mdb"), "wb") as f:
+        f.write(data)
+    return pgno
+
+
+@pytest.fixture(scope="module")
+def sound(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sound")
+    paths = {}
+    for writemap in (False, True):
+        path = str(base / ("wm" if writemap else "plain"))
+        build(path, writemap)
+        paths[writemap] = path
+    return paths
+
+
+# Each call of the child runs through `outcome`; the report lists how each
+# ended: None, or the exception's type, whether it is an `Error`, and its
+# message.
+CHILD = """
+import json, os, sys
+from lmdb_object_store import Error, LmdbObjectStore
+
+path, writemap, plan = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+keys = [b"key%06d" % i for i in range(6000)]
+report = []
+
+def outcome(name, call):
+    try:
+        call()
+    except Exception as exc:
+        report.append([name, type(exc).__name__, isinstance(exc, Error), str(exc)])
+    else:
+        report.append([name, None, None, ""])
+
+def reads(store):
+    outcome("len", lambda: len(store))
+    outcome("items", lambda: [1 for _ in store.items()])
+    outcome("reversed", lambda: [1 for _ in reversed(store)])
+    outcome("get", lambda: [store.get(k) for k in keys])
+    outcome("get_many", lambda: store.get_many(keys))
+    outcome("in", lambda: [k in store for k in keys])
+    def snap():
+        with store.snapshot() as s:
+            [s.get(k) for k in keys[::3]]
+    outcome("snapshot", snap)
+
+def writes(store):
+    outcome("update", lambda: (store.update({k: 1 for k in keys[::2]}), store.flush()))
+    outcome("delete", lambda: (store.delete(keys[1]), store.delete(keys[2999]), store.flush()))
+    def txn():
+        with store.transaction() as t:
+            for k in keys[::97]:
+                t.get(k)
+                t[k] = 2
+    outcome("transaction", txn)
+    outcome("copy", lambda: store.copy(path + "-copy-" + plan, compact=True))
+    outcome("clear", lambda: store.clear())
+
+try:
+    store = LmdbObjectStore(path, writemap=writemap)
+except Exception as exc:
+    report.append(["open", type(exc).__name__, isinstance(exc, Error), str(exc)])
+else:
+    if plan == "read-then-write":
+        reads(store)
+        writes(store)
+    else:
+        writes(store)
+        reads(store)
+    outcome("close", store.close)
+print(json.dumps(report))
+"""
+
+
+def run(path: str, writemap: bool, plan: str) -> list:
+    out = run_python(CHILD, path, "1" if writemap else "0", plan, timeout=120)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def check(report: list, path: str) -> list:
+    """Every call worked or raised an `Error`; those that met the damage say
+    so, with the path. Returns the failed calls."""
+    failed = [r for r in report if r[1] is not None]
+    for name, kind, is_error, message in failed:
+        assert is_error, (name, kind, message)
+        assert path in message or kind == "UnpickleError", (name, message)
+    return failed
+
+
+CASES = [
+    (P_LEAF, "garbage"),
+    (P_LEAF, "zeroed"),
+    (P_LEAF, "header"),
+    (P_LEAF, "offsets"),
+    (P_LEAF, "key_size"),
+    (P_LEAF, "data_size"),
+    (P_BRANCH, "garbage"),
+    (P_BRANCH, "header"),
+    (P_BRANCH, "child"),
+    (P_OVERFLOW, "garbage"),
+]
+KIND = {P_LEAF: "leaf", P_BRANCH: "branch", P_OVERFLOW: "overflow"}
+
+
+@pytest.mark.parametrize("writemap", [False, True], ids=["plain", "writemap"])
+@pytest.mark.parametrize("kind,how", CASES, ids=[f"{KIND[k]}-{h}" for k, h in CASES])
+def test_reads_report_the_damage_and_writes_are_refused_after(sound, tmp_path, kind, how, writemap):
+    path = str(tmp_path / "db")
+    damaged_copy(sound[writemap], path, kind, how, seed=1)
+    with open(os.path.join(path, "data.mdb"), "rb") as f:
+        before = f.read()
+    failed = check(run(path, writemap, "read-then-write"), path)
+    names = [r[0] for r in failed]
+    if names == ["open"]:
+        # The open reads the first page of the tree: it met the damage.
+        assert "damaged" in failed[0][3], failed
+        return
+    if kind == P_OVERFLOW:
+        # The values stored there fail to read (their page's header says it
+        # is not theirs); the file's other pages read on.
+        assert "get" in names and "len" not in names, failed
+    else:
+        # A full scan reaches every page of the tree: it meets the damage.
+        assert any("damaged" in r[3] for r in failed if r[0] == "items"), failed
+    # ... and every write after it is refused, so the file is as it was.
+    for name in ("update", "delete", "transaction", "clear"):
+        assert name in names, (name, failed)
+    with open(os.path.join(path, "data.mdb"), "rb") as f:
+        assert f.read() == before
+
+
+@pytest.mark.parametrize("writemap", [False, True], ids=["plain", "writemap"])
+@pytest.mark.parametrize("kind,how", CASES, ids=[f"{KIND[k]}-{h}" for k, h in CASES])
+def test_writes_that_meet_the_damage_first_end_in_an_error(sound, tmp_path, kind, how, writemap):
+    path = str(tmp_path / "db")
+    damaged_copy(sound[writemap], path, kind, how, seed=2)
+    check(run(path, writemap, "write-then-read"), path)
+    # Whatever the writes did, the file opens and reads without a signal in
+    # a new process.
+    check(run(path, writemap, "read-then-write"), path)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_damage_to_any_live_page(sound, tmp_path, seed):
+    rng = random.Random(seed)
+    writemap = bool(seed % 2)
+    kind = rng.choice([P_LEAF, P_LEAF, P_BRANCH, P_OVERFLOW])
+    how = rng.choice(["garbage", "zeroed", "header", "offsets", "key_size", "data_size"])
+    path = str(tmp_path / "db")
+    damaged_copy(sound[writemap], path, kind, how, seed)
+    check(run(path, writemap, rng.choice(["read-then-write", "write-then-read"])), path)
+
+
+def test_a_sound_file_reads_and_writes_as_before(sound, tmp_path):
+    # The guard changes nothing for a sound file (the control of the cases
+    # above): every call works.
+    path = str(tmp_path / "db")
+    shutil.copytree(sound[False], path)
+    report = run(path, False, "read-then-write")
+    assert [r for r in report if r[1] is not None] == []
+
+
+SOUND_WORKLOAD = """
+import random, sys
+from lmdb_object_store import LmdbObjectStore
+
+path, seed, writemap = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+rng = random.Random(seed)
+
+def key():
+    return bytes(rng.randrange(256) for _ in range(rng.choice([1, 2, 8, 12, 40, 200])))
+
+def value():
+    return rng.randbytes(rng.choice([0, 0, 1, 30, 500, 3000, 20000]))
+
+def exercise(store, model, rounds):
+    # Many small commits: a free-page tree of many records, pages split,
+    # merged and reused, values in overflow pages.
+    for _ in range(rounds):
+        for _ in range(rng.randrange(1, 60)):
+            if model and rng.random() < 0.3:
+                k = rng.choice(sorted(model))
+                del store[k]
+                del model[k]
+            else:
+                k, v = key(), value()
+                store[k] = v
+                model[k] = v
+        store.flush()
+    with store.transaction() as t:
+        for k in sorted(model)[::17]:
+            assert t[k] == model[k]
+            t[k] = model[k] = value()
+    assert dict(store.items()) == model
+    assert list(reversed(store)) == sorted(model, reverse=True)
+    found, missing = store.get_many(list(model) + [b"\\xff" * 300])
+    assert found == model and missing == [b"\\xff" * 300]
+    assert all(store[k] == v for k, v in model.items())
+    assert len(store) == len(model)
+
+main, tables = {}, {"t1": {}, "t2": {}}
+with LmdbObjectStore(path, serializer="raw", writemap=writemap, batch_size=7) as store:
+    exercise(store, main, 120)
+with LmdbObjectStore(path + "-tables", table="t1", serializer="raw", writemap=writemap,
+                     batch_size=5) as t1, \\
+        LmdbObjectStore(path + "-tables", table="t2", serializer="raw", writemap=writemap,
+                        batch_size=5) as t2:
+    for _ in range(3):
+        exercise(t1, tables["t1"], 30)
+        exercise(t2, tables["t2"], 30)
+# Read again by new stores: every page is checked afresh.
+with LmdbObjectStore(path, serializer="raw", writemap=writemap) as store:
+    exercise(store, main, 10)
+    store.copy(path + "-compact", compact=True)
+with LmdbObjectStore(path + "-compact", serializer="raw") as copy:
+    assert dict(copy.items()) == main
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sound_stores_of_every_shape_are_never_taken_for_damaged(tmp_path, seed):
+    # The checks must not refuse a sound file: keys of 1 to 200 bytes, empty
+    # values and values in overflow pages, many commits (a free-page tree of
+    # many records), deletions that merge pages, tables, transactions,
+    # writemap, a compacted copy.
+    out = run_python(
+        SOUND_WORKLOAD, str(tmp_path / "db"), str(seed), "1" if seed % 2 else "0", timeout=300
+    )
+    assert out.strip().splitlines()[-1] == "ok"
