@@ -117,12 +117,10 @@ def sound(tmp_path_factory):
 # Each call of the child runs through `outcome`; the report lists how each
 # ended: None, or the exception's type, whether it is an `Error`, and its
 # message.
-CHILD = """
+OUTCOME = """
 import json, os, sys
-from lmdb_object_store import Error, LmdbObjectStore
+from lmdb_object_store import Error, LmdbObjectStore, tables
 
-path, writemap, plan = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
-keys = [b"key%06d" % i for i in range(6000)]
 report = []
 
 def outcome(name, call):
@@ -132,6 +130,13 @@ def outcome(name, call):
         report.append([name, type(exc).__name__, isinstance(exc, Error), str(exc)])
     else:
         report.append([name, None, None, ""])
+"""
+
+CHILD = (
+    OUTCOME
+    + """
+path, writemap, plan = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+keys = [b"key%06d" % i for i in range(6000)]
 
 def reads(store):
     outcome("len", lambda: len(store))
@@ -171,6 +176,7 @@ else:
     outcome("close", store.close)
 print(json.dumps(report))
 """
+)
 
 
 def run(path: str, writemap: bool, plan: str) -> list:
@@ -329,3 +335,37 @@ def test_sound_stores_of_every_shape_are_never_taken_for_damaged(tmp_path, seed)
         SOUND_WORKLOAD, str(tmp_path / "db"), str(seed), "1" if seed % 2 else "0", timeout=300
     )
     assert out.strip().splitlines()[-1] == "ok"
+
+
+TABLES_CHILD = (
+    OUTCOME
+    + """
+path, names = sys.argv[1], json.loads(sys.argv[2])
+
+outcome("tables", lambda: tables(path))
+for name in names:
+    def use(name=name):
+        with LmdbObjectStore(path, table=name) as t:
+            dict(t.items())
+            t[b"new"] = 1
+    outcome(name, use)
+print(json.dumps(report))
+"""
+)
+
+
+@pytest.mark.parametrize("how", ["garbage", "header", "offsets", "key_size"])
+def test_opening_tables_through_a_damaged_main_tree(tmp_path, how):
+    # Table records live in the main tree: LMDB looks one up to open the
+    # table, through pages the store checks first.
+    src = str(tmp_path / "src")
+    names = [f"t{i:02d}-" + "x" * 400 for i in range(40)]
+    for name in names:
+        with LmdbObjectStore(src, table=name) as t:
+            t.update({b"k%d" % i: i for i in range(20)})
+    path = str(tmp_path / "db")
+    damaged_copy(src, path, P_LEAF, how, seed=3)
+    out = run_python(TABLES_CHILD, path, json.dumps(names), timeout=120)
+    report = json.loads(out.strip().splitlines()[-1])
+    failed = check(report, path)
+    assert failed, report

@@ -1064,9 +1064,7 @@ impl Env {
         let cursor = txn.open_ro_cursor(db)?;
         let checked = guard::check_writes(Some(&cursor), &mut map, table, keys);
         drop(cursor);
-        if map.base != 0 {
-            self.map_base.store(map.base, Ordering::Relaxed);
-        }
+        self.found_map(map);
         checked
     }
 
@@ -1793,6 +1791,10 @@ impl Env {
         let _open = self.lock_open()?;
         let refused = Cell::new(false);
         let db = self.write_locked(self.options.max_map_size, &mut |txn, main| {
+            // The record's path (made by a create) and the first key's
+            // (rewritten by main_kind_rw).
+            let keys = [(name.as_bytes(), false), (&[][..], false)];
+            self.check_writes(txn, main, None, keys.into_iter())?;
             if tables::main_kind_rw(txn, main)? == MainKind::Entries {
                 refused.set(true);
                 return Err(lmdb::Error::Incompatible);
@@ -1820,7 +1822,9 @@ impl Env {
     /// Open an existing table in a read transaction, committed so that its
     /// handle stays open.
     fn open_table_existing(&self, name: &str) -> Result<Table> {
+        self.find_map();
         let db = self.in_open_read(&mut |txn| {
+            self.check_lookup(name)?;
             // SAFETY: `open_lock` is held until `txn` has ended.
             match unsafe { txn.open_db(Some(name)) } {
                 Ok(db) => {
@@ -1884,10 +1888,13 @@ impl Env {
     /// records (its reads would show them as entries). Call without the GIL.
     pub fn check_main(&self) -> Result<()> {
         let kind = self.in_open_read(&mut |txn| {
+            let mut map = self.map_view();
             // SAFETY: `open_lock` is held until `txn` ends (dropped here,
             // which aborts it and closes a handle the check opened).
-            unsafe { tables::main_kind_ro(&txn, self.db) }
-                .map_err(|e| Error::from_lmdb(e, self.what("read")))
+            let kind = unsafe { tables::main_kind_ro(&txn, self.db, &mut map) }
+                .map_err(|e| Error::from_lmdb(e, self.what("read")));
+            self.found_map(map);
+            kind
         })?;
         if kind == MainKind::Tables {
             self.tables.mark_present(true);
@@ -2084,6 +2091,8 @@ impl Env {
         let result = self.write_locked(cap, &mut |txn, main| {
             // By name: an attempt that failed closed the handle (LMDB
             // closes it at the drop, before the commit).
+            // Its record is deleted from the main tree.
+            self.check_writes(txn, main, None, [(named.name.as_bytes(), true)].into_iter())?;
             // SAFETY: `open_lock` is held until this transaction ends.
             let db = unsafe { txn.open_db(Some(&named.name)) }?;
             closed.set(Some(db.dbi()));
@@ -2091,7 +2100,7 @@ impl Env {
             // the handle is never used again once dropped (retired below).
             unsafe { guard::drop_db(txn, db, true) }?;
             let cursor = txn.open_ro_cursor(main)?;
-            match guard::cursor_op(&cursor, None, ffi::MDB_FIRST) {
+            match guard::cursor_op(&cursor, None, ffi::MDB_FIRST, None) {
                 Ok(_) => Ok(false),
                 Err(e) if guard::is_fault(&e) => {
                     // Abandoned with the transaction (see apply_sorted).
@@ -2119,11 +2128,12 @@ impl Env {
     pub fn list_tables(&self) -> Result<Vec<String>> {
         self.read_ro(&mut |env, scan| {
             let read = |e| Error::from_lmdb(e, self.what("read the table names"));
+            let mut map = self.map_view();
             let mut names = Vec::new();
             let cursor = scan.open_ro_cursor(self.db).map_err(read)?;
             let mut op = ffi::MDB_FIRST;
             loop {
-                let (key, value) = match guard::cursor_op(&cursor, None, op) {
+                let (key, value) = match guard::cursor_op(&cursor, None, op, Some(&mut map)) {
                     Ok(entry) => entry,
                     Err(lmdb::Error::NotFound) => break,
                     Err(e) => return Err(read(e)),
@@ -2137,6 +2147,7 @@ impl Env {
                 let Some(probe) = self.begin_ro(env)? else {
                     return Ok(None);
                 };
+                self.check_lookup(name)?;
                 // SAFETY: `open_lock` is held until `probe` has ended.
                 match unsafe { probe.open_db(Some(name)) } {
                     Ok(_) => names.push(name.to_string()),
@@ -2144,6 +2155,7 @@ impl Env {
                     Err(e) => return Err(read(e)),
                 }
             }
+            self.found_map(map);
             Ok(Some(names))
         })
     }
@@ -2157,8 +2169,10 @@ impl Env {
         let names = self.list_tables()?;
         self.read_ro(&mut |_, txn| {
             let read = |e| Error::from_lmdb(e, self.what("read before a compacting copy"));
+            let mut map = self.map_view();
             let mut dbs = vec![self.db];
             for name in &names {
+                self.check_lookup(name)?;
                 // SAFETY: `open_lock` is held until `txn` has ended.
                 match unsafe { txn.open_db(Some(name)) } {
                     Ok(db) => dbs.push(db),
@@ -2170,7 +2184,7 @@ impl Env {
                 let cursor = txn.open_ro_cursor(db).map_err(read)?;
                 let mut op = ffi::MDB_FIRST;
                 loop {
-                    match guard::cursor_op(&cursor, None, op) {
+                    match guard::cursor_op(&cursor, None, op, Some(&mut map)) {
                         Ok(_) => op = ffi::MDB_NEXT,
                         Err(lmdb::Error::NotFound) => break,
                         Err(e) => {
@@ -2181,7 +2195,28 @@ impl Env {
                     }
                 }
             }
+            self.found_map(map);
             Ok(Some(()))
+        })
+    }
+
+    /// Keep where a read of the lmdb crate's found the map (see `guard.rs`).
+    /// The caller holds the gate.
+    fn found_map(&self, map: guard::Map) {
+        if map.base != 0 {
+            self.map_base.store(map.base, Ordering::Relaxed);
+        }
+    }
+
+    /// Check the pages LMDB goes through to look up the record of table
+    /// `name` (to open it), before it does: see `guard::check_key`. The
+    /// caller holds the gate.
+    fn check_lookup(&self, name: &str) -> Result<()> {
+        let mut map = self.map_view();
+        guard::check_key(&mut map, name.as_bytes()).map_err(|e| {
+            let err = Error::from_lmdb(e, self.what("open a table"));
+            self.note_damage(&err);
+            err
         })
     }
 
@@ -2276,7 +2311,7 @@ fn apply_sorted(txn: &mut RwTransaction<'_>, db: Database, ops: &[Op<'_>]) -> lm
 }
 
 fn apply_with(cursor: &mut lmdb::RwCursor<'_>, ops: &[Op<'_>]) -> lmdb::Result<()> {
-    let last: Option<Vec<u8>> = match guard::cursor_op(cursor, None, ffi::MDB_LAST) {
+    let last: Option<Vec<u8>> = match guard::cursor_op(cursor, None, ffi::MDB_LAST, None) {
         Ok((k, _)) => Some(k.to_vec()),
         Err(lmdb::Error::NotFound) => None,
         Err(e) => return Err(e),

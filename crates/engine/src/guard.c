@@ -701,17 +701,9 @@ int los_drop(MDB_txn *txn, MDB_dbi dbi, int del, struct los_fault *fault) {
  * deletion (`dels[i]` nonzero). A map not found yet is looked for through
  * `cursor` (of the transaction, before any change); without one there is
  * nothing to check against, and nothing is checked. 0 if all are whole. */
-int los_check_writes(MDB_cursor *cursor, struct los_map *map, const char *table, size_t tlen,
-                     const MDB_val *keys, const unsigned char *dels, size_t n,
-                     struct los_fault *fault) {
-    struct los_guard g;
-    g.fault = fault;
-    struct los_guard *volatile outer = los_current;
-    if (sigsetjmp(g.jump, 0) != 0) {
-        los_current = outer;
-        return LOS_FAULT;
-    }
-    los_current = &g;
+static int los_writes_ok(MDB_cursor *cursor, struct los_map *map, const char *table,
+                         size_t tlen, const MDB_val *keys, const unsigned char *dels, size_t n,
+                         struct los_fault *fault) {
     /* Nothing is changed yet, so the first and last keys of `cursor`'s
      * tree are in pages of the map: either can say where it is. */
     static const int ends[2] = {0 /* MDB_FIRST */, 6 /* MDB_LAST */};
@@ -722,7 +714,6 @@ int los_check_writes(MDB_cursor *cursor, struct los_map *map, const char *table,
         }
     }
     if (map->base == 0) {
-        los_current = outer;
         return 0;
     }
     int ok = 1;
@@ -763,11 +754,36 @@ int los_check_writes(MDB_cursor *cursor, struct los_map *map, const char *table,
         prev = k;
         prev_siblings = dels[i];
     }
-    los_current = outer;
     if (!ok) {
         fault->sig = 0;
         fault->addr = NULL;
         return LOS_FAULT;
     }
     return 0;
+}
+
+int los_check_writes(MDB_cursor *cursor, struct los_map *map, const char *table, size_t tlen,
+                     const MDB_val *keys, const unsigned char *dels, size_t n,
+                     struct los_fault *fault) {
+    LOS_GUARDED(los_writes_ok(cursor, map, table, tlen, keys, dels, n, fault), {})
+}
+
+/* Check the pages of the main tree on the way to `key` (a table's name,
+ * before LMDB looks its record up to open it). 0 if they are whole, or if
+ * the map is not found yet. */
+static int los_key_ok(struct los_map *map, const char *key, size_t klen, struct los_fault *fault) {
+    if (map->base != 0) {
+        uint64_t root, free_root, leaf;
+        los_roots(map, &root, &free_root);
+        if (root != LOS_NO_PAGE && !los_path_ok(map, root, key, klen, 0, &leaf, NULL)) {
+            fault->sig = -2;
+            fault->addr = NULL;
+            return LOS_FAULT;
+        }
+    }
+    return 0;
+}
+
+int los_check_key(struct los_map *map, const char *key, size_t klen, struct los_fault *fault) {
+    LOS_GUARDED(los_key_ok(map, key, klen, fault), {})
 }

@@ -47,7 +47,7 @@ impl Fault {
     fn describe(&self) -> String {
         match self.sig {
             0 => "a stored length or page number does not fit the file".to_owned(),
-            -2 => "a page a write would change is not whole".to_owned(),
+            -2 => "a page a write or a lookup would go through is not whole".to_owned(),
             -1 => {
                 // SAFETY: `guard.c` wrote a NUL-terminated string into `msg`
                 // (snprintf always terminates within the buffer).
@@ -165,6 +165,7 @@ extern "C" {
     ) -> c_int;
     fn los_drop(txn: *mut ffi::MDB_txn, dbi: ffi::MDB_dbi, del: c_int, fault: *mut Fault) -> c_int;
     fn los_txn_commit(txn: *mut ffi::MDB_txn, fault: *mut Fault) -> c_int;
+    fn los_check_key(map: *mut Map, key: *const c_char, klen: usize, fault: *mut Fault) -> c_int;
     fn los_check_writes(
         cursor: *mut ffi::MDB_cursor,
         map: *mut Map,
@@ -430,25 +431,30 @@ unsafe fn slice<'t>(v: &ffi::MDB_val) -> &'t [u8] {
     unsafe { std::slice::from_raw_parts(v.mv_data as *const u8, v.mv_size) }
 }
 
-/// `mdb_cursor_get` on a cursor of the `lmdb` crate (a write transaction's
-/// or a read-only one's), under the guard; the key and value found.
+/// `mdb_cursor_get` on a cursor of the `lmdb` crate, under the guard; the
+/// key and value found. `map`: where the map is, for a read transaction
+/// (the entry's page is checked, and the map may be found); `None` for a
+/// write transaction, whose own pages are outside the map.
 pub(crate) fn cursor_op<'t>(
     cursor: &impl lmdb::Cursor<'t>,
     key: Option<&[u8]>,
     op: ffi::MDB_cursor_op,
+    map: Option<&mut Map>,
 ) -> lmdb::Result<(&'t [u8], &'t [u8])> {
     let mut k = val(key.unwrap_or(&[]));
     let mut v = val(&[]);
     let mut fault = Fault::new();
+    let map = map.map_or(std::ptr::null_mut(), |m| m as *mut Map);
     // SAFETY: an open cursor of a live transaction; `k` points to `key` (or
-    // nothing), which LMDB only reads.
+    // nothing), which LMDB only reads; `map` is null or describes the
+    // transaction's map (the caller holds the gate).
     let rc = unsafe {
         los_cursor_get(
             cursor.cursor(),
             &mut k,
             &mut v,
             op as c_int,
-            std::ptr::null_mut(),
+            map,
             &mut fault,
         )
     };
@@ -501,6 +507,21 @@ pub(crate) fn check_writes<'c, 'k>(
     }
     match write_result(rc, &fault) {
         // Only the check's own reads were under way: nothing to abandon.
+        Err(e) if is_fault(&e) => Err(lmdb::Error::Other(CHECK)),
+        r => r,
+    }
+}
+
+/// Check the pages of the main tree on the way to `key` (a table's name,
+/// before LMDB looks its record up to open it): see `guard.c`. Damage is
+/// `lmdb::Error::Other(CHECK)` (see [`is_check`]). The caller holds the gate
+/// while `map` is used.
+pub(crate) fn check_key(map: &mut Map, key: &[u8]) -> lmdb::Result<()> {
+    let mut fault = Fault::new();
+    // SAFETY: `map` describes the environment's map, its `bits` valid while
+    // the caller holds the gate; `key` is readable for `key.len()` bytes.
+    let rc = unsafe { los_check_key(map, key.as_ptr() as *const c_char, key.len(), &mut fault) };
+    match write_result(rc, &fault) {
         Err(e) if is_fault(&e) => Err(lmdb::Error::Other(CHECK)),
         r => r,
     }

@@ -208,9 +208,10 @@ pub(crate) fn candidate(key: &[u8], value_len: usize) -> Option<&str> {
 fn first_entry<T: Transaction>(
     txn: &T,
     main: Database,
+    map: Option<&mut crate::guard::Map>,
 ) -> lmdb::Result<Option<(Vec<u8>, Vec<u8>)>> {
     let cursor = txn.open_ro_cursor(main)?;
-    match crate::guard::cursor_op(&cursor, None, lmdb_sys::MDB_FIRST) {
+    match crate::guard::cursor_op(&cursor, None, lmdb_sys::MDB_FIRST, map) {
         Ok((k, v)) if v.len() == RECORD_SIZE => Ok(Some((k.to_vec(), v.to_vec()))),
         Ok((k, _)) => Ok(Some((k.to_vec(), Vec::new()))),
         Err(lmdb::Error::NotFound) => Ok(None),
@@ -223,7 +224,7 @@ fn first_entry<T: Transaction>(
 /// (MDB_INCOMPATIBLE), and rewriting an entry with its own bytes changes
 /// nothing, so no handle is opened.
 pub(crate) fn main_kind_rw(txn: &mut RwTransaction<'_>, main: Database) -> lmdb::Result<MainKind> {
-    let Some((key, value)) = first_entry(txn, main)? else {
+    let Some((key, value)) = first_entry(txn, main, None)? else {
         return Ok(MainKind::Empty);
     };
     if candidate(&key, value.len()).is_none() {
@@ -244,13 +245,16 @@ pub(crate) fn main_kind_rw(txn: &mut RwTransaction<'_>, main: Database) -> lmdb:
 pub(crate) unsafe fn main_kind_ro(
     txn: &RoTransaction<'_>,
     main: Database,
+    map: &mut crate::guard::Map,
 ) -> lmdb::Result<MainKind> {
-    let Some((key, value)) = first_entry(txn, main)? else {
+    let Some((key, value)) = first_entry(txn, main, Some(&mut *map))? else {
         return Ok(MainKind::Empty);
     };
     let Some(name) = candidate(&key, value.len()) else {
         return Ok(MainKind::Entries);
     };
+    // The pages LMDB's lookup of the record goes through (see guard.rs).
+    crate::guard::check_key(map, name.as_bytes())?;
     // SAFETY: per the function contract, no other `mdb_dbi_open` runs in
     // this process until `txn` ends.
     match unsafe { txn.open_db(Some(name)) } {
