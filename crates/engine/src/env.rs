@@ -2343,23 +2343,6 @@ pub struct ReadTxn<'a> {
     map: Cell<guard::Map>,
 }
 
-fn to_val(bytes: &[u8]) -> ffi::MDB_val {
-    ffi::MDB_val {
-        mv_size: bytes.len(),
-        mv_data: bytes.as_ptr() as *mut _,
-    }
-}
-
-/// # Safety
-/// `v` must come from LMDB inside a live transaction that outlives `'t`.
-unsafe fn from_val<'t>(v: &ffi::MDB_val) -> &'t [u8] {
-    if v.mv_size == 0 {
-        return &[];
-    }
-    // SAFETY: per the function contract.
-    unsafe { std::slice::from_raw_parts(v.mv_data as *const u8, v.mv_size) }
-}
-
 /// Cursor positioning for chunked scans.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Seek {
@@ -2435,7 +2418,7 @@ impl<'a> ReadTxn<'a> {
         if !crate::key_len_ok(key.len()) {
             return Ok(None);
         }
-        let mut k = to_val(key);
+        let mut k = guard::val(key);
         let mut v = ffi::MDB_val {
             mv_size: 0,
             mv_data: ptr::null_mut(),
@@ -2458,7 +2441,7 @@ impl<'a> ReadTxn<'a> {
         match rc {
             0 => {
                 // SAFETY: `v` was filled by mdb_get inside `self`.
-                Ok(Some(unsafe { from_val(&v) }))
+                Ok(Some(unsafe { guard::slice(&v) }))
             }
             ffi::MDB_NOTFOUND => Ok(None),
             rc => Err(self.failed(rc, "read")),
@@ -2574,13 +2557,13 @@ impl<'a> ReadTxn<'a> {
         }
         // The steps after the first, a run at a time under one guard.
         const RUN: usize = 64;
-        let mut keys = [empty_val(); RUN];
-        let mut vals = [empty_val(); RUN];
+        let mut keys = [guard::empty_val(); RUN];
+        let mut vals = [guard::empty_val(); RUN];
         loop {
             let got = cursor.run(step, &mut keys, &mut vals, "scan")?;
             for (k, v) in keys[..got].iter().zip(&vals[..got]) {
                 // SAFETY: filled by mdb_cursor_get inside the transaction.
-                if !f(unsafe { from_val(k) }, unsafe { from_val(v) }) {
+                if !f(unsafe { guard::slice(k) }, unsafe { guard::slice(v) }) {
                     return Ok(());
                 }
             }
@@ -2602,13 +2585,6 @@ struct Cursor<'t> {
 
 /// A key and its value, both inside the map.
 type Entry<'t> = (&'t [u8], &'t [u8]);
-
-fn empty_val() -> ffi::MDB_val {
-    ffi::MDB_val {
-        mv_size: 0,
-        mv_data: ptr::null_mut(),
-    }
-}
 
 impl<'t> Cursor<'t> {
     /// Up to `keys.len()` steps of `op`; how many were made (fewer: the
@@ -2636,7 +2612,7 @@ impl<'t> Cursor<'t> {
 
     /// One cursor operation; `Ok(None)` when LMDB finds nothing.
     fn op(&self, key: &[u8], op: ffi::MDB_cursor_op, what: &str) -> Result<Option<Entry<'t>>> {
-        let mut k = to_val(key);
+        let mut k = guard::val(key);
         let mut v = ffi::MDB_val {
             mv_size: 0,
             mv_data: ptr::null_mut(),
@@ -2654,7 +2630,7 @@ impl<'t> Cursor<'t> {
         self.txn.found_map(map);
         match rc {
             // SAFETY: filled by mdb_cursor_get inside the transaction.
-            0 => Ok(Some(unsafe { (from_val(&k), from_val(&v)) })),
+            0 => Ok(Some(unsafe { (guard::slice(&k), guard::slice(&v)) })),
             ffi::MDB_NOTFOUND => Ok(None),
             rc => Err(self.txn.failed(rc, what)),
         }

@@ -414,16 +414,27 @@ fn write_result(rc: c_int, fault: &Fault) -> lmdb::Result<()> {
     }
 }
 
-fn val(bytes: &[u8]) -> ffi::MDB_val {
+/// `bytes` as LMDB takes them (the one conversion of the engine).
+pub(crate) fn val(bytes: &[u8]) -> ffi::MDB_val {
     ffi::MDB_val {
         mv_size: bytes.len(),
         mv_data: bytes.as_ptr() as *mut c_void,
     }
 }
 
+/// An empty value for LMDB to fill.
+pub(crate) fn empty_val() -> ffi::MDB_val {
+    ffi::MDB_val {
+        mv_size: 0,
+        mv_data: std::ptr::null_mut(),
+    }
+}
+
+/// The bytes LMDB returned in `v`.
+///
 /// # Safety
 /// `v` was filled by LMDB inside a transaction that outlives `'t`.
-unsafe fn slice<'t>(v: &ffi::MDB_val) -> &'t [u8] {
+pub(crate) unsafe fn slice<'t>(v: &ffi::MDB_val) -> &'t [u8] {
     if v.mv_size == 0 {
         return &[];
     }

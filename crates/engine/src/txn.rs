@@ -99,30 +99,13 @@ pub struct WriteTxn {
 // threads, as a Python object's contents do.
 unsafe impl Send for WriteTxn {}
 
-fn to_val(bytes: &[u8]) -> ffi::MDB_val {
-    ffi::MDB_val {
-        mv_size: bytes.len(),
-        mv_data: bytes.as_ptr() as *mut _,
-    }
-}
-
-fn empty_val() -> ffi::MDB_val {
-    ffi::MDB_val {
-        mv_size: 0,
-        mv_data: ptr::null_mut(),
-    }
-}
-
 /// A copy of the bytes LMDB returned.
 ///
 /// # Safety
 /// `v` was filled by LMDB inside a transaction that is still active.
 unsafe fn copied(v: &ffi::MDB_val) -> Vec<u8> {
-    if v.mv_size == 0 {
-        return Vec::new();
-    }
     // SAFETY: per the function contract.
-    unsafe { std::slice::from_raw_parts(v.mv_data as *const u8, v.mv_size) }.to_vec()
+    unsafe { guard::slice(v) }.to_vec()
 }
 
 impl WriteTxn {
@@ -223,8 +206,8 @@ impl WriteTxn {
         if !crate::key_len_ok(key.len()) {
             return Ok(None);
         }
-        let mut k = to_val(key);
-        let mut v = empty_val();
+        let mut k = guard::val(key);
+        let mut v = guard::empty_val();
         // SAFETY: live transaction of this thread; `k` points to `key`.
         let rc =
             unsafe { guard::get(self.raw, db, &mut k, &mut v, None, || self.env.what("read")) }?;
@@ -286,14 +269,14 @@ impl WriteTxn {
     }
 
     fn raw_put(&self, db: Dbi, key: &[u8], value: &[u8]) -> Result<c_int> {
-        let mut k = to_val(key);
-        let mut v = to_val(value);
+        let mut k = guard::val(key);
+        let mut v = guard::val(value);
         // SAFETY: live write transaction of this thread; LMDB copies both.
         unsafe { guard::put_raw(self.raw, db, &mut k, &mut v, || self.env.what("write")) }
     }
 
     fn raw_del(&self, db: Dbi, key: &[u8]) -> Result<c_int> {
-        let mut k = to_val(key);
+        let mut k = guard::val(key);
         // SAFETY: live write transaction of this thread.
         match unsafe { guard::del_raw(self.raw, db, &mut k, || self.env.what("delete")) }? {
             ffi::MDB_NOTFOUND => Ok(0),
@@ -410,8 +393,8 @@ impl WriteTxn {
             return Err(Error::lmdb(rc, self.env.what("open a cursor")));
         }
         let step = |key: &[u8], op: ffi::MDB_cursor_op| -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-            let mut k = to_val(key);
-            let mut v = empty_val();
+            let mut k = guard::val(key);
+            let mut v = guard::empty_val();
             // SAFETY: open cursor of the live transaction; `k` points to
             // `key`, which LMDB reads before replacing `k`.
             let rc = unsafe {
@@ -573,7 +556,7 @@ pub(crate) mod tests {
                 let raw = env.raw_env_writer().unwrap();
                 let mut t = ptr::null_mut();
                 assert_eq!(ffi::mdb_txn_begin(raw, ptr::null_mut(), 0, &mut t), 0);
-                let (mut k, mut v) = (to_val(key), to_val(value));
+                let (mut k, mut v) = (guard::val(key), guard::val(value));
                 assert_eq!(ffi::mdb_put(t, env.main_dbi(), &mut k, &mut v, 0), 0);
                 assert_eq!(ffi::mdb_txn_commit(t), 0);
             }
