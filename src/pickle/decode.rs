@@ -4,7 +4,7 @@
 //! stack, the marks and the memo.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use super::{op, HIGHEST_PROTOCOL};
 
@@ -153,7 +153,7 @@ pub fn decode<B: Builder>(
     loop {
         let mut machine = Machine {
             input: data,
-            pos: 0,
+            rest: data,
             stack: std::mem::take(&mut scratch.stack),
             marks: std::mem::take(&mut scratch.marks),
             memo: Memo::new(std::mem::take(&mut scratch.memo), with_memo),
@@ -195,7 +195,9 @@ struct Memo<O> {
     /// A GET was read (with the memo on).
     got: bool,
     dense: Vec<Option<Slot<O>>>,
-    sparse: HashMap<u64, Slot<O>>,
+    /// A B-tree rather than a hash map: making an empty one costs nothing
+    /// (a hash map seeds its hasher from thread-local state on every read).
+    sparse: BTreeMap<u64, Slot<O>>,
     /// Entries set, the index MEMOIZE uses next (as CPython counts it).
     count: u64,
     /// An index was set far past the stream's size: CPython would size its
@@ -209,7 +211,7 @@ impl<O> Memo<O> {
             on,
             got: false,
             dense,
-            sparse: HashMap::new(),
+            sparse: BTreeMap::new(),
             count: 0,
             claims_big: false,
         }
@@ -258,7 +260,9 @@ impl<O> Memo<O> {
 
 struct Machine<'d, O> {
     input: &'d [u8],
-    pos: usize,
+    /// What is left to read: a slice rather than a position, so that each
+    /// read is one length check.
+    rest: &'d [u8],
     stack: Vec<Slot<O>>,
     marks: Vec<usize>,
     memo: Memo<O>,
@@ -267,18 +271,18 @@ struct Machine<'d, O> {
 impl<'d, O> Machine<'d, O> {
     #[inline]
     fn take(&mut self, n: usize) -> Result<&'d [u8], Stop> {
-        if n > self.input.len() - self.pos {
+        if n > self.rest.len() {
             return Err(Stop::Malformed(TRUNCATED));
         }
-        let s = &self.input[self.pos..self.pos + n];
-        self.pos += n;
+        let (s, rest) = self.rest.split_at(n);
+        self.rest = rest;
         Ok(s)
     }
 
     /// A payload whose size CPython allocates before it reads it: a size
     /// past the end is refused here instead of handed over.
     fn take_claimed(&mut self, n: u64) -> Result<&'d [u8], Stop> {
-        if n > (self.input.len() - self.pos) as u64 {
+        if n > self.rest.len() as u64 {
             if n > isize::MAX as u64 {
                 // CPython raises OverflowError before allocating anything.
                 return Err(Stop::Malformed(TRUNCATED));
@@ -290,10 +294,11 @@ impl<'d, O> Machine<'d, O> {
 
     #[inline]
     fn array<const N: usize>(&mut self) -> Result<[u8; N], Stop> {
-        let s = self.take(N)?;
-        let mut a = [0; N];
-        a.copy_from_slice(s);
-        Ok(a)
+        let Some((a, rest)) = self.rest.split_first_chunk::<N>() else {
+            return Err(Stop::Malformed(TRUNCATED));
+        };
+        self.rest = rest;
+        Ok(*a)
     }
 
     #[inline]
@@ -319,8 +324,10 @@ impl<'d, O> Machine<'d, O> {
         // MEMOIZE does nothing but check that the stack has a top above the
         // fence, which it has right after a push: take it here rather than
         // through another turn of the loop.
-        if !self.memo.on && self.input.get(self.pos) == Some(&op::MEMOIZE) {
-            self.pos += 1;
+        if !self.memo.on {
+            if let Some((&op::MEMOIZE, rest)) = self.rest.split_first() {
+                self.rest = rest;
+            }
         }
     }
 
@@ -449,11 +456,11 @@ impl<'d, O> Machine<'d, O> {
 
     fn run<B: Builder<Obj = O>>(&mut self, b: &mut B) -> Result<O, Stop> {
         loop {
-            let code = match self.take(1) {
-                Ok(s) => s[0],
+            let Some((&code, rest)) = self.rest.split_first() else {
                 // CPython: EOFError("Ran out of input").
-                Err(_) => return Err(Stop::Malformed("Ran out of input")),
+                return Err(Stop::Malformed("Ran out of input"));
             };
+            self.rest = rest;
             match code {
                 op::PROTO => {
                     if self.byte()? > HIGHEST_PROTOCOL {
@@ -464,7 +471,7 @@ impl<'d, O> Machine<'d, O> {
                     // Frames only group reads; in memory they change nothing
                     // but must not claim more than is there.
                     let n = u64::from_le_bytes(self.array()?);
-                    if n > (self.input.len() - self.pos) as u64 {
+                    if n > self.rest.len() as u64 {
                         return Err(Stop::Malformed(TRUNCATED));
                     }
                 }
@@ -558,7 +565,7 @@ impl<'d, O> Machine<'d, O> {
                         op::BINUNICODE => u64::from(u32::from_le_bytes(self.array()?)),
                         _ => u64::from_le_bytes(self.array()?),
                     };
-                    if n > (self.input.len() - self.pos) as u64 {
+                    if n > self.rest.len() as u64 {
                         return Err(Stop::Malformed(TRUNCATED));
                     }
                     let utf8 = self.take(n as usize)?;
