@@ -1662,10 +1662,12 @@ impl CoreHandle {
                     let mut by_place: Vec<Option<&[u8]>> = crate::codec::try_vec(keys.len(), WHAT)?;
                     by_place.resize(keys.len(), None);
                     let mut hits = 0;
-                    for &(_, k, i) in &order {
-                        by_place[i] = lookups.get(k).map_err(to_py)?;
-                        hits += usize::from(by_place[i].is_some());
-                    }
+                    lookups
+                        .get_each(order.iter().map(|&(_, k, _)| k), |j, found| {
+                            by_place[order[j].2] = found;
+                            hits += usize::from(found.is_some());
+                        })
+                        .map_err(to_py)?;
                     let mut stored: Vec<(usize, &[u8])> = crate::codec::try_vec(hits, WHAT)?;
                     stored.extend(
                         (by_place.into_iter().enumerate()).filter_map(|(i, data)| Some((i, data?))),
@@ -1758,9 +1760,11 @@ impl Core {
                 .collect();
             order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
             let mut lookup = txn.ascending().map_err(to_py)?;
-            for i in order {
-                values[i] = lookup.get(&keys[i]).map_err(to_py)?;
-            }
+            lookup
+                .get_each(order.iter().map(|&i| &*keys[i]), |j, found| {
+                    values[order[j]] = found;
+                })
+                .map_err(to_py)?;
             f(&values)
         });
         self.log_read_flush_failure(py, failure);

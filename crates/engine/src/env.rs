@@ -2514,7 +2514,7 @@ impl<'a> ReadTxn<'a> {
     pub fn ascending(&self) -> Result<Ascending<'_>> {
         Ok(Ascending {
             cursor: self.cursor()?,
-            at: Position::Unset,
+            state: guard::Seek::unset(),
         })
     }
 
@@ -2610,6 +2610,51 @@ impl<'t> Cursor<'t> {
         }
     }
 
+    /// Lookups of keys in ascending order from where `state` stands (see
+    /// [`Ascending`]); `found[i]` is `keys[i]`'s value or has a null
+    /// pointer. After an error the state is reset (the cursor is searched
+    /// again from scratch).
+    fn seek(
+        &self,
+        state: &mut guard::Seek,
+        keys: &[ffi::MDB_val],
+        found: &mut [ffi::MDB_val],
+        what: &str,
+    ) -> Result<()> {
+        let mut map = self.txn.map.get();
+        // SAFETY: the cursor is open on a live read txn, whose map `map`
+        // describes; only this cursor moves by `state` (both belong to one
+        // `Ascending`); the keys point to the caller's live slices; the
+        // arrays are of one length.
+        let result = unsafe {
+            guard::seek(
+                self.raw,
+                state,
+                keys,
+                found,
+                crate::MAX_KEY_SIZE,
+                &mut map,
+                || self.env.what(what),
+            )
+        };
+        match result {
+            Ok(0) => {
+                self.txn.found_map(map);
+                Ok(())
+            }
+            Ok(rc) => {
+                *state = guard::Seek::unset();
+                self.txn.found_map(map);
+                Err(self.txn.failed(rc, what))
+            }
+            Err(e) => {
+                *state = guard::Seek::unset();
+                self.txn.met(&e);
+                Err(e)
+            }
+        }
+    }
+
     /// One cursor operation; `Ok(None)` when LMDB finds nothing.
     fn op(&self, key: &[u8], op: ffi::MDB_cursor_op, what: &str) -> Result<Option<Entry<'t>>> {
         let mut k = guard::val(key);
@@ -2645,23 +2690,6 @@ impl Drop for Cursor<'_> {
     }
 }
 
-/// Where an [`Ascending`] cursor stands.
-#[derive(Clone, Copy)]
-enum Position<'t> {
-    /// Not placed yet.
-    Unset,
-    /// On this entry: the first stored key at or after the last key asked for.
-    At(Entry<'t>),
-    /// Past the end: nothing is stored at or after the last key asked for.
-    End,
-}
-
-impl<'t> From<Option<Entry<'t>>> for Position<'t> {
-    fn from(found: Option<Entry<'t>>) -> Self {
-        found.map_or(Position::End, Position::At)
-    }
-}
-
 /// Point lookups of keys in ascending order through one cursor.
 ///
 /// The cursor stands on the first stored key at or after the last key asked
@@ -2669,49 +2697,60 @@ impl<'t> From<Option<Entry<'t>>> for Position<'t> {
 /// the cursor stands on, or the one right after it, or, sorting between
 /// those two, it is not stored. Only a key further on costs a search, which
 /// LMDB starts from the page the cursor is on. Sorted keys that share pages
-/// read each page once.
+/// read each page once. The walk itself is `guard.c`'s (`los_seek`), a
+/// chunk of keys per guarded call.
 pub struct Ascending<'t> {
     cursor: Cursor<'t>,
-    at: Position<'t>,
+    state: guard::Seek,
 }
+
+/// Keys looked up per guarded call by [`Ascending::get_each`].
+const SEEK_CHUNK: usize = 128;
 
 impl<'t> Ascending<'t> {
     /// The stored bytes of `key`, which must not sort before the key of the
     /// previous call. The slice lives as long as the transaction.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<&'t [u8]>> {
-        if !crate::key_len_ok(key.len()) {
-            return Ok(None);
-        }
-        let mut stepped = false;
-        let mut searched = false;
+        let mut found = None;
+        self.get_each([key], |_, value| found = value)?;
+        Ok(found)
+    }
+
+    /// The stored bytes of each of `keys`, given in ascending order (none
+    /// before the key of the previous call): `f(i, value)` for the `i`th
+    /// key, in order. The slices live as long as the transaction.
+    pub fn get_each<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+        mut f: impl FnMut(usize, Option<&'t [u8]>),
+    ) -> Result<()> {
+        let mut want = [guard::empty_val(); SEEK_CHUNK];
+        let mut found = [guard::empty_val(); SEEK_CHUNK];
+        let mut keys = keys.into_iter();
+        let mut done = 0;
         loop {
-            match self.at {
-                Position::End => return Ok(None),
-                Position::At((k, v)) => match k.cmp(key) {
-                    std::cmp::Ordering::Equal => return Ok(Some(v)),
-                    std::cmp::Ordering::Greater => return Ok(None),
-                    std::cmp::Ordering::Less => {}
-                },
-                Position::Unset => {}
+            let mut n = 0;
+            for key in keys.by_ref().take(SEEK_CHUNK) {
+                want[n] = guard::val(key);
+                n += 1;
             }
-            if searched {
-                // A search landed before `key`, which only a database that
-                // does not sort keys bytewise could do (LMDB's default order
-                // is bytewise, and the main database keeps it). Rather than
-                // loop, look the key up exactly and start over.
-                self.at = Position::Unset;
-                return Ok(self
-                    .cursor
-                    .op(key, ffi::MDB_SET_KEY, "read")?
-                    .map(|(_, v)| v));
+            if n == 0 {
+                return Ok(());
             }
-            if !stepped && matches!(self.at, Position::At(_)) {
-                // Try the next key before searching.
-                stepped = true;
-                self.at = self.cursor.op(&[], ffi::MDB_NEXT, "read")?.into();
-            } else {
-                searched = true;
-                self.at = self.cursor.op(key, ffi::MDB_SET_RANGE, "read")?.into();
+            self.cursor
+                .seek(&mut self.state, &want[..n], &mut found[..n], "read")?;
+            for (i, v) in found[..n].iter().enumerate() {
+                // SAFETY: a value `los_seek` found lies in the map of this
+                // live transaction (checked); a key not stored has a null
+                // pointer.
+                f(
+                    done + i,
+                    (!v.mv_data.is_null()).then(|| unsafe { guard::slice(v) }),
+                );
+            }
+            done += n;
+            if n < SEEK_CHUNK {
+                return Ok(());
             }
         }
     }
@@ -3200,6 +3239,19 @@ mod tests {
         }
         assert_eq!(hits, 500 + 1, "multiples of 6, and 00300 twice");
         drop(walk);
+        // In chunks, all at once and sparse (searches rather than steps).
+        for step in [1, 37] {
+            let some: Vec<&[u8]> = wanted.iter().step_by(step).map(|k| &k[..]).collect();
+            let mut walk = txn.ascending().unwrap();
+            let mut seen = 0;
+            walk.get_each(some.iter().copied(), |i, got| {
+                assert_eq!(i, seen);
+                seen += 1;
+                assert_eq!(got, txn.get(some[i]).unwrap(), "key {i} of every {step}");
+            })
+            .unwrap();
+            assert_eq!(seen, some.len());
+        }
         drop(txn);
         let _ = std::fs::remove_dir_all(&p);
     }

@@ -649,6 +649,108 @@ int los_cursor_run(MDB_cursor *cursor, int op, MDB_val *keys, MDB_val *vals, siz
     LOS_GUARDED(los_run(cursor, op, keys, vals, max, got, map, fault), {})
 }
 
+/* Where a forward lookup's cursor stands between keys: not placed yet, on
+ * the entry (key, val), or past the last key. */
+#define LOS_SEEK_UNSET 0
+#define LOS_SEEK_ON 1
+#define LOS_SEEK_END 2
+#define LOS_NEXT 8       /* MDB_NEXT */
+#define LOS_SET_KEY 16   /* MDB_SET_KEY */
+#define LOS_SET_RANGE 17 /* MDB_SET_RANGE */
+
+struct los_seek {
+    MDB_val key;
+    MDB_val val;
+    int at;
+};
+
+/* One cursor operation of a lookup, its entry checked. */
+static int los_seek_op(MDB_cursor *cursor, MDB_val *k, MDB_val *v, int op, const void *given,
+                       struct los_map *map, struct los_fault *fault) {
+    int rc = mdb_cursor_get(cursor, k, v, op);
+    if (rc == 0 && k->mv_data != given) { /* else the caller's own key */
+        rc = los_check(k, map, fault);
+    }
+    if (rc == 0) {
+        rc = los_check(v, map, fault);
+    }
+    return rc;
+}
+
+static int los_seek_all(MDB_cursor *cursor, struct los_seek *s, const MDB_val *keys,
+                        MDB_val *vals, size_t n, size_t maxkey, struct los_map *map,
+                        struct los_fault *fault) {
+    for (size_t i = 0; i < n; i++) {
+        const MDB_val *want = &keys[i];
+        vals[i].mv_size = 0;
+        vals[i].mv_data = NULL;
+        if (want->mv_size == 0 || want->mv_size > maxkey) {
+            continue; /* a key LMDB cannot hold is not stored */
+        }
+        int stepped = 0, searched = 0;
+        for (;;) {
+            if (s->at == LOS_SEEK_END) {
+                break;
+            }
+            if (s->at == LOS_SEEK_ON) {
+                int c = los_cmp((uintptr_t)s->key.mv_data, s->key.mv_size,
+                                (uintptr_t)want->mv_data, want->mv_size);
+                if (c == 0) {
+                    vals[i] = s->val;
+                    break;
+                }
+                if (c > 0) {
+                    break; /* the next stored key is past it */
+                }
+            }
+            int rc;
+            if (searched) {
+                /* A search landed before the key, which only a table that
+                 * does not sort keys bytewise could do: look it up exactly
+                 * and start over from there. */
+                MDB_val k = *want, v = {0, NULL};
+                s->at = LOS_SEEK_UNSET;
+                rc = los_seek_op(cursor, &k, &v, LOS_SET_KEY, want->mv_data, map, fault);
+                if (rc == 0) {
+                    vals[i] = v;
+                } else if (rc != LOS_NOTFOUND) {
+                    return rc;
+                }
+                break;
+            }
+            if (!stepped && s->at == LOS_SEEK_ON) {
+                /* The next key first: keys asked for in a row are often
+                 * stored in a row. */
+                stepped = 1;
+                rc = los_seek_op(cursor, &s->key, &s->val, LOS_NEXT, NULL, map, fault);
+            } else {
+                searched = 1;
+                s->key = *want;
+                rc = los_seek_op(cursor, &s->key, &s->val, LOS_SET_RANGE, want->mv_data, map,
+                                 fault);
+            }
+            if (rc == LOS_NOTFOUND) {
+                s->at = LOS_SEEK_END;
+            } else if (rc != 0) {
+                s->at = LOS_SEEK_UNSET;
+                return rc;
+            } else {
+                s->at = LOS_SEEK_ON;
+            }
+        }
+    }
+    return 0;
+}
+
+/* The values of `n` keys given in ascending order, through `cursor`, which
+ * only moves forward (state `s`, kept between calls): vals[i] is keys[i]'s
+ * value, checked, or {0, NULL} when it is not stored. One guard for them
+ * all. LMDB's code of an operation that failed, or 0. */
+int los_seek(MDB_cursor *cursor, struct los_seek *s, const MDB_val *keys, MDB_val *vals,
+             size_t n, size_t maxkey, struct los_map *map, struct los_fault *fault) {
+    LOS_GUARDED(los_seek_all(cursor, s, keys, vals, n, maxkey, map, fault), {})
+}
+
 int los_stat(MDB_txn *txn, MDB_dbi dbi, MDB_stat *stat, struct los_fault *fault) {
     LOS_GUARDED(mdb_stat(txn, dbi, stat), {})
 }

@@ -181,6 +181,16 @@ extern "C" {
         n: usize,
         fault: *mut Fault,
     ) -> c_int;
+    fn los_seek(
+        cursor: *mut ffi::MDB_cursor,
+        state: *mut Seek,
+        keys: *const ffi::MDB_val,
+        vals: *mut ffi::MDB_val,
+        n: usize,
+        maxkey: usize,
+        map: *mut Map,
+        fault: *mut Fault,
+    ) -> c_int;
     fn los_cursor_run(
         cursor: *mut ffi::MDB_cursor,
         op: c_int,
@@ -303,6 +313,67 @@ pub(crate) unsafe fn cursor_run(
         )
     };
     damaged(rc, &fault, what).map_or(Ok((got, rc)), Err)
+}
+
+/// Where the cursor of a forward lookup ([`seek`]) stands between calls
+/// (`guard.c`'s `struct los_seek`): not placed yet, on an entry, or past the
+/// last key.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Seek {
+    key: ffi::MDB_val,
+    val: ffi::MDB_val,
+    at: c_int,
+}
+
+impl Seek {
+    pub(crate) fn unset() -> Self {
+        Seek {
+            key: empty_val(),
+            val: empty_val(),
+            at: 0,
+        }
+    }
+}
+
+/// The values of `keys` (in ascending order) through `cursor`, which moves
+/// only forward from where `state` says it stands, under one guard:
+/// `vals[i]` is `keys[i]`'s value, checked as [`cursor_get`] checks it, or
+/// empty with a null pointer when the key is not stored. Keys longer than
+/// `maxkey` or empty are not stored. `Ok` is LMDB's code (of an operation
+/// that failed, or 0); `Err` is damage.
+///
+/// # Safety
+/// As `mdb_cursor_get`: an open cursor of a live read transaction, whose
+/// map `map` describes, placed where `state` says (a state only this cursor
+/// has used); each key points to readable memory; `vals` is as long as
+/// `keys`.
+pub(crate) unsafe fn seek(
+    cursor: *mut ffi::MDB_cursor,
+    state: &mut Seek,
+    keys: &[ffi::MDB_val],
+    vals: &mut [ffi::MDB_val],
+    maxkey: usize,
+    map: &mut Map,
+    what: impl FnOnce() -> String,
+) -> Result<c_int> {
+    debug_assert_eq!(keys.len(), vals.len());
+    let mut fault = Fault::new();
+    // SAFETY: per the contract; `guard.c` reads `keys.len()` keys and fills
+    // as many values.
+    let rc = unsafe {
+        los_seek(
+            cursor,
+            state,
+            keys.as_ptr(),
+            vals.as_mut_ptr(),
+            keys.len().min(vals.len()),
+            maxkey,
+            map,
+            &mut fault,
+        )
+    };
+    damaged(rc, &fault, what).map_or(Ok(rc), Err)
 }
 
 /// `mdb_stat` under the guard. `Err` is damage; `Ok` is LMDB's code.
