@@ -1975,15 +1975,18 @@ impl Env {
         bytes: usize,
         cap: Option<usize>,
     ) -> Result<()> {
-        let name = table.named.as_ref().map(|n| n.name.clone());
-        let apply_all = |txn: &mut RwTransaction<'_>, db: Database| {
-            // The main tree's first key too: `main_kind_rw` rewrites it.
+        let name = table.named.as_ref().map(|n| &*n.name);
+        // Before anything changes: the pages the batches would change, and
+        // in the main tree its first key's, which `main_kind_rw` rewrites.
+        let check_all = |txn: &mut RwTransaction<'_>, db: Database| {
             let first = name.is_none().then_some((&[][..], false));
             let keys = batches
                 .iter()
                 .flat_map(|ops| ops.ops().iter().map(|(k, v)| (*k, v.is_none())))
                 .chain(first);
-            self.check_writes(txn, db, name.as_deref(), keys)?;
+            self.check_writes(txn, db, name, keys)
+        };
+        let apply_all = |txn: &mut RwTransaction<'_>, db: Database| {
             batches
                 .iter()
                 .try_for_each(|ops| apply_sorted(txn, db, ops.ops()))
@@ -1996,18 +1999,11 @@ impl Env {
             self.reserve_locked(bytes, cap)?;
             return self
                 .write_locked(cap, &mut |txn, db| {
-                    // Checked before `main_kind_rw` writes (see apply_all).
-                    let keys = batches
-                        .iter()
-                        .flat_map(|ops| ops.ops().iter().map(|(k, v)| (*k, v.is_none())))
-                        .chain([(&[][..], false)]);
-                    self.check_writes(txn, db, None, keys)?;
+                    check_all(txn, db)?;
                     if tables::main_kind_rw(txn, db)? == MainKind::Tables {
                         return Err(lmdb::Error::Incompatible);
                     }
-                    batches
-                        .iter()
-                        .try_for_each(|ops| apply_sorted(txn, db, ops.ops()))
+                    apply_all(txn, db)
                 })
                 .map_err(|e| self.main_write_error(e));
         };
@@ -2017,16 +2013,19 @@ impl Env {
             return Err(e);
         }
         self.reserve_locked(bytes, cap)?;
-        self.write_locked(cap, &mut |txn, _| apply_all(txn, named.db))
-            .map_err(|e| match e {
-                // Another process dropped the table: LMDB no longer finds
-                // its record.
-                Error::Lmdb { code, .. } if code == ffi::MDB_NOTFOUND => Error::TableDropped {
-                    name: named.name.to_string(),
-                    path: self.path.display().to_string(),
-                },
-                e => e,
-            })
+        self.write_locked(cap, &mut |txn, _| {
+            check_all(txn, named.db)?;
+            apply_all(txn, named.db)
+        })
+        .map_err(|e| match e {
+            // Another process dropped the table: LMDB no longer finds
+            // its record.
+            Error::Lmdb { code, .. } if code == ffi::MDB_NOTFOUND => Error::TableDropped {
+                name: named.name.to_string(),
+                path: self.path.display().to_string(),
+            },
+            e => e,
+        })
     }
 
     /// `clear` of `table`; for the main database, refused when it holds
