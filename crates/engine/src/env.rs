@@ -3199,6 +3199,101 @@ mod tests {
         let _ = std::fs::remove_dir_all(&p);
     }
 
+    /// `guard.c` looks keys of the main table up itself (not through
+    /// `mdb_get`) in a read transaction: its answers are LMDB's, for keys
+    /// stored and not, in a tree three levels deep, with empty values and
+    /// values in overflow pages; it is what answers every key LMDB can
+    /// hold once the map is found, and leaves the rest to LMDB.
+    #[test]
+    fn own_lookups_match_lmdb() {
+        let p = tmp("own-lookup");
+        let env = Env::open(&p, &EnvOptions::default()).unwrap();
+        let mut items: Vec<(Vec<u8>, Vec<u8>)> = (0..30_000u32)
+            .map(|i| {
+                let mut key = format!("{:08}", 2 * i).into_bytes();
+                key.extend(std::iter::repeat_n(b'x', i as usize % 40));
+                let len = match i % 97 {
+                    0 => 5000,
+                    1 => 0,
+                    _ => i as usize % 50,
+                };
+                (key, vec![i as u8; len])
+            })
+            .collect();
+        let mut longest = b"99999999".to_vec();
+        longest.resize(511, b'y');
+        items.push((longest.clone(), b"longest".to_vec()));
+        put_all(&env, &items, None).unwrap();
+        let mut probes: Vec<Vec<u8>> = items.iter().map(|(k, _)| k.clone()).collect();
+        for (k, _) in items.iter().step_by(7) {
+            probes.push(k[..8].to_vec()); // a prefix (stored when nothing follows)
+            let mut longer = k.clone();
+            longer.push(0);
+            probes.push(longer);
+        }
+        for i in (1..60_000u32).step_by(13) {
+            probes.push(format!("{i:08}").into_bytes()); // odd ones are not stored
+        }
+        probes.extend([&b"0"[..], b"\0", b"\xff\xff", b"99999999"].map(Vec::from));
+        let mut past = longest.clone();
+        *past.last_mut().unwrap() = b'z';
+        probes.push(past);
+        env.find_map();
+        let g = env.gate.try_shared().unwrap();
+        let txn = env.begin_read(g).unwrap().unwrap();
+        let mut map = txn.map.get();
+        assert_ne!(map.base, 0, "the map was found");
+        let dbi = txn.dbi.get();
+        let (mut found, mut own) = (0, 0);
+        for key in &probes {
+            let mut k = guard::val(key);
+            let mut v = guard::empty_val();
+            // SAFETY: a live read txn of the main table, and a healthy file.
+            let rc = unsafe { ffi::mdb_get(txn.txn, dbi, &mut k, &mut v) };
+            let lmdb = (rc == 0).then(|| {
+                // SAFETY: LMDB's answer, valid while the txn lives.
+                unsafe { std::slice::from_raw_parts(v.mv_data as *const u8, v.mv_size) }
+            });
+            assert!(rc == 0 || rc == ffi::MDB_NOTFOUND, "rc {rc}");
+            let mut k = guard::val(key);
+            let mut v = guard::empty_val();
+            // SAFETY: as above; `map` is this transaction's.
+            let mine = unsafe { guard::own_get(txn.txn, dbi, &mut k, &mut v, &mut map) }.unwrap();
+            assert_eq!(mine, Some(rc), "key {:?}", String::from_utf8_lossy(key));
+            if rc == 0 {
+                // SAFETY: as above.
+                let got = unsafe { std::slice::from_raw_parts(v.mv_data as *const u8, v.mv_size) };
+                assert_eq!(Some(got), lmdb);
+                found += 1;
+            }
+            assert_eq!(txn.get(key).unwrap(), lmdb);
+            own += 1;
+        }
+        let stored: std::collections::HashSet<&[u8]> = items.iter().map(|(k, _)| &k[..]).collect();
+        assert_eq!(
+            found,
+            probes.iter().filter(|k| stored.contains(&k[..])).count()
+        );
+        assert!(found > items.len() && found < probes.len());
+        assert_eq!(own, probes.len());
+        // Keys LMDB cannot hold, and another table: LMDB's to answer.
+        for key in [Vec::new(), vec![b'9'; 512]] {
+            let mut k = guard::val(&key);
+            let mut v = guard::empty_val();
+            // SAFETY: as above.
+            let mine = unsafe { guard::own_get(txn.txn, dbi, &mut k, &mut v, &mut map) }.unwrap();
+            assert_eq!(mine, None);
+        }
+        let mut k = guard::val(b"00000000");
+        let mut v = guard::empty_val();
+        // SAFETY: as above; a table number the lookup leaves to LMDB before
+        // any use of it.
+        let mine = unsafe { guard::own_get(txn.txn, dbi + 1, &mut k, &mut v, &mut map) }.unwrap();
+        assert_eq!(mine, None);
+        drop(txn);
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
     #[test]
     fn ascending_lookups_match_exact_ones() {
         let p = tmp("ascending");

@@ -25,6 +25,9 @@
  * write transaction changes anything, the pages it may copy or change
  * (los_check_writes). A bit per page of the map remembers the pages found
  * whole, so each is checked once.
+ *
+ * A read of one key in the main table is looked up here rather than by
+ * mdb_get (los_lookup, below), over pages checked the same way.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -57,9 +60,13 @@ int mdb_txn_commit(MDB_txn *txn);
 int mdb_drop(MDB_txn *txn, MDB_dbi dbi, int del);
 typedef void MDB_assert_func(MDB_env *env, const char *msg);
 int mdb_env_set_assert(MDB_env *env, MDB_assert_func *func);
+MDB_env *mdb_txn_env(MDB_txn *txn);
+size_t mdb_txn_id(MDB_txn *txn);
+char *mdb_version(int *major, int *minor, int *patch);
 
 /* Returned by a guarded call that met damage; outside LMDB's codes. */
 #define LOS_FAULT (-30600)
+#define LOS_NOTFOUND (-30798) /* MDB_NOTFOUND */
 
 /* What a guarded call met: the signal (0 for a length that runs off the
  * map, -1 for an LMDB assertion), the address, and LMDB's assertion text. */
@@ -252,11 +259,32 @@ static void los_mark(const struct los_map *m, uint64_t pgno) {
     }
 }
 
-/* LMDB's default order of keys: bytes, then length. */
-static int los_cmp(uintptr_t a, size_t an, uintptr_t b, size_t bn) {
-    int c = memcmp((const void *)a, (const void *)b, an < bn ? an : bn);
-    if (c != 0) {
-        return c;
+/* 8 bytes at `at` as a number that orders as the bytes do. */
+static inline uint64_t los_be64(uintptr_t at) {
+    uint64_t v;
+    memcpy(&v, (const void *)at, sizeof v);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+/* LMDB's default order of keys: bytes, then length. Compared here rather
+ * than by memcmp: a lookup compares a dozen short keys, where the call
+ * costs more than the comparison. */
+static inline int los_cmp(uintptr_t a, size_t an, uintptr_t b, size_t bn) {
+    size_t n = an < bn ? an : bn;
+    for (; n >= 8; n -= 8, a += 8, b += 8) {
+        uint64_t x = los_be64(a), y = los_be64(b);
+        if (x != y) {
+            return x < y ? -1 : 1;
+        }
+    }
+    for (; n > 0; n--, a++, b++) {
+        unsigned char x = *(const unsigned char *)a, y = *(const unsigned char *)b;
+        if (x != y) {
+            return x < y ? -1 : 1;
+        }
     }
     return an < bn ? -1 : an > bn;
 }
@@ -387,6 +415,30 @@ static int los_page_ok(const struct los_map *m, uint64_t pgno, int free) {
     return 1;
 }
 
+/* A binary search of a page that is not in the cache waits for each node
+ * it compares, one after another. These ask for the lines of the nodes it
+ * may compare a few steps ahead, so that they arrive together: first the
+ * nodes its first three steps may compare (when there are many), and once
+ * few are left, all of those. */
+static void los_fetch(uintptr_t page, size_t i) {
+    __builtin_prefetch((const void *)(page + los_u16(page + LOS_HDR + 2 * i)));
+}
+
+static void los_fetch_ahead(uintptr_t page, size_t lo, size_t hi) {
+    size_t n = hi - lo;
+    if (n > 16) {
+        for (size_t k = 1; k < 8; k++) {
+            los_fetch(page, lo + k * n / 8);
+        }
+    }
+}
+
+static void los_fetch_all(uintptr_t page, size_t lo, size_t hi) {
+    for (size_t i = lo; i < hi; i++) {
+        los_fetch(page, i);
+    }
+}
+
 /* The child of branch page `page` (checked whole) that holds `key`: the
  * last node whose key is not after `key` (the first node stands for every
  * key before the second's). */
@@ -430,7 +482,8 @@ static int los_path_ok(const struct los_map *m, uint64_t root, const char *key, 
     }
     uint64_t pgno = root;
     for (int depth = 0; depth < LOS_MAX_DEPTH; depth++) {
-        if (!los_page_ok(m, pgno, 0)) {
+        int whole = pgno >= 2 && pgno < los_pages(m) && los_seen(m, pgno); /* the common case */
+        if (!whole && !los_page_ok(m, pgno, 0)) {
             return 0;
         }
         uintptr_t page = m->base + (uintptr_t)pgno * m->psize;
@@ -594,9 +647,135 @@ static int los_check(const MDB_val *v, struct los_map *map, struct los_fault *fa
     los_current = outer;                                                                  \
     return rc;
 
+/* A read's own lookup in the main table.
+ *
+ * A read that asks for one key in a key order of its own (the store's `get`)
+ * spends most of its time in LMDB's search waiting for memory: the leaf is
+ * rarely in the cache, and its binary search reads one node after another,
+ * each a line of memory that is not there yet. The lookup below reads the
+ * same pages in the same order, but asks for the lines its search may need
+ * a step or two ahead, so that they arrive together (and it skips LMDB's
+ * cursor setup). It walks the tree with the page checks the writes use
+ * (los_path_ok), so every page it reads was found whole first.
+ *
+ * The root of the transaction's snapshot is in LMDB's transaction, whose
+ * layout is not public: only LMDB 0.9.24 (the version this package builds)
+ * is read that way, after its fields were compared with what LMDB's own
+ * functions say of the same transaction. Anything else (another version, a
+ * write transaction, a named table, a key LMDB would refuse, a page that is
+ * not whole, a record that is not a plain value) is left to mdb_get. */
+struct los_txn_head { /* LMDB 0.9.24's MDB_txn, up to its flags */
+    void *parent, *child;
+    size_t next_pgno, txnid;
+    MDB_env *env;
+    void *free_pgs, *loose_pgs;
+    int loose_count;
+    void *spill_pgs, *u, *dbxs;
+    const unsigned char *dbs; /* MDB_db records: LOS_DB_SIZE bytes each */
+    void *dbiseqs, *cursors, *dbflags;
+    unsigned int numdbs, flags;
+};
+#define LOS_MAIN_DBI 1u
+#define LOS_TXN_RDONLY 0x20000u   /* MDB_TXN_RDONLY */
+#define LOS_TXN_BLOCKED 0x13u     /* MDB_TXN_FINISHED | MDB_TXN_ERROR | MDB_TXN_HAS_CHILD */
+#define LOS_DB_KEY_FLAGS 0x7eu    /* every MDB_db flag that changes how keys are found */
+#define LOS_MAXKEY 511u           /* mdb_env_get_maxkeysize, as built */
+#define LOS_USE_LMDB 1            /* not an LMDB code: mdb_get answers */
+
+static int los_own_lookup = -1; /* whether LMDB is the version read here; -1: not asked yet */
+
+static int los_lookup(MDB_txn *txn, MDB_dbi dbi, const MDB_val *key, MDB_val *data,
+                      const struct los_map *m) {
+    int own = __atomic_load_n(&los_own_lookup, __ATOMIC_RELAXED);
+    if (own < 0) {
+        int major = 0, minor = 0, patch = 0;
+        mdb_version(&major, &minor, &patch);
+        own = major == 0 && minor == 9 && patch == 24;
+        __atomic_store_n(&los_own_lookup, own, __ATOMIC_RELAXED);
+    }
+    size_t klen = key->mv_size;
+    if (!own || dbi != LOS_MAIN_DBI || m == NULL || m->base == 0 || klen == 0 ||
+        klen > LOS_MAXKEY) {
+        return LOS_USE_LMDB;
+    }
+    const struct los_txn_head *t = (const struct los_txn_head *)(const void *)txn;
+    if (t->env != mdb_txn_env(txn) || t->txnid != mdb_txn_id(txn) ||
+        (t->flags & (LOS_TXN_RDONLY | LOS_TXN_BLOCKED)) != LOS_TXN_RDONLY ||
+        t->numdbs <= LOS_MAIN_DBI) {
+        return LOS_USE_LMDB;
+    }
+    const unsigned char *db = t->dbs + LOS_DB_SIZE * LOS_MAIN_DBI;
+    uint16_t db_flags;
+    uint64_t root;
+    memcpy(&db_flags, db + 4, sizeof db_flags);
+    memcpy(&root, db + 40, sizeof root);
+    if (db_flags & LOS_DB_KEY_FLAGS) {
+        return LOS_USE_LMDB;
+    }
+    if (root == LOS_NO_PAGE) {
+        return LOS_NOTFOUND; /* an empty table */
+    }
+    uint64_t leaf;
+    if (!los_path_ok(m, root, key->mv_data, klen, 0, &leaf, NULL)) {
+        return LOS_USE_LMDB; /* LMDB meets what los_path_ok met, under the guard */
+    }
+    uintptr_t page = m->base + (uintptr_t)leaf * m->psize;
+    size_t n = (los_u16(page + 12) - LOS_HDR) / 2;
+    size_t lo = 0, hi = n; /* the key, if stored, is in [lo, hi) */
+    los_fetch_ahead(page, lo, hi);
+    int fetched = 0;
+    while (lo < hi) {
+        if (!fetched && hi - lo <= 16) {
+            los_fetch_all(page, lo, hi);
+            fetched = 1;
+        }
+        size_t mid = lo + (hi - lo) / 2;
+        uintptr_t node = page + los_u16(page + LOS_HDR + 2 * mid);
+        size_t ksize = los_u16(node + 6);
+        int c = los_cmp((uintptr_t)key->mv_data, klen, node + LOS_NODE, ksize);
+        if (c < 0) {
+            hi = mid;
+        } else if (c > 0) {
+            lo = mid + 1;
+        } else {
+            uint16_t nflags = los_u16(node + 4);
+            size_t dsize = (size_t)los_u16(node) | (size_t)los_u16(node + 2) << 16;
+            uintptr_t at = node + LOS_NODE + ksize;
+            if (nflags & (LOS_F_SUBDATA | LOS_F_DUPDATA)) {
+                return LOS_USE_LMDB;
+            }
+            if (nflags & LOS_F_BIGDATA) {
+                /* The page checks made sure this page is an overflow page
+                 * of the map (los_page_ok), and los_check checks it again. */
+                at = m->base + (uintptr_t)los_u64(at) * m->psize + LOS_HDR;
+            }
+            for (size_t off = 0; off < dsize && off < 256; off += 64) {
+                __builtin_prefetch((const void *)(at + off));
+            }
+            data->mv_size = dsize;
+            data->mv_data = (void *)at;
+            return 0;
+        }
+    }
+    return LOS_NOTFOUND;
+}
+
+static int los_get_one(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data,
+                       const struct los_map *map) {
+    int rc = los_lookup(txn, dbi, key, data, map);
+    return rc == LOS_USE_LMDB ? mdb_get(txn, dbi, key, data) : rc;
+}
+
 int los_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data, struct los_map *map,
             struct los_fault *fault) {
-    LOS_GUARDED(mdb_get(txn, dbi, key, data), { rc = los_check(data, map, fault); })
+    LOS_GUARDED(los_get_one(txn, dbi, key, data, map), { rc = los_check(data, map, fault); })
+}
+
+/* los_get without LMDB's lookup: LOS_USE_LMDB where los_get would ask
+ * LMDB (for the engine's tests, which compare the two). */
+int los_own_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data, struct los_map *map,
+                struct los_fault *fault) {
+    LOS_GUARDED(los_lookup(txn, dbi, key, data, map), { rc = los_check(data, map, fault); })
 }
 
 int los_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, int op,
@@ -611,8 +790,6 @@ int los_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, int op,
         }
     })
 }
-
-#define LOS_NOTFOUND (-30798) /* MDB_NOTFOUND */
 
 static int los_run(MDB_cursor *cursor, int op, MDB_val *keys, MDB_val *vals, size_t max,
                    size_t *got, struct los_map *map, struct los_fault *fault) {

@@ -258,6 +258,41 @@ pub(crate) unsafe fn get(
     damaged(rc, &fault, what).map_or(Ok(rc), Err)
 }
 
+#[cfg(test)]
+extern "C" {
+    fn los_own_get(
+        txn: *mut ffi::MDB_txn,
+        dbi: ffi::MDB_dbi,
+        key: *mut ffi::MDB_val,
+        data: *mut ffi::MDB_val,
+        map: *mut Map,
+        fault: *mut Fault,
+    ) -> c_int;
+}
+
+/// What `guard.c`'s own lookup answers where [`get`] uses it: `None` where
+/// it leaves the lookup to `mdb_get`; else LMDB's code (for the tests, which
+/// compare it with `mdb_get`'s answer).
+///
+/// # Safety
+/// As [`get`].
+#[cfg(test)]
+pub(crate) unsafe fn own_get(
+    txn: *mut ffi::MDB_txn,
+    dbi: ffi::MDB_dbi,
+    key: &mut ffi::MDB_val,
+    data: &mut ffi::MDB_val,
+    map: &mut Map,
+) -> Result<Option<c_int>> {
+    let mut fault = Fault::new();
+    // SAFETY: per the contract.
+    let rc = unsafe { los_own_get(txn, dbi, key, data, map, &mut fault) };
+    match damaged(rc, &fault, || "own lookup".into()) {
+        Some(e) => Err(e),
+        None => Ok((rc != 1).then_some(rc)),
+    }
+}
+
 /// `mdb_cursor_get` under the guard. `Err` is damage; `Ok` is LMDB's code.
 ///
 /// `map` as for [`get`].
