@@ -12,7 +12,7 @@
 //! of it begins, ends or returns to a pool there (its reader slots live in
 //! the lock file both processes share).
 
-use std::cell::{Cell, UnsafeCell};
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::mem::ManuallyDrop;
 use std::os::raw::{c_int, c_uint};
 use std::path::{Path, PathBuf};
@@ -1578,6 +1578,7 @@ impl Env {
             guard: ManuallyDrop::new(guard),
             pinned: Cell::new(false),
             dbi: Cell::new(self.db.dbi()),
+            table: RefCell::new(None),
             damaged: Cell::new(false),
             map: Cell::new(self.map_view()),
         }))
@@ -2335,6 +2336,9 @@ pub struct ReadTxn<'a> {
     pinned: Cell<bool>,
     /// The database its reads address: the main one unless `set_table`.
     dbi: Cell<ffi::MDB_dbi>,
+    /// The name `dbi` was opened by (`None`: the main table), for the
+    /// lookups of `guard.c`, which find a named table's root by it.
+    table: RefCell<Option<Arc<str>>>,
     /// A read met a damaged page: the transaction is ended, not pooled.
     damaged: Cell<bool>,
     /// Where the map is, for the checks of `guard.rs`: stable while the
@@ -2364,6 +2368,7 @@ impl<'a> ReadTxn<'a> {
                 .as_ref()
                 .map_or(self.env.db.dbi(), |n| n.db.dbi()),
         );
+        *self.table.borrow_mut() = table.named.as_ref().map(|n| n.name.clone());
         Ok(())
     }
 
@@ -2423,12 +2428,15 @@ impl<'a> ReadTxn<'a> {
             mv_data: ptr::null_mut(),
         };
         let mut map = self.map.get();
-        // SAFETY: live read txn and dbi of this env, whose map `map`
-        // describes; k points to `key`.
+        let table = self.table.borrow();
+        // SAFETY: live read txn and dbi of this env, which `table` names
+        // (set together by `set_table`), whose map `map` describes; k points
+        // to `key`.
         let rc = unsafe {
             guard::get(
                 self.txn,
                 self.dbi.get(),
+                table.as_deref().map(str::as_bytes),
                 &mut k,
                 &mut v,
                 Some(&mut map),
@@ -3199,16 +3207,15 @@ mod tests {
         let _ = std::fs::remove_dir_all(&p);
     }
 
-    /// `guard.c` looks keys of the main table up itself (not through
-    /// `mdb_get`) in a read transaction: its answers are LMDB's, for keys
-    /// stored and not, in a tree three levels deep, with empty values and
-    /// values in overflow pages; it is what answers every key LMDB can
-    /// hold once the map is found, and leaves the rest to LMDB.
+    /// `guard.c` looks keys up itself (not through `mdb_get`) in a read
+    /// transaction: its answers are LMDB's, for keys stored and not, in a
+    /// tree three levels deep, with empty values and values in overflow
+    /// pages, in the main table and in a named one (whose root it finds by
+    /// the table's record); it is what answers every key LMDB can hold once
+    /// the map is found, and leaves the rest to LMDB.
     #[test]
     fn own_lookups_match_lmdb() {
-        let p = tmp("own-lookup");
-        let env = Env::open(&p, &EnvOptions::default()).unwrap();
-        let mut items: Vec<(Vec<u8>, Vec<u8>)> = (0..30_000u32)
+        let items: Vec<(Vec<u8>, Vec<u8>)> = (0..30_000u32)
             .map(|i| {
                 let mut key = format!("{:08}", 2 * i).into_bytes();
                 key.extend(std::iter::repeat_n(b'x', i as usize % 40));
@@ -3222,8 +3229,8 @@ mod tests {
             .collect();
         let mut longest = b"99999999".to_vec();
         longest.resize(511, b'y');
+        let mut items = items;
         items.push((longest.clone(), b"longest".to_vec()));
-        put_all(&env, &items, None).unwrap();
         let mut probes: Vec<Vec<u8>> = items.iter().map(|(k, _)| k.clone()).collect();
         for (k, _) in items.iter().step_by(7) {
             probes.push(k[..8].to_vec()); // a prefix (stored when nothing follows)
@@ -3234,21 +3241,60 @@ mod tests {
         for i in (1..60_000u32).step_by(13) {
             probes.push(format!("{i:08}").into_bytes()); // odd ones are not stored
         }
-        probes.extend([&b"0"[..], b"\0", b"\xff\xff", b"99999999"].map(Vec::from));
+        probes.extend([&b"0"[..], b"\0", b"\xff\xff", b"99999999", b"tables"].map(Vec::from));
         let mut past = longest.clone();
         *past.last_mut().unwrap() = b'z';
         probes.push(past);
+
+        let p = tmp("own-lookup");
+        let env = Env::open(&p, &EnvOptions::default()).unwrap();
+        put_all(&env, &items, None).unwrap();
+        own_lookups_agree(&env, &Table::main(), &items, &probes);
+        drop(env);
+        let _ = std::fs::remove_dir_all(&p);
+
+        // Named tables: the records sit in the main tree beside each other,
+        // and the same keys in another table hold other values.
+        let p = tmp("own-lookup-tables");
+        let env = Env::open(&p, &EnvOptions::default()).unwrap();
+        let other = env.open_table("tables", true).unwrap();
+        let table = env.open_table("tables2", true).unwrap();
+        let ops = Sorted::last_write_wins(
+            items
+                .iter()
+                .step_by(3)
+                .map(|(k, _)| (&k[..], Some(&b"other"[..])))
+                .collect(),
+        );
+        env.commit_in(&other, &ops, 0, None).unwrap();
+        let ops =
+            Sorted::last_write_wins(items.iter().map(|(k, v)| (&k[..], Some(&v[..]))).collect());
+        env.commit_in(&table, &ops, 0, None).unwrap();
+        own_lookups_agree(&env, &table, &items, &probes);
+        drop(env);
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
+    fn own_lookups_agree(
+        env: &Env,
+        table: &Table,
+        items: &[(Vec<u8>, Vec<u8>)],
+        probes: &[Vec<u8>],
+    ) {
         env.find_map();
         let g = env.gate.try_shared().unwrap();
         let txn = env.begin_read(g).unwrap().unwrap();
+        txn.set_table(table).unwrap();
         let mut map = txn.map.get();
         assert_ne!(map.base, 0, "the map was found");
         let dbi = txn.dbi.get();
-        let (mut found, mut own) = (0, 0);
-        for key in &probes {
+        let name = table.named.as_ref().map(|n| n.name.as_bytes());
+        let mut found = 0;
+        for key in probes {
             let mut k = guard::val(key);
             let mut v = guard::empty_val();
-            // SAFETY: a live read txn of the main table, and a healthy file.
+            // SAFETY: a live read txn and one of its tables, and a healthy
+            // file.
             let rc = unsafe { ffi::mdb_get(txn.txn, dbi, &mut k, &mut v) };
             let lmdb = (rc == 0).then(|| {
                 // SAFETY: LMDB's answer, valid while the txn lives.
@@ -3257,8 +3303,10 @@ mod tests {
             assert!(rc == 0 || rc == ffi::MDB_NOTFOUND, "rc {rc}");
             let mut k = guard::val(key);
             let mut v = guard::empty_val();
-            // SAFETY: as above; `map` is this transaction's.
-            let mine = unsafe { guard::own_get(txn.txn, dbi, &mut k, &mut v, &mut map) }.unwrap();
+            // SAFETY: as above; `map` is this transaction's, `name` the
+            // table's.
+            let mine =
+                unsafe { guard::own_get(txn.txn, dbi, name, &mut k, &mut v, &mut map) }.unwrap();
             assert_eq!(mine, Some(rc), "key {:?}", String::from_utf8_lossy(key));
             if rc == 0 {
                 // SAFETY: as above.
@@ -3267,7 +3315,6 @@ mod tests {
                 found += 1;
             }
             assert_eq!(txn.get(key).unwrap(), lmdb);
-            own += 1;
         }
         let stored: std::collections::HashSet<&[u8]> = items.iter().map(|(k, _)| &k[..]).collect();
         assert_eq!(
@@ -3275,23 +3322,27 @@ mod tests {
             probes.iter().filter(|k| stored.contains(&k[..])).count()
         );
         assert!(found > items.len() && found < probes.len());
-        assert_eq!(own, probes.len());
-        // Keys LMDB cannot hold, and another table: LMDB's to answer.
-        for key in [Vec::new(), vec![b'9'; 512]] {
-            let mut k = guard::val(&key);
+        // Keys LMDB cannot hold, a table named wrongly or not at all: LMDB's
+        // to answer.
+        let mut ask = |key: &[u8], dbi, name: Option<&[u8]>| {
+            let mut k = guard::val(key);
             let mut v = guard::empty_val();
-            // SAFETY: as above.
-            let mine = unsafe { guard::own_get(txn.txn, dbi, &mut k, &mut v, &mut map) }.unwrap();
-            assert_eq!(mine, None);
+            // SAFETY: as above; the lookup leaves these to LMDB before any
+            // use of the table number.
+            unsafe { guard::own_get(txn.txn, dbi, name, &mut k, &mut v, &mut map) }.unwrap()
+        };
+        assert_eq!(ask(b"", dbi, name), None);
+        assert_eq!(ask(&[b'9'; 512], dbi, name), None);
+        let wrong = if name.is_some() {
+            None
+        } else {
+            Some(&b"tables"[..])
+        };
+        assert_eq!(ask(b"00000000", dbi, wrong), None);
+        if name.is_some() {
+            // A name that is no table's record.
+            assert_eq!(ask(b"00000000", dbi, Some(b"00000000")), None);
         }
-        let mut k = guard::val(b"00000000");
-        let mut v = guard::empty_val();
-        // SAFETY: as above; a table number the lookup leaves to LMDB before
-        // any use of it.
-        let mine = unsafe { guard::own_get(txn.txn, dbi + 1, &mut k, &mut v, &mut map) }.unwrap();
-        assert_eq!(mine, None);
-        drop(txn);
-        let _ = std::fs::remove_dir_all(&p);
     }
 
     #[test]

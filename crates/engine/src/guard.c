@@ -26,8 +26,8 @@
  * (los_check_writes). A bit per page of the map remembers the pages found
  * whole, so each is checked once.
  *
- * A read of one key in the main table is looked up here rather than by
- * mdb_get (los_lookup, below), over pages checked the same way.
+ * A read of one key is looked up here rather than by mdb_get (los_lookup,
+ * below), over pages checked the same way.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -647,7 +647,7 @@ static int los_check(const MDB_val *v, struct los_map *map, struct los_fault *fa
     los_current = outer;                                                                  \
     return rc;
 
-/* A read's own lookup in the main table.
+/* A read's own lookup.
  *
  * A read that asks for one key in a key order of its own (the store's `get`)
  * spends most of its time in LMDB's search waiting for memory: the leaf is
@@ -661,9 +661,10 @@ static int los_check(const MDB_val *v, struct los_map *map, struct los_fault *fa
  * The root of the transaction's snapshot is in LMDB's transaction, whose
  * layout is not public: only LMDB 0.9.24 (the version this package builds)
  * is read that way, after its fields were compared with what LMDB's own
- * functions say of the same transaction. Anything else (another version, a
- * write transaction, a named table, a key LMDB would refuse, a page that is
- * not whole, a record that is not a plain value) is left to mdb_get. */
+ * functions say of the same transaction; a named table's root is in its
+ * record in that snapshot's main tree. Anything else (another version, a
+ * write transaction, a key LMDB would refuse, a page that is not whole, a
+ * record that is not a plain value) is left to mdb_get. */
 struct los_txn_head { /* LMDB 0.9.24's MDB_txn, up to its flags */
     void *parent, *child;
     size_t next_pgno, txnid;
@@ -684,39 +685,15 @@ struct los_txn_head { /* LMDB 0.9.24's MDB_txn, up to its flags */
 
 static int los_own_lookup = -1; /* whether LMDB is the version read here; -1: not asked yet */
 
-static int los_lookup(MDB_txn *txn, MDB_dbi dbi, const MDB_val *key, MDB_val *data,
-                      const struct los_map *m) {
-    int own = __atomic_load_n(&los_own_lookup, __ATOMIC_RELAXED);
-    if (own < 0) {
-        int major = 0, minor = 0, patch = 0;
-        mdb_version(&major, &minor, &patch);
-        own = major == 0 && minor == 9 && patch == 24;
-        __atomic_store_n(&los_own_lookup, own, __ATOMIC_RELAXED);
-    }
-    size_t klen = key->mv_size;
-    if (!own || dbi != LOS_MAIN_DBI || m == NULL || m->base == 0 || klen == 0 ||
-        klen > LOS_MAXKEY) {
-        return LOS_USE_LMDB;
-    }
-    const struct los_txn_head *t = (const struct los_txn_head *)(const void *)txn;
-    if (t->env != mdb_txn_env(txn) || t->txnid != mdb_txn_id(txn) ||
-        (t->flags & (LOS_TXN_RDONLY | LOS_TXN_BLOCKED)) != LOS_TXN_RDONLY ||
-        t->numdbs <= LOS_MAIN_DBI) {
-        return LOS_USE_LMDB;
-    }
-    const unsigned char *db = t->dbs + LOS_DB_SIZE * LOS_MAIN_DBI;
-    uint16_t db_flags;
-    uint64_t root;
-    memcpy(&db_flags, db + 4, sizeof db_flags);
-    memcpy(&root, db + 40, sizeof root);
-    if (db_flags & LOS_DB_KEY_FLAGS) {
-        return LOS_USE_LMDB;
-    }
+/* Search the tree at `root` for `key`: 0 with `*node` its leaf node,
+ * LOS_NOTFOUND, or LOS_USE_LMDB where a page on the way is not whole. */
+static int los_search(const struct los_map *m, uint64_t root, const char *key, size_t klen,
+                      uintptr_t *node) {
     if (root == LOS_NO_PAGE) {
         return LOS_NOTFOUND; /* an empty table */
     }
     uint64_t leaf;
-    if (!los_path_ok(m, root, key->mv_data, klen, 0, &leaf, NULL)) {
+    if (!los_path_ok(m, root, key, klen, 0, &leaf, NULL)) {
         return LOS_USE_LMDB; /* LMDB meets what los_path_ok met, under the guard */
     }
     uintptr_t page = m->base + (uintptr_t)leaf * m->psize;
@@ -730,52 +707,117 @@ static int los_lookup(MDB_txn *txn, MDB_dbi dbi, const MDB_val *key, MDB_val *da
             fetched = 1;
         }
         size_t mid = lo + (hi - lo) / 2;
-        uintptr_t node = page + los_u16(page + LOS_HDR + 2 * mid);
-        size_t ksize = los_u16(node + 6);
-        int c = los_cmp((uintptr_t)key->mv_data, klen, node + LOS_NODE, ksize);
+        uintptr_t at = page + los_u16(page + LOS_HDR + 2 * mid);
+        int c = los_cmp((uintptr_t)key, klen, at + LOS_NODE, los_u16(at + 6));
         if (c < 0) {
             hi = mid;
         } else if (c > 0) {
             lo = mid + 1;
         } else {
-            uint16_t nflags = los_u16(node + 4);
-            size_t dsize = (size_t)los_u16(node) | (size_t)los_u16(node + 2) << 16;
-            uintptr_t at = node + LOS_NODE + ksize;
-            if (nflags & (LOS_F_SUBDATA | LOS_F_DUPDATA)) {
-                return LOS_USE_LMDB;
-            }
-            if (nflags & LOS_F_BIGDATA) {
-                /* The page checks made sure this page is an overflow page
-                 * of the map (los_page_ok), and los_check checks it again. */
-                at = m->base + (uintptr_t)los_u64(at) * m->psize + LOS_HDR;
-            }
-            for (size_t off = 0; off < dsize && off < 256; off += 64) {
-                __builtin_prefetch((const void *)(at + off));
-            }
-            data->mv_size = dsize;
-            data->mv_data = (void *)at;
+            *node = at;
             return 0;
         }
     }
     return LOS_NOTFOUND;
 }
 
-static int los_get_one(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data,
-                       const struct los_map *map) {
-    int rc = los_lookup(txn, dbi, key, data, map);
+/* An MDB_db record's flags and root. */
+static int los_db_root(const unsigned char *db, uint64_t *root) {
+    uint16_t flags;
+    memcpy(&flags, db + 4, sizeof flags);
+    memcpy(root, db + 40, sizeof *root);
+    return (flags & LOS_DB_KEY_FLAGS) == 0;
+}
+
+/* `table` (`tlen` bytes; NULL for the main table) names table `dbi`. */
+static int los_lookup(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen,
+                      const MDB_val *key, MDB_val *data, const struct los_map *m) {
+    int own = __atomic_load_n(&los_own_lookup, __ATOMIC_RELAXED);
+    if (own < 0) {
+        int major = 0, minor = 0, patch = 0;
+        mdb_version(&major, &minor, &patch);
+        own = major == 0 && minor == 9 && patch == 24;
+        __atomic_store_n(&los_own_lookup, own, __ATOMIC_RELAXED);
+    }
+    size_t klen = key->mv_size;
+    if (!own || (dbi == LOS_MAIN_DBI) != (table == NULL) || dbi < LOS_MAIN_DBI || m == NULL ||
+        m->base == 0 || klen == 0 || klen > LOS_MAXKEY) {
+        return LOS_USE_LMDB;
+    }
+    const struct los_txn_head *t = (const struct los_txn_head *)(const void *)txn;
+    if (t->env != mdb_txn_env(txn) || t->txnid != mdb_txn_id(txn) ||
+        (t->flags & (LOS_TXN_RDONLY | LOS_TXN_BLOCKED)) != LOS_TXN_RDONLY || t->numdbs <= dbi) {
+        return LOS_USE_LMDB;
+    }
+    uint64_t root;
+    if (!los_db_root(t->dbs + LOS_DB_SIZE * LOS_MAIN_DBI, &root)) {
+        return LOS_USE_LMDB;
+    }
+    uintptr_t node;
+    int rc;
+    if (table != NULL) {
+        /* A named table's record in the transaction is LMDB's to refresh
+         * (it marks it stale when the transaction begins): read it from the
+         * snapshot's main tree, as LMDB would. */
+        if (tlen == 0 || tlen > LOS_MAXKEY) {
+            return LOS_USE_LMDB;
+        }
+        rc = los_search(m, root, table, tlen, &node);
+        if (rc != 0) {
+            return LOS_USE_LMDB;
+        }
+        size_t ksize = los_u16(node + 6);
+        size_t dsize = (size_t)los_u16(node) | (size_t)los_u16(node + 2) << 16;
+        if ((los_u16(node + 4) & (LOS_F_SUBDATA | LOS_F_BIGDATA | LOS_F_DUPDATA)) != LOS_F_SUBDATA ||
+            dsize != LOS_DB_SIZE ||
+            !los_db_root((const unsigned char *)(node + LOS_NODE + ksize), &root)) {
+            return LOS_USE_LMDB;
+        }
+    }
+    rc = los_search(m, root, key->mv_data, klen, &node);
+    if (rc != 0) {
+        return rc;
+    }
+    uint16_t nflags = los_u16(node + 4);
+    size_t ksize = los_u16(node + 6);
+    size_t dsize = (size_t)los_u16(node) | (size_t)los_u16(node + 2) << 16;
+    uintptr_t at = node + LOS_NODE + ksize;
+    if (nflags & (LOS_F_SUBDATA | LOS_F_DUPDATA)) {
+        return LOS_USE_LMDB;
+    }
+    if (nflags & LOS_F_BIGDATA) {
+        /* The page checks made sure this page is an overflow page of the
+         * map (los_page_ok), and los_check checks it again. */
+        at = m->base + (uintptr_t)los_u64(at) * m->psize + LOS_HDR;
+    }
+    for (size_t off = 0; off < dsize && off < 256; off += 64) {
+        __builtin_prefetch((const void *)(at + off));
+    }
+    data->mv_size = dsize;
+    data->mv_data = (void *)at;
+    return 0;
+}
+
+static int los_get_one(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen, MDB_val *key,
+                       MDB_val *data, const struct los_map *map) {
+    int rc = los_lookup(txn, dbi, table, tlen, key, data, map);
     return rc == LOS_USE_LMDB ? mdb_get(txn, dbi, key, data) : rc;
 }
 
-int los_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data, struct los_map *map,
-            struct los_fault *fault) {
-    LOS_GUARDED(los_get_one(txn, dbi, key, data, map), { rc = los_check(data, map, fault); })
+/* mdb_get of `key` in table `dbi`, named `table` (`tlen` bytes; NULL for
+ * the main table), under the guard, the value checked. */
+int los_get(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen, MDB_val *key,
+            MDB_val *data, struct los_map *map, struct los_fault *fault) {
+    LOS_GUARDED(los_get_one(txn, dbi, table, tlen, key, data, map),
+                { rc = los_check(data, map, fault); })
 }
 
 /* los_get without LMDB's lookup: LOS_USE_LMDB where los_get would ask
  * LMDB (for the engine's tests, which compare the two). */
-int los_own_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data, struct los_map *map,
-                struct los_fault *fault) {
-    LOS_GUARDED(los_lookup(txn, dbi, key, data, map), { rc = los_check(data, map, fault); })
+int los_own_get(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen, MDB_val *key,
+                MDB_val *data, struct los_map *map, struct los_fault *fault) {
+    LOS_GUARDED(los_lookup(txn, dbi, table, tlen, key, data, map),
+                { rc = los_check(data, map, fault); })
 }
 
 int los_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, int op,

@@ -131,6 +131,8 @@ extern "C" {
     fn los_get(
         txn: *mut ffi::MDB_txn,
         dbi: ffi::MDB_dbi,
+        table: *const c_char,
+        tlen: usize,
         key: *mut ffi::MDB_val,
         data: *mut ffi::MDB_val,
         map: *mut Map,
@@ -235,17 +237,24 @@ fn damaged(rc: c_int, fault: &Fault, what: impl FnOnce() -> String) -> Option<Er
     })
 }
 
+/// A table's name as `guard.c` takes it: null for the main table.
+fn table_name(table: Option<&[u8]>) -> (*const c_char, usize) {
+    table.map_or((std::ptr::null(), 0), |t| (t.as_ptr().cast(), t.len()))
+}
+
 /// `mdb_get` under the guard. `Err` is damage; `Ok` is LMDB's code.
 ///
+/// `table` is the name `dbi` was opened by (`None` for the main table);
 /// `map` is where the map of `txn` is (`None` in a write transaction, whose
 /// own pages are outside it); a read may find its `base`.
 ///
 /// # Safety
-/// As `mdb_get`: a live transaction and database; `key` points to readable
-/// memory; `map` describes the transaction's map.
+/// As `mdb_get`: a live transaction and database, which `table` names;
+/// `key` points to readable memory; `map` describes the transaction's map.
 pub(crate) unsafe fn get(
     txn: *mut ffi::MDB_txn,
     dbi: ffi::MDB_dbi,
+    table: Option<&[u8]>,
     key: &mut ffi::MDB_val,
     data: &mut ffi::MDB_val,
     map: Option<&mut Map>,
@@ -253,8 +262,10 @@ pub(crate) unsafe fn get(
 ) -> Result<c_int> {
     let mut fault = Fault::new();
     let map = map.map_or(std::ptr::null_mut(), |m| m as *mut Map);
-    // SAFETY: per the contract; `guard.c` calls mdb_get with these.
-    let rc = unsafe { los_get(txn, dbi, key, data, map, &mut fault) };
+    let (name, len) = table_name(table);
+    // SAFETY: per the contract; `guard.c` calls mdb_get with these, and
+    // reads `len` bytes at `name`, which `table` holds.
+    let rc = unsafe { los_get(txn, dbi, name, len, key, data, map, &mut fault) };
     damaged(rc, &fault, what).map_or(Ok(rc), Err)
 }
 
@@ -263,6 +274,8 @@ extern "C" {
     fn los_own_get(
         txn: *mut ffi::MDB_txn,
         dbi: ffi::MDB_dbi,
+        table: *const c_char,
+        tlen: usize,
         key: *mut ffi::MDB_val,
         data: *mut ffi::MDB_val,
         map: *mut Map,
@@ -280,13 +293,15 @@ extern "C" {
 pub(crate) unsafe fn own_get(
     txn: *mut ffi::MDB_txn,
     dbi: ffi::MDB_dbi,
+    table: Option<&[u8]>,
     key: &mut ffi::MDB_val,
     data: &mut ffi::MDB_val,
     map: &mut Map,
 ) -> Result<Option<c_int>> {
     let mut fault = Fault::new();
+    let (name, len) = table_name(table);
     // SAFETY: per the contract.
-    let rc = unsafe { los_own_get(txn, dbi, key, data, map, &mut fault) };
+    let rc = unsafe { los_own_get(txn, dbi, name, len, key, data, map, &mut fault) };
     match damaged(rc, &fault, || "own lookup".into()) {
         Some(e) => Err(e),
         None => Ok((rc != 1).then_some(rc)),
@@ -699,6 +714,8 @@ pub(crate) fn rw_get<'t>(
         los_get(
             txn.txn(),
             db.dbi(),
+            std::ptr::null(),
+            0,
             &mut k,
             &mut v,
             std::ptr::null_mut(),

@@ -209,8 +209,11 @@ impl WriteTxn {
         let mut k = guard::val(key);
         let mut v = guard::empty_val();
         // SAFETY: live transaction of this thread; `k` points to `key`.
-        let rc =
-            unsafe { guard::get(self.raw, db, &mut k, &mut v, None, || self.env.what("read")) }?;
+        let rc = unsafe {
+            guard::get(self.raw, db, None, &mut k, &mut v, None, || {
+                self.env.what("read")
+            })
+        }?;
         match rc {
             // SAFETY: filled by mdb_get inside the live transaction.
             0 => Ok(Some(unsafe { copied(&v) })),
