@@ -253,6 +253,12 @@ static inline int los_seen(const struct los_map *m, uint64_t pgno) {
     return (int)((__atomic_load_n(&m->bits[pgno >> 6], __ATOMIC_RELAXED) >> (pgno & 63)) & 1);
 }
 
+/* A page found whole before: los_page_ok's first answer without the call,
+ * for the paths every read takes. */
+static inline int los_known_whole(const struct los_map *m, uint64_t pgno) {
+    return pgno >= 2 && pgno < los_pages(m) && los_seen(m, pgno);
+}
+
 static void los_mark(const struct los_map *m, uint64_t pgno) {
     if (m->bits != NULL && pgno < m->nbits) {
         __atomic_fetch_or(&m->bits[pgno >> 6], (uint64_t)1 << (pgno & 63), __ATOMIC_RELAXED);
@@ -482,8 +488,7 @@ static int los_path_ok(const struct los_map *m, uint64_t root, const char *key, 
     }
     uint64_t pgno = root;
     for (int depth = 0; depth < LOS_MAX_DEPTH; depth++) {
-        int whole = pgno >= 2 && pgno < los_pages(m) && los_seen(m, pgno); /* the common case */
-        if (!whole && !los_page_ok(m, pgno, 0)) {
+        if (!los_known_whole(m, pgno) && !los_page_ok(m, pgno, 0)) {
             return 0;
         }
         uintptr_t page = m->base + (uintptr_t)pgno * m->psize;
@@ -586,9 +591,7 @@ static int los_check(const MDB_val *v, struct los_map *map, struct los_fault *fa
                     /* First: a page checked as a leaf may since have been
                      * freed and reused for an overflow value. */
                     ok = at == page + LOS_HDR && los_overflow_ok(map, pgno, n);
-                } else if (pgno >= 2 && pgno < los_pages(map) && los_seen(map, pgno)) {
-                    /* A page checked before, the common case: los_page_ok's
-                     * first test, without the call. */
+                } else if (los_known_whole(map, pgno)) { /* the common case */
                     ok = end <= page + map->psize;
                 } else {
                     ok = los_page_ok(map, pgno, 0) && end <= page + map->psize;
@@ -799,24 +802,18 @@ static int los_lookup(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen,
 }
 
 static int los_get_one(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen, MDB_val *key,
-                       MDB_val *data, const struct los_map *map) {
+                       MDB_val *data, const struct los_map *map, int own_only) {
     int rc = los_lookup(txn, dbi, table, tlen, key, data, map);
-    return rc == LOS_USE_LMDB ? mdb_get(txn, dbi, key, data) : rc;
+    return rc == LOS_USE_LMDB && !own_only ? mdb_get(txn, dbi, key, data) : rc;
 }
 
 /* mdb_get of `key` in table `dbi`, named `table` (`tlen` bytes; NULL for
- * the main table), under the guard, the value checked. */
+ * the main table), under the guard, the value checked. With `own_only`
+ * (the engine's tests, which compare the two lookups), LOS_USE_LMDB where
+ * LMDB would be asked. */
 int los_get(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen, MDB_val *key,
-            MDB_val *data, struct los_map *map, struct los_fault *fault) {
-    LOS_GUARDED(los_get_one(txn, dbi, table, tlen, key, data, map),
-                { rc = los_check(data, map, fault); })
-}
-
-/* los_get without LMDB's lookup: LOS_USE_LMDB where los_get would ask
- * LMDB (for the engine's tests, which compare the two). */
-int los_own_get(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen, MDB_val *key,
-                MDB_val *data, struct los_map *map, struct los_fault *fault) {
-    LOS_GUARDED(los_lookup(txn, dbi, table, tlen, key, data, map),
+            MDB_val *data, struct los_map *map, int own_only, struct los_fault *fault) {
+    LOS_GUARDED(los_get_one(txn, dbi, table, tlen, key, data, map, own_only),
                 { rc = los_check(data, map, fault); })
 }
 
@@ -1060,19 +1057,12 @@ static int los_writes_ok(MDB_cursor *cursor, struct los_map *map, const char *ta
     ok = los_tree_ok(map, free_root, 1);
     if (ok && table != NULL && root != LOS_NO_PAGE) {
         /* The table's record, in the main tree: its root. */
-        ok = los_path_ok(map, root, table, tlen, 0, &leaf, NULL);
+        uintptr_t node;
+        int rc = los_search(map, root, table, tlen, &node);
+        ok = rc != LOS_USE_LMDB;
         root = LOS_NO_PAGE;
-        if (ok) {
-            uintptr_t page = map->base + (uintptr_t)leaf * map->psize;
-            size_t count = (los_u16(page + 12) - LOS_HDR) / 2;
-            for (size_t i = 0; i < count; i++) {
-                uintptr_t node = page + los_u16(page + LOS_HDR + 2 * i);
-                size_t ksize = los_u16(node + 6);
-                if ((los_u16(node + 4) & LOS_F_SUBDATA) &&
-                    los_cmp(node + LOS_NODE, ksize, (uintptr_t)table, tlen) == 0) {
-                    root = los_u64(node + LOS_NODE + ksize + 40);
-                }
-            }
+        if (rc == 0 && (los_u16(node + 4) & LOS_F_SUBDATA)) {
+            root = los_u64(node + LOS_NODE + los_u16(node + 6) + 40);
         }
     }
     /* Keys come mostly in order: one after the last key checked and before

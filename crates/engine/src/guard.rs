@@ -136,6 +136,7 @@ extern "C" {
         key: *mut ffi::MDB_val,
         data: *mut ffi::MDB_val,
         map: *mut Map,
+        own_only: c_int,
         fault: *mut Fault,
     ) -> c_int;
     fn los_cursor_get(
@@ -265,23 +266,13 @@ pub(crate) unsafe fn get(
     let (name, len) = table_name(table);
     // SAFETY: per the contract; `guard.c` calls mdb_get with these, and
     // reads `len` bytes at `name`, which `table` holds.
-    let rc = unsafe { los_get(txn, dbi, name, len, key, data, map, &mut fault) };
+    let rc = unsafe { los_get(txn, dbi, name, len, key, data, map, 0, &mut fault) };
     damaged(rc, &fault, what).map_or(Ok(rc), Err)
 }
 
+/// `guard.c`'s answer where it does not ask LMDB (`los_get`'s `own_only`).
 #[cfg(test)]
-extern "C" {
-    fn los_own_get(
-        txn: *mut ffi::MDB_txn,
-        dbi: ffi::MDB_dbi,
-        table: *const c_char,
-        tlen: usize,
-        key: *mut ffi::MDB_val,
-        data: *mut ffi::MDB_val,
-        map: *mut Map,
-        fault: *mut Fault,
-    ) -> c_int;
-}
+const OWN_LOOKUP_DECLINED: c_int = 1;
 
 /// What `guard.c`'s own lookup answers where [`get`] uses it: `None` where
 /// it leaves the lookup to `mdb_get`; else LMDB's code (for the tests, which
@@ -301,10 +292,10 @@ pub(crate) unsafe fn own_get(
     let mut fault = Fault::new();
     let (name, len) = table_name(table);
     // SAFETY: per the contract.
-    let rc = unsafe { los_own_get(txn, dbi, name, len, key, data, map, &mut fault) };
+    let rc = unsafe { los_get(txn, dbi, name, len, key, data, map, 1, &mut fault) };
     match damaged(rc, &fault, || "own lookup".into()) {
         Some(e) => Err(e),
-        None => Ok((rc != 1).then_some(rc)),
+        None => Ok((rc != OWN_LOOKUP_DECLINED).then_some(rc)),
     }
 }
 
@@ -719,6 +710,7 @@ pub(crate) fn rw_get<'t>(
             &mut k,
             &mut v,
             std::ptr::null_mut(),
+            0,
             &mut fault,
         )
     };
