@@ -29,10 +29,10 @@ F_BIGDATA = 0x01
 COUNT = 6000
 
 
-def build(path: str, writemap: bool = False) -> None:
+def build(path: str, writemap: bool = False, table: str | None = None) -> None:
     """A store of COUNT keys (every 7th deleted), values of a few dozen bytes
     and every 50th of 6,000 bytes (in overflow pages)."""
-    with LmdbObjectStore(path, writemap=writemap) as store:
+    with LmdbObjectStore(path, writemap=writemap, table=table) as store:
         for i in range(COUNT):
             big = b"b" * 6000 if i % 50 == 0 else b""
             store[b"key%06d" % i] = {"i": i, "s": "x" * (i % 40), "big": big}
@@ -40,13 +40,48 @@ def build(path: str, writemap: bool = False) -> None:
             del store[b"key%06d" % i]
 
 
-def live_pages(data: bytes) -> dict[int, list[int]]:
-    """The pages of the main tree, by kind: walked from the newest meta page's
-    root (64-bit LMDB 0.9 layout: a 16-byte page header, then the node
-    offsets; a node is 8 bytes of header, the key, then the data)."""
+def main_root(data: bytes) -> int:
+    """The main tree's root, in the newest meta page (64-bit LMDB 0.9 layout:
+    a 16-byte page header, then the node offsets; a node is 8 bytes of
+    header, the key, then the data)."""
     metas = [(struct.unpack_from("<Q", data, at + 144)[0], at) for at in (0, PAGE)]
-    meta = max(metas)[1]
-    root = struct.unpack_from("<Q", data, meta + 128)[0]
+    return struct.unpack_from("<Q", data, max(metas)[1] + 128)[0]
+
+
+def nodes(data: bytes, pgno: int) -> list[tuple[bytes, int, bytes]]:
+    """The nodes of branch or leaf page `pgno`: key, flags, and the data (a
+    branch node's child page number as 8 bytes)."""
+    at = pgno * PAGE
+    flags, lower = struct.unpack_from("<HH", data, at + 10)
+    out = []
+    for i in range((lower - 16) // 2):
+        node = at + struct.unpack_from("<H", data, at + 16 + 2 * i)[0]
+        lo, hi, nflags, ksize = struct.unpack_from("<HHHH", data, node)
+        key = bytes(data[node + 8 : node + 8 + ksize])
+        if flags & P_BRANCH:
+            value = struct.pack("<Q", lo | hi << 16 | nflags << 32)
+        else:
+            value = bytes(data[node + 8 + ksize : node + 8 + ksize + (lo | hi << 16)])
+        out.append((key, nflags, value))
+    return out
+
+
+def table_root(data: bytes, name: bytes) -> int:
+    """The root of named table `name`, from its record in the main tree."""
+    pgno = main_root(data)
+    while True:
+        found = nodes(data, pgno)
+        if not struct.unpack_from("<H", data, pgno * PAGE + 10)[0] & P_BRANCH:
+            record = next(v for k, _, v in found if k == name)
+            return struct.unpack_from("<Q", record, 40)[0]
+        child = [v for k, _, v in found[1:] if k <= name]
+        pgno = struct.unpack_from("<Q", (child or [found[0][2]])[-1])[0]
+
+
+def live_pages(data: bytes, root: int | None = None) -> dict[int, list[int]]:
+    """The pages of the tree at `root` (default: the main tree), by kind."""
+    if root is None:
+        root = main_root(data)
     found: dict[int, list[int]] = {P_BRANCH: [], P_LEAF: [], P_OVERFLOW: []}
     todo = [root]
     while todo:
@@ -83,6 +118,11 @@ def damage(page: bytearray, how: str, rng: random.Random) -> None:
         struct.pack_into("<HH", page, first_node, 0xFFFF, 0x7FFF)
     elif how == "child":
         struct.pack_into("<HHH", page, first_node, 0xFFFF, 0xFFFF, 0x00FF)
+    elif how == "flags":
+        # Every kind of page at once, and a lower bound inside the header:
+        # LMDB's search counts 2^31 nodes and its binary search over them
+        # never ends (no signal either).
+        struct.pack_into("<HHH", page, 10, 0x7776, 0x0008, 0x0FF0)
     else:
         raise AssertionError(how)
 
@@ -204,6 +244,8 @@ CASES = [
     (P_BRANCH, "garbage"),
     (P_BRANCH, "header"),
     (P_BRANCH, "child"),
+    (P_LEAF, "flags"),
+    (P_BRANCH, "flags"),
     (P_OVERFLOW, "garbage"),
 ]
 KIND = {P_LEAF: "leaf", P_BRANCH: "branch", P_OVERFLOW: "overflow"}
@@ -298,6 +340,9 @@ def exercise(store, model, rounds):
         for k in sorted(model)[::17]:
             assert t[k] == model[k]
             t[k] = model[k] = value()
+        # A walk over pages this transaction changed and pages it did not.
+        assert dict(t.items()) == model
+        assert t.keys(reverse=True) == sorted(model, reverse=True)
     assert dict(store.items()) == model
     assert list(reversed(store)) == sorted(model, reverse=True)
     found, missing = store.get_many(list(model) + [b"\\xff" * 300])
@@ -369,3 +414,89 @@ def test_opening_tables_through_a_damaged_main_tree(tmp_path, how):
     report = json.loads(out.strip().splitlines()[-1])
     failed = check(report, path)
     assert failed, report
+
+
+SEARCH_CHILD = (
+    OUTCOME
+    + """
+path, table, op, key = sys.argv[1], sys.argv[2] or None, sys.argv[3], sys.argv[4].encode()
+outcome("open", lambda: globals().update(store=LmdbObjectStore(path, table=table)))
+
+def snapshot():
+    with store.snapshot() as s:
+        s.get(key)
+
+def transaction(call):
+    def run():
+        with store.transaction() as t:
+            call(t)
+    return run
+
+calls = {
+    "get": lambda: store.get(key),
+    "in": lambda: key in store,
+    "getitem": lambda: store[key],
+    "get_many": lambda: store.get_many([b"key000001", key, b"key039999"]),
+    "keys_from": lambda: next(iter(store.keys(start=key)), None),
+    "keys_before": lambda: next(iter(store.keys(stop=key, reverse=True)), None),
+    "snapshot": snapshot,
+    "transaction_get": transaction(lambda t: t.get(key)),
+    "transaction_keys": transaction(lambda t: t.keys(start=key)),
+    "transaction_walk": transaction(lambda t: t.keys()),
+}
+outcome(op, calls[op])
+print(json.dumps(report))
+"""
+)
+
+
+@pytest.mark.parametrize("table", [None, "t"], ids=["main", "table"])
+@pytest.mark.parametrize("kind", [P_LEAF, P_BRANCH], ids=["leaf", "branch"])
+def test_every_read_through_a_damaged_page_ends_in_an_error(tmp_path, kind, table):
+    # LMDB searches a page by the count of nodes its header gives; a damaged
+    # count can make that search go round forever, with no signal to end
+    # it, and a walk step through 2^31 empty keys. So every search for a
+    # key, through any call and as the first read of a process, checks the
+    # pages on its way before LMDB's search reads them, and a walk checks
+    # each page it steps into (a transaction's too).
+    src = str(tmp_path / "src")
+    # Three levels: branch pages below the root.
+    with LmdbObjectStore(src, table=table) as store:
+        store.update({b"key%06d" % i: i for i in range(40_000)})
+    with open(os.path.join(src, "data.mdb"), "rb") as f:
+        data = bytearray(f.read())
+    root = main_root(data) if table is None else table_root(data, table.encode())
+    pages = live_pages(bytes(data), root)
+    # A page below the root, and a key below it.
+    pgno = next(p for p in pages[kind][len(pages[kind]) // 2 :] if p != root)
+    below = pgno
+    while struct.unpack_from("<H", data, below * PAGE + 10)[0] & P_BRANCH:
+        children = nodes(bytes(data), below)
+        below = struct.unpack_from("<Q", children[len(children) // 2][2])[0]
+    leaf = nodes(bytes(data), below)
+    key = leaf[len(leaf) // 2][0]
+    page = data[pgno * PAGE : (pgno + 1) * PAGE]
+    damage(page, "flags", random.Random(0))
+    data[pgno * PAGE : (pgno + 1) * PAGE] = page
+    for op in [
+        "get",
+        "in",
+        "getitem",
+        "get_many",
+        "keys_from",
+        "keys_before",
+        "snapshot",
+        "transaction_get",
+        "transaction_keys",
+        "transaction_walk",
+    ]:
+        path = str(tmp_path / op)
+        os.makedirs(path)
+        with open(os.path.join(path, "data.mdb"), "wb") as f:
+            f.write(data)
+        out = run_python(SEARCH_CHILD, path, table or "", op, key.decode(), timeout=20)
+        report = json.loads(out.strip().splitlines()[-1])
+        # The open reads no page below the root.
+        [(_, opened, _, _), (name, _, is_error, message)] = report
+        assert opened is None and name == op, report
+        assert is_error and "damaged" in message and path in message, report

@@ -2442,9 +2442,10 @@ impl<'a> ReadTxn<'a> {
                 Some(&mut map),
                 || self.env.what("read"),
             )
-        }
-        .inspect_err(|e| self.met(e))?;
+        };
+        // Kept even after damage: the map was found from its meta pages.
         self.found_map(map);
+        let rc = rc.inspect_err(|e| self.met(e))?;
         match rc {
             0 => {
                 // SAFETY: `v` was filled by mdb_get inside `self`.
@@ -2606,11 +2607,11 @@ impl<'t> Cursor<'t> {
         let mut map = self.txn.map.get();
         // SAFETY: the cursor is open on a live read txn, whose map `map`
         // describes; the arrays are of one length.
-        let (got, rc) = unsafe {
+        let found = unsafe {
             guard::cursor_run(self.raw, op, keys, vals, &mut map, || self.env.what(what))
-        }
-        .inspect_err(|e| self.txn.met(e))?;
+        };
         self.txn.found_map(map);
+        let (got, rc) = found.inspect_err(|e| self.txn.met(e))?;
         match rc {
             0 => Ok(got),
             rc => Err(self.txn.failed(rc, what)),
@@ -2629,17 +2630,18 @@ impl<'t> Cursor<'t> {
         what: &str,
     ) -> Result<()> {
         let mut map = self.txn.map.get();
-        // SAFETY: the cursor is open on a live read txn, whose map `map`
-        // describes; only this cursor moves by `state` (both belong to one
-        // `Ascending`); the keys point to the caller's live slices; the
-        // arrays are of one length.
+        let table = self.txn.table.borrow();
+        // SAFETY: the cursor is open on a live read txn, on the table
+        // `table` names, whose map `map` describes; only this cursor moves
+        // by `state` (both belong to one `Ascending`); the keys point to the
+        // caller's live slices; the arrays are of one length.
         let result = unsafe {
             guard::seek(
                 self.raw,
+                table.as_deref().map(str::as_bytes),
                 state,
                 keys,
                 found,
-                crate::MAX_KEY_SIZE,
                 &mut map,
                 || self.env.what(what),
             )
@@ -2656,6 +2658,7 @@ impl<'t> Cursor<'t> {
             }
             Err(e) => {
                 *state = guard::Seek::unset();
+                self.txn.found_map(map);
                 self.txn.met(&e);
                 Err(e)
             }
@@ -2670,16 +2673,23 @@ impl<'t> Cursor<'t> {
             mv_data: ptr::null_mut(),
         };
         let mut map = self.txn.map.get();
-        // SAFETY: the cursor is open on a live txn, whose map `map`
-        // describes; `k` points to `key`, which LMDB only reads before
-        // replacing `k` by the key it found.
+        let table = self.txn.table.borrow();
+        // SAFETY: the cursor is open on a live txn, on the table `table`
+        // names, whose map `map` describes; `k` points to `key`, which LMDB
+        // only reads before replacing `k` by the key it found.
         let rc = unsafe {
-            guard::cursor_get(self.raw, &mut k, &mut v, op, Some(&mut map), || {
-                self.env.what(what)
-            })
-        }
-        .inspect_err(|e| self.txn.met(e))?;
+            guard::cursor_get(
+                self.raw,
+                &mut k,
+                &mut v,
+                op,
+                table.as_deref().map(str::as_bytes),
+                Some(&mut map),
+                || self.env.what(what),
+            )
+        };
         self.txn.found_map(map);
+        let rc = rc.inspect_err(|e| self.txn.met(e))?;
         match rc {
             // SAFETY: filled by mdb_cursor_get inside the transaction.
             0 => Ok(Some(unsafe { (guard::slice(&k), guard::slice(&v)) })),
@@ -3123,6 +3133,12 @@ mod tests {
     /// which LMDB copies a page it changes, point past the page. Returns
     /// the store's path, its data file's path and the damaged file's bytes.
     fn damaged_store(name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+        // The free space's bounds, swapped.
+        damaged_last_leaf(name, 12, &[0xF0, 0xFF, 0x10, 0x00])
+    }
+
+    /// A store of 3,000 keys whose last leaf has `bytes` at `at`.
+    fn damaged_last_leaf(name: &str, at: usize, bytes: &[u8]) -> (PathBuf, PathBuf, Vec<u8>) {
         let p = tmp(name);
         let items: Vec<_> = (0..3000u32)
             .map(|i| (format!("k{i:05}").into_bytes(), vec![b'v'; 40]))
@@ -3134,7 +3150,7 @@ mod tests {
         let data = p.join("data.mdb");
         let mut file = std::fs::read(&data).unwrap();
         let leaf = last_leaf(&file, psize) * psize;
-        file[leaf + 12..leaf + 16].copy_from_slice(&[0xF0, 0xFF, 0x10, 0x00]);
+        file[leaf + at..leaf + at + bytes.len()].copy_from_slice(bytes);
         std::fs::write(&data, &file).unwrap();
         (p, data, file)
     }
@@ -3155,6 +3171,30 @@ mod tests {
         assert!(err.to_string().contains("writes no more"), "{err}");
         env.close().unwrap();
         assert_eq!(std::fs::read(&data).unwrap(), file);
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
+    #[test]
+    fn a_search_never_enters_a_page_that_is_not_whole() {
+        // Every kind of page at once, and a lower bound inside the header:
+        // LMDB's binary search over the 2^31 nodes that gives goes round
+        // forever. Each read below is the first of its environment (the map
+        // is found before any page is read).
+        let (p, _, _) = damaged_last_leaf("damaged-search", 10, &[0x76, 0x77, 0x08, 0x00]);
+        for read in 0..3 {
+            let env = Env::open(&p, &EnvOptions::default()).unwrap();
+            let g = env.gate.try_shared().unwrap();
+            let txn = env.begin_read(g).unwrap().unwrap();
+            let err = match read {
+                0 => txn.get(b"k02999").map(drop),
+                1 => txn.ascending().and_then(|mut a| a.get(b"k02999").map(drop)),
+                _ => txn.scan(Seek::AtOrAfter, b"k02999", false, |_, _| false),
+            }
+            .unwrap_err();
+            assert!(matches!(err, Error::Damaged { .. }), "{read}: {err}");
+            drop(txn);
+            env.close().unwrap();
+        }
         let _ = std::fs::remove_dir_all(&p);
     }
 

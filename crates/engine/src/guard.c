@@ -61,6 +61,10 @@ int mdb_drop(MDB_txn *txn, MDB_dbi dbi, int del);
 typedef void MDB_assert_func(MDB_env *env, const char *msg);
 int mdb_env_set_assert(MDB_env *env, MDB_assert_func *func);
 MDB_env *mdb_txn_env(MDB_txn *txn);
+int mdb_env_get_fd(MDB_env *env, int *fd);
+int mdb_env_get_path(MDB_env *env, const char **path);
+MDB_txn *mdb_cursor_txn(MDB_cursor *cursor);
+MDB_dbi mdb_cursor_dbi(MDB_cursor *cursor);
 size_t mdb_txn_id(MDB_txn *txn);
 char *mdb_version(int *major, int *minor, int *patch);
 
@@ -167,6 +171,7 @@ struct los_map {
     size_t psize;
     uint64_t *bits;
     size_t nbits;
+    size_t outside; /* a write transaction's: what lies outside the map is LMDB's own */
 };
 
 /* LMDB's file format (version 1, 64-bit): every page begins with a 16-byte
@@ -579,6 +584,9 @@ static int los_check(const MDB_val *v, struct los_map *map, struct los_fault *fa
         if (map->base == 0) {
             map->base = los_locate(at, map);
         }
+        if (map->base != 0 && map->outside && (at < map->base || at - map->base >= map->size)) {
+            return 0; /* in a page a write transaction changed: LMDB's own copy */
+        }
         if (map->base != 0) {
             /* An empty key or value may point just past the end of its
              * page (its node is the page's last bytes). */
@@ -685,11 +693,12 @@ struct los_txn_head { /* LMDB 0.9.24's MDB_txn, up to its flags */
 #define LOS_DB_KEY_FLAGS 0x7eu    /* every MDB_db flag that changes how keys are found */
 #define LOS_MAXKEY 511u           /* mdb_env_get_maxkeysize, as built */
 #define LOS_USE_LMDB 1            /* not an LMDB code: mdb_get answers */
+#define LOS_NOT_WHOLE 2           /* not an LMDB code: a page on the way is not whole */
 
 static int los_own_lookup = -1; /* whether LMDB is the version read here; -1: not asked yet */
 
 /* Search the tree at `root` for `key`: 0 with `*node` its leaf node,
- * LOS_NOTFOUND, or LOS_USE_LMDB where a page on the way is not whole. */
+ * LOS_NOTFOUND, or LOS_NOT_WHOLE where a page on the way is not whole. */
 static int los_search(const struct los_map *m, uint64_t root, const char *key, size_t klen,
                       uintptr_t *node) {
     if (root == LOS_NO_PAGE) {
@@ -697,7 +706,7 @@ static int los_search(const struct los_map *m, uint64_t root, const char *key, s
     }
     uint64_t leaf;
     if (!los_path_ok(m, root, key, klen, 0, &leaf, NULL)) {
-        return LOS_USE_LMDB; /* LMDB meets what los_path_ok met, under the guard */
+        return LOS_NOT_WHOLE;
     }
     uintptr_t page = m->base + (uintptr_t)leaf * m->psize;
     size_t n = (los_u16(page + 12) - LOS_HDR) / 2;
@@ -732,9 +741,8 @@ static int los_db_root(const unsigned char *db, uint64_t *root) {
     return (flags & LOS_DB_KEY_FLAGS) == 0;
 }
 
-/* `table` (`tlen` bytes; NULL for the main table) names table `dbi`. */
-static int los_lookup(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen,
-                      const MDB_val *key, MDB_val *data, const struct los_map *m) {
+/* Whether LMDB is the version whose private records are read here. */
+static int los_own(void) {
     int own = __atomic_load_n(&los_own_lookup, __ATOMIC_RELAXED);
     if (own < 0) {
         int major = 0, minor = 0, patch = 0;
@@ -742,9 +750,52 @@ static int los_lookup(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen,
         own = major == 0 && minor == 9 && patch == 24;
         __atomic_store_n(&los_own_lookup, own, __ATOMIC_RELAXED);
     }
-    size_t klen = key->mv_size;
-    if (!own || (dbi == LOS_MAIN_DBI) != (table == NULL) || dbi < LOS_MAIN_DBI || m == NULL ||
-        m->base == 0 || klen == 0 || klen > LOS_MAXKEY) {
+    return own;
+}
+
+/* LMDB 0.9.24's MDB_env, up to its map. */
+struct los_env_head {
+    int fd, lfd, mfd;
+    uint32_t flags;
+    unsigned int psize, os_psize, maxreaders;
+    int close_readers;
+    MDB_dbi numdbs, maxdbs;
+    int pid;
+    char *path;
+    char *map;
+};
+
+/* Where the map of `env` begins, when no read found it yet (`m->base` 0):
+ * read from LMDB's environment, after its file and path fields were
+ * compared with what LMDB's own functions say, and its two meta pages
+ * found there. A read finds it from the page of what it read (los_locate),
+ * but a search must know it before LMDB's search reads any page (see
+ * los_not_whole), and a damaged page may not say where it is. */
+static void los_find_map(MDB_env *env, struct los_map *m) {
+    int fd = -1;
+    const char *path = NULL;
+    if (mdb_env_get_fd(env, &fd) != 0 || mdb_env_get_path(env, &path) != 0) {
+        return;
+    }
+    const struct los_env_head *e = (const struct los_env_head *)(const void *)env;
+    if (e->fd != fd || e->path != path || e->psize != m->psize || e->map == NULL) {
+        return;
+    }
+    uintptr_t base = (uintptr_t)e->map;
+    if (m->size >= 2 * m->psize && los_is_meta(base) && los_is_meta(base + m->psize)) {
+        m->base = base;
+    }
+}
+
+/* The root of table `dbi`, named `table` (`tlen` bytes; NULL for the main
+ * table), in the snapshot of read transaction `txn`, into `*root`: 0,
+ * LOS_USE_LMDB where it is not read here, or LOS_NOT_WHOLE where a page on
+ * the way to a named table's record is not whole. Finds the map if no read
+ * found it yet. */
+static int los_txn_root(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen,
+                        struct los_map *m, uint64_t *root) {
+    if (!los_own() || (dbi == LOS_MAIN_DBI) != (table == NULL) || dbi < LOS_MAIN_DBI ||
+        m == NULL) {
         return LOS_USE_LMDB;
     }
     const struct los_txn_head *t = (const struct los_txn_head *)(const void *)txn;
@@ -752,12 +803,15 @@ static int los_lookup(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen,
         (t->flags & (LOS_TXN_RDONLY | LOS_TXN_BLOCKED)) != LOS_TXN_RDONLY || t->numdbs <= dbi) {
         return LOS_USE_LMDB;
     }
-    uint64_t root;
-    if (!los_db_root(t->dbs + LOS_DB_SIZE * LOS_MAIN_DBI, &root)) {
+    if (m->base == 0) {
+        los_find_map(t->env, m);
+        if (m->base == 0) {
+            return LOS_USE_LMDB;
+        }
+    }
+    if (!los_db_root(t->dbs + LOS_DB_SIZE * LOS_MAIN_DBI, root)) {
         return LOS_USE_LMDB;
     }
-    uintptr_t node;
-    int rc;
     if (table != NULL) {
         /* A named table's record in the transaction is LMDB's to refresh
          * (it marks it stale when the transaction begins): read it from the
@@ -765,18 +819,36 @@ static int los_lookup(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen,
         if (tlen == 0 || tlen > LOS_MAXKEY) {
             return LOS_USE_LMDB;
         }
-        rc = los_search(m, root, table, tlen, &node);
+        uintptr_t node;
+        int rc = los_search(m, *root, table, tlen, &node);
         if (rc != 0) {
-            return LOS_USE_LMDB;
+            return rc == LOS_NOT_WHOLE ? rc : LOS_USE_LMDB;
         }
         size_t ksize = los_u16(node + 6);
         size_t dsize = (size_t)los_u16(node) | (size_t)los_u16(node + 2) << 16;
         if ((los_u16(node + 4) & (LOS_F_SUBDATA | LOS_F_BIGDATA | LOS_F_DUPDATA)) != LOS_F_SUBDATA ||
             dsize != LOS_DB_SIZE ||
-            !los_db_root((const unsigned char *)(node + LOS_NODE + ksize), &root)) {
+            !los_db_root((const unsigned char *)(node + LOS_NODE + ksize), root)) {
             return LOS_USE_LMDB;
         }
     }
+    return 0;
+}
+
+/* `key`'s value in table `dbi` of read transaction `txn` (see los_txn_root):
+ * 0, LOS_NOTFOUND, LOS_NOT_WHOLE, or LOS_USE_LMDB where mdb_get answers. */
+static int los_lookup(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen,
+                      const MDB_val *key, MDB_val *data, struct los_map *m) {
+    size_t klen = key->mv_size;
+    if (klen == 0 || klen > LOS_MAXKEY) {
+        return LOS_USE_LMDB;
+    }
+    uint64_t root;
+    int rc = los_txn_root(txn, dbi, table, tlen, m, &root);
+    if (rc != 0) {
+        return rc;
+    }
+    uintptr_t node;
     rc = los_search(m, root, key->mv_data, klen, &node);
     if (rc != 0) {
         return rc;
@@ -801,10 +873,48 @@ static int los_lookup(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen,
     return 0;
 }
 
+/* A page on a read's way that is not whole: LMDB must not search it. Its
+ * search trusts the page's count of nodes, and a damaged count can make
+ * its binary search go round forever, with no signal to end it. */
+static int los_not_whole(struct los_fault *fault) {
+    fault->sig = -2;
+    fault->addr = NULL;
+    return LOS_FAULT;
+}
+
 static int los_get_one(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen, MDB_val *key,
-                       MDB_val *data, const struct los_map *map, int own_only) {
+                       MDB_val *data, struct los_map *map, int own_only,
+                       struct los_fault *fault) {
     int rc = los_lookup(txn, dbi, table, tlen, key, data, map);
+    if (rc == LOS_NOT_WHOLE) {
+        return los_not_whole(fault);
+    }
     return rc == LOS_USE_LMDB && !own_only ? mdb_get(txn, dbi, key, data) : rc;
+}
+
+/* Before LMDB searches table `dbi` (named `table`) of the transaction of
+ * `cursor` for `key`: LOS_NOT_WHOLE if a page on the way is not whole, else
+ * 0 (also where the way is not known here: a write transaction, another
+ * LMDB). `*root` caches the table's root between calls (LOS_NO_PAGE - 1:
+ * not looked up yet; LOS_NO_PAGE: none to check). */
+#define LOS_ROOT_UNKNOWN (LOS_NO_PAGE - 1)
+static int los_way_ok(MDB_cursor *cursor, const char *table, size_t tlen, const MDB_val *key,
+                      struct los_map *m, uint64_t *root) {
+    if (key->mv_size == 0 || key->mv_size > LOS_MAXKEY) {
+        return 0; /* LMDB refuses it before any search */
+    }
+    if (*root == LOS_ROOT_UNKNOWN) {
+        int rc = los_txn_root(mdb_cursor_txn(cursor), mdb_cursor_dbi(cursor), table, tlen, m, root);
+        if (rc != 0) {
+            *root = LOS_NO_PAGE;
+            return rc == LOS_NOT_WHOLE ? rc : 0;
+        }
+    }
+    uint64_t leaf;
+    if (*root != LOS_NO_PAGE && !los_path_ok(m, *root, key->mv_data, key->mv_size, 0, &leaf, NULL)) {
+        return LOS_NOT_WHOLE;
+    }
+    return 0;
 }
 
 /* mdb_get of `key` in table `dbi`, named `table` (`tlen` bytes; NULL for
@@ -813,14 +923,34 @@ static int los_get_one(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen
  * LMDB would be asked. */
 int los_get(MDB_txn *txn, MDB_dbi dbi, const char *table, size_t tlen, MDB_val *key,
             MDB_val *data, struct los_map *map, int own_only, struct los_fault *fault) {
-    LOS_GUARDED(los_get_one(txn, dbi, table, tlen, key, data, map, own_only),
+    LOS_GUARDED(los_get_one(txn, dbi, table, tlen, key, data, map, own_only, fault),
                 { rc = los_check(data, map, fault); })
 }
 
-int los_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, int op,
-                   struct los_map *map, struct los_fault *fault) {
+#define LOS_SET 15       /* MDB_SET */
+#define LOS_SET_KEY 16   /* MDB_SET_KEY */
+#define LOS_SET_RANGE 17 /* MDB_SET_RANGE */
+
+/* mdb_cursor_get of a read or write transaction's cursor; a search for a
+ * key first checks the pages on its way (see los_way_ok). */
+static int los_cursor_get_one(MDB_cursor *cursor, MDB_val *key, MDB_val *data, int op,
+                              const char *table, size_t tlen, struct los_map *map,
+                              struct los_fault *fault) {
+    if (op == LOS_SET || op == LOS_SET_KEY || op == LOS_SET_RANGE) {
+        uint64_t root = LOS_ROOT_UNKNOWN;
+        if (los_way_ok(cursor, table, tlen, key, map, &root) != 0) {
+            return los_not_whole(fault);
+        }
+    }
+    return mdb_cursor_get(cursor, key, data, op);
+}
+
+/* `table` (`tlen` bytes; NULL for the main table) names the cursor's
+ * table. */
+int los_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, int op, const char *table,
+                   size_t tlen, struct los_map *map, struct los_fault *fault) {
     const void *given = key->mv_data;
-    LOS_GUARDED(mdb_cursor_get(cursor, key, data, op), {
+    LOS_GUARDED(los_cursor_get_one(cursor, key, data, op, table, tlen, map, fault), {
         if (key->mv_data != given) { /* else the caller's own key */
             rc = los_check(key, map, fault);
         }
@@ -871,8 +1001,6 @@ int los_cursor_run(MDB_cursor *cursor, int op, MDB_val *keys, MDB_val *vals, siz
 #define LOS_SEEK_ON 1
 #define LOS_SEEK_END 2
 #define LOS_NEXT 8       /* MDB_NEXT */
-#define LOS_SET_KEY 16   /* MDB_SET_KEY */
-#define LOS_SET_RANGE 17 /* MDB_SET_RANGE */
 
 struct los_seek {
     MDB_val key;
@@ -880,9 +1008,55 @@ struct los_seek {
     int at;
 };
 
-/* One cursor operation of a lookup, its entry checked. */
-static int los_seek_op(MDB_cursor *cursor, MDB_val *k, MDB_val *v, int op, const void *given,
-                       struct los_map *map, struct los_fault *fault) {
+/* What a lookup's cursor operations share: the cursor's table (`table`,
+ * `tlen`), the map, and the table's root once looked up (see los_way_ok). */
+struct los_seek_in {
+    MDB_cursor *cursor;
+    const char *table;
+    size_t tlen;
+    struct los_map *map;
+    uint64_t root;
+    struct los_fault *fault;
+};
+
+/* Whether `key` lies between the first and last keys of the leaf that
+ * holds `here` (the cursor's entry, read through los_check; NULL: none), a
+ * page found whole: LMDB then searches that page alone, not from the root
+ * (mdb_cursor_set). */
+static int los_in_leaf(const struct los_map *m, const MDB_val *here, const MDB_val *key) {
+    uintptr_t at = here == NULL ? 0 : (uintptr_t)here->mv_data;
+    if (at == 0 || m == NULL || m->base == 0 || at < m->base + LOS_HDR ||
+        at - m->base >= m->size) {
+        return 0;
+    }
+    uintptr_t page = (at - LOS_HDR) & ~(uintptr_t)(m->psize - 1);
+    uint64_t pgno = los_in_pages(m, page - m->base);
+    if (!los_known_whole(m, pgno) || !(los_u16(page + 10) & LOS_P_LEAF)) {
+        return 0;
+    }
+    size_t n = (los_u16(page + 12) - LOS_HDR) / 2;
+    if (n == 0) {
+        return 0;
+    }
+    uintptr_t first = page + los_u16(page + LOS_HDR);
+    uintptr_t last = page + los_u16(page + LOS_HDR + 2 * (n - 1));
+    uintptr_t k = (uintptr_t)key->mv_data;
+    return los_cmp(k, key->mv_size, first + LOS_NODE, los_u16(first + 6)) >= 0 &&
+           los_cmp(k, key->mv_size, last + LOS_NODE, los_u16(last + 6)) <= 0;
+}
+
+/* One cursor operation of a lookup, its entry checked; a search checks the
+ * pages on its way first, unless it stays in the leaf of the cursor's entry
+ * `here`. */
+static int los_seek_op(struct los_seek_in *in, MDB_val *k, MDB_val *v, int op, const void *given,
+                       const MDB_val *here) {
+    MDB_cursor *cursor = in->cursor;
+    struct los_map *map = in->map;
+    struct los_fault *fault = in->fault;
+    if (op != LOS_NEXT && !los_in_leaf(map, here, k) &&
+        los_way_ok(cursor, in->table, in->tlen, k, map, &in->root) != 0) {
+        return los_not_whole(fault);
+    }
     int rc = mdb_cursor_get(cursor, k, v, op);
     if (rc == 0 && k->mv_data != given) { /* else the caller's own key */
         rc = los_check(k, map, fault);
@@ -893,9 +1067,8 @@ static int los_seek_op(MDB_cursor *cursor, MDB_val *k, MDB_val *v, int op, const
     return rc;
 }
 
-static int los_seek_all(MDB_cursor *cursor, struct los_seek *s, const MDB_val *keys,
-                        MDB_val *vals, size_t n, size_t maxkey, struct los_map *map,
-                        struct los_fault *fault) {
+static int los_seek_all(struct los_seek_in *in, struct los_seek *s, const MDB_val *keys,
+                        MDB_val *vals, size_t n, size_t maxkey) {
     for (size_t i = 0; i < n; i++) {
         const MDB_val *want = &keys[i];
         vals[i].mv_size = 0;
@@ -926,7 +1099,7 @@ static int los_seek_all(MDB_cursor *cursor, struct los_seek *s, const MDB_val *k
                  * and start over from there. */
                 MDB_val k = *want, v = {0, NULL};
                 s->at = LOS_SEEK_UNSET;
-                rc = los_seek_op(cursor, &k, &v, LOS_SET_KEY, want->mv_data, map, fault);
+                rc = los_seek_op(in, &k, &v, LOS_SET_KEY, want->mv_data, NULL);
                 if (rc == 0) {
                     vals[i] = v;
                 } else if (rc != LOS_NOTFOUND) {
@@ -938,12 +1111,14 @@ static int los_seek_all(MDB_cursor *cursor, struct los_seek *s, const MDB_val *k
                 /* The next key first: keys asked for in a row are often
                  * stored in a row. */
                 stepped = 1;
-                rc = los_seek_op(cursor, &s->key, &s->val, LOS_NEXT, NULL, map, fault);
+                rc = los_seek_op(in, &s->key, &s->val, LOS_NEXT, NULL, NULL);
             } else {
                 searched = 1;
+                MDB_val here = s->key;
+                int on = s->at == LOS_SEEK_ON;
                 s->key = *want;
-                rc = los_seek_op(cursor, &s->key, &s->val, LOS_SET_RANGE, want->mv_data, map,
-                                 fault);
+                rc = los_seek_op(in, &s->key, &s->val, LOS_SET_RANGE, want->mv_data,
+                                 on ? &here : NULL);
             }
             if (rc == LOS_NOTFOUND) {
                 s->at = LOS_SEEK_END;
@@ -962,9 +1137,11 @@ static int los_seek_all(MDB_cursor *cursor, struct los_seek *s, const MDB_val *k
  * only moves forward (state `s`, kept between calls): vals[i] is keys[i]'s
  * value, checked, or {0, NULL} when it is not stored. One guard for them
  * all. LMDB's code of an operation that failed, or 0. */
-int los_seek(MDB_cursor *cursor, struct los_seek *s, const MDB_val *keys, MDB_val *vals,
-             size_t n, size_t maxkey, struct los_map *map, struct los_fault *fault) {
-    LOS_GUARDED(los_seek_all(cursor, s, keys, vals, n, maxkey, map, fault), {})
+int los_seek(MDB_cursor *cursor, const char *table, size_t tlen, struct los_seek *s,
+             const MDB_val *keys, MDB_val *vals, size_t n, size_t maxkey, struct los_map *map,
+             struct los_fault *fault) {
+    struct los_seek_in in = {cursor, table, tlen, map, LOS_ROOT_UNKNOWN, fault};
+    LOS_GUARDED(los_seek_all(&in, s, keys, vals, n, maxkey), {})
 }
 
 int los_stat(MDB_txn *txn, MDB_dbi dbi, MDB_stat *stat, struct los_fault *fault) {
@@ -972,7 +1149,6 @@ int los_stat(MDB_txn *txn, MDB_dbi dbi, MDB_stat *stat, struct los_fault *fault)
 }
 
 #define LOS_APPEND 0x20000u /* MDB_APPEND */
-#define LOS_SET 15            /* MDB_SET */
 
 static int los_apply_all(MDB_cursor *cursor, const MDB_val *keys, const MDB_val *vals,
                          const unsigned char *dels, size_t n, size_t split) {
@@ -1059,7 +1235,7 @@ static int los_writes_ok(MDB_cursor *cursor, struct los_map *map, const char *ta
         /* The table's record, in the main tree: its root. */
         uintptr_t node;
         int rc = los_search(map, root, table, tlen, &node);
-        ok = rc != LOS_USE_LMDB;
+        ok = rc != LOS_NOT_WHOLE;
         root = LOS_NO_PAGE;
         if (rc == 0 && (los_u16(node + 4) & LOS_F_SUBDATA)) {
             root = los_u64(node + LOS_NODE + los_u16(node + 6) + 40);

@@ -75,7 +75,9 @@ impl Fault {
 /// it (from the page a value is in, checked against the meta pages), `size`
 /// is the map's size, `psize` LMDB's page size, and `bits` a bit per page of
 /// the map (`nbits` of them), set once the page was found whole, shared by
-/// every thread (null: no page is checked).
+/// every thread (null: no page is checked). `outside` nonzero: the reads
+/// of a write transaction, whose keys and values outside the map are in
+/// LMDB's own copies of pages it changed, and are not checked.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Map {
@@ -84,6 +86,7 @@ pub(crate) struct Map {
     pub(crate) psize: usize,
     pub(crate) bits: *mut u64,
     pub(crate) nbits: usize,
+    pub(crate) outside: usize,
 }
 
 /// The pages of a map found whole (see `guard.c`): a bit per page, set by
@@ -122,6 +125,7 @@ impl Checked {
             // reads and sets the bits with atomic operations only.
             bits: self.0.as_ptr() as *mut u64,
             nbits: self.0.len() * 64,
+            outside: 0,
         }
     }
 }
@@ -144,6 +148,8 @@ extern "C" {
         key: *mut ffi::MDB_val,
         data: *mut ffi::MDB_val,
         op: c_int,
+        table: *const c_char,
+        tlen: usize,
         map: *mut Map,
         fault: *mut Fault,
     ) -> c_int;
@@ -186,6 +192,8 @@ extern "C" {
     ) -> c_int;
     fn los_seek(
         cursor: *mut ffi::MDB_cursor,
+        table: *const c_char,
+        tlen: usize,
         state: *mut Seek,
         keys: *const ffi::MDB_val,
         vals: *mut ffi::MDB_val,
@@ -301,23 +309,28 @@ pub(crate) unsafe fn own_get(
 
 /// `mdb_cursor_get` under the guard. `Err` is damage; `Ok` is LMDB's code.
 ///
-/// `map` as for [`get`].
+/// `table` and `map` as for [`get`]: a search for a key (`MDB_SET*`) in a
+/// read transaction checks the pages on its way first.
 ///
 /// # Safety
-/// As `mdb_cursor_get`: an open cursor of a live transaction; `key` points
-/// to readable memory; `map` describes the transaction's map.
+/// As `mdb_cursor_get`: an open cursor of a live transaction, on the table
+/// `table` names; `key` points to readable memory; `map` describes the
+/// transaction's map.
 pub(crate) unsafe fn cursor_get(
     cursor: *mut ffi::MDB_cursor,
     key: &mut ffi::MDB_val,
     data: &mut ffi::MDB_val,
     op: ffi::MDB_cursor_op,
+    table: Option<&[u8]>,
     map: Option<&mut Map>,
     what: impl FnOnce() -> String,
 ) -> Result<c_int> {
     let mut fault = Fault::new();
     let map = map.map_or(std::ptr::null_mut(), |m| m as *mut Map);
-    // SAFETY: per the contract; `guard.c` calls mdb_cursor_get with these.
-    let rc = unsafe { los_cursor_get(cursor, key, data, op as c_int, map, &mut fault) };
+    let (name, len) = table_name(table);
+    // SAFETY: per the contract; `guard.c` calls mdb_cursor_get with these,
+    // and reads `len` bytes at `name`, which `table` holds.
+    let rc = unsafe { los_cursor_get(cursor, key, data, op as c_int, name, len, map, &mut fault) };
     damaged(rc, &fault, what).map_or(Ok(rc), Err)
 }
 
@@ -380,36 +393,40 @@ impl Seek {
 /// The values of `keys` (in ascending order) through `cursor`, which moves
 /// only forward from where `state` says it stands, under one guard:
 /// `vals[i]` is `keys[i]`'s value, checked as [`cursor_get`] checks it, or
-/// empty with a null pointer when the key is not stored. Keys longer than
-/// `maxkey` or empty are not stored. `Ok` is LMDB's code (of an operation
+/// empty with a null pointer when the key is not stored. Keys LMDB cannot
+/// hold (empty, or longer than `MAX_KEY_SIZE`) are not stored. `Ok` is LMDB's code (of an operation
 /// that failed, or 0); `Err` is damage.
 ///
 /// # Safety
-/// As `mdb_cursor_get`: an open cursor of a live read transaction, whose
-/// map `map` describes, placed where `state` says (a state only this cursor
+/// As `mdb_cursor_get`: an open cursor of a live read transaction, on the
+/// table `table` names (`None`: the main table), whose map `map`
+/// describes, placed where `state` says (a state only this cursor
 /// has used); each key points to readable memory; `vals` is as long as
 /// `keys`.
 pub(crate) unsafe fn seek(
     cursor: *mut ffi::MDB_cursor,
+    table: Option<&[u8]>,
     state: &mut Seek,
     keys: &[ffi::MDB_val],
     vals: &mut [ffi::MDB_val],
-    maxkey: usize,
     map: &mut Map,
     what: impl FnOnce() -> String,
 ) -> Result<c_int> {
     debug_assert_eq!(keys.len(), vals.len());
     let mut fault = Fault::new();
+    let (name, len) = table_name(table);
     // SAFETY: per the contract; `guard.c` reads `keys.len()` keys and fills
-    // as many values.
+    // as many values, and `len` bytes at `name`, which `table` holds.
     let rc = unsafe {
         los_seek(
             cursor,
+            name,
+            len,
             state,
             keys.as_ptr(),
             vals.as_mut_ptr(),
             keys.len().min(vals.len()),
-            maxkey,
+            crate::MAX_KEY_SIZE,
             map,
             &mut fault,
         )
@@ -582,6 +599,8 @@ pub(crate) fn cursor_op<'t>(
             &mut k,
             &mut v,
             op as c_int,
+            std::ptr::null(),
+            0,
             map,
             &mut fault,
         )

@@ -225,6 +225,8 @@ impl WriteTxn {
     /// The value of `key` in `db` (a copy), or `None`.
     pub fn get(&mut self, db: Dbi, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.check()?;
+        // LMDB's search must not meet a page that is not whole.
+        self.checked(db, key, false)?;
         // Spine rule 3: a copy; no LMDB memory leaves this call.
         let found = self.raw_get(db, key).map_err(|e| self.fail(e))?;
         let k = (db, key.to_vec());
@@ -330,6 +332,7 @@ impl WriteTxn {
             return Err(Error::Conflict);
         }
         for ((db, key), was) in &self.reads {
+            self.env.check_write_of(*db, key, false)?;
             if self.raw_get(*db, key)? != *was {
                 return Err(Error::Conflict);
             }
@@ -379,6 +382,16 @@ impl WriteTxn {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.check()?;
         self.scanned = true;
+        // The key a walk begins with is searched for: the pages on its way
+        // are checked first, as for `get`.
+        let from = if reverse {
+            &bounds.upper
+        } else {
+            &bounds.lower
+        };
+        if let Some(key) = from.as_deref().filter(|k| crate::key_len_ok(k.len())) {
+            self.checked(db, key, false)?;
+        }
         let out = self.walk(db, bounds, reverse);
         out.map_err(|e| self.fail(e))
     }
@@ -395,13 +408,22 @@ impl WriteTxn {
         if rc != 0 {
             return Err(Error::lmdb(rc, self.env.what("open a cursor")));
         }
-        let step = |key: &[u8], op: ffi::MDB_cursor_op| -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        // The entries a walk steps to are in pages no search checked: those
+        // in the map are checked as a read transaction's are (LMDB's own
+        // copies of the pages this transaction changed are not). The writer
+        // lock, held, keeps the map where it is.
+        let mut map = self.env.map_view();
+        map.outside = 1;
+        let mut step = |key: &[u8], op: ffi::MDB_cursor_op| -> Result<Option<(Vec<u8>, Vec<u8>)>> {
             let mut k = guard::val(key);
             let mut v = guard::empty_val();
             // SAFETY: open cursor of the live transaction; `k` points to
-            // `key`, which LMDB reads before replacing `k`.
+            // `key`, which LMDB reads before replacing `k`; `map` describes
+            // the transaction's map (see above).
             let rc = unsafe {
-                guard::cursor_get(cursor, &mut k, &mut v, op, None, || self.env.what("scan"))
+                guard::cursor_get(cursor, &mut k, &mut v, op, None, Some(&mut map), || {
+                    self.env.what("scan")
+                })
             }?;
             match rc {
                 // SAFETY: filled inside the live transaction; copied now.
