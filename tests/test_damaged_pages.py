@@ -360,12 +360,18 @@ with LmdbObjectStore(path + "-tables", table="t1", serializer="raw", writemap=wr
     for _ in range(3):
         exercise(t1, tables["t1"], 30)
         exercise(t2, tables["t2"], 30)
+    # Emptying reads every branch page, and the leaves (values in overflow
+    # pages).
+    t1.clear()
+    assert len(t1) == 0 and dict(t2.items()) == tables["t2"]
 # Read again by new stores: every page is checked afresh.
 with LmdbObjectStore(path, serializer="raw", writemap=writemap) as store:
     exercise(store, main, 10)
     store.copy(path + "-compact", compact=True)
 with LmdbObjectStore(path + "-compact", serializer="raw") as copy:
     assert dict(copy.items()) == main
+    copy.clear()
+    assert len(copy) == 0
 print("ok")
 """
 
@@ -450,6 +456,16 @@ print(json.dumps(report))
 )
 
 
+def three_levels(src: str, table: str | None) -> tuple[bytearray, int]:
+    """A store at `src` of 40,000 keys in `table` (three levels: branch pages
+    below the root): its data file, and the table's root."""
+    with LmdbObjectStore(src, table=table) as store:
+        store.update({b"key%06d" % i: i for i in range(40_000)})
+    with open(os.path.join(src, "data.mdb"), "rb") as f:
+        data = bytearray(f.read())
+    return data, main_root(data) if table is None else table_root(data, table.encode())
+
+
 @pytest.mark.parametrize("table", [None, "t"], ids=["main", "table"])
 @pytest.mark.parametrize("kind", [P_LEAF, P_BRANCH], ids=["leaf", "branch"])
 def test_every_read_through_a_damaged_page_ends_in_an_error(tmp_path, kind, table):
@@ -459,13 +475,7 @@ def test_every_read_through_a_damaged_page_ends_in_an_error(tmp_path, kind, tabl
     # key, through any call and as the first read of a process, checks the
     # pages on its way before LMDB's search reads them, and a walk checks
     # each page it steps into (a transaction's too).
-    src = str(tmp_path / "src")
-    # Three levels: branch pages below the root.
-    with LmdbObjectStore(src, table=table) as store:
-        store.update({b"key%06d" % i: i for i in range(40_000)})
-    with open(os.path.join(src, "data.mdb"), "rb") as f:
-        data = bytearray(f.read())
-    root = main_root(data) if table is None else table_root(data, table.encode())
+    data, root = three_levels(str(tmp_path / "src"), table)
     pages = live_pages(bytes(data), root)
     # A page below the root, and a key below it.
     pgno = next(p for p in pages[kind][len(pages[kind]) // 2 :] if p != root)
@@ -500,3 +510,41 @@ def test_every_read_through_a_damaged_page_ends_in_an_error(tmp_path, kind, tabl
         [(_, opened, _, _), (name, _, is_error, message)] = report
         assert opened is None and name == op, report
         assert is_error and "damaged" in message and path in message, report
+
+
+DROP_CHILD = (
+    OUTCOME
+    + """
+import resource
+# Without the check, LMDB lists 2^31 pages to free: let that fail early.
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+path, table, op = sys.argv[1], sys.argv[2] or None, sys.argv[3]
+store = LmdbObjectStore(path, table=table)
+calls = {"clear": store.clear, "drop_table": store.drop_table}
+outcome(op, calls[op])
+print(json.dumps(report))
+"""
+)
+
+
+@pytest.mark.parametrize(
+    "table,op", [(None, "clear"), ("t", "clear"), ("t", "drop_table")], ids=str
+)
+def test_emptying_a_table_through_a_damaged_branch_page_ends_in_an_error(tmp_path, table, op):
+    # LMDB empties a table by listing every child of its branch pages as
+    # free: a branch page whose count of nodes is damaged would list 2^31
+    # pages, until memory runs out. The pages it reads are checked first,
+    # and the file stays as it was.
+    data, root = three_levels(str(tmp_path / "src"), table)
+    pgno = next(p for p in live_pages(bytes(data), root)[P_BRANCH] if p != root)
+    # A branch page's flags, and a lower bound inside the header.
+    struct.pack_into("<HH", data, pgno * PAGE + 10, P_BRANCH, 0x0008)
+    path = str(tmp_path / "db")
+    os.makedirs(path)
+    with open(os.path.join(path, "data.mdb"), "wb") as f:
+        f.write(data)
+    out = run_python(DROP_CHILD, path, table or "", op, timeout=30)
+    [(name, _, is_error, message)] = json.loads(out.strip().splitlines()[-1])
+    assert is_error and "damaged" in message and path in message, message
+    with open(os.path.join(path, "data.mdb"), "rb") as f:
+        assert f.read() == bytes(data)

@@ -1068,13 +1068,32 @@ impl Env {
         checked
     }
 
+    /// Check, before `mdb_drop` empties `db` (`table` its name, `None` for
+    /// the main tree), the pages it reads and those any write changes: see
+    /// `guard::check_drop`. Called inside `write_locked`, which holds the
+    /// gate.
+    fn check_drop(
+        &self,
+        txn: &mut RwTransaction<'_>,
+        db: Database,
+        table: Option<&str>,
+    ) -> lmdb::Result<()> {
+        let mut map = self.map_view();
+        let cursor = txn.open_ro_cursor(db)?;
+        let checked = guard::check_drop(&cursor, &mut map, table);
+        drop(cursor);
+        self.found_map(map);
+        checked
+    }
+
     /// Delete every entry, in one write transaction (LMDB empties the
     /// database in place). Call without the GIL.
     pub fn clear(&self, cap: Option<usize>) -> Result<()> {
         let _writer = self.lock_writer()?;
-        // SAFETY: `delete` false: the database stays.
-        self.write_locked(cap, &mut |txn, db| unsafe {
-            guard::drop_db(txn, db, false)
+        self.write_locked(cap, &mut |txn, db| {
+            self.check_drop(txn, db, None)?;
+            // SAFETY: `delete` false: the database stays.
+            unsafe { guard::drop_db(txn, db, false) }
         })
     }
 
@@ -2042,13 +2061,15 @@ impl Env {
                     if tables::main_kind_rw(txn, db)? == MainKind::Tables {
                         return Err(lmdb::Error::Incompatible);
                     }
+                    self.check_drop(txn, db, None)?;
                     // SAFETY: `delete` false: the database stays.
                     unsafe { guard::drop_db(txn, db, false) }
                 })
                 .map_err(|e| self.main_write_error(e)),
-            // SAFETY: as above.
-            Some(n) => self.write_locked(cap, &mut |txn, _| unsafe {
-                guard::drop_db(txn, n.db, false)
+            Some(n) => self.write_locked(cap, &mut |txn, _| {
+                self.check_drop(txn, n.db, Some(&n.name))?;
+                // SAFETY: as above.
+                unsafe { guard::drop_db(txn, n.db, false) }
             }),
         }
     }
@@ -2096,6 +2117,7 @@ impl Env {
             // SAFETY: `open_lock` is held until this transaction ends.
             let db = unsafe { txn.open_db(Some(&named.name)) }?;
             closed.set(Some(db.dbi()));
+            self.check_drop(txn, db, Some(&named.name))?;
             // SAFETY: as above; no cursor of this handle is open here, and
             // the handle is never used again once dropped (retired below).
             unsafe { guard::drop_db(txn, db, true) }?;

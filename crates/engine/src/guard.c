@@ -555,11 +555,16 @@ static int los_tree_ok(const struct los_map *m, uint64_t root, int free) {
     return 1;
 }
 
+/* The newest meta page. */
+static uintptr_t los_meta(const struct los_map *m) {
+    uintptr_t a = m->base, b = m->base + m->psize;
+    return los_u64(a + 144) >= los_u64(b + 144) ? a : b;
+}
+
 /* The root of the main tree and of the free-page tree in the newest meta
  * page. */
 static void los_roots(const struct los_map *m, uint64_t *main_root, uint64_t *free_root) {
-    uintptr_t a = m->base, b = m->base + m->psize;
-    uintptr_t meta = los_u64(a + 144) >= los_u64(b + 144) ? a : b;
+    uintptr_t meta = los_meta(m);
     *free_root = los_u64(meta + 40 + 40);
     *main_root = los_u64(meta + 88 + 40);
 }
@@ -1218,6 +1223,9 @@ static int los_writes_ok(MDB_cursor *cursor, struct los_map *map, const char *ta
     /* Nothing is changed yet, so the first and last keys of `cursor`'s
      * tree are in pages of the map: either can say where it is. */
     static const int ends[2] = {0 /* MDB_FIRST */, 6 /* MDB_LAST */};
+    if (cursor != NULL && map->base == 0 && los_own()) {
+        los_find_map(mdb_txn_env(mdb_cursor_txn(cursor)), map);
+    }
     for (int e = 0; cursor != NULL && map->base == 0 && e < 2; e++) {
         MDB_val k = {0, NULL}, d = {0, NULL};
         if (mdb_cursor_get(cursor, &k, &d, ends[e]) == 0 && k.mv_size > 0) {
@@ -1270,6 +1278,94 @@ int los_check_writes(MDB_cursor *cursor, struct los_map *map, const char *table,
                      const MDB_val *keys, const unsigned char *dels, size_t n,
                      struct los_fault *fault) {
     LOS_GUARDED(los_writes_ok(cursor, map, table, tlen, keys, dels, n, fault), {})
+}
+
+/* The pages mdb_drop reads to empty the tree at `root` of `depth` levels
+ * (the root's level is 1): the leftmost path (its first search), every
+ * branch page, and every leaf too with `leaves` (a table with values in
+ * overflow pages, which LMDB frees by its leaves' nodes). LMDB takes every
+ * child a branch page counts: a damaged count there would have it list
+ * 2^31 pages to free, until memory runs out. */
+static int los_drop_tree_ok(const struct los_map *m, uint64_t root, unsigned depth, int leaves) {
+    uint64_t leaf;
+    if (root == LOS_NO_PAGE) {
+        return 1;
+    }
+    if (depth == 0 || depth > LOS_MAX_DEPTH || !los_path_ok(m, root, "", 0, 0, &leaf, NULL)) {
+        return 0;
+    }
+    uint64_t stack_pg[LOS_MAX_DEPTH];
+    size_t stack_i[LOS_MAX_DEPTH];
+    int top = 0;
+    stack_pg[0] = root;
+    stack_i[0] = 0;
+    if (depth == 1) {
+        return 1; /* the root is the leaf, which los_path_ok checked */
+    }
+    if (!(los_u16(m->base + (uintptr_t)root * m->psize + 10) & LOS_P_BRANCH)) {
+        return 0;
+    }
+    while (top >= 0) {
+        uintptr_t page = m->base + (uintptr_t)stack_pg[top] * m->psize;
+        size_t n = (los_u16(page + 12) - LOS_HDR) / 2;
+        if (stack_i[top] >= n) {
+            top--;
+            continue;
+        }
+        uint64_t child = los_child(page, stack_i[top]++);
+        unsigned level = (unsigned)top + 2;
+        unsigned want = level < depth ? LOS_P_BRANCH : LOS_P_LEAF;
+        if (level < depth || leaves) {
+            if (!los_page_ok(m, child, 0) ||
+                !(los_u16(m->base + (uintptr_t)child * m->psize + 10) & want)) {
+                return 0;
+            }
+        }
+        if (level < depth) {
+            top++;
+            stack_pg[top] = child;
+            stack_i[top] = 0;
+        }
+    }
+    return 1;
+}
+
+/* Before mdb_drop empties table `table` (NULL: the main tree) through the
+ * transaction of `cursor` (one of its cursors on that table, before any
+ * change): what los_writes_ok checks for any write (the free-page tree, the
+ * table's record), and the pages mdb_drop reads (los_drop_tree_ok), by the
+ * depth and the count of overflow pages in the table's record. */
+static int los_drop_ok(MDB_cursor *cursor, struct los_map *map, const char *table, size_t tlen,
+                       struct los_fault *fault) {
+    int rc = los_writes_ok(cursor, map, table, tlen, NULL, NULL, 0, fault);
+    if (rc != 0 || map->base == 0) {
+        return rc;
+    }
+    uintptr_t db = los_meta(map) + 88;
+    if (table != NULL) {
+        uint64_t root, free_root;
+        uintptr_t node;
+        los_roots(map, &root, &free_root);
+        if (los_search(map, root, table, tlen, &node) != 0) {
+            return 0; /* no record (los_writes_ok checked the way): LMDB says so */
+        }
+        size_t dsize = (size_t)los_u16(node) | (size_t)los_u16(node + 2) << 16;
+        if (!(los_u16(node + 4) & LOS_F_SUBDATA) || dsize != LOS_DB_SIZE) {
+            return 0; /* not a table: LMDB refuses it */
+        }
+        db = node + LOS_NODE + los_u16(node + 6);
+    }
+    if (!los_drop_tree_ok(map, los_u64(db + 40), los_u16(db + 6), los_u64(db + 24) != 0)) {
+        fault->sig = 0;
+        fault->addr = NULL;
+        return LOS_FAULT;
+    }
+    return 0;
+}
+
+int los_check_drop(MDB_cursor *cursor, struct los_map *map, const char *table, size_t tlen,
+                   struct los_fault *fault) {
+    LOS_GUARDED(los_drop_ok(cursor, map, table, tlen, fault), {})
 }
 
 /* Check the pages of the main tree on the way to `key` (a table's name,

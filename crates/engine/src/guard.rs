@@ -180,6 +180,13 @@ extern "C" {
     fn los_drop(txn: *mut ffi::MDB_txn, dbi: ffi::MDB_dbi, del: c_int, fault: *mut Fault) -> c_int;
     fn los_txn_commit(txn: *mut ffi::MDB_txn, fault: *mut Fault) -> c_int;
     fn los_check_key(map: *mut Map, key: *const c_char, klen: usize, fault: *mut Fault) -> c_int;
+    fn los_check_drop(
+        cursor: *mut ffi::MDB_cursor,
+        map: *mut Map,
+        table: *const c_char,
+        tlen: usize,
+        fault: *mut Fault,
+    ) -> c_int;
     fn los_check_writes(
         cursor: *mut ffi::MDB_cursor,
         map: *mut Map,
@@ -654,6 +661,34 @@ pub(crate) fn check_writes<'c, 'k>(
     }
     match write_result(rc, &fault) {
         // Only the check's own reads were under way: nothing to abandon.
+        Err(e) if is_fault(&e) => Err(lmdb::Error::Other(CHECK)),
+        r => r,
+    }
+}
+
+/// Before `mdb_drop` empties a table, check what any write checks (the
+/// free-page tree, the record of `table`, `None` for the main tree) and the
+/// pages `mdb_drop` reads: every branch page of the table, and its leaves
+/// when it has values in overflow pages (see `guard.c`). `cursor` is one of
+/// the transaction's on that table, before any change. Damage is
+/// `lmdb::Error::Other(CHECK)` (see [`is_check`]).
+pub(crate) fn check_drop<'c>(
+    cursor: &impl lmdb::Cursor<'c>,
+    map: &mut Map,
+    table: Option<&str>,
+) -> lmdb::Result<()> {
+    let (tptr, tlen) = table.map_or((std::ptr::null(), 0), |t| {
+        (t.as_ptr() as *const c_char, t.len())
+    });
+    let mut fault = Fault::new();
+    // SAFETY: an open cursor of a live write transaction that has changed
+    // nothing yet; `map` describes its map, with `bits` valid while the
+    // caller holds the gate; `tlen` bytes at `tptr` are `table`'s.
+    let rc = unsafe { los_check_drop(cursor.cursor(), map, tptr, tlen, &mut fault) };
+    if rc == FAULT && fault.sig == 0 {
+        fault.sig = -2;
+    }
+    match write_result(rc, &fault) {
         Err(e) if is_fault(&e) => Err(lmdb::Error::Other(CHECK)),
         r => r,
     }
