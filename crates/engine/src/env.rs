@@ -2202,8 +2202,8 @@ impl Env {
                     Err(e) => return Err(read(e)),
                 }
             }
-            for db in dbs {
-                let cursor = txn.open_ro_cursor(db).map_err(read)?;
+            for db in &dbs {
+                let cursor = txn.open_ro_cursor(*db).map_err(read)?;
                 let mut op = ffi::MDB_FIRST;
                 loop {
                     match guard::cursor_op(&cursor, None, op, Some(&mut map)) {
@@ -2216,6 +2216,16 @@ impl Env {
                         }
                     }
                 }
+            }
+            // LMDB's copy also reads the free-page tree (it counts the
+            // pages it leaves out): the check every write makes of it.
+            let cursor = txn.open_ro_cursor(self.db).map_err(read)?;
+            let free = guard::check_writes(Some(&cursor), &mut map, None, std::iter::empty());
+            drop(cursor);
+            if let Err(e) = free {
+                let e = read(e);
+                self.note_damage(&e);
+                return Err(e);
             }
             self.found_map(map);
             Ok(Some(()))
