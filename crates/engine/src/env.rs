@@ -1060,9 +1060,22 @@ impl Env {
         table: Option<&str>,
         keys: impl Iterator<Item = (&'k [u8], bool)>,
     ) -> lmdb::Result<()> {
+        self.check_unchanged(txn, db, |cursor, map| {
+            guard::check_writes(Some(cursor), map, table, keys)
+        })
+    }
+
+    /// Run `check` with a cursor of `txn` on `db` and the map, before `txn`
+    /// changes anything; keep the map if it found it.
+    fn check_unchanged(
+        &self,
+        txn: &mut RwTransaction<'_>,
+        db: Database,
+        check: impl FnOnce(&lmdb::RoCursor<'_>, &mut guard::Map) -> lmdb::Result<()>,
+    ) -> lmdb::Result<()> {
         let mut map = self.map_view();
         let cursor = txn.open_ro_cursor(db)?;
-        let checked = guard::check_writes(Some(&cursor), &mut map, table, keys);
+        let checked = check(&cursor, &mut map);
         drop(cursor);
         self.found_map(map);
         checked
@@ -1078,12 +1091,7 @@ impl Env {
         db: Database,
         table: Option<&str>,
     ) -> lmdb::Result<()> {
-        let mut map = self.map_view();
-        let cursor = txn.open_ro_cursor(db)?;
-        let checked = guard::check_drop(&cursor, &mut map, table);
-        drop(cursor);
-        self.found_map(map);
-        checked
+        self.check_unchanged(txn, db, |cursor, map| guard::check_drop(cursor, map, table))
     }
 
     /// Delete every entry, in one write transaction (LMDB empties the

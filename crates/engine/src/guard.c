@@ -1356,9 +1356,7 @@ static int los_drop_ok(MDB_cursor *cursor, struct los_map *map, const char *tabl
         db = node + LOS_NODE + los_u16(node + 6);
     }
     if (!los_drop_tree_ok(map, los_u64(db + 40), los_u16(db + 6), los_u64(db + 24) != 0)) {
-        fault->sig = 0;
-        fault->addr = NULL;
-        return LOS_FAULT;
+        return los_not_whole(fault);
     }
     return 0;
 }

@@ -635,9 +635,7 @@ pub(crate) fn check_writes<'c, 'k>(
         keys.push(val(k));
         dels.push(u8::from(del));
     }
-    let (tptr, tlen) = table.map_or((std::ptr::null(), 0), |t| {
-        (t.as_ptr() as *const c_char, t.len())
-    });
+    let (tptr, tlen) = table_name(table.map(str::as_bytes));
     let raw = cursor.map_or(std::ptr::null_mut(), |c| c.cursor());
     let mut fault = Fault::new();
     // SAFETY: `raw` is null or an open cursor of a live write transaction
@@ -656,11 +654,18 @@ pub(crate) fn check_writes<'c, 'k>(
             &mut fault,
         )
     };
+    check_result(rc, &mut fault)
+}
+
+/// The result of a check made before anything changed: damage found is
+/// `lmdb::Error::Other(CHECK)` (only the check's own reads were under way:
+/// nothing to abandon), described as a page that is not whole when the
+/// check gave no signal.
+fn check_result(rc: c_int, fault: &mut Fault) -> lmdb::Result<()> {
     if rc == FAULT && fault.sig == 0 {
         fault.sig = -2;
     }
-    match write_result(rc, &fault) {
-        // Only the check's own reads were under way: nothing to abandon.
+    match write_result(rc, fault) {
         Err(e) if is_fault(&e) => Err(lmdb::Error::Other(CHECK)),
         r => r,
     }
@@ -677,21 +682,13 @@ pub(crate) fn check_drop<'c>(
     map: &mut Map,
     table: Option<&str>,
 ) -> lmdb::Result<()> {
-    let (tptr, tlen) = table.map_or((std::ptr::null(), 0), |t| {
-        (t.as_ptr() as *const c_char, t.len())
-    });
+    let (tptr, tlen) = table_name(table.map(str::as_bytes));
     let mut fault = Fault::new();
     // SAFETY: an open cursor of a live write transaction that has changed
     // nothing yet; `map` describes its map, with `bits` valid while the
     // caller holds the gate; `tlen` bytes at `tptr` are `table`'s.
     let rc = unsafe { los_check_drop(cursor.cursor(), map, tptr, tlen, &mut fault) };
-    if rc == FAULT && fault.sig == 0 {
-        fault.sig = -2;
-    }
-    match write_result(rc, &fault) {
-        Err(e) if is_fault(&e) => Err(lmdb::Error::Other(CHECK)),
-        r => r,
-    }
+    check_result(rc, &mut fault)
 }
 
 /// Check the pages of the main tree on the way to `key` (a table's name,
@@ -703,10 +700,7 @@ pub(crate) fn check_key(map: &mut Map, key: &[u8]) -> lmdb::Result<()> {
     // SAFETY: `map` describes the environment's map, its `bits` valid while
     // the caller holds the gate; `key` is readable for `key.len()` bytes.
     let rc = unsafe { los_check_key(map, key.as_ptr() as *const c_char, key.len(), &mut fault) };
-    match write_result(rc, &fault) {
-        Err(e) if is_fault(&e) => Err(lmdb::Error::Other(CHECK)),
-        r => r,
-    }
+    check_result(rc, &mut fault)
 }
 
 /// The writes of `ops` (sorted, one per key; `None` deletes) through
