@@ -490,7 +490,7 @@ impl Core {
         // Spine rule 1: the write transaction runs in the engine, with the
         // GIL released; growth is logged after it.
         let table = &self.table;
-        let result = py.detach(|| env.commit_in(table, &batch.sorted(), batch.bytes(), cap));
+        let result = py.detach(|| env.commit_in(table, &env.sorted(&batch)?, batch.bytes(), cap));
         drop(batch);
         let mut b = self.buffered.lock();
         let done = b.buf.end_commit(result.is_ok());
@@ -539,7 +539,10 @@ impl Core {
                 let mut batches = vec![batch];
                 loop {
                     let commit = std::panic::AssertUnwindSafe(|| {
-                        let sorted: Vec<Sorted<'_>> = batches.iter().map(|b| b.sorted()).collect();
+                        let sorted: Vec<Sorted<'_>> = batches
+                            .iter()
+                            .map(|b| core.env.sorted(b))
+                            .collect::<engine::Result<_>>()?;
                         let bytes = batches.iter().map(|b| b.bytes()).sum();
                         core.env
                             .commit_all_in(&core.table, &sorted, bytes, core.max_map_size)
@@ -1643,13 +1646,16 @@ impl CoreHandle {
             from_db.resize_with(keys.len(), || None);
             // A repeated key sits next to its twin: (repeat, first) pairs
             // share the first one's value.
-            let mut twins: Vec<(usize, usize)> = Vec::new();
+            let same =
+                |a: &(u128, &[u8], usize), b: &(u128, &[u8], usize)| a.0 == b.0 && a.1 == b.1;
+            let repeats = order.windows(2).filter(|w| same(&w[0], &w[1])).count();
+            let mut twins: Vec<(usize, usize)> = crate::codec::try_vec(repeats, WHAT)?;
             order.dedup_by(|later, first| {
-                let same = later.0 == first.0 && later.1 == first.1;
-                if same {
+                let twin = same(later, first);
+                if twin {
                     twins.push((later.2, first.2));
                 }
-                same
+                twin
             });
             while !order.is_empty() {
                 // Decoding runs Python code, which may fork: a child goes on

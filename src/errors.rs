@@ -624,6 +624,7 @@ impl StoreError {
             StoreError::Engine(E::Closed { .. }) => ClosedError::new_err(text),
             StoreError::Engine(E::MapFull { .. }) => MapFullError::new_err(text),
             StoreError::Engine(E::Conflict) => TransactionConflictError::new_err(text),
+            StoreError::Engine(E::NoMemory { .. }) => PyMemoryError::new_err(text),
             StoreError::Engine(E::Open { code, path, .. }) if code > 0 => {
                 // Python's OSError subclass for the errno (FileNotFoundError,
                 // PermissionError, ...), with the path attached.

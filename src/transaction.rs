@@ -183,18 +183,21 @@ impl Transaction {
     /// Encode and store each pair: every key and value is checked and
     /// encoded before anything is written.
     fn write_all(&self, py: Python<'_>, c: &Core, pairs: &[Pair<'_>]) -> PyResult<()> {
-        let mut staged: Vec<(Vec<u8>, Bound<'_, PyBytes>)> = Vec::with_capacity(pairs.len());
+        // Memory that grows with the input is asked for first, and every
+        // item takes the reserve back (see `codec::check_memory`): at the
+        // limit, MemoryError with nothing written.
+        let what = "writes of a transaction";
+        let mut staged: Vec<(Vec<u8>, Bound<'_, PyBytes>)> = codec::try_vec(pairs.len(), what)?;
         for (k, v) in pairs {
+            codec::check_memory(&c.path)?;
             let kb = c.keys.to_write_bytes(k)?.into_owned();
             staged.push((
                 kb,
                 values::encode(py, &c.serializer, &c.compression, v, c.protocol, k)?,
             ));
         }
-        let writes: Vec<(&[u8], &[u8])> = staged
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_bytes()))
-            .collect();
+        let mut writes: Vec<(&[u8], &[u8])> = codec::try_vec(staged.len(), what)?;
+        writes.extend(staged.iter().map(|(k, v)| (k.as_slice(), v.as_bytes())));
         let dbi = self.dbi(c)?;
         // Spine rule 1: the engine only copies these bytes into LMDB (and
         // grows the map if it must); the encoding ran before.
@@ -221,6 +224,7 @@ impl Transaction {
             let found = self.run(py, false, |t| t.range(dbi, &bounds, reverse))?;
             let out = crate::codec::new_list(py)?;
             for (k, v) in found {
+                codec::check_memory(&c.path)?;
                 let item = match kind {
                     Kind::Keys => c.keys.decode(py, &k)?,
                     Kind::Values => Self::decode(py, c, &k, v)?,
@@ -369,6 +373,7 @@ impl Transaction {
         self.with_core(py, |c| {
             let mut pairs: Vec<Pair<'_>> = Vec::new();
             args::update_pairs(py, other, kwargs, c.keys.encoding.is_some(), &mut |k, v| {
+                codec::reserve_more(&mut pairs, 1, "items of a transaction's update")?;
                 pairs.push((k.clone(), v.clone()));
                 Ok(())
             })?;
@@ -382,11 +387,12 @@ impl Transaction {
         py: Python<'py>,
         keys: &Bound<'py, PyAny>,
     ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyList>)> {
-        let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<PyResult<_>>()?;
+        let given = codec::collect_items(keys, "keys of a transaction's get_many")?;
         self.with_core(py, |c| {
             let found = PyDict::new(py);
             let not_found = crate::codec::new_list(py)?;
             for k in given {
+                codec::check_memory(&c.path)?;
                 let b = c.keys.to_bytes(&k)?.into_owned();
                 match self.read_bytes(py, self.dbi(c)?, &b)? {
                     Some(data) => {

@@ -318,3 +318,99 @@ def test_a_big_value_through_other_serializers_and_compression(tmp_path, options
     assert report["call"] == "MemoryError", report
     assert report["pending"] == 0, report
     assert report["after"], report
+
+
+# Calls whose own memory grows with their input (the sorted list of a commit,
+# the lists handed to LMDB, a transaction's log and the copies of its scans,
+# the second vector of get_many's sort), each run under a ladder of limits so
+# that one of them fails inside that memory rather than at the call's start.
+BIG_CALLS = """
+import os
+N = 600_000
+items = [(b"k%09d" % i, i) for i in range(N)]
+keys = [k for k, _ in items]
+READS = ("get_many", "txn_items", "txn_get_many")
+
+def open_store(name):
+    # update() commits what it buffered once a batch is full (its own flush);
+    # the others keep everything buffered until their call.
+    batch = 1000 if KIND == "update" else 10**9
+    return LmdbObjectStore(os.path.join(path, name), map_size=1 << 30,
+                           batch_size=batch, max_buffer_bytes=1 << 40)
+
+def fill_in_transaction(store):
+    with store.transaction() as t:
+        for k, v in items:
+            t[k] = v
+
+def scan_in_transaction(store):
+    with store.transaction() as t:
+        return t.items()
+
+def get_many_in_transaction(store):
+    with store.transaction() as t:
+        return t.get_many(keys)
+
+CALLS = {
+    "put_many": lambda s: s.put_many(items),
+    "update": lambda s: s.update(items),
+    "flush": lambda s: s.flush(),
+    "txn": fill_in_transaction,
+    "get_many": lambda s: s.get_many(keys),
+    "txn_items": scan_in_transaction,
+    "txn_get_many": get_many_in_transaction,
+}
+runs = []
+shared = None
+if KIND in READS:
+    shared = open_store("shared")
+    shared.put_many(items)
+for mib in range(32, 144, 8):
+    store = shared or open_store(str(mib))
+    if KIND == "flush":
+        for k, v in items:
+            store[k] = v
+    limit(mib * MiB)
+    raised = outcome(lambda: CALLS[KIND](store))
+    lift()
+    pending = store.pending
+    store.flush()
+    run = {"mib": mib, "raised": raised, "pending": pending, "len": len(store)}
+    if KIND in READS:
+        run["found"] = len(store.get_many(keys[::1000])[0])
+    runs.append(run)
+    if store is not shared:
+        store.close()
+report["runs"] = runs
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize(
+    "kind", ["put_many", "update", "flush", "txn", "get_many", "txn_items", "txn_get_many"]
+)
+def test_calls_whose_memory_grows_with_their_input_never_end_the_process(tmp_path, kind):
+    code = BIG_CALLS.replace("KIND", repr(kind))
+    runs = run_case(code, str(tmp_path))["runs"]
+    n = 600_000
+    for run in runs:
+        raised = run["raised"]
+        if kind in ("get_many", "txn_items", "txn_get_many"):
+            # A read changes nothing, whatever it raised.
+            assert raised in (None, "MemoryError"), run
+            assert (run["pending"], run["len"], run["found"]) == (0, n, 600), run
+        elif kind in ("put_many", "txn"):
+            # One transaction: all or nothing.
+            assert raised in (None, "MemoryError", "Error"), run
+            assert run["pending"] == 0, run
+            assert run["len"] == (n if raised is None else 0), run
+        else:
+            # Buffered writes: refused before they are taken (MemoryError),
+            # or taken and kept through a commit that failed (Error), which
+            # the flush after the limit makes.
+            assert raised in (None, "MemoryError", "Error"), run
+            taken = raised != "MemoryError" or kind == "flush"
+            assert run["pending"] == (n if raised is not None and taken else 0), run
+            assert run["len"] == (n if taken else 0), run
+    # The ladder reached both ends: refused at the bottom, done at the top.
+    assert runs[0]["raised"] is not None and runs[-1]["raised"] is None, runs

@@ -224,15 +224,22 @@ impl Batch {
         }
     }
 
-    /// Entries in ascending key order: the order LMDB writes fastest.
-    pub fn sorted(&self) -> Sorted<'_> {
+    /// Entries in ascending key order: the order LMDB writes fastest. Its
+    /// lists grow with the batch, so their memory is asked for first: with
+    /// none to be had, an error and nothing changed, never an abort.
+    pub fn sorted(&self) -> Result<Sorted<'_>, TryReserveError> {
         // Arrival order first (sequence numbers are dense: no sort needed),
         // then a sort only if that is not already key order.
-        let mut slots: Vec<Option<Op<'_>>> = vec![None; self.next_seq as usize];
+        let mut slots: Vec<Option<Op<'_>>> = Vec::new();
+        slots.try_reserve_exact(self.next_seq as usize)?;
+        slots.resize(self.next_seq as usize, None);
         for (k, (seq, v)) in &self.map {
             slots[*seq as usize] = Some((k.as_slice(), v.as_ref().map(|v| (**v).as_ref())));
         }
-        Sorted::from_unique(slots.into_iter().flatten().collect())
+        let mut ops = Vec::new();
+        ops.try_reserve_exact(self.map.len())?;
+        ops.extend(slots.into_iter().flatten());
+        Ok(Sorted::from_unique(ops))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Value)> {
@@ -555,13 +562,13 @@ mod tests {
         b.insert(b"a", val("1"));
         b.insert(b"b", val("2"));
         b.insert(b"a", val("3"));
-        let s = b.sorted();
+        let s = b.sorted().unwrap();
         assert_eq!(
             s.ops(),
             [(&b"a"[..], Some(&b"3"[..])), (&b"b"[..], Some(&b"2"[..]))]
         );
         b.insert(b"0", None);
-        let keys: Vec<&[u8]> = b.sorted().ops().iter().map(|(k, _)| *k).collect();
+        let keys: Vec<&[u8]> = b.sorted().unwrap().ops().iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, vec![&b"0"[..], b"a", b"b"]);
     }
 
@@ -652,10 +659,23 @@ mod tests {
             assert_eq!(got, Some(format!("v{i}").as_bytes()));
         }
         assert!(b.get(&[b'k'; 3]).is_none());
-        let sorted: Vec<&[u8]> = b.sorted().ops().iter().map(|(k, _)| *k).collect();
+        let sorted: Vec<&[u8]> = b.sorted().unwrap().ops().iter().map(|(k, _)| *k).collect();
         let mut want: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
         want.sort();
         assert_eq!(sorted, want);
+    }
+
+    #[test]
+    fn sorted_with_no_memory_for_its_lists_is_an_error() {
+        let mut b = Batch::default();
+        for i in 0..10_000u32 {
+            b.insert(&i.to_be_bytes(), val("v"));
+        }
+        // Its lists hold 10,000 entries of 32 bytes.
+        let failed =
+            crate::test_alloc::failing_above(64 << 10, || b.sorted().map(|s| s.ops().len()));
+        assert!(failed.is_err());
+        assert_eq!(b.sorted().unwrap().ops().len(), 10_000);
     }
 
     #[test]
@@ -664,7 +684,7 @@ mod tests {
         for k in [&b"b"[..], b"a", b"\xff", b"ab", b"\x00"] {
             b.insert(k, None);
         }
-        let keys: Vec<&[u8]> = b.sorted().ops().iter().map(|(k, _)| *k).collect();
+        let keys: Vec<&[u8]> = b.sorted().unwrap().ops().iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, vec![&b"\x00"[..], b"a", b"ab", b"b", b"\xff"]);
     }
 

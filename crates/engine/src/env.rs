@@ -25,7 +25,7 @@ use lmdb::{Database, Environment, EnvironmentFlags, RwTransaction, Transaction};
 use lmdb_sys as ffi;
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::buffer::{Op, Sorted};
+use crate::buffer::{Batch, Op, Sorted};
 use crate::error::{Error, Result};
 use crate::files::{self, EnvPaths};
 use crate::gate::{ExclusiveGuard, Gate, SharedGuard};
@@ -1046,6 +1046,15 @@ impl Env {
             self.check_writes(txn, db, None, keys)?;
             apply_sorted(txn, db, ops.ops())
         })
+    }
+
+    /// `batch` in key order ([`Batch::sorted`]), or, with no memory for
+    /// that, the error of a write that could not allocate (see
+    /// `guard::no_memory`).
+    pub fn sorted<'b>(&self, batch: &'b Batch) -> Result<Sorted<'b>> {
+        batch
+            .sorted()
+            .map_err(|_| Error::lmdb(libc::ENOMEM, self.what("write")))
     }
 
     /// Check, before a write transaction changes anything, the pages of the
@@ -2914,6 +2923,57 @@ mod tests {
         let g = env.gate.try_shared().unwrap();
         let txn = env.begin_read(g).unwrap().unwrap();
         txn.get(key).unwrap().map(|v| v.to_vec())
+    }
+
+    #[test]
+    fn a_commit_with_no_memory_for_its_lists_fails_and_changes_nothing() {
+        let p = tmp("commit-no-memory");
+        let env = Env::acquire(&p, &EnvOptions::default()).unwrap();
+        put_all(&env, &[(b"old".to_vec(), b"1".to_vec())], None).unwrap();
+        let items: Vec<(Vec<u8>, Vec<u8>)> = (0..50_000u32)
+            .map(|i| (format!("k{i:06}").into_bytes(), i.to_le_bytes().to_vec()))
+            .collect();
+        let mut batch = Batch::default();
+        for (k, v) in &items {
+            batch.insert(k, Some(Arc::new(v.clone())));
+        }
+        let ops =
+            Sorted::last_write_wins(items.iter().map(|(k, v)| (&k[..], Some(&v[..]))).collect());
+        // Each list a commit of 50,000 keys makes is over 64 KiB: the
+        // batch's sorted list, the keys it checks, the arrays LMDB reads.
+        let limit = 64 << 10;
+        let sorted = crate::test_alloc::failing_above(limit, || env.sorted(&batch).map(drop));
+        assert!(
+            matches!(
+                sorted,
+                Err(Error::Lmdb {
+                    code: libc::ENOMEM,
+                    ..
+                })
+            ),
+            "{sorted:?}"
+        );
+        let commit = crate::test_alloc::failing_above(limit, || env.commit(&ops, 0, None));
+        assert!(
+            matches!(
+                commit,
+                Err(Error::Lmdb {
+                    code: libc::ENOMEM,
+                    ..
+                })
+            ),
+            "{commit:?}"
+        );
+        assert_eq!(read(&env, b"k000000"), None);
+        assert_eq!(read(&env, b"old"), Some(b"1".to_vec()));
+        // The same commit with the memory to make it.
+        env.commit(&env.sorted(&batch).unwrap(), 0, None).unwrap();
+        assert_eq!(
+            read(&env, b"k049999"),
+            Some(49_999u32.to_le_bytes().to_vec())
+        );
+        env.release().unwrap();
+        let _ = std::fs::remove_dir_all(&p);
     }
 
     #[test]

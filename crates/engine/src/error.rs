@@ -79,6 +79,8 @@ pub enum Error {
     /// A read met a damaged page of the data file (`what` names the read and
     /// the path, `detail` what was wrong): see `guard.rs`.
     Damaged { what: String, detail: String },
+    /// No memory for `what`, asked for before anything changed.
+    NoMemory { what: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -168,6 +170,9 @@ impl fmt::Display for Error {
                  wait for it to end (it commits, flushes or grows the map); do it after the \
                  with block, or through the transaction",
             ),
+            Error::NoMemory { what } => {
+                write!(f, "not enough memory for {what}; nothing was done")
+            }
             Error::Conflict => f.write_str(
                 "transaction conflict: the map had to grow, which undoes and redoes the \
                  transaction, and another writer changed what it had read in between; nothing \

@@ -632,8 +632,8 @@ pub(crate) fn check_writes<'c, 'k>(
     let mut keys: Vec<ffi::MDB_val> = Vec::new();
     let mut dels: Vec<u8> = Vec::new();
     for (k, del) in ops {
-        keys.push(val(k));
-        dels.push(u8::from(del));
+        push(&mut keys, val(k))?;
+        push(&mut dels, u8::from(del))?;
     }
     let (tptr, tlen) = table_name(table.map(str::as_bytes));
     let raw = cursor.map_or(std::ptr::null_mut(), |c| c.cursor());
@@ -655,6 +655,28 @@ pub(crate) fn check_writes<'c, 'k>(
         )
     };
     check_result(rc, &mut fault)
+}
+
+/// The lists handed to LMDB grow with the write (a batch of a million keys
+/// needs tens of MiB), so their memory is asked for first: with none to be
+/// had, the write ends as LMDB ends it when its own allocation fails
+/// (`ENOMEM`), its transaction aborted, rather than the process.
+fn no_memory(_: std::collections::TryReserveError) -> lmdb::Error {
+    lmdb::Error::Other(libc::ENOMEM)
+}
+
+/// An empty vector with room for `n` items.
+fn room<T>(n: usize) -> lmdb::Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(no_memory)?;
+    Ok(v)
+}
+
+/// `v.push(x)`, growing `v` as `push` does.
+fn push<T>(v: &mut Vec<T>, x: T) -> lmdb::Result<()> {
+    v.try_reserve(1).map_err(no_memory)?;
+    v.push(x);
+    Ok(())
 }
 
 /// The result of a check made before anything changed: damage found is
@@ -712,9 +734,9 @@ pub(crate) fn apply(
     split: usize,
 ) -> lmdb::Result<()> {
     use lmdb::Cursor as _;
-    let mut keys: Vec<ffi::MDB_val> = Vec::with_capacity(ops.len());
-    let mut vals: Vec<ffi::MDB_val> = Vec::with_capacity(ops.len());
-    let mut dels: Vec<u8> = Vec::with_capacity(ops.len());
+    let mut keys: Vec<ffi::MDB_val> = room(ops.len())?;
+    let mut vals: Vec<ffi::MDB_val> = room(ops.len())?;
+    let mut dels: Vec<u8> = room(ops.len())?;
     for (k, v) in ops {
         keys.push(val(k));
         vals.push(val(v.unwrap_or(&[])));

@@ -20,7 +20,13 @@ pub mod reserve;
 mod snapshot;
 pub mod stream;
 pub mod tables;
+#[cfg(test)]
+mod test_alloc;
 pub mod txn;
+
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOC: test_alloc::TestAlloc = test_alloc::TestAlloc;
 
 pub use bounds::Bounds;
 pub use env::{

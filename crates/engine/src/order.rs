@@ -27,11 +27,10 @@ const RADIX_MIN: usize = 256;
 /// [`key_head`]`(key)`. Entries with equal keys end up next to each other,
 /// in no particular order.
 pub fn sort_by_key<T: Copy>(items: &mut Vec<(u128, &[u8], T)>) {
-    if items.len() < RADIX_MIN {
+    if items.len() < RADIX_MIN || !radix_sort_heads(items, |e| e.0) {
         items.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         return;
     }
-    radix_sort_heads(items, |e| e.0);
     // The heads are in order; a run of equal heads is ordered by the keys.
     let mut start = 0;
     while start < items.len() {
@@ -49,8 +48,10 @@ pub fn sort_by_key<T: Copy>(items: &mut Vec<(u128, &[u8], T)>) {
 
 /// Least-significant-byte-first radix sort on the heads, skipping the bytes
 /// every head shares. Each pass is stable, so after the most significant
-/// byte the heads are in order.
-fn radix_sort_heads<I: Copy>(items: &mut Vec<I>, head: impl Fn(&I) -> u128) {
+/// byte the heads are in order. False, with `items` as they were, when
+/// there is no memory for the second vector the passes need (as large as
+/// `items`): a comparison sort, which needs none, takes over.
+fn radix_sort_heads<I: Copy>(items: &mut Vec<I>, head: impl Fn(&I) -> u128) -> bool {
     let first = head(&items[0]);
     let differ = items.iter().fold(0u128, |acc, it| acc | (head(it) ^ first));
     let shifts: Vec<u32> = (0..16u32)
@@ -58,7 +59,7 @@ fn radix_sort_heads<I: Copy>(items: &mut Vec<I>, head: impl Fn(&I) -> u128) {
         .filter(|s| (differ >> s) & 0xff != 0)
         .collect();
     if shifts.is_empty() {
-        return;
+        return true;
     }
     // Every pass's counts in one read of the heads.
     let mut counts = vec![[0usize; 256]; shifts.len()];
@@ -68,9 +69,13 @@ fn radix_sort_heads<I: Copy>(items: &mut Vec<I>, head: impl Fn(&I) -> u128) {
             c[((h >> s) & 0xff) as usize] += 1;
         }
     }
-    let mut src = std::mem::take(items);
     // Every slot of `dst` is written by each pass before it is read.
-    let mut dst = src.clone();
+    let mut dst = Vec::new();
+    if dst.try_reserve_exact(items.len()).is_err() {
+        return false;
+    }
+    dst.extend_from_slice(items);
+    let mut src = std::mem::take(items);
     for (c, s) in counts.iter_mut().zip(&shifts) {
         // Counts become the index where each byte value's entries start.
         let mut at = 0;
@@ -87,6 +92,7 @@ fn radix_sort_heads<I: Copy>(items: &mut Vec<I>, head: impl Fn(&I) -> u128) {
         std::mem::swap(&mut src, &mut dst);
     }
     *items = src;
+    true
 }
 
 #[cfg(test)]
@@ -165,5 +171,30 @@ mod tests {
         check(&vec![b"same".to_vec(); 1000]);
         let bytes: Vec<Vec<u8>> = (0..=255u8).rev().chain(0..=255).map(|b| vec![b]).collect();
         check(&bytes);
+    }
+
+    #[test]
+    fn with_no_memory_for_a_second_vector_it_sorts_in_place() {
+        let keys: Vec<Vec<u8>> = (0..20_000u32)
+            .map(|i| {
+                (i.wrapping_mul(2_654_435_761) % 50_000)
+                    .to_be_bytes()
+                    .to_vec()
+            })
+            .collect();
+        let entries = || -> Vec<(u128, &[u8], usize)> {
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| (key_head(k), &k[..], i))
+                .collect()
+        };
+        let mut want = entries();
+        sort_by_key(&mut want);
+        let mut got = entries();
+        // The radix passes' second vector is 640,000 bytes.
+        crate::test_alloc::failing_above(64 << 10, || sort_by_key(&mut got));
+        let order = |v: &[(u128, &[u8], usize)]| v.iter().map(|e| e.1.to_vec()).collect::<Vec<_>>();
+        assert_eq!(order(&got), order(&want));
+        assert!(got.windows(2).all(|w| w[0].1 <= w[1].1));
     }
 }

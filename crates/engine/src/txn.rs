@@ -231,6 +231,11 @@ impl WriteTxn {
         let found = self.raw_get(db, key).map_err(|e| self.fail(e))?;
         let k = (db, key.to_vec());
         if !self.written.contains(&k) {
+            // What it read is kept (to redo the transaction after a growth),
+            // in a table that grows with the reads.
+            if self.reads.try_reserve(1).is_err() {
+                return Err(self.no_memory("one more read of a transaction"));
+            }
             self.reads.entry(k).or_insert_with(|| found.clone());
         }
         Ok(found)
@@ -240,6 +245,7 @@ impl WriteTxn {
     /// (the caller checks its length).
     pub fn put(&mut self, db: Dbi, key: &[u8], value: &[u8]) -> Result<()> {
         self.check()?;
+        self.room_to_log()?;
         self.checked(db, key, false)?;
         self.log.push((db, key.to_vec(), Some(value.to_vec())));
         self.written.insert((db, key.to_vec()));
@@ -252,12 +258,32 @@ impl WriteTxn {
         if self.get(db, key)?.is_none() {
             return Ok(false);
         }
+        self.room_to_log()?;
         self.checked(db, key, true)?;
         self.log.push((db, key.to_vec(), None));
         self.written.insert((db, key.to_vec()));
         let rc = self.raw_del(db, key).map_err(|e| self.fail(e))?;
         self.after_write(rc)?;
         Ok(true)
+    }
+
+    /// Room for one more write in the log and the set of written keys,
+    /// which grow with the transaction (each doubles, tens of MiB at a
+    /// million writes): with no memory for it, the write is refused before
+    /// anything changed, and the transaction goes on.
+    fn room_to_log(&mut self) -> Result<()> {
+        if self.log.try_reserve(1).is_ok() && self.written.try_reserve(1).is_ok() {
+            return Ok(());
+        }
+        Err(self.no_memory("one more write of a transaction"))
+    }
+
+    /// No memory for `what`, found before anything changed: the
+    /// transaction goes on.
+    fn no_memory(&self, what: &str) -> Error {
+        Error::NoMemory {
+            what: self.env.what(what),
+        }
     }
 
     /// Check the pages a write of `key` may change before it changes any
@@ -392,8 +418,10 @@ impl WriteTxn {
         if let Some(key) = from.as_deref().filter(|k| crate::key_len_ok(k.len())) {
             self.checked(db, key, false)?;
         }
-        let out = self.walk(db, bounds, reverse);
-        out.map_err(|e| self.fail(e))
+        match self.walk(db, bounds, reverse) {
+            Err(e @ Error::NoMemory { .. }) => Err(e),
+            out => out.map_err(|e| self.fail(e)),
+        }
     }
 
     fn walk(&self, db: Dbi, bounds: &Bounds, reverse: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -432,6 +460,15 @@ impl WriteTxn {
                 rc => Err(Error::lmdb(rc, self.env.what("scan"))),
             }
         };
+        // The copies grow with the table: each entry first takes the
+        // memory reserve back (see reserve.rs) and room in `out`, so that
+        // the limit ends the scan with an error, not the process.
+        let room = |out: &mut Vec<(Vec<u8>, Vec<u8>)>| -> Result<()> {
+            if crate::reserve::ensure() && out.try_reserve(1).is_ok() {
+                return Ok(());
+            }
+            Err(self.no_memory("a transaction's scan"))
+        };
         let result = (|| {
             if !reverse {
                 let mut at = match &bounds.lower {
@@ -442,6 +479,7 @@ impl WriteTxn {
                     if bounds.upper.as_deref().is_some_and(|u| k.as_slice() >= u) {
                         break;
                     }
+                    room(&mut out)?;
                     out.push((k, v));
                     at = step(&[], ffi::MDB_NEXT)?;
                 }
@@ -457,6 +495,7 @@ impl WriteTxn {
                     if bounds.lower.as_deref().is_some_and(|lo| k.as_slice() < lo) {
                         break;
                     }
+                    room(&mut out)?;
                     out.push((k, v));
                     at = step(&[], ffi::MDB_PREV)?;
                 }
@@ -619,6 +658,74 @@ pub(crate) mod tests {
         t.put(db, b"b", b"2").unwrap();
         t.commit().unwrap();
         assert_eq!(read(&env, b"b"), Some(b"2".to_vec()));
+        env.release().unwrap();
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
+    /// Under `failing_above(limit)`, call `f` with 0, 1, 2, ... until it
+    /// fails; how many calls succeeded and the error.
+    fn until_no_memory(limit: usize, mut f: impl FnMut(u32) -> Result<()>) -> (u32, Error) {
+        crate::test_alloc::failing_above(limit, || {
+            for i in 0..1_000_000 {
+                if let Err(e) = f(i) {
+                    return (i, e);
+                }
+            }
+            panic!("never refused");
+        })
+    }
+
+    #[test]
+    fn no_memory_for_its_log_refuses_one_write_and_the_transaction_goes_on() {
+        let (env, p) = small("no-memory-write");
+        let db = env.main_dbi();
+        let mut t = WriteTxn::begin(&env, None).unwrap();
+        let key = |i: u32| format!("k{i:06}").into_bytes();
+        // The log of writes doubles past 64 KiB after about a thousand.
+        let (done, e) = until_no_memory(64 << 10, |i| t.put(db, &key(i), b"v"));
+        assert!(matches!(e, Error::NoMemory { .. }), "{e:?}");
+        assert!(done > 100, "{done}");
+        assert_eq!(t.get(db, &key(done)).unwrap(), None, "the refused write");
+        t.put(db, b"after", b"1").unwrap();
+        t.commit().unwrap();
+        assert_eq!(read(&env, &key(done - 1)), Some(b"v".to_vec()));
+        assert_eq!(read(&env, &key(done)), None);
+        assert_eq!(read(&env, b"after"), Some(b"1".to_vec()));
+        env.release().unwrap();
+        let _ = std::fs::remove_dir_all(&p);
+    }
+
+    #[test]
+    fn no_memory_for_its_reads_and_scans_is_an_error_and_the_transaction_goes_on() {
+        let (env, p) = small("no-memory-read");
+        let db = env.main_dbi();
+        let key = |i: u32| format!("k{i:06}").into_bytes();
+        let items: Vec<(Vec<u8>, Vec<u8>)> = (0..5_000).map(|i| (key(i), b"v".to_vec())).collect();
+        env.commit(
+            &Sorted::last_write_wins(items.iter().map(|(k, v)| (&k[..], Some(&v[..]))).collect()),
+            0,
+            None,
+        )
+        .unwrap();
+        let mut t = WriteTxn::begin(&env, None).unwrap();
+        // A scan copies every entry into one list of 5,000.
+        let scan = crate::test_alloc::failing_above(64 << 10, || {
+            t.range(db, &Bounds::new(None, None, None), false)
+        });
+        assert!(matches!(scan, Err(Error::NoMemory { .. })), "{scan:?}");
+        // What each read saw is kept in a table that grows with the reads.
+        let (done, e) = until_no_memory(64 << 10, |i| t.get(db, &key(i)).map(drop));
+        assert!(matches!(e, Error::NoMemory { .. }), "{e:?}");
+        assert!(done > 100, "{done}");
+        assert_eq!(
+            t.range(db, &Bounds::new(None, None, None), false)
+                .unwrap()
+                .len(),
+            5_000
+        );
+        t.put(db, b"after", b"1").unwrap();
+        t.commit().unwrap();
+        assert_eq!(read(&env, b"after"), Some(b"1".to_vec()));
         env.release().unwrap();
         let _ = std::fs::remove_dir_all(&p);
     }
