@@ -692,25 +692,51 @@ impl Core {
     /// The buffered writes (values and deletions) whose keys are within
     /// `bounds`, in iteration order: what a scan merges into the database's
     /// keys when the buffer could not be committed first.
-    pub(crate) fn buffered_in(&self, bounds: &Bounds, reverse: bool) -> Vec<(Vec<u8>, Value)> {
-        let b = self.buffered.lock();
-        let mut out: Vec<(Vec<u8>, Value)> = Vec::new();
-        let mut seen = engine::buffer::FastMap::<&[u8], ()>::default();
-        // Newest first: a key's first write seen is the one that wins.
-        for batch in b.buf.newest_first() {
-            for (k, v) in batch.iter() {
-                if bounds.contains(k) && seen.insert(k, ()).is_none() {
-                    out.push((k.to_vec(), v.clone()));
-                }
-            }
-        }
-        drop(seen);
-        drop(b);
+    pub(crate) fn buffered_in(
+        &self,
+        bounds: &Bounds,
+        reverse: bool,
+    ) -> PyResult<Vec<(Vec<u8>, Value)>> {
+        let mut out =
+            self.buffered_where(|k| bounds.contains(k), |k, v| (k.to_vec(), v.clone()))?;
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         if reverse {
             out.reverse();
         }
-        out
+        Ok(out)
+    }
+
+    /// `make` of the newest buffered write of each key that `keep` takes,
+    /// copied out of the buffer (its lock is not held while they are used).
+    /// The copies grow with the buffer: their room is asked for first and
+    /// each takes the memory reserve back, so that a process at its limit
+    /// gets `MemoryError`, not an abort.
+    fn buffered_where<T>(
+        &self,
+        keep: impl Fn(&[u8]) -> bool,
+        make: impl Fn(&[u8], &Value) -> T,
+    ) -> PyResult<Vec<T>> {
+        const WHAT: &str = "buffered writes read with the database";
+        let b = self.buffered.lock();
+        let mut out: Vec<T> = Vec::new();
+        let mut seen = engine::buffer::FastMap::<&[u8], ()>::default();
+        // Newest first: a key's first write seen is the one that wins.
+        for batch in b.buf.newest_first() {
+            if seen.try_reserve(batch.len()).is_err() {
+                return Err(StoreError::NoMemoryFor {
+                    what: format!("{} {WHAT}", batch.len()),
+                }
+                .into());
+            }
+            for (k, v) in batch.iter() {
+                if keep(k) && seen.insert(k, ()).is_none() {
+                    crate::codec::reserve_more(&mut out, 1, WHAT)?;
+                    crate::codec::check_memory(&self.path)?;
+                    out.push(make(k, v));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Keep a read's LMDB memory readable for good: a buffer over it
@@ -1132,18 +1158,7 @@ impl Core {
     /// Number of live keys, the buffer included: LMDB's entry count,
     /// corrected by the buffered writes (one lookup per buffered key).
     pub(crate) fn len(&self, py: Python<'_>) -> PyResult<usize> {
-        let b = self.buffered.lock();
-        let mut keys: Vec<(Vec<u8>, bool)> = Vec::new();
-        let mut seen = engine::buffer::FastMap::<&[u8], ()>::default();
-        for batch in b.buf.newest_first() {
-            for (k, v) in batch.iter() {
-                if seen.insert(k, ()).is_none() {
-                    keys.push((k.to_vec(), v.is_some()));
-                }
-            }
-        }
-        drop(seen);
-        drop(b);
+        let keys = self.buffered_where(|_| true, |k, v| (k.to_vec(), v.is_some()))?;
         self.with_read(py, |txn| {
             let mut n = txn.entries().map_err(to_py)? as isize;
             for (k, live) in &keys {
@@ -1226,8 +1241,9 @@ impl Core {
             Err(e) => {
                 // Count the database's keys corrected by the buffered ones.
                 let failure = self.read_flush_failed(e);
-                let overlay = self.buffered_in(bounds, false);
-                let n = self.count_committed(py, bounds, &overlay);
+                let n = self
+                    .buffered_in(bounds, false)
+                    .and_then(|overlay| self.count_committed(py, bounds, &overlay));
                 self.log_read_flush_failure(py, failure);
                 n
             }
@@ -1743,27 +1759,32 @@ impl Core {
         keys: &[Cow<'_, [u8]>],
         f: impl FnOnce(&[Option<&[u8]>]) -> PyResult<T>,
     ) -> PyResult<T> {
-        let (lookups, dirty) = {
+        // Lists as long as `keys`, whose room is asked for first.
+        const WHAT: &str = "keys of get_arrays";
+        let mut lookups: Vec<Lookup> = crate::codec::try_vec(keys.len(), WHAT)?;
+        let dirty = {
             let b = self.buffered.lock();
-            let found: Vec<Lookup> = keys.iter().map(|k| b.buf.lookup(k)).collect();
-            (found, b.buf.active_len() > 0)
+            lookups.extend(keys.iter().map(|k| b.buf.lookup(k)));
+            b.buf.active_len() > 0
         };
         let need_db = lookups.iter().any(|l| matches!(l, Lookup::Unknown));
-        let from_buffer = |i: usize| match &lookups[i] {
-            Lookup::Value(v) => Some((**v).as_ref()),
-            _ => None,
+        let from_buffer = || -> PyResult<Vec<Option<&[u8]>>> {
+            let mut values = crate::codec::try_vec(keys.len(), WHAT)?;
+            values.extend(lookups.iter().map(|l| match l {
+                Lookup::Value(v) => Some((**v).as_ref()),
+                _ => None,
+            }));
+            Ok(values)
         };
         if !need_db {
-            let values: Vec<Option<&[u8]>> = (0..keys.len()).map(from_buffer).collect();
-            return f(&values);
+            return f(&from_buffer()?);
         }
         let failure = self.autoflush_for_read(py, dirty && self.autoflush_on_read);
         let result = self.with_read(py, |txn| {
-            let mut values: Vec<Option<&[u8]>> = (0..keys.len()).map(from_buffer).collect();
+            let mut values = from_buffer()?;
             // One cursor moving forward over the keys in order, as `read_many`.
-            let mut order: Vec<usize> = (0..keys.len())
-                .filter(|&i| matches!(lookups[i], Lookup::Unknown))
-                .collect();
+            let mut order: Vec<usize> = crate::codec::try_vec(keys.len(), WHAT)?;
+            order.extend((0..keys.len()).filter(|&i| matches!(lookups[i], Lookup::Unknown)));
             order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
             let mut lookup = txn.ascending().map_err(to_py)?;
             lookup

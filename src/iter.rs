@@ -92,11 +92,18 @@ impl Walk {
     fn fill(&mut self, py: Python<'_>, core: &Core) -> PyResult<()> {
         let mut flush_failure = None;
         if !self.started {
-            self.started = true;
             if let Err(e) = core.flush_for_read(py) {
                 flush_failure = core.read_flush_failed(e);
-                self.overlay = Some(core.buffered_in(&self.bounds, self.reverse).into());
+                match core.buffered_in(&self.bounds, self.reverse) {
+                    Ok(overlay) => self.overlay = Some(overlay.into()),
+                    Err(e) => {
+                        // Not started: the next call begins again.
+                        core.log_read_flush_failure(py, flush_failure);
+                        return Err(e);
+                    }
+                }
             }
+            self.started = true;
         }
         let result = self.read_chunk(py, core);
         core.log_read_flush_failure(py, flush_failure);

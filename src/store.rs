@@ -397,11 +397,13 @@ impl LmdbObjectStore {
     ) -> PyResult<Bound<'py, PyAny>> {
         npy::numpy(py)?;
         let c = self.open_core()?;
-        let given: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<PyResult<_>>()?;
-        let normalised: Vec<Cow<'_, [u8]>> = given
-            .iter()
-            .map(|k| c.keys.to_bytes(k))
-            .collect::<PyResult<_>>()?;
+        const WHAT: &str = "keys of get_arrays";
+        let given = codec::collect_items(keys, WHAT)?;
+        let mut normalised: Vec<Cow<'_, [u8]>> = codec::try_vec(given.len(), WHAT)?;
+        for k in &given {
+            codec::check_memory(&c.path)?;
+            normalised.push(c.keys.to_bytes(k)?);
+        }
         let out = match out {
             Some(o) if !o.is_none() => Some(npy::Out::check(py, o)?),
             _ => None,

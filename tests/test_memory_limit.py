@@ -322,21 +322,26 @@ def test_a_big_value_through_other_serializers_and_compression(tmp_path, options
 
 # Calls whose own memory grows with their input (the sorted list of a commit,
 # the lists handed to LMDB, a transaction's log and the copies of its scans,
-# the second vector of get_many's sort), each run under a ladder of limits so
-# that one of them fails inside that memory rather than at the call's start.
+# the second vector of get_many's sort, the buffered writes a read merges),
+# each run under a ladder of limits so that one of them fails inside that
+# memory rather than at the call's start.
 BIG_CALLS = """
 import os
 N = 600_000
 items = [(b"k%09d" % i, i) for i in range(N)]
-keys = [k for k, _ in items]
 READS = ("get_many", "txn_items", "txn_get_many")
+keys = [k for k, _ in items] if KIND in READS else None
+# Reads with autoflush_on_read=False: len() merges the buffer with the
+# database; a scan commits it first, and merges it when that commit fails.
+UNFLUSHED = ("unflushed_keys", "unflushed_len")
 
 def open_store(name):
     # update() commits what it buffered once a batch is full (its own flush);
     # the others keep everything buffered until their call.
     batch = 1000 if KIND == "update" else 10**9
     return LmdbObjectStore(os.path.join(path, name), map_size=1 << 30,
-                           batch_size=batch, max_buffer_bytes=1 << 40)
+                           batch_size=batch, max_buffer_bytes=1 << 40,
+                           autoflush_on_read=KIND not in UNFLUSHED)
 
 def fill_in_transaction(store):
     with store.transaction() as t:
@@ -359,22 +364,32 @@ CALLS = {
     "get_many": lambda s: s.get_many(keys),
     "txn_items": scan_in_transaction,
     "txn_get_many": get_many_in_transaction,
+    "unflushed_keys": lambda s: list(s.keys()),
+    "unflushed_len": len,
 }
 runs = []
 shared = None
-if KIND in READS:
+if KIND in READS or KIND == "unflushed_len":
+    # Calls that leave the store as it was share one.
     shared = open_store("shared")
-    shared.put_many(items)
-for mib in range(32, 144, 8):
+    if KIND in READS:
+        shared.put_many(items)
+    else:
+        for k, v in items:
+            shared[k] = v
+# Calls that leave the store as it was are cheap to repeat: finer steps.
+RUNGS = range(0, 144, 8) if shared is None else [*range(0, 72, 2), *range(72, 240, 8)]
+for mib in RUNGS:
     store = shared or open_store(str(mib))
-    if KIND == "flush":
+    if KIND in ("flush", "unflushed_keys"):
         for k, v in items:
             store[k] = v
     limit(mib * MiB)
     raised = outcome(lambda: CALLS[KIND](store))
     lift()
     pending = store.pending
-    store.flush()
+    if KIND != "unflushed_len":  # its buffer serves every rung
+        store.flush()
     run = {"mib": mib, "raised": raised, "pending": pending, "len": len(store)}
     if KIND in READS:
         run["found"] = len(store.get_many(keys[::1000])[0])
@@ -387,7 +402,18 @@ print(json.dumps(report))
 
 
 @pytest.mark.parametrize(
-    "kind", ["put_many", "update", "flush", "txn", "get_many", "txn_items", "txn_get_many"]
+    "kind",
+    [
+        "put_many",
+        "update",
+        "flush",
+        "txn",
+        "get_many",
+        "txn_items",
+        "txn_get_many",
+        "unflushed_keys",
+        "unflushed_len",
+    ],
 )
 def test_calls_whose_memory_grows_with_their_input_never_end_the_process(tmp_path, kind):
     code = BIG_CALLS.replace("KIND", repr(kind))
@@ -399,6 +425,11 @@ def test_calls_whose_memory_grows_with_their_input_never_end_the_process(tmp_pat
             # A read changes nothing, whatever it raised.
             assert raised in (None, "MemoryError"), run
             assert (run["pending"], run["len"], run["found"]) == (0, n, 600), run
+        elif kind.startswith("unflushed"):
+            # The buffer stays whole, committed by the scan or not at all.
+            assert raised in (None, "MemoryError", "Error"), run
+            assert run["pending"] in ((n, 0) if kind == "unflushed_keys" else (n,)), run
+            assert run["len"] == n, run
         elif kind in ("put_many", "txn"):
             # One transaction: all or nothing.
             assert raised in (None, "MemoryError", "Error"), run

@@ -1052,9 +1052,11 @@ impl Env {
     /// that, the error of a write that could not allocate (see
     /// `guard::no_memory`).
     pub fn sorted<'b>(&self, batch: &'b Batch) -> Result<Sorted<'b>> {
-        batch
-            .sorted()
-            .map_err(|_| Error::lmdb(libc::ENOMEM, self.what("write")))
+        match batch.sorted() {
+            // The reserve again after (see `guard::got`).
+            Ok(sorted) if crate::reserve::ensure() => Ok(sorted),
+            _ => Err(Error::lmdb(libc::ENOMEM, self.what("write"))),
+        }
     }
 
     /// Check, before a write transaction changes anything, the pages of the

@@ -658,23 +658,30 @@ pub(crate) fn check_writes<'c, 'k>(
 }
 
 /// The lists handed to LMDB grow with the write (a batch of a million keys
-/// needs tens of MiB), so their memory is asked for first: with none to be
+/// needs tens of MiB), so their memory is asked for first, and the memory
+/// reserve taken back after (an allocation that only fit by taking it leaves
+/// nothing for the next small one: see reserve.rs). With no memory to be
 /// had, the write ends as LMDB ends it when its own allocation fails
 /// (`ENOMEM`), its transaction aborted, rather than the process.
-fn no_memory(_: std::collections::TryReserveError) -> lmdb::Error {
-    lmdb::Error::Other(libc::ENOMEM)
+fn got(grown: std::result::Result<(), std::collections::TryReserveError>) -> lmdb::Result<()> {
+    if grown.is_ok() && crate::reserve::ensure() {
+        return Ok(());
+    }
+    Err(lmdb::Error::Other(libc::ENOMEM))
 }
 
 /// An empty vector with room for `n` items.
 fn room<T>(n: usize) -> lmdb::Result<Vec<T>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(no_memory)?;
+    got(v.try_reserve_exact(n))?;
     Ok(v)
 }
 
 /// `v.push(x)`, growing `v` as `push` does.
 fn push<T>(v: &mut Vec<T>, x: T) -> lmdb::Result<()> {
-    v.try_reserve(1).map_err(no_memory)?;
+    if v.len() == v.capacity() {
+        got(v.try_reserve(1))?;
+    }
     v.push(x);
     Ok(())
 }

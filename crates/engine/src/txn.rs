@@ -233,7 +233,7 @@ impl WriteTxn {
         if !self.written.contains(&k) {
             // What it read is kept (to redo the transaction after a growth),
             // in a table that grows with the reads.
-            if self.reads.try_reserve(1).is_err() {
+            if self.reads.try_reserve(1).is_err() || !crate::reserve::ensure() {
                 return Err(self.no_memory("one more read of a transaction"));
             }
             self.reads.entry(k).or_insert_with(|| found.clone());
@@ -272,7 +272,12 @@ impl WriteTxn {
     /// million writes): with no memory for it, the write is refused before
     /// anything changed, and the transaction goes on.
     fn room_to_log(&mut self) -> Result<()> {
-        if self.log.try_reserve(1).is_ok() && self.written.try_reserve(1).is_ok() {
+        // The reserve again after: a growth that only fit by taking it
+        // leaves nothing for the next small allocation (see reserve.rs).
+        if self.log.try_reserve(1).is_ok()
+            && self.written.try_reserve(1).is_ok()
+            && crate::reserve::ensure()
+        {
             return Ok(());
         }
         Err(self.no_memory("one more write of a transaction"))
@@ -460,11 +465,11 @@ impl WriteTxn {
                 rc => Err(Error::lmdb(rc, self.env.what("scan"))),
             }
         };
-        // The copies grow with the table: each entry first takes the
-        // memory reserve back (see reserve.rs) and room in `out`, so that
+        // The copies grow with the table: each entry first takes room in
+        // `out` and then the memory reserve back (see reserve.rs), so that
         // the limit ends the scan with an error, not the process.
         let room = |out: &mut Vec<(Vec<u8>, Vec<u8>)>| -> Result<()> {
-            if crate::reserve::ensure() && out.try_reserve(1).is_ok() {
+            if out.try_reserve(1).is_ok() && crate::reserve::ensure() {
                 return Ok(());
             }
             Err(self.no_memory("a transaction's scan"))
