@@ -1049,11 +1049,11 @@ impl Env {
     }
 
     /// `batch` in key order ([`Batch::sorted`]), or, with no memory for
-    /// that, the error of a write that could not allocate (see
-    /// `guard::no_memory`).
+    /// that, the error of a write that could not allocate (`ENOMEM`, as
+    /// `guard::got` gives inside the write).
     pub fn sorted<'b>(&self, batch: &'b Batch) -> Result<Sorted<'b>> {
         match batch.sorted() {
-            // The reserve again after (see `guard::got`).
+            // The reserve again after, as `guard::got` takes it.
             Ok(sorted) if crate::reserve::ensure() => Ok(sorted),
             _ => Err(Error::lmdb(libc::ENOMEM, self.what("write"))),
         }
