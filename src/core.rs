@@ -1661,18 +1661,20 @@ impl CoreHandle {
             crate::codec::reserve_more(&mut from_db, keys.len(), WHAT)?;
             from_db.resize_with(keys.len(), || None);
             // A repeated key sits next to its twin: (repeat, first) pairs
-            // share the first one's value.
-            let same =
-                |a: &(u128, &[u8], usize), b: &(u128, &[u8], usize)| a.0 == b.0 && a.1 == b.1;
-            let repeats = order.windows(2).filter(|w| same(&w[0], &w[1])).count();
-            let mut twins: Vec<(usize, usize)> = crate::codec::try_vec(repeats, WHAT)?;
+            // share the first one's value. Their list grows as they are found.
+            let mut twins: Vec<(usize, usize)> = Vec::new();
+            let mut room = Ok(());
             order.dedup_by(|later, first| {
-                let twin = same(later, first);
-                if twin {
-                    twins.push((later.2, first.2));
+                let twin = later.0 == first.0 && later.1 == first.1;
+                if twin && room.is_ok() {
+                    room = crate::codec::reserve_more(&mut twins, 1, WHAT);
+                    if room.is_ok() {
+                        twins.push((later.2, first.2));
+                    }
                 }
                 twin
             });
+            room?;
             while !order.is_empty() {
                 // Decoding runs Python code, which may fork: a child goes on
                 // with the keys left, in a transaction of its own environment.

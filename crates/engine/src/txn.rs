@@ -233,9 +233,8 @@ impl WriteTxn {
         if !self.written.contains(&k) {
             // What it read is kept (to redo the transaction after a growth),
             // in a table that grows with the reads.
-            if self.reads.try_reserve(1).is_err() || !crate::reserve::ensure() {
-                return Err(self.no_memory("one more read of a transaction"));
-            }
+            let grown = self.reads.try_reserve(1).is_ok();
+            self.grown(grown, "one more read of a transaction")?;
             self.reads.entry(k).or_insert_with(|| found.clone());
         }
         Ok(found)
@@ -272,23 +271,22 @@ impl WriteTxn {
     /// million writes): with no memory for it, the write is refused before
     /// anything changed, and the transaction goes on.
     fn room_to_log(&mut self) -> Result<()> {
-        // The reserve again after: a growth that only fit by taking it
-        // leaves nothing for the next small allocation (see reserve.rs).
-        if self.log.try_reserve(1).is_ok()
-            && self.written.try_reserve(1).is_ok()
-            && crate::reserve::ensure()
-        {
-            return Ok(());
-        }
-        Err(self.no_memory("one more write of a transaction"))
+        let grown = self.log.try_reserve(1).is_ok() && self.written.try_reserve(1).is_ok();
+        self.grown(grown, "one more write of a transaction")
     }
 
-    /// No memory for `what`, found before anything changed: the
+    /// After a list of the transaction asked for room (`grown`: it got it),
+    /// the memory reserve again: a growth that only fit by taking it leaves
+    /// nothing for the next small allocation (see reserve.rs). Without
+    /// either, `NoMemory` for `what`, found before anything changed: the
     /// transaction goes on.
-    fn no_memory(&self, what: &str) -> Error {
-        Error::NoMemory {
-            what: self.env.what(what),
+    fn grown(&self, grown: bool, what: &str) -> Result<()> {
+        if grown && crate::reserve::ensure() {
+            return Ok(());
         }
+        Err(Error::NoMemory {
+            what: self.env.what(what),
+        })
     }
 
     /// Check the pages a write of `key` may change before it changes any
@@ -465,14 +463,10 @@ impl WriteTxn {
                 rc => Err(Error::lmdb(rc, self.env.what("scan"))),
             }
         };
-        // The copies grow with the table: each entry first takes room in
-        // `out` and then the memory reserve back (see reserve.rs), so that
-        // the limit ends the scan with an error, not the process.
+        // The copies grow with the table: each entry asks for its room
+        // first, so that the limit ends the scan with an error.
         let room = |out: &mut Vec<(Vec<u8>, Vec<u8>)>| -> Result<()> {
-            if out.try_reserve(1).is_ok() && crate::reserve::ensure() {
-                return Ok(());
-            }
-            Err(self.no_memory("a transaction's scan"))
+            self.grown(out.try_reserve(1).is_ok(), "a transaction's scan")
         };
         let result = (|| {
             if !reverse {
