@@ -474,24 +474,21 @@ impl Core {
     }
 
     /// The body of `flush`, for callers that hold the commit lock. A failed
-    /// background commit is not reported here: its batch is back in the
-    /// buffer, and this commit writes it again.
+    /// background commit is not reported here: its batches are back in the
+    /// buffer, and this commit writes them again.
     pub(crate) fn commit_buffer_locked(&self, py: Python<'_>) -> PyResult<()> {
-        let batch = {
+        let batches = {
             let mut b = self.buffered.lock();
             b.failed = None;
-            match b.buf.begin_commit() {
-                Some(batch) => batch,
-                None => return Ok(()),
-            }
+            b.buf.begin_commit()
         };
-        let env = &*self.env;
-        let cap = self.max_map_size;
+        if batches.is_empty() {
+            return Ok(());
+        }
         // Spine rule 1: the write transaction runs in the engine, with the
         // GIL released; growth is logged after it.
-        let table = &self.table;
-        let result = py.detach(|| env.commit_in(table, &env.sorted(&batch)?, batch.bytes(), cap));
-        drop(batch);
+        let result = py.detach(|| self.write_batches(&batches));
+        drop(batches);
         let mut b = self.buffered.lock();
         let done = b.buf.end_commit(result.is_ok());
         b.read_flush_logged &= result.is_err();
@@ -499,6 +496,18 @@ impl Core {
         // Freed with the buffer unlocked (see `WriteBuffer::end_commit`).
         drop(done);
         result.map_err(to_py)
+    }
+
+    /// Write `batches` (oldest first: a later one's write of a key wins) in
+    /// one write transaction of this store's table. No Python here.
+    fn write_batches(&self, batches: &[Arc<engine::buffer::Batch>]) -> engine::Result<()> {
+        let env = &*self.env;
+        let sorted: Vec<Sorted<'_>> = batches
+            .iter()
+            .map(|b| env.sorted(b))
+            .collect::<engine::Result<_>>()?;
+        let bytes = batches.iter().map(|b| b.bytes()).sum();
+        env.commit_all_in(&self.table, &sorted, bytes, self.max_map_size)
     }
 
     /// The buffer is full: commit it on a background thread, so the
@@ -514,39 +523,30 @@ impl Core {
     /// so a `flush()` or `close()` waits for what is already queued only.
     pub(crate) fn start_commit(&self, py: Python<'_>) -> PyResult<()> {
         let commit = self.lock_commit(py)?;
-        let batch = {
+        let batches = {
             let mut b = self.buffered.lock();
-            // After a failed commit its batch is back in the buffer: the next
-            // write reports it; no retry in a loop.
-            let batch = match b.failed {
-                Some(_) => None,
+            // After a failed commit its batches are back in the buffer: the
+            // next write reports it; no retry in a loop.
+            let batches = match b.failed {
+                Some(_) => Vec::new(),
                 None => b.buf.begin_commit(),
             };
-            b.chain = batch.is_some();
-            batch
+            b.chain = !batches.is_empty();
+            batches
         };
-        let Some(batch) = batch else {
+        if batches.is_empty() {
             drop(commit);
             self.log_growth(py);
             return Ok(());
-        };
+        }
         let core = self.me.upgrade().expect("a live core has a live Arc");
         // Spine rule 1: a plain Rust thread, which never takes the GIL, runs
         // the write transactions.
         let job = {
-            let batch = batch.clone();
+            let mut batches = batches.clone();
             move || {
-                let mut batches = vec![batch];
                 loop {
-                    let commit = std::panic::AssertUnwindSafe(|| {
-                        let sorted: Vec<Sorted<'_>> = batches
-                            .iter()
-                            .map(|b| core.env.sorted(b))
-                            .collect::<engine::Result<_>>()?;
-                        let bytes = batches.iter().map(|b| b.bytes()).sum();
-                        core.env
-                            .commit_all_in(&core.table, &sorted, bytes, core.max_map_size)
-                    });
+                    let commit = std::panic::AssertUnwindSafe(|| core.write_batches(&batches));
                     let result = match std::panic::catch_unwind(commit) {
                         Ok(result) => result.map_err(StoreError::from),
                         Err(_) => Err(StoreError::CommitPanicked {
@@ -580,8 +580,8 @@ impl Core {
             }
             Err(_) => {
                 // No thread to be had: commit here instead. The closure and
-                // its copy of the batch are gone; the buffer still has it.
-                drop(batch);
+                // its copy of the batches are gone; the buffer still has them.
+                drop(batches);
                 {
                     let mut b = self.buffered.lock();
                     b.chain = false;
@@ -1257,10 +1257,10 @@ impl Core {
             let _commit = self.lock_commit(py)?;
             // The buffered writes stay readable until the clear commits. A
             // failed background commit is moot: its writes are cleared too.
-            let batch = {
+            let taken = {
                 let mut b = self.buffered.lock();
                 b.failed = None;
-                b.buf.begin_commit()
+                !b.buf.begin_commit().is_empty()
             };
             let env = &*self.env;
             let cap = self.max_map_size;
@@ -1269,7 +1269,7 @@ impl Core {
             let table = &self.table;
             let r = py.detach(|| env.clear_in(table, cap));
             let mut b = self.buffered.lock();
-            if batch.is_some() {
+            if taken {
                 b.buf.end_commit(r.is_ok());
             }
             b.read_flush_logged &= r.is_err();
@@ -1356,10 +1356,10 @@ impl Core {
             if self.is_closing() {
                 return Err(self.closed_error());
             }
-            let batch = {
+            let taken = {
                 let mut b = self.buffered.lock();
                 b.failed = None;
-                b.buf.begin_commit()
+                !b.buf.begin_commit().is_empty()
             };
             let env = &*self.env;
             let table = &self.table;
@@ -1367,7 +1367,7 @@ impl Core {
             // Spine rule 1: the write transaction runs in the engine, with
             // the GIL released.
             let r = py.detach(|| env.drop_table(table, cap));
-            if batch.is_some() {
+            if taken {
                 // Dropped: the buffered writes went with the table.
                 self.buffered.lock().buf.end_commit(r.is_ok());
             }

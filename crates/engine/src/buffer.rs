@@ -246,20 +246,21 @@ impl Batch {
         self.map.iter().map(|(k, (_, v))| (k.as_slice(), v))
     }
 
-    /// Write `later`'s entries over this batch's, in their arrival order.
-    pub fn merge(&mut self, later: &Batch) {
-        let mut entries: Vec<(&Key, &(u32, Value))> = later.map.iter().collect();
-        entries.sort_unstable_by_key(|(_, (seq, _))| *seq);
-        for (k, (_, v)) in entries {
+    /// Write `later`'s entries over this batch's, in their arrival order
+    /// (sorted in `order`, which the caller empties first). The caller made
+    /// room for them in both (see [`WriteBuffer::regroup`]): nothing here
+    /// grows but the copy of a key too long to keep inline.
+    fn merge_into_room<'b>(
+        &mut self,
+        later: &'b Batch,
+        order: &mut Vec<(&'b Key, &'b Value, u32)>,
+    ) {
+        debug_assert!(order.is_empty() && order.capacity() >= later.len());
+        order.extend(later.map.iter().map(|(k, (seq, v))| (k, v, *seq)));
+        order.sort_unstable_by_key(|&(_, _, seq)| seq);
+        for (k, v, _) in order.drain(..) {
             self.insert(k.as_slice(), v.clone());
         }
-    }
-
-    /// A batch of its own with the same entries.
-    pub fn copy(&self) -> Batch {
-        let mut out = Batch::with_capacity(self.len());
-        out.merge(self);
-        out
     }
 }
 
@@ -361,16 +362,18 @@ impl WriteBuffer {
         &self.inflight
     }
 
-    /// Move `active` into the in-flight slot for a commit. The caller holds
-    /// the store's commit lock, so no other batch is in flight.
-    pub fn begin_commit(&mut self) -> Option<Arc<Batch>> {
-        debug_assert!(self.inflight.is_empty(), "no batch in flight yet");
-        if self.active.is_empty() {
-            return None;
-        }
-        let batch = self.queue_active();
-        self.taken = 1;
-        Some(batch)
+    /// Hand every buffered write to a commit: `active` goes behind the
+    /// batches in flight, and the commit takes them all, oldest first
+    /// (none: nothing to write). The caller holds the store's commit lock,
+    /// so no other commit is under way: a batch still in flight is one that
+    /// a failed commit had no memory to put back into `active` (see
+    /// [`WriteBuffer::regroup`]), written again now with the rest.
+    pub fn begin_commit(&mut self) -> Vec<Arc<Batch>> {
+        debug_assert_eq!(self.taken, 0, "no commit under way");
+        self.regroup();
+        self.enqueue();
+        self.taken = self.inflight.len();
+        self.inflight.clone()
     }
 
     /// Queue `active` behind the batches in flight, for the commit under way
@@ -423,17 +426,49 @@ impl WriteBuffer {
     /// writes that came after it, which are newer and win.
     pub fn commit_failed(&mut self) {
         self.taken = 0;
+        self.regroup();
+    }
+
+    /// Make the batches in flight and `active` one batch again, in
+    /// `active`, a later write of a key winning, so that reads and the
+    /// next commit look in one table. The memory for that (a table of every
+    /// key, the list that sorts one batch's entries) is asked for first:
+    /// with none to be had, nothing changes and the batches stay in flight,
+    /// where reads find the newest write of a key as they do while a commit
+    /// runs, and the next commit takes them all ([`WriteBuffer::begin_commit`]).
+    /// Never an abort for want of memory: a failed commit keeps every write.
+    fn regroup(&mut self) {
         if self.inflight.is_empty() {
             return;
         }
-        let mut batches = std::mem::take(&mut self.inflight).into_iter();
-        let first = batches.next().expect("not empty");
-        let mut merged = Arc::try_unwrap(first).unwrap_or_else(|shared| shared.copy());
-        for later in batches {
-            merged.merge(&later);
+        let total = self.active.len() + self.inflight.iter().map(|b| b.len()).sum::<usize>();
+        let longest = (self.inflight.iter().map(|b| b.len()))
+            .chain([self.active.len()])
+            .max()
+            .unwrap_or(0);
+        // The oldest batch is the base: taken as it is when nothing else
+        // holds it (the commit that failed has let go of it), else copied.
+        let (mut merged, shared) = match Arc::try_unwrap(self.inflight.remove(0)) {
+            Ok(batch) => (batch, None),
+            Err(shared) => (Batch::with_capacity(0), Some(shared)),
+        };
+        let mut order = Vec::new();
+        let room = order
+            .try_reserve_exact(longest)
+            .and_then(|()| merged.map.try_reserve(total - merged.len()));
+        if room.is_err() {
+            // As it was (the slot just emptied takes it back).
+            let first = shared.unwrap_or_else(|| Arc::new(merged));
+            self.inflight.insert(0, first);
+            return;
         }
-        let newer = std::mem::replace(&mut self.active, merged);
-        self.active.merge(&newer);
+        let later = self.inflight.iter().map(|b| &**b).chain([&self.active]);
+        for batch in shared.as_deref().into_iter().chain(later) {
+            merged.merge_into_room(batch, &mut order);
+        }
+        drop(order);
+        self.active = merged;
+        self.inflight.clear();
     }
 }
 
@@ -443,6 +478,12 @@ mod tests {
 
     fn val(s: &str) -> Value {
         Some(Arc::new(s.as_bytes().to_vec()))
+    }
+
+    /// The one batch a commit took.
+    fn one(mut batches: Vec<Arc<Batch>>) -> Arc<Batch> {
+        assert_eq!(batches.len(), 1);
+        batches.pop().expect("one")
     }
 
     fn found(b: &WriteBuffer, key: &[u8]) -> Option<Vec<u8>> {
@@ -472,7 +513,7 @@ mod tests {
         let mut b = WriteBuffer::default();
         b.insert(b"a", val("1"));
         b.insert(b"b", val("2"));
-        let batch = b.begin_commit().expect("a batch");
+        let batch = one(b.begin_commit());
         assert_eq!(batch.len(), 2);
         assert_eq!(b.active_len(), 0);
         assert_eq!(b.pending(), 2);
@@ -492,7 +533,7 @@ mod tests {
         let mut b = WriteBuffer::default();
         b.insert(b"a", val("1"));
         b.insert(b"b", val("1"));
-        let first = b.begin_commit().expect("a batch");
+        let first = one(b.begin_commit());
         assert_eq!(first.len(), 2);
         b.insert(b"a", val("2"));
         b.insert(b"c", None);
@@ -525,7 +566,7 @@ mod tests {
         b.insert(b"a", val("1"));
         b.insert(b"b", val("1"));
         b.insert(b"d", val("1"));
-        let _first = b.begin_commit().expect("a batch");
+        let _first = one(b.begin_commit());
         b.insert(b"a", val("2"));
         b.insert(b"d", None);
         b.enqueue();
@@ -539,18 +580,102 @@ mod tests {
         assert!(matches!(b.lookup(b"d"), Lookup::Deleted));
         assert_eq!(found(&b, b"e").as_deref(), Some(&b"3"[..]));
         // The next commit starts from a clean slate.
-        let again = b.begin_commit().expect("a batch");
+        let again = one(b.begin_commit());
         assert_eq!(again.len(), 4);
         assert_eq!(b.end_commit(true).len(), 1);
         assert_eq!(b.pending(), 0);
     }
 
+    /// Two batches in flight (the second queued behind the first, with
+    /// some of its keys) and newer writes waiting: 5,000 keys each.
+    fn two_batches_in_flight(b: &mut WriteBuffer) -> Vec<Arc<Batch>> {
+        for i in 0..5_000u32 {
+            b.insert(&i.to_be_bytes(), val("first"));
+        }
+        let first = one(b.begin_commit());
+        for i in 2_500..7_500u32 {
+            b.insert(&i.to_be_bytes(), val("second"));
+        }
+        b.enqueue();
+        for i in 7_000..7_010u32 {
+            b.insert(&i.to_be_bytes(), None);
+        }
+        let mut taken = vec![first];
+        taken.extend(b.take_queued().into_iter().skip(1));
+        taken
+    }
+
+    fn newest(b: &WriteBuffer, i: u32) -> Option<Option<Vec<u8>>> {
+        match b.lookup(&i.to_be_bytes()) {
+            Lookup::Value(v) => Some(Some((*v).as_ref().to_vec())),
+            Lookup::Deleted => Some(None),
+            Lookup::Unknown => None,
+        }
+    }
+
+    fn assert_newest_writes(b: &WriteBuffer) {
+        for (i, want) in [
+            (0, Some(Some(&b"first"[..]))),
+            (2_499, Some(Some(b"first"))),
+            (2_500, Some(Some(b"second"))),
+            (6_999, Some(Some(b"second"))),
+            (7_000, Some(None)),
+            (7_009, Some(None)),
+            (7_010, Some(Some(b"second"))),
+            (7_500, None),
+        ] {
+            assert_eq!(newest(b, i).as_ref().map(|v| v.as_deref()), want, "key {i}");
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_with_no_memory_to_regroup_keeps_its_batches_for_the_next() {
+        // The table of every key (7,500 of them) needs about 1 MiB, the
+        // list that sorts a batch's entries 120 KiB: each limit refuses one.
+        for limit in [64 << 10, 256 << 10] {
+            let mut b = WriteBuffer::default();
+            drop(two_batches_in_flight(&mut b));
+            crate::test_alloc::failing_above(limit, || b.end_commit(false));
+            // Nothing lost: the batches are still in flight, and reads find
+            // the newest write of each key.
+            assert_eq!(b.inflight().len(), 2, "limit {limit}");
+            assert_newest_writes(&b);
+            // The next commit, still short of memory, takes every batch,
+            // oldest first, the newer writes last.
+            b.insert(&9_000u32.to_be_bytes(), val("later"));
+            let all = crate::test_alloc::failing_above(limit, || b.begin_commit());
+            let lens: Vec<usize> = all.iter().map(|x| x.len()).collect();
+            assert_eq!(lens, [5_000, 5_000, 11]);
+            drop(all);
+            // It fails too, with memory this time: one batch again.
+            assert!(b.end_commit(false).is_empty());
+            assert!(!b.has_inflight());
+            assert_eq!(b.active_len(), 7_501);
+            assert_newest_writes(&b);
+            assert_eq!(one(b.begin_commit()).len(), 7_501);
+            assert_eq!(b.end_commit(true).len(), 1);
+            assert_eq!(b.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_copies_a_batch_still_held_elsewhere() {
+        let mut b = WriteBuffer::default();
+        let taken = two_batches_in_flight(&mut b);
+        // The first batch is still held (by `taken`): copied, not moved.
+        assert!(b.end_commit(false).is_empty());
+        assert!(!b.has_inflight());
+        assert_eq!(b.active_len(), 7_500);
+        assert_newest_writes(&b);
+        assert_eq!(taken[0].len(), 5_000);
+    }
+
     #[test]
     fn commit_success_forgets_batch() {
         let mut b = WriteBuffer::default();
-        assert!(b.begin_commit().is_none());
+        assert!(b.begin_commit().is_empty());
         b.insert(b"a", None);
-        let _batch = b.begin_commit().expect("a batch");
+        let _batch = one(b.begin_commit());
         b.commit_succeeded();
         assert_eq!(b.pending(), 0);
         assert!(matches!(b.lookup(b"a"), Lookup::Unknown));
