@@ -369,11 +369,9 @@ impl WriteBuffer {
     /// a failed commit had no memory to put back into `active` (see
     /// [`WriteBuffer::regroup`]), written again now with the rest.
     pub fn begin_commit(&mut self) -> Vec<Arc<Batch>> {
-        debug_assert_eq!(self.taken, 0, "no commit under way");
         self.regroup();
         self.enqueue();
-        self.taken = self.inflight.len();
-        self.inflight.clone()
+        self.take_queued()
     }
 
     /// Queue `active` behind the batches in flight, for the commit under way
@@ -391,9 +389,10 @@ impl WriteBuffer {
         batch
     }
 
-    /// The batches queued since the commit under way began, for its next
-    /// transaction; empty when none was queued. The caller has just ended
-    /// the previous commit (see [`WriteBuffer::end_commit`]).
+    /// Every batch in flight, taken by the next commit; empty when there
+    /// is none. No commit is under way: the caller has just ended the one
+    /// before (see [`WriteBuffer::end_commit`]), whose queued batches these
+    /// are, or is [`WriteBuffer::begin_commit`].
     pub fn take_queued(&mut self) -> Vec<Arc<Batch>> {
         debug_assert_eq!(self.taken, 0, "the previous commit has ended");
         self.taken = self.inflight.len();
@@ -486,11 +485,18 @@ mod tests {
         batches.pop().expect("one")
     }
 
-    fn found(b: &WriteBuffer, key: &[u8]) -> Option<Vec<u8>> {
+    /// The newest buffered write of `key`: a value, a deletion (`Some(None)`),
+    /// or none.
+    fn newest(b: &WriteBuffer, key: &[u8]) -> Option<Option<Vec<u8>>> {
         match b.lookup(key) {
-            Lookup::Value(v) => Some((*v).as_ref().to_vec()),
-            _ => None,
+            Lookup::Value(v) => Some(Some((*v).as_ref().to_vec())),
+            Lookup::Deleted => Some(None),
+            Lookup::Unknown => None,
         }
+    }
+
+    fn found(b: &WriteBuffer, key: &[u8]) -> Option<Vec<u8>> {
+        newest(b, key).flatten()
     }
 
     #[test]
@@ -604,14 +610,6 @@ mod tests {
         first
     }
 
-    fn newest(b: &WriteBuffer, i: u32) -> Option<Option<Vec<u8>>> {
-        match b.lookup(&i.to_be_bytes()) {
-            Lookup::Value(v) => Some(Some((*v).as_ref().to_vec())),
-            Lookup::Deleted => Some(None),
-            Lookup::Unknown => None,
-        }
-    }
-
     fn assert_newest_writes(b: &WriteBuffer) {
         for (i, want) in [
             (0, Some(Some(&b"first"[..]))),
@@ -623,7 +621,8 @@ mod tests {
             (7_010, Some(Some(b"second"))),
             (7_500, None),
         ] {
-            assert_eq!(newest(b, i).as_ref().map(|v| v.as_deref()), want, "key {i}");
+            let got = newest(b, &u32::to_be_bytes(i));
+            assert_eq!(got.as_ref().map(|v| v.as_deref()), want, "key {i}");
         }
     }
 
