@@ -56,6 +56,18 @@ def _parse_record(path: str) -> tuple[list[int], set[int]]:
     return started, done
 
 
+def _cut_partial_line(path: str) -> None:
+    """Cut a line the killed writer left half written, so that the next
+    writer's lines start on a line of their own. A write of a few bytes can
+    be cut short by SIGKILL when it crosses a page of the file; the cut line
+    (``flushing <b>`` or ``done <b>``) then counts as never written, as the
+    last line of the record always did."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 class Writer:
     """One ``crash_writer`` process, with its stdout to aim the kill."""
 
@@ -159,6 +171,7 @@ def test_a_writer_killed_at_any_moment_never_leaves_a_partial_or_lost_batch(
         finally:
             writer.abandon()
         moments[how] = moments.get(how, 0) + 1
+        _cut_partial_line(record)  # the writer is dead: nothing writes to it now
 
         started, done = _parse_record(record)
         this_round = [b for b in started if b >= start]
@@ -203,3 +216,14 @@ def test_a_writer_killed_at_any_moment_never_leaves_a_partial_or_lost_batch(
     summary = f"seed {seed}: {moments}, kills during a flush: {in_flight_kills}"
     assert len(done) >= ROUNDS, summary
     assert sum(in_flight_kills.values()) >= 1, summary
+
+
+def test_a_record_line_cut_by_a_kill_does_not_merge_with_the_next_writers(tmp_path):
+    # A writer killed in the middle of writing a line, then the next writer.
+    record = str(tmp_path / "record")
+    with open(record, "wb") as f:
+        f.write(b"flushing 0\ndone 0\nflushing 1\ndone 1")
+    _cut_partial_line(record)
+    with open(record, "ab") as f:
+        f.write(b"flushing 2\ndone 2\n")
+    assert _parse_record(record) == ([0, 1, 2], {0, 2})
