@@ -395,8 +395,12 @@ pub fn load<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
         // SAFETY: the new array has exactly `nbytes` bytes in the header's
         // order from `dst.0` (made above, alive in `arr`, not yet seen by
         // any other code), and `src` holds `nbytes` bytes in that order
-        // (checked by parse_header).
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0, src.len()) };
+        // (checked by parse_header); making its fresh pages resident first
+        // writes nothing.
+        unsafe {
+            engine::prefault::before_write(dst.0, src.len());
+            std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0, src.len());
+        }
     });
     Ok(arr)
 }
@@ -536,6 +540,10 @@ pub fn fill<'py>(
     // never reach Python).
     copy_out(py, each * data.len(), move || {
         let dst = dst;
+        // SAFETY: the `each * n` bytes from `dst.0` are the destination's
+        // (see below), all of which the loop overwrites; making their fresh
+        // pages resident first writes nothing.
+        unsafe { engine::prefault::before_write(dst.0, each * data.len()) };
         for (i, (v, &(start, fortran))) in data.iter().zip(&layout).enumerate() {
             let src = &v[start..];
             // SAFETY: the destination is a C-contiguous array of shape

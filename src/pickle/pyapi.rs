@@ -550,7 +550,8 @@ impl<'py> Owned<'py> {
         // SAFETY: see the note above the constructors. A null source asks
         // for `len` uninitialised bytes, which we fill before anyone else
         // sees the object (for len 0 CPython returns its empty singleton,
-        // and nothing is written).
+        // and nothing is written); a large copy has its fresh pages made
+        // resident in one call first, which writes nothing.
         unsafe {
             let bytes = Self::from_result(
                 py,
@@ -558,6 +559,7 @@ impl<'py> Owned<'py> {
             )?;
             if !data.is_empty() {
                 let dst = ffi::PyBytes_AS_STRING(bytes.ptr()) as *mut u8;
+                engine::prefault::before_write(dst, data.len());
                 std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
             }
             Some(bytes)
@@ -804,8 +806,14 @@ impl OutBytes {
         assert!(data.len() <= self.cap - self.len);
         // SAFETY: the room is reserved (checked above) in storage only we can
         // reach (ours, or brand new and unshared), and `data` cannot overlap it.
+        // A big payload's fresh pages are made resident in one call first,
+        // which writes nothing.
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.add(self.len), data.len())
+            let dst = self.base.add(self.len);
+            if data.len() >= engine::prefault::MIN_BYTES {
+                engine::prefault::before_write(dst, data.len());
+            }
+            std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len())
         };
         self.len += data.len();
     }

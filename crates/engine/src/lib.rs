@@ -16,6 +16,7 @@ pub mod files;
 pub mod gate;
 mod guard;
 pub mod order;
+pub mod prefault;
 pub mod reserve;
 mod snapshot;
 pub mod stream;
