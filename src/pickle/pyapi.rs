@@ -525,10 +525,13 @@ impl<'py> Owned<'py> {
             // SAFETY: see the note above the constructors; a brand-new
             // string of `n` characters of at most 127 has `n` one-byte
             // slots (and its terminator already written), which we fill
-            // before anyone else sees it.
+            // before anyone else sees it; a long one has its fresh pages
+            // made resident in one call first, which writes nothing.
             unsafe {
                 let s = Self::from_result(py, ffi::PyUnicode_New(n as ffi::Py_ssize_t, 127))?;
-                std::ptr::copy_nonoverlapping(utf8.as_ptr(), ffi::PyUnicode_1BYTE_DATA(s.ptr()), n);
+                let dst = ffi::PyUnicode_1BYTE_DATA(s.ptr());
+                engine::prefault::before_write(dst, n);
+                std::ptr::copy_nonoverlapping(utf8.as_ptr(), dst, n);
                 return Some(s);
             }
         }
@@ -567,10 +570,26 @@ impl<'py> Owned<'py> {
     }
 
     pub fn bytearray(py: Python<'py>, data: &[u8]) -> Option<Self> {
-        // SAFETY: see the note above the constructors; the slice is valid.
-        Self::from_result(py, unsafe {
-            ffi::PyByteArray_FromStringAndSize(data.as_ptr() as *const c_char, data.len() as _)
-        })
+        if data.len() < engine::prefault::MIN_BYTES {
+            // SAFETY: see the note above the constructors; the slice is valid.
+            return Self::from_result(py, unsafe {
+                ffi::PyByteArray_FromStringAndSize(data.as_ptr() as *const c_char, data.len() as _)
+            });
+        }
+        // SAFETY: see the note above the constructors. A null source asks
+        // for `len` uninitialised bytes, all of which we fill before anyone
+        // else sees the object; making their fresh pages resident first
+        // writes nothing.
+        unsafe {
+            let b = Self::from_result(
+                py,
+                ffi::PyByteArray_FromStringAndSize(std::ptr::null(), data.len() as _),
+            )?;
+            let dst = ffi::PyByteArray_AS_STRING(b.ptr()).cast::<u8>();
+            engine::prefault::before_write(dst, data.len());
+            std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
+            Some(b)
+        }
     }
 
     /// A tuple of `items`, which it takes over.
