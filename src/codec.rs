@@ -46,6 +46,35 @@ pub(crate) fn new_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py
     }
 }
 
+/// New `bytes` of `len` bytes that `fill` writes, as `PyBytes::new_with`
+/// (zeroed first, so `fill` sees initialised memory; `MemoryError` when
+/// Python has no memory for it), with a large one's fresh pages made
+/// resident in one call before they are zeroed (`engine::prefault`).
+pub(crate) fn new_bytes_with<'py>(
+    py: Python<'py>,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]) -> PyResult<()>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let size = ffi::Py_ssize_t::try_from(len).map_err(|_| StoreError::OutOfMemory)?;
+    // SAFETY: a null source asks for `len` uninitialised bytes of a new
+    // object nobody else can see yet; they are made resident (which writes
+    // nothing) and zeroed before the slice over them is made, and the
+    // object is dropped, never returned, if `fill` fails.
+    unsafe {
+        let bytes = Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyBytes_FromStringAndSize(std::ptr::null(), size),
+        )?;
+        let dst = ffi::PyBytes_AS_STRING(bytes.as_ptr())
+            .cast::<u8>()
+            .cast_mut();
+        engine::prefault::before_write(dst, len);
+        std::ptr::write_bytes(dst, 0, len);
+        fill(std::slice::from_raw_parts_mut(dst, len))?;
+        Ok(bytes.cast_into_unchecked())
+    }
+}
+
 /// New `str` holding `text`; `MemoryError` instead of PyO3's panic.
 pub(crate) fn new_str<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyString>> {
     // SAFETY: `text` is valid UTF-8 for its length; a new reference or null

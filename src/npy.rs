@@ -147,7 +147,7 @@ pub fn encode<'py>(
     let header = wrap_header(&text);
     let nbytes: usize = arr.getattr("nbytes")?.extract()?;
     let src = data_ptr(np, &arr)?;
-    PyBytes::new_with(py, header.len() + nbytes, |buf| {
+    crate::codec::new_bytes_with(py, header.len() + nbytes, |buf| {
         buf[..header.len()].copy_from_slice(&header);
         if nbytes > 0 {
             // SAFETY: `arr` is a contiguous array (checked above, or made

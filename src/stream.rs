@@ -562,7 +562,7 @@ impl ValueFile {
             _ => remain,
         };
         let n = usize::try_from(n).map_err(|_| StoreError::OutOfMemory)?;
-        let out = PyBytes::new_with(py, n, |buf| {
+        let out = crate::codec::new_bytes_with(py, n, |buf| {
             py.detach(|| held.value.read_at(pos, buf))
                 .map(|_| ())
                 .map_err(to_py)

@@ -73,3 +73,19 @@ def test_large_arrays_read_back_exactly(store):
     for i, k in enumerate(same):
         assert np.array_equal(batch[i], store.get_array(k))
         assert np.array_equal(out[i], batch[i])
+
+
+def test_large_values_read_back_exactly_through_value_files(make_store):
+    store = make_store(serializer="raw")
+    data = payloads()
+    for n, d in zip(SIZES, data, strict=True):
+        store[b"f%d" % n] = d
+    store.flush()
+    kept = []
+    for n, d in zip(SIZES, data, strict=True):
+        with store.open(b"f%d" % n) as f:
+            head = f.read(THRESHOLD + 5)
+            rest = f.read()
+        kept.append(head + rest)
+        assert head + rest == d
+    assert kept == data
