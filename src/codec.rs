@@ -21,27 +21,18 @@ pub(crate) use crate::pickle::{pickle_fn, DUMPS, LOADS};
 /// it (PyO3's `PyBytes::new` panics then). A large copy has its fresh pages
 /// made resident in one call first (`engine::prefault`).
 pub(crate) fn new_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-    if data.len() < engine::prefault::MIN_BYTES {
-        // SAFETY: `data` is valid for its length, which fits a Py_ssize_t (a
-        // slice is never longer than isize::MAX); the result is a new
-        // reference or null with an exception set.
-        return unsafe {
-            let p =
-                ffi::PyBytes_FromStringAndSize(data.as_ptr().cast(), data.len() as ffi::Py_ssize_t);
-            Ok(Bound::from_owned_ptr_or_err(py, p)?.cast_into_unchecked())
-        };
-    }
     // SAFETY: a null source asks for `len` uninitialised bytes (the length
-    // fits a Py_ssize_t, as above); they are all written before the object
-    // is returned, and nothing else can see it meanwhile.
+    // fits a Py_ssize_t: a slice is never longer than isize::MAX); they are
+    // all written before the object is returned, and nothing else can see it
+    // meanwhile (for length 0 CPython returns its empty singleton, and
+    // nothing is written).
     unsafe {
         let p = ffi::PyBytes_FromStringAndSize(std::ptr::null(), data.len() as ffi::Py_ssize_t);
         let bytes = Bound::from_owned_ptr_or_err(py, p)?;
         let dst = ffi::PyBytes_AS_STRING(bytes.as_ptr())
             .cast::<u8>()
             .cast_mut();
-        engine::prefault::before_write(dst, data.len());
-        std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
+        engine::prefault::copy_to_fresh(data, dst);
         Ok(bytes.cast_into_unchecked())
     }
 }

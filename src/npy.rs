@@ -397,10 +397,7 @@ pub fn load<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
         // any other code), and `src` holds `nbytes` bytes in that order
         // (checked by parse_header); making its fresh pages resident first
         // writes nothing.
-        unsafe {
-            engine::prefault::before_write(dst.0, src.len());
-            std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0, src.len());
-        }
+        unsafe { engine::prefault::copy_to_fresh(src, dst.0) };
     });
     Ok(arr)
 }

@@ -529,9 +529,7 @@ impl<'py> Owned<'py> {
             // made resident in one call first, which writes nothing.
             unsafe {
                 let s = Self::from_result(py, ffi::PyUnicode_New(n as ffi::Py_ssize_t, 127))?;
-                let dst = ffi::PyUnicode_1BYTE_DATA(s.ptr());
-                engine::prefault::before_write(dst, n);
-                std::ptr::copy_nonoverlapping(utf8.as_ptr(), dst, n);
+                engine::prefault::copy_to_fresh(utf8, ffi::PyUnicode_1BYTE_DATA(s.ptr()));
                 return Some(s);
             }
         }
@@ -562,32 +560,24 @@ impl<'py> Owned<'py> {
             )?;
             if !data.is_empty() {
                 let dst = ffi::PyBytes_AS_STRING(bytes.ptr()) as *mut u8;
-                engine::prefault::before_write(dst, data.len());
-                std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
+                engine::prefault::copy_to_fresh(data, dst);
             }
             Some(bytes)
         }
     }
 
     pub fn bytearray(py: Python<'py>, data: &[u8]) -> Option<Self> {
-        if data.len() < engine::prefault::MIN_BYTES {
-            // SAFETY: see the note above the constructors; the slice is valid.
-            return Self::from_result(py, unsafe {
-                ffi::PyByteArray_FromStringAndSize(data.as_ptr() as *const c_char, data.len() as _)
-            });
-        }
         // SAFETY: see the note above the constructors. A null source asks
         // for `len` uninitialised bytes, all of which we fill before anyone
-        // else sees the object; making their fresh pages resident first
-        // writes nothing.
+        // else sees the object (an empty one points at a shared empty
+        // buffer, to which nothing is written); making their fresh pages
+        // resident first writes nothing.
         unsafe {
             let b = Self::from_result(
                 py,
                 ffi::PyByteArray_FromStringAndSize(std::ptr::null(), data.len() as _),
             )?;
-            let dst = ffi::PyByteArray_AS_STRING(b.ptr()).cast::<u8>();
-            engine::prefault::before_write(dst, data.len());
-            std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
+            engine::prefault::copy_to_fresh(data, ffi::PyByteArray_AS_STRING(b.ptr()).cast());
             Some(b)
         }
     }
@@ -827,13 +817,7 @@ impl OutBytes {
         // reach (ours, or brand new and unshared), and `data` cannot overlap it.
         // A big payload's fresh pages are made resident in one call first,
         // which writes nothing.
-        unsafe {
-            let dst = self.base.add(self.len);
-            if data.len() >= engine::prefault::MIN_BYTES {
-                engine::prefault::before_write(dst, data.len());
-            }
-            std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len())
-        };
+        unsafe { engine::prefault::copy_to_fresh(data, self.base.add(self.len)) };
         self.len += data.len();
     }
 

@@ -26,21 +26,54 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// then nothing is asked again.
 static SUPPORTED: AtomicBool = AtomicBool::new(true);
 
+/// Copy `src` to `dst`, memory just allocated for it (a new object's
+/// contents), asking first for its fresh pages in one call when the copy is
+/// large (see [`before_write`]).
+///
+/// # Safety
+///
+/// `dst` is valid for writes of `src.len()` bytes, owned by the caller,
+/// and does not overlap `src`.
+#[inline]
+pub unsafe fn copy_to_fresh(src: &[u8], dst: *mut u8) {
+    // SAFETY: the caller's promise: `dst` is theirs and the copy below
+    // overwrites all of it.
+    unsafe {
+        before_write(dst, src.len());
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len());
+    }
+}
+
 /// Make the pages wholly inside `len` bytes at `start` resident and
 /// writable, if they are not yet, before the caller writes all of them.
+/// Below [`MIN_BYTES`] this is a comparison and nothing else.
 ///
 /// # Safety
 ///
 /// `start..start + len` must be memory the caller owns and is about to
 /// overwrite entirely (as a copy into a new object does): populating
 /// leaves its contents as they are, but makes each page resident.
+#[inline]
 pub unsafe fn before_write(start: *mut u8, len: usize) {
+    if len >= MIN_BYTES {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { populate(start, len) }
+    }
+}
+
+/// [`before_write`] for a large range.
+///
+/// # Safety
+///
+/// As [`before_write`].
+#[cold]
+unsafe fn populate(start: *mut u8, len: usize) {
     #[cfg(target_os = "linux")]
     {
-        if len < MIN_BYTES || !SUPPORTED.load(Ordering::Relaxed) {
+        if !SUPPORTED.load(Ordering::Relaxed) {
             return;
         }
-        let page = page_size();
+        let page = crate::stream::page_size();
         let first = (start as usize).div_ceil(page) * page;
         let end = (start as usize + len) / page * page;
         if end <= first {
@@ -78,23 +111,10 @@ pub unsafe fn before_write(start: *mut u8, len: usize) {
     let _ = (start, len);
 }
 
-#[cfg(target_os = "linux")]
-fn page_size() -> usize {
-    static PAGE: AtomicUsize = AtomicUsize::new(0);
-    match PAGE.load(Ordering::Relaxed) {
-        0 => {
-            // SAFETY: sysconf has no preconditions.
-            let p = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-            PAGE.store(p, Ordering::Relaxed);
-            p
-        }
-        p => p,
-    }
-}
-
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use crate::stream::page_size;
 
     /// A fresh private anonymous mapping of `pages` pages, none resident.
     struct Fresh {

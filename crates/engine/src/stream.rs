@@ -108,7 +108,8 @@ impl Source<'_> {
     }
 }
 
-fn page_size() -> usize {
+/// The system's page size (4096 when it cannot be read).
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if n > 0 {
